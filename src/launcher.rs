@@ -1,0 +1,161 @@
+//! The real kernel's process: starting it so that it cannot outlive the proxy,
+//! passing signals on, and turning its exit into the proxy's own.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitStatus;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("the kernel command line is empty")]
+    EmptyArgv,
+    #[error("cannot start kernel {program:?}: {source}")]
+    Spawn { program: String, source: std::io::Error },
+}
+
+/// The running real kernel.
+#[derive(Debug)]
+pub struct KernelProcess {
+    child: tokio::process::Child,
+    pid: Pid,
+}
+
+/// Points the kernel's argv at the private connection file. Jupyter has already put
+/// the frontend's connection file where the kernelspec said `{connection_file}`, so
+/// both that path and a literal `{connection_file}` are replaced.
+pub fn substitute_connection_file(argv: &[String], frontend_file: &Path, private_file: &Path) -> Vec<String> {
+    let frontend = frontend_file.to_string_lossy();
+    let private = private_file.to_string_lossy();
+    argv.iter()
+        .map(|arg| {
+            let arg = arg.replace("{connection_file}", &private);
+            if frontend.is_empty() { arg } else { arg.replace(&*frontend, &private) }
+        })
+        .collect()
+}
+
+impl KernelProcess {
+    /// Starts the kernel in its own process group (so a signal to the proxy's group
+    /// does not reach it twice) with the parent-death signal set to SIGKILL (so it
+    /// dies with the proxy, even when the proxy is SIGKILLed).
+    ///
+    /// Must be called from the thread that lives as long as the proxy: the parent-death
+    /// signal fires when the spawning *thread* exits.
+    pub fn spawn(argv: &[String]) -> Result<Self, LaunchError> {
+        let (program, args) = argv.split_first().ok_or(LaunchError::EmptyArgv)?;
+        let parent = std::process::id();
+        let mut command = tokio::process::Command::new(program);
+        command.args(args).env("JPY_PARENT_PID", parent.to_string());
+        // SAFETY: the closure only makes async-signal-safe system calls.
+        unsafe {
+            command.pre_exec(move || {
+                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(std::io::Error::from)?;
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                // The proxy may have died between fork and prctl.
+                if nix::unistd::getppid().as_raw() as u32 != parent {
+                    return Err(std::io::Error::other("proxy exited during kernel start"));
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|source| LaunchError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let raw = child.id().and_then(|id| i32::try_from(id).ok()).unwrap_or_default();
+        Ok(Self {
+            child,
+            pid: Pid::from_raw(raw),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    /// Sends `signal` to the kernel's process group (the kernel and what it started),
+    /// as Jupyter would have done had it started the kernel itself.
+    pub fn signal_group(&self, signal: Signal) {
+        if let Err(error) = signal::killpg(self.pid, signal) {
+            // The group may be gone already; the kernel alone is what matters.
+            tracing::debug!(%error, ?signal, "signal to kernel group failed, signalling the kernel");
+            if let Err(error) = signal::kill(self.pid, signal) {
+                tracing::debug!(%error, ?signal, "kernel already gone");
+            }
+        }
+    }
+
+    /// Waits for the kernel to exit.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.child.wait().await
+    }
+}
+
+/// Ends the proxy the way the kernel ended: the same exit code, or the same signal.
+pub fn exit_like(status: ExitStatus) -> ! {
+    if let Some(code) = status.code() {
+        std::process::exit(code);
+    }
+    if let Some(number) = status.signal()
+        && let Ok(kernel_signal) = Signal::try_from(number)
+    {
+        // SAFETY: restoring the default disposition before raising it on ourselves.
+        unsafe {
+            let _ = signal::signal(kernel_signal, signal::SigHandler::SigDfl);
+        }
+        let _ = signal::raise(kernel_signal);
+    }
+    std::process::exit(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitutes_every_connection_file_placeholder() {
+        let argv: Vec<String> = ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}", "--x={connection_file}"]
+            .map(String::from)
+            .to_vec();
+        let out = substitute_connection_file(&argv, Path::new("/home/u/kernel-1.json"), Path::new("/run/k.json"));
+        assert_eq!(out[4], "/run/k.json");
+        assert_eq!(out[5], "--x=/run/k.json");
+        assert_eq!(out[0], "python");
+    }
+
+    #[test]
+    fn replaces_the_frontend_file_jupyter_already_substituted() {
+        let argv: Vec<String> = ["python", "-f", "/home/u/kernel-1.json", "--existing=/home/u/kernel-1.json"]
+            .map(String::from)
+            .to_vec();
+        let out = substitute_connection_file(&argv, Path::new("/home/u/kernel-1.json"), Path::new("/run/k.json"));
+        assert_eq!(out, ["python", "-f", "/run/k.json", "--existing=/run/k.json"]);
+    }
+
+    #[tokio::test]
+    async fn kernel_runs_in_its_own_process_group_and_exit_status_is_reported() {
+        let argv = ["sh", "-c", "exit 7"].map(String::from).to_vec();
+        let mut kernel = KernelProcess::spawn(&argv).expect("sh starts");
+        let status = kernel.wait().await.expect("waits");
+        assert_eq!(status.code(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn group_signal_reaches_the_kernel() {
+        let argv = ["sleep", "30"].map(String::from).to_vec();
+        let mut kernel = KernelProcess::spawn(&argv).expect("sleep starts");
+        let group = nix::unistd::getpgid(Some(Pid::from_raw(kernel.pid() as i32))).expect("pgid");
+        assert_eq!(group.as_raw() as u32, kernel.pid(), "kernel leads its own group");
+        kernel.signal_group(Signal::SIGTERM);
+        let status = kernel.wait().await.expect("waits");
+        assert_eq!(status.signal(), Some(Signal::SIGTERM as i32));
+    }
+
+    #[test]
+    fn empty_argv_is_an_error() {
+        assert!(matches!(KernelProcess::spawn(&[]), Err(LaunchError::EmptyArgv)));
+    }
+}

@@ -1,0 +1,119 @@
+//! iopub: kernel SUB → frontend XPUB, and the proxy's own `iopub_welcome`.
+//!
+//! The proxy subscribes to the kernel once, so the kernel's welcome is for the proxy
+//! alone and is dropped; every frontend subscription gets a welcome signed by the
+//! proxy instead, which is what tells the frontend its subscription is live.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::Sides;
+use super::startup::Activity;
+use crate::connection::Channel;
+use crate::transport::Frames;
+use crate::wire::{WireMessage, compose};
+
+const WELCOME: &str = "iopub_welcome";
+
+pub(super) fn spawn_relay(
+    mut from_kernel: mpsc::Receiver<Frames>,
+    to_frontends: mpsc::Sender<Frames>,
+    sides: Arc<Sides>,
+    activity: Arc<Activity>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(frames) = from_kernel.recv().await {
+            activity.touch();
+            let mut message = match WireMessage::from_frames(frames, usize::MAX) {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(channel = %Channel::Iopub, from = "kernel", reason = %error, "message rejected");
+                    continue;
+                }
+            };
+            if let Err(error) = message.verify(&sides.kernel) {
+                tracing::warn!(channel = %Channel::Iopub, from = "kernel", reason = %error, "message rejected");
+                continue;
+            }
+            if message.header().is_ok_and(|header| header.msg_type == WELCOME) {
+                continue;
+            }
+            message.resign(&sides.frontend);
+            if to_frontends.send(message.into_frames()).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// Answers each frontend subscription (`\x01topic`) with a signed welcome.
+pub(super) fn spawn_welcomes(
+    mut subscriptions: mpsc::Receiver<Frames>,
+    to_frontends: mpsc::Sender<Frames>,
+    sides: Arc<Sides>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(frames) = subscriptions.recv().await {
+            let Some(topic) = subscribed_topic(&frames) else {
+                continue;
+            };
+            tracing::debug!(topic = %topic, "frontend subscribed to iopub");
+            let welcome = welcome_message(&topic, &sides);
+            if to_frontends.send(welcome.into_frames()).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// The topic of a subscription message, or None for unsubscriptions and other input.
+fn subscribed_topic(frames: &Frames) -> Option<String> {
+    match frames.as_slice() {
+        [frame] if frame.first() == Some(&1) => Some(String::from_utf8_lossy(&frame[1..]).into_owned()),
+        _ => None,
+    }
+}
+
+fn welcome_message(topic: &str, sides: &Sides) -> WireMessage {
+    let mut welcome = compose(vec![], WELCOME, &sides.session, &serde_json::json!({ "subscription": topic }));
+    welcome.resign(&sides.frontend);
+    welcome
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::wire::{ReplayGuard, SignatureScheme, Signer};
+
+    #[test]
+    fn only_subscriptions_are_welcomed() {
+        assert_eq!(subscribed_topic(&vec![Bytes::from_static(b"\x01")]), Some(String::new()));
+        assert_eq!(subscribed_topic(&vec![Bytes::from_static(b"\x01kernel.")]), Some("kernel.".into()));
+        assert_eq!(subscribed_topic(&vec![Bytes::from_static(b"\x00")]), None);
+        assert_eq!(subscribed_topic(&vec![]), None);
+        assert_eq!(subscribed_topic(&vec![Bytes::from_static(b"\x01"), Bytes::from_static(b"x")]), None);
+    }
+
+    #[test]
+    fn welcome_is_signed_with_the_frontend_key() {
+        let sides = Sides {
+            frontend: Signer::new(b"frontend", SignatureScheme::Sha256),
+            kernel: Signer::new(b"kernel", SignatureScheme::Sha256),
+            replay: Mutex::new(ReplayGuard::default()),
+            max_message_bytes: usize::MAX,
+            session: "proxy-session".into(),
+        };
+        let welcome = welcome_message("", &sides);
+        welcome.verify(&sides.frontend).expect("frontend can verify");
+        assert!(welcome.routing.is_empty(), "no topic frame: every subscriber gets it");
+        assert_eq!(welcome.header().expect("header").msg_type, WELCOME);
+        let content: serde_json::Value = serde_json::from_slice(&welcome.content).expect("json");
+        assert_eq!(content, serde_json::json!({"subscription": ""}));
+    }
+}

@@ -1,0 +1,179 @@
+//! The relay between frontends and the real kernel: binds the frontend side, starts
+//! the kernel behind a private connection, waits until it answers, then relays all
+//! five channels until the kernel exits.
+
+mod heartbeat;
+mod iopub;
+mod requests;
+mod runtime;
+mod startup;
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::KernelTransport;
+use crate::connection::{ConnectionError, ConnectionInfo};
+use crate::launcher::{self, KernelProcess, LaunchError};
+use crate::transport::{self, TransportError};
+use crate::wire::{ReplayGuard, Signer, WireError};
+
+pub use runtime::RuntimeError;
+
+/// How long the kernel may take to bind its sockets and answer.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Everything the proxy needs to run.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub connection_file: PathBuf,
+    pub kernel_transport: KernelTransport,
+    pub max_message_bytes: usize,
+    pub runtime_dir: Option<PathBuf>,
+    pub kernel_argv: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Connection(#[from] ConnectionError),
+    #[error("connection file: {0}")]
+    Signature(#[from] WireError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("waiting for the kernel process failed: {0}")]
+    Wait(std::io::Error),
+    #[error("the kernel did not become ready within {0:?}")]
+    StartupTimeout(Duration),
+}
+
+/// What both relay directions share.
+#[derive(Debug)]
+pub(crate) struct Sides {
+    /// Signs and checks messages with the frontend's key (Jupyter's connection file).
+    pub frontend: Signer,
+    /// Signs and checks messages with the real kernel's private key.
+    pub kernel: Signer,
+    /// Signatures already used by frontends, on any channel (one session, one history).
+    pub replay: Mutex<ReplayGuard>,
+    pub max_message_bytes: usize,
+    /// The session id of messages the proxy writes itself.
+    pub session: String,
+}
+
+/// Runs the proxy until the kernel exits; returns the kernel's exit status.
+pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
+    let frontend_info = ConnectionInfo::read(&config.connection_file)?;
+    let mut signals = Signals::install()?;
+    let links = transport::bind_frontend(&frontend_info).await?;
+    tracing::info!(connection_file = %config.connection_file.display(), "frontend sockets bound");
+
+    let runtime = runtime::PrivateRuntime::create(
+        config.runtime_dir.as_deref(),
+        config.kernel_transport,
+        frontend_info.kernel_name.clone(),
+    )?;
+    tracing::debug!(dir = %runtime.dir().display(), "private runtime directory created");
+    let sides = Arc::new(Sides {
+        frontend: frontend_info.signer()?,
+        kernel: runtime.info().signer()?,
+        replay: Mutex::new(ReplayGuard::default()),
+        max_message_bytes: config.max_message_bytes,
+        session: uuid::Uuid::new_v4().to_string(),
+    });
+
+    let argv = launcher::substitute_connection_file(
+        &config.kernel_argv,
+        &config.connection_file,
+        runtime.connection_file(),
+    );
+    let mut kernel = KernelProcess::spawn(&argv)?;
+    let kernel_pid = kernel.pid();
+    tracing::info!(pid = kernel_pid, program = %argv[0], "kernel started");
+
+    let identity = bytes::Bytes::from(format!("jupyter-audit-{}", std::process::id()));
+    let activity = Arc::new(startup::Activity::default());
+    let relay = async {
+        let upstream = transport::connect_kernel(runtime.info(), identity, STARTUP_PATIENCE).await?;
+        let mut upstream = upstream;
+        let heartbeat = heartbeat::spawn(links.heartbeat, upstream.heartbeat, sides.max_message_bytes);
+        let welcome = iopub::spawn_welcomes(links.iopub.incoming, links.iopub.outgoing.clone(), sides.clone());
+        startup::wait_until_ready(&mut upstream.shell, &mut upstream.iopub, &sides, STARTUP_PATIENCE).await?;
+        // The kernel has read its connection file; nobody else needs the key in it.
+        runtime.forget_connection_file();
+        tracing::info!("kernel ready, relaying");
+        let tasks = vec![
+            heartbeat,
+            welcome,
+            iopub::spawn_relay(upstream.iopub.incoming, links.iopub.outgoing, sides.clone(), activity.clone()),
+            requests::spawn(crate::connection::Channel::Shell, links.shell, upstream.shell, sides.clone(), activity.clone()),
+            requests::spawn(crate::connection::Channel::Control, links.control, upstream.control, sides.clone(), activity.clone()),
+            requests::spawn(crate::connection::Channel::Stdin, links.stdin, upstream.stdin, sides.clone(), activity.clone()),
+        ];
+        Ok::<_, ProxyError>(tasks)
+    };
+
+    tokio::pin!(relay);
+    let mut tasks = None;
+    let status = loop {
+        tokio::select! {
+            started = &mut relay, if tasks.is_none() => match started {
+                Ok(started) => tasks = Some(started),
+                Err(error) => {
+                    // Without a working relay the kernel is unreachable: take it down too.
+                    kernel.signal_group(Signal::SIGKILL);
+                    return Err(error);
+                }
+            },
+            status = kernel.wait() => break status.map_err(ProxyError::Wait)?,
+            signal = signals.next() => {
+                tracing::info!(?signal, pid = kernel_pid, "passing signal to the kernel");
+                kernel.signal_group(signal);
+            }
+        }
+    };
+    tracing::info!(pid = kernel_pid, %status, "kernel exited");
+    // Let replies and outputs the kernel sent just before exiting reach the frontends.
+    activity.wait_for_quiet(Duration::from_millis(150), Duration::from_secs(2)).await;
+    for task in tasks.into_iter().flatten() {
+        task.abort();
+    }
+    Ok(status)
+}
+
+/// The signals the proxy passes on to the kernel instead of dying of them.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, ProxyError> {
+        let make = |kind| signal(kind).map_err(ProxyError::Signals);
+        Ok(Self {
+            interrupt: make(SignalKind::interrupt())?,
+            terminate: make(SignalKind::terminate())?,
+            hangup: make(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal to pass on.
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::SIGINT,
+            _ = self.terminate.recv() => Signal::SIGTERM,
+            _ = self.hangup.recv() => Signal::SIGHUP,
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! shell, control and stdin: frontend ROUTER ⇄ kernel DEALER.
+//!
+//! A frontend's routing id travels to the kernel as an extra routing frame and comes
+//! back on the reply, which is how replies (and stdin's input_request, addressed to
+//! the shell identity) find their frontend.
+
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use super::Sides;
+use super::startup::Activity;
+use crate::connection::Channel;
+use crate::transport::{Frames, Link};
+use crate::wire::{WireError, WireMessage};
+
+pub(super) fn spawn(
+    channel: Channel,
+    frontend: Link,
+    kernel: Link,
+    sides: Arc<Sides>,
+    activity: Arc<Activity>,
+) -> JoinHandle<()> {
+    let Link {
+        outgoing: to_frontend,
+        incoming: mut from_frontend,
+    } = frontend;
+    let Link {
+        outgoing: to_kernel,
+        incoming: mut from_kernel,
+    } = kernel;
+    let requests_sides = sides.clone();
+    let requests = async move {
+        while let Some(frames) = from_frontend.recv().await {
+            match accept_from_frontend(frames, &requests_sides) {
+                Ok(mut message) => {
+                    message.resign(&requests_sides.kernel);
+                    if to_kernel.send(message.into_frames()).await.is_err() {
+                        break;
+                    }
+                }
+                Err(rejection) => rejection.log(channel),
+            }
+        }
+    };
+    let replies = async move {
+        while let Some(frames) = from_kernel.recv().await {
+            activity.touch();
+            match accept_from_kernel(frames, &sides) {
+                Ok(mut message) => {
+                    message.resign(&sides.frontend);
+                    if to_frontend.send(message.into_frames()).await.is_err() {
+                        break;
+                    }
+                }
+                Err(rejection) => rejection.log(channel),
+            }
+        }
+    };
+    tokio::spawn(async move {
+        tokio::join!(requests, replies);
+    })
+}
+
+/// A message that is not relayed, with what is known about it for the diagnostic.
+#[derive(Debug)]
+pub(super) struct Rejection {
+    pub from: &'static str,
+    pub error: WireError,
+    pub msg_id: Option<String>,
+    pub msg_type: Option<String>,
+}
+
+impl Rejection {
+    fn new(from: &'static str, error: WireError, message: Option<&WireMessage>) -> Self {
+        // Best effort: the header of a rejected message is untrusted, but its msg_id
+        // is what lets someone find the message in the frontend's own logs.
+        let header = message.and_then(|message| message.header().ok());
+        Self {
+            from,
+            error,
+            msg_id: header.as_ref().map(|header| header.msg_id.clone()),
+            msg_type: header.map(|header| header.msg_type),
+        }
+    }
+
+    pub(super) fn log(&self, channel: Channel) {
+        tracing::warn!(
+            %channel,
+            from = self.from,
+            reason = %self.error,
+            msg_id = self.msg_id.as_deref().unwrap_or("unknown"),
+            msg_type = self.msg_type.as_deref().unwrap_or("unknown"),
+            "message rejected"
+        );
+    }
+}
+
+/// Checks a frontend message: size, framing, signature, header, replay.
+pub(super) fn accept_from_frontend(frames: Frames, sides: &Sides) -> Result<WireMessage, Rejection> {
+    let message = WireMessage::from_frames(frames, sides.max_message_bytes)
+        .map_err(|error| Rejection::new("frontend", error, None))?;
+    if let Err(error) = message.verify(&sides.frontend) {
+        return Err(Rejection::new("frontend", error, Some(&message)));
+    }
+    if let Err(error) = message.header() {
+        return Err(Rejection::new("frontend", error, None));
+    }
+    let first_use = match sides.replay.lock() {
+        Ok(mut guard) => guard.first_use(&message.signature),
+        Err(poisoned) => poisoned.into_inner().first_use(&message.signature),
+    };
+    if !first_use {
+        return Err(Rejection::new("frontend", WireError::Replayed, Some(&message)));
+    }
+    Ok(message)
+}
+
+/// Checks a kernel message: framing and the private key's signature.
+fn accept_from_kernel(frames: Frames, sides: &Sides) -> Result<WireMessage, Rejection> {
+    let message =
+        WireMessage::from_frames(frames, usize::MAX).map_err(|error| Rejection::new("kernel", error, None))?;
+    if message.routing.is_empty() {
+        return Err(Rejection::new("kernel", WireError::MissingDelimiter, Some(&message)));
+    }
+    message
+        .verify(&sides.kernel)
+        .map_err(|error| Rejection::new("kernel", error, Some(&message)))?;
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::wire::{ReplayGuard, SignatureScheme, Signer, compose};
+
+    fn sides(limit: usize) -> Sides {
+        Sides {
+            frontend: Signer::new(b"frontend", SignatureScheme::Sha256),
+            kernel: Signer::new(b"kernel", SignatureScheme::Sha256),
+            replay: Mutex::new(ReplayGuard::default()),
+            max_message_bytes: limit,
+            session: "test".into(),
+        }
+    }
+
+    fn signed_request(signer: &Signer) -> Frames {
+        let mut message = compose(
+            vec![Bytes::from_static(b"client")],
+            "execute_request",
+            "s",
+            &serde_json::json!({"code": "1"}),
+        );
+        message.resign(signer);
+        message.into_frames()
+    }
+
+    #[test]
+    fn a_properly_signed_request_passes_once_and_its_replay_is_rejected() {
+        let sides = sides(usize::MAX);
+        let frames = signed_request(&sides.frontend);
+        let accepted = accept_from_frontend(frames.clone(), &sides).expect("accepted");
+        assert_eq!(accepted.routing, vec![Bytes::from_static(b"client")]);
+        let replay = accept_from_frontend(frames, &sides).expect_err("replay");
+        assert_eq!(replay.error, WireError::Replayed);
+        assert!(replay.msg_id.is_some(), "diagnostic names the msg_id");
+    }
+
+    #[test]
+    fn wrong_key_and_oversized_requests_are_rejected() {
+        let sides = sides(10_000);
+        let forged = signed_request(&Signer::new(b"guessed", SignatureScheme::Sha256));
+        let rejection = accept_from_frontend(forged, &sides).expect_err("forged");
+        assert_eq!(rejection.error, WireError::BadSignature);
+        assert_eq!(rejection.msg_type.as_deref(), Some("execute_request"));
+
+        let mut big = signed_request(&sides.frontend);
+        big.push(Bytes::from(vec![0u8; 20_000]));
+        let rejection = accept_from_frontend(big, &sides).expect_err("oversized");
+        assert!(matches!(rejection.error, WireError::Oversized { .. }));
+    }
+
+    #[test]
+    fn a_rejected_forgery_does_not_burn_the_genuine_signature() {
+        let sides = sides(usize::MAX);
+        let genuine = signed_request(&sides.frontend);
+        let mut forged = genuine.clone();
+        // Same signature, different content: fails verification, must not be remembered.
+        let last = forged.len() - 1;
+        forged[last] = Bytes::from_static(b"{\"code\":\"2\"}");
+        assert_eq!(accept_from_frontend(forged, &sides).expect_err("forged").error, WireError::BadSignature);
+        accept_from_frontend(genuine, &sides).expect("genuine still accepted");
+    }
+
+    #[test]
+    fn kernel_replies_must_carry_the_private_signature() {
+        let sides = sides(usize::MAX);
+        accept_from_kernel(signed_request(&sides.kernel), &sides).expect("kernel-signed");
+        let rejection = accept_from_kernel(signed_request(&sides.frontend), &sides).expect_err("wrong key");
+        assert_eq!(rejection.error, WireError::BadSignature);
+    }
+}

@@ -1,0 +1,161 @@
+//! The private side of the proxy: a 0700 directory holding the real kernel's
+//! connection file (fresh random key) and, by default, its ipc sockets.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::cli::KernelTransport;
+use crate::connection::{ConnectionError, ConnectionInfo, Transport};
+use crate::wire::SignatureScheme;
+
+/// Longest path a Unix socket address can hold (sun_path, less the final NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot create the private runtime directory in {base}: {source}")]
+    CreateDir { base: PathBuf, source: std::io::Error },
+    #[error("private runtime directory {0} is too long for Unix socket paths; use --runtime-dir with a shorter path")]
+    PathTooLong(PathBuf),
+    #[error("cannot find free loopback ports for the kernel: {0}")]
+    Ports(std::io::Error),
+    #[error(transparent)]
+    ConnectionFile(#[from] ConnectionError),
+}
+
+/// The real kernel's private connection; the directory is removed on drop.
+#[derive(Debug)]
+pub struct PrivateRuntime {
+    dir: tempfile::TempDir,
+    info: ConnectionInfo,
+    connection_file: PathBuf,
+}
+
+impl PrivateRuntime {
+    pub fn create(
+        base: Option<&Path>,
+        transport: KernelTransport,
+        kernel_name: Option<String>,
+    ) -> Result<Self, RuntimeError> {
+        let base = base.map(Path::to_owned).unwrap_or_else(default_base);
+        let dir = tempfile::Builder::new()
+            .prefix("jupyter-audit-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(&base)
+            .map_err(|source| RuntimeError::CreateDir { base: base.clone(), source })?;
+        let (transport, ip, ports) = match transport {
+            KernelTransport::Ipc => {
+                let prefix = dir.path().join("k");
+                // The longest socket path is "<prefix>-5".
+                if prefix.as_os_str().len() + 2 > MAX_SOCKET_PATH {
+                    return Err(RuntimeError::PathTooLong(dir.path().to_owned()));
+                }
+                (Transport::Ipc, prefix.to_string_lossy().into_owned(), [1, 2, 3, 4, 5])
+            }
+            KernelTransport::Tcp => (Transport::Tcp, "127.0.0.1".to_owned(), free_loopback_ports()?),
+        };
+        let info = ConnectionInfo {
+            transport,
+            ip,
+            shell_port: ports[0],
+            iopub_port: ports[1],
+            stdin_port: ports[2],
+            control_port: ports[3],
+            hb_port: ports[4],
+            key: hex::encode(rand::random::<[u8; 32]>()),
+            signature_scheme: SignatureScheme::Sha256.name().to_owned(),
+            kernel_name,
+        };
+        let connection_file = dir.path().join("kernel.json");
+        info.write(&connection_file)?;
+        Ok(Self {
+            dir,
+            info,
+            connection_file,
+        })
+    }
+
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.info
+    }
+
+    pub fn connection_file(&self) -> &Path {
+        &self.connection_file
+    }
+
+    /// Removes the connection file once the kernel has read it, so its key lives
+    /// only in the memory of the proxy and the kernel.
+    pub fn forget_connection_file(&self) {
+        if let Err(error) = std::fs::remove_file(&self.connection_file) {
+            tracing::debug!(%error, "private connection file already gone");
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn default_base() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Asks the OS for five free ports, as Jupyter does for tcp kernels.
+fn free_loopback_ports() -> Result<[u16; 5], RuntimeError> {
+    let listeners = (0..5)
+        .map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(RuntimeError::Ports)?;
+    let mut ports = [0u16; 5];
+    for (port, listener) in ports.iter_mut().zip(&listeners) {
+        *port = listener.local_addr().map_err(RuntimeError::Ports)?.port();
+    }
+    Ok(ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_directory_and_connection_file_are_owner_only() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let runtime = PrivateRuntime::create(Some(base.path()), KernelTransport::Ipc, None).expect("created");
+        let dir_mode = std::fs::metadata(runtime.dir()).expect("dir").permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        let file_mode = std::fs::metadata(runtime.connection_file()).expect("file").permissions().mode();
+        assert_eq!(file_mode & 0o777, 0o600);
+        let written = ConnectionInfo::read(runtime.connection_file()).expect("readable");
+        assert_eq!(&written, runtime.info());
+        assert_eq!(written.key.len(), 64);
+        assert!(written.ip.starts_with(&*runtime.dir().to_string_lossy()));
+        runtime.forget_connection_file();
+        assert!(!runtime.connection_file().exists());
+        let dir = runtime.dir().to_owned();
+        drop(runtime);
+        assert!(!dir.exists(), "removed with the proxy");
+    }
+
+    #[test]
+    fn tcp_fallback_uses_distinct_loopback_ports() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let runtime = PrivateRuntime::create(Some(base.path()), KernelTransport::Tcp, None).expect("created");
+        let info = runtime.info();
+        assert_eq!(info.ip, "127.0.0.1");
+        let mut ports = vec![info.shell_port, info.iopub_port, info.stdin_port, info.control_port, info.hb_port];
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 5);
+    }
+
+    #[test]
+    fn each_run_gets_a_fresh_key() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let first = PrivateRuntime::create(Some(base.path()), KernelTransport::Ipc, None).expect("created");
+        let second = PrivateRuntime::create(Some(base.path()), KernelTransport::Ipc, None).expect("created");
+        assert_ne!(first.info().key, second.info().key);
+    }
+}

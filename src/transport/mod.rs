@@ -1,0 +1,161 @@
+//! ZeroMQ sockets of the five channels. All socket code lives here; the rest of the
+//! program sees each socket as a [`Link`]: a bounded queue of multipart messages in
+//! each direction, served by a task that owns the socket.
+//!
+//! Bounded queues are the back-pressure: when the proxy cannot keep up, a socket task
+//! stops reading and the peer's own queues fill, as between two ZeroMQ peers.
+
+mod actor;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use zeromq::{DealerSocket, RouterSocket, Socket, SocketOptions, SubSocket, XPubSocket};
+
+use crate::connection::{Channel, ConnectionInfo, Transport};
+
+/// One multipart message, frame by frame.
+pub type Frames = Vec<Bytes>;
+
+/// How many messages may wait in each direction of a link.
+const LINK_CAPACITY: usize = 64;
+
+/// The proxy's end of one socket.
+#[derive(Debug)]
+pub struct Link {
+    /// Messages to send on the socket.
+    pub outgoing: mpsc::Sender<Frames>,
+    /// Messages received on the socket. Closed when the socket can no longer receive.
+    pub incoming: mpsc::Receiver<Frames>,
+}
+
+/// The sockets frontends connect to, bound as the connection file says.
+#[derive(Debug)]
+pub struct FrontendLinks {
+    pub shell: Link,
+    pub control: Link,
+    pub stdin: Link,
+    /// Outgoing: messages to publish. Incoming: subscription messages (`\x01topic`).
+    pub iopub: Link,
+    pub heartbeat: Link,
+}
+
+/// The proxy's connections to the real kernel.
+#[derive(Debug)]
+pub struct KernelLinks {
+    pub shell: Link,
+    pub control: Link,
+    pub stdin: Link,
+    /// Incoming: everything the kernel publishes (subscribed to all topics).
+    pub iopub: Link,
+    pub heartbeat: Link,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot bind {channel} on {endpoint}: {reason}")]
+    Bind {
+        channel: Channel,
+        endpoint: String,
+        reason: String,
+    },
+    #[error("cannot connect to the kernel's {channel} on {endpoint}: {reason}")]
+    Connect {
+        channel: Channel,
+        endpoint: String,
+        reason: String,
+    },
+}
+
+/// Binds all five frontend sockets.
+pub async fn bind_frontend(info: &ConnectionInfo) -> Result<FrontendLinks, TransportError> {
+    let shell = bind(RouterSocket::new(), info, Channel::Shell).await?;
+    let control = bind(RouterSocket::new(), info, Channel::Control).await?;
+    let stdin = bind(RouterSocket::new(), info, Channel::Stdin).await?;
+    let iopub = bind(XPubSocket::new(), info, Channel::Iopub).await?;
+    let heartbeat = bind(RouterSocket::new(), info, Channel::Heartbeat).await?;
+    Ok(FrontendLinks {
+        shell: actor::spawn_router(shell, Channel::Shell, LINK_CAPACITY),
+        control: actor::spawn_router(control, Channel::Control, LINK_CAPACITY),
+        stdin: actor::spawn_router(stdin, Channel::Stdin, LINK_CAPACITY),
+        iopub: actor::spawn_duplex(iopub, Channel::Iopub, LINK_CAPACITY),
+        heartbeat: actor::spawn_router(heartbeat, Channel::Heartbeat, LINK_CAPACITY),
+    })
+}
+
+async fn bind<S: Socket>(mut socket: S, info: &ConnectionInfo, channel: Channel) -> Result<S, TransportError> {
+    let endpoint = info.endpoint(channel);
+    if info.transport == Transport::Ipc {
+        // A socket file left by a previous run of this kernel (restart) blocks the bind.
+        let path = format!("{}-{}", info.ip, info.port(channel));
+        let _ = std::fs::remove_file(path);
+    }
+    socket.bind(&endpoint).await.map_err(|error| TransportError::Bind {
+        channel,
+        endpoint: endpoint.clone(),
+        reason: error.to_string(),
+    })?;
+    Ok(socket)
+}
+
+/// Connects to the real kernel, retrying until its sockets exist or `patience` runs out.
+/// `identity` is the routing id of the shell and stdin sockets: the kernel addresses
+/// `input_request` on stdin to the identity that sent the execute_request on shell.
+pub async fn connect_kernel(
+    info: &ConnectionInfo,
+    identity: Bytes,
+    patience: Duration,
+) -> Result<KernelLinks, TransportError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let dealer = || -> Result<DealerSocket, TransportError> {
+        let mut options = SocketOptions::default();
+        let id = identity.clone().try_into().map_err(|error: zeromq::ZmqError| TransportError::Connect {
+            channel: Channel::Shell,
+            endpoint: String::new(),
+            reason: error.to_string(),
+        })?;
+        options.peer_identity(id);
+        Ok(DealerSocket::with_options(options))
+    };
+    let mut iopub = connect(SubSocket::new(), info, Channel::Iopub, deadline).await?;
+    iopub.subscribe("").await.map_err(|error| TransportError::Connect {
+        channel: Channel::Iopub,
+        endpoint: info.endpoint(Channel::Iopub),
+        reason: error.to_string(),
+    })?;
+    let shell = connect(dealer()?, info, Channel::Shell, deadline).await?;
+    let control = connect(dealer()?, info, Channel::Control, deadline).await?;
+    let stdin = connect(dealer()?, info, Channel::Stdin, deadline).await?;
+    let heartbeat = connect(DealerSocket::new(), info, Channel::Heartbeat, deadline).await?;
+    Ok(KernelLinks {
+        shell: actor::spawn_duplex(shell, Channel::Shell, LINK_CAPACITY),
+        control: actor::spawn_duplex(control, Channel::Control, LINK_CAPACITY),
+        stdin: actor::spawn_duplex(stdin, Channel::Stdin, LINK_CAPACITY),
+        iopub: actor::spawn_receiver(iopub, Channel::Iopub, LINK_CAPACITY),
+        heartbeat: actor::spawn_duplex(heartbeat, Channel::Heartbeat, LINK_CAPACITY),
+    })
+}
+
+async fn connect<S: Socket>(
+    mut socket: S,
+    info: &ConnectionInfo,
+    channel: Channel,
+    deadline: tokio::time::Instant,
+) -> Result<S, TransportError> {
+    let endpoint = info.endpoint(channel);
+    loop {
+        match socket.connect(&endpoint).await {
+            Ok(()) => return Ok(socket),
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                return Err(TransportError::Connect {
+                    channel,
+                    endpoint,
+                    reason: error.to_string(),
+                });
+            }
+            // The kernel has not bound its sockets yet.
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
