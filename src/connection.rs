@@ -20,7 +20,13 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub const ALL: [Channel; 5] = [Self::Shell, Self::Control, Self::Stdin, Self::Iopub, Self::Heartbeat];
+    pub const ALL: [Channel; 5] = [
+        Self::Shell,
+        Self::Control,
+        Self::Stdin,
+        Self::Iopub,
+        Self::Heartbeat,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -94,13 +100,22 @@ impl std::fmt::Debug for ConnectionInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
     #[error("cannot read connection file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("connection file {path} is not valid: {source}")]
-    Parse { path: PathBuf, source: serde_json::Error },
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("connection file {path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("cannot write connection file {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl ConnectionInfo {
@@ -127,7 +142,9 @@ impl ConnectionInfo {
             .map_err(|error| ParseError::Invalid(error.to_string()))?;
         for channel in Channel::ALL {
             if info.port(channel) == 0 {
-                return Err(ParseError::Invalid(format!("{channel}_port is 0; ports must be set")));
+                return Err(ParseError::Invalid(format!(
+                    "{channel}_port is 0; ports must be set"
+                )));
             }
         }
         if info.ip.is_empty() {
@@ -142,7 +159,8 @@ impl ConnectionInfo {
             path: path.to_owned(),
             source,
         };
-        let json = serde_json::to_vec_pretty(self).map_err(|source| error(std::io::Error::other(source)))?;
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|source| error(std::io::Error::other(source)))?;
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -205,7 +223,9 @@ mod tests {
 
     #[test]
     fn reads_what_jupyter_writes() {
-        let info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes()).ok().expect("valid");
+        let info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes())
+            .ok()
+            .expect("valid");
         assert_eq!(info.endpoint(Channel::Shell), "tcp://127.0.0.1:50001");
         assert_eq!(info.endpoint(Channel::Heartbeat), "tcp://127.0.0.1:50005");
         assert_eq!(info.signature_scheme(), Ok(SignatureScheme::Sha256));
@@ -214,26 +234,45 @@ mod tests {
 
     #[test]
     fn ipc_endpoints_use_path_dash_port() {
-        let mut info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes()).ok().expect("valid");
+        let mut info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes())
+            .ok()
+            .expect("valid");
         info.transport = Transport::Ipc;
         info.ip = "/run/user/1000/kernel-x".into();
         info.iopub_port = 2;
-        assert_eq!(info.endpoint(Channel::Iopub), "ipc:///run/user/1000/kernel-x-2");
+        assert_eq!(
+            info.endpoint(Channel::Iopub),
+            "ipc:///run/user/1000/kernel-x-2"
+        );
     }
 
     #[test]
     fn rejects_unknown_scheme_zero_ports_and_bad_json() {
         let unknown = JUPYTER_WRITTEN.replace("hmac-sha256", "rot13");
-        assert!(matches!(ConnectionInfo::parse(unknown.as_bytes()), Err(ParseError::Invalid(_))));
+        assert!(matches!(
+            ConnectionInfo::parse(unknown.as_bytes()),
+            Err(ParseError::Invalid(_))
+        ));
         let zero = JUPYTER_WRITTEN.replace("50003", "0");
-        assert!(matches!(ConnectionInfo::parse(zero.as_bytes()), Err(ParseError::Invalid(_))));
-        assert!(matches!(ConnectionInfo::parse(b"{"), Err(ParseError::Json(_))));
-        assert!(matches!(ConnectionInfo::parse(b"{\"ip\": \"x\"}"), Err(ParseError::Json(_))));
+        assert!(matches!(
+            ConnectionInfo::parse(zero.as_bytes()),
+            Err(ParseError::Invalid(_))
+        ));
+        assert!(matches!(
+            ConnectionInfo::parse(b"{"),
+            Err(ParseError::Json(_))
+        ));
+        assert!(matches!(
+            ConnectionInfo::parse(b"{\"ip\": \"x\"}"),
+            Err(ParseError::Json(_))
+        ));
     }
 
     #[test]
     fn debug_never_shows_the_key() {
-        let info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes()).ok().expect("valid");
+        let info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes())
+            .ok()
+            .expect("valid");
         assert!(!format!("{info:?}").contains("a0436f6c"));
     }
 
@@ -242,9 +281,14 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("kernel.json");
-        let info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes()).ok().expect("valid");
+        let info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes())
+            .ok()
+            .expect("valid");
         info.write(&path).expect("written");
-        let mode = std::fs::metadata(&path).expect("exists").permissions().mode();
+        let mode = std::fs::metadata(&path)
+            .expect("exists")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(ConnectionInfo::read(&path).expect("reads back"), info);
     }

@@ -13,7 +13,10 @@ pub enum LaunchError {
     #[error("the kernel command line is empty")]
     EmptyArgv,
     #[error("cannot start kernel {program:?}: {source}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
 }
 
 /// The running real kernel.
@@ -26,13 +29,21 @@ pub struct KernelProcess {
 /// Points the kernel's argv at the private connection file. Jupyter has already put
 /// the frontend's connection file where the kernelspec said `{connection_file}`, so
 /// both that path and a literal `{connection_file}` are replaced.
-pub fn substitute_connection_file(argv: &[String], frontend_file: &Path, private_file: &Path) -> Vec<String> {
+pub fn substitute_connection_file(
+    argv: &[String],
+    frontend_file: &Path,
+    private_file: &Path,
+) -> Vec<String> {
     let frontend = frontend_file.to_string_lossy();
     let private = private_file.to_string_lossy();
     argv.iter()
         .map(|arg| {
             let arg = arg.replace("{connection_file}", &private);
-            if frontend.is_empty() { arg } else { arg.replace(&*frontend, &private) }
+            if frontend.is_empty() {
+                arg
+            } else {
+                arg.replace(&*frontend, &private)
+            }
         })
         .collect()
 }
@@ -52,7 +63,8 @@ impl KernelProcess {
         // SAFETY: the closure only makes async-signal-safe system calls.
         unsafe {
             command.pre_exec(move || {
-                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(std::io::Error::from)?;
+                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
+                    .map_err(std::io::Error::from)?;
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
                 // The proxy may have died between fork and prctl.
                 if nix::unistd::getppid().as_raw() as u32 != parent {
@@ -65,7 +77,10 @@ impl KernelProcess {
             program: program.clone(),
             source,
         })?;
-        let raw = child.id().and_then(|id| i32::try_from(id).ok()).unwrap_or_default();
+        let raw = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .unwrap_or_default();
         Ok(Self {
             child,
             pid: Pid::from_raw(raw),
@@ -117,10 +132,21 @@ mod tests {
 
     #[test]
     fn substitutes_every_connection_file_placeholder() {
-        let argv: Vec<String> = ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}", "--x={connection_file}"]
-            .map(String::from)
-            .to_vec();
-        let out = substitute_connection_file(&argv, Path::new("/home/u/kernel-1.json"), Path::new("/run/k.json"));
+        let argv: Vec<String> = [
+            "python",
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+            "--x={connection_file}",
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = substitute_connection_file(
+            &argv,
+            Path::new("/home/u/kernel-1.json"),
+            Path::new("/run/k.json"),
+        );
         assert_eq!(out[4], "/run/k.json");
         assert_eq!(out[5], "--x=/run/k.json");
         assert_eq!(out[0], "python");
@@ -128,11 +154,23 @@ mod tests {
 
     #[test]
     fn replaces_the_frontend_file_jupyter_already_substituted() {
-        let argv: Vec<String> = ["python", "-f", "/home/u/kernel-1.json", "--existing=/home/u/kernel-1.json"]
-            .map(String::from)
-            .to_vec();
-        let out = substitute_connection_file(&argv, Path::new("/home/u/kernel-1.json"), Path::new("/run/k.json"));
-        assert_eq!(out, ["python", "-f", "/run/k.json", "--existing=/run/k.json"]);
+        let argv: Vec<String> = [
+            "python",
+            "-f",
+            "/home/u/kernel-1.json",
+            "--existing=/home/u/kernel-1.json",
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = substitute_connection_file(
+            &argv,
+            Path::new("/home/u/kernel-1.json"),
+            Path::new("/run/k.json"),
+        );
+        assert_eq!(
+            out,
+            ["python", "-f", "/run/k.json", "--existing=/run/k.json"]
+        );
     }
 
     #[tokio::test]
@@ -148,7 +186,11 @@ mod tests {
         let argv = ["sleep", "30"].map(String::from).to_vec();
         let mut kernel = KernelProcess::spawn(&argv).expect("sleep starts");
         let group = nix::unistd::getpgid(Some(Pid::from_raw(kernel.pid() as i32))).expect("pgid");
-        assert_eq!(group.as_raw() as u32, kernel.pid(), "kernel leads its own group");
+        assert_eq!(
+            group.as_raw() as u32,
+            kernel.pid(),
+            "kernel leads its own group"
+        );
         kernel.signal_group(Signal::SIGTERM);
         let status = kernel.wait().await.expect("waits");
         assert_eq!(status.signal(), Some(Signal::SIGTERM as i32));
@@ -156,6 +198,9 @@ mod tests {
 
     #[test]
     fn empty_argv_is_an_error() {
-        assert!(matches!(KernelProcess::spawn(&[]), Err(LaunchError::EmptyArgv)));
+        assert!(matches!(
+            KernelProcess::spawn(&[]),
+            Err(LaunchError::EmptyArgv)
+        ));
     }
 }

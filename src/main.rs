@@ -8,9 +8,31 @@ use jupyter_audit::cli::{Cli, Command, KernelArgs};
 use jupyter_audit::proxy::{self, ProxyConfig};
 use jupyter_audit::{kernelspec, launcher};
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     init_tracing();
     let cli = Cli::parse();
+    if let Err(error) = run(cli) {
+        eprintln!("jupyter-audit: {}", describe(&error));
+        std::process::exit(1);
+    }
+}
+
+/// One line: the error and those of its causes that add something new.
+fn describe(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Kernel(args) => run_kernel(args),
         Command::Install(args) => {
@@ -24,8 +46,9 @@ fn main() -> anyhow::Result<()> {
 /// Diagnostics go to stderr (Jupyter shows a kernel's stderr in its log); RUST_LOG
 /// overrides the default level.
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("jupyter_audit=info,zeromq=error,warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("jupyter_audit=info,zeromq=error,warn")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -18,7 +18,12 @@ pub(super) fn spawn(frontend: Link, kernel: Link, max_message_bytes: usize) -> J
         while let Some(frames) = from_frontend.recv().await {
             let size: usize = frames.iter().map(|frame| frame.len()).sum();
             if size > max_message_bytes {
-                tracing::warn!(channel = "hb", reason = "oversized", size, "message rejected");
+                tracing::warn!(
+                    channel = "hb",
+                    reason = "oversized",
+                    size,
+                    "message rejected"
+                );
                 continue;
             }
             if to_kernel.send(frames).await.is_err() {

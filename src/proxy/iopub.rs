@@ -37,7 +37,10 @@ pub(super) fn spawn_relay(
                 tracing::warn!(channel = %Channel::Iopub, from = "kernel", reason = %error, "message rejected");
                 continue;
             }
-            if message.header().is_ok_and(|header| header.msg_type == WELCOME) {
+            if message
+                .header()
+                .is_ok_and(|header| header.msg_type == WELCOME)
+            {
                 continue;
             }
             message.resign(&sides.frontend);
@@ -71,13 +74,20 @@ pub(super) fn spawn_welcomes(
 /// The topic of a subscription message, or None for unsubscriptions and other input.
 fn subscribed_topic(frames: &Frames) -> Option<String> {
     match frames.as_slice() {
-        [frame] if frame.first() == Some(&1) => Some(String::from_utf8_lossy(&frame[1..]).into_owned()),
+        [frame] if frame.first() == Some(&1) => {
+            Some(String::from_utf8_lossy(&frame[1..]).into_owned())
+        }
         _ => None,
     }
 }
 
 fn welcome_message(topic: &str, sides: &Sides) -> WireMessage {
-    let mut welcome = compose(vec![], WELCOME, &sides.session, &serde_json::json!({ "subscription": topic }));
+    let mut welcome = compose(
+        vec![],
+        WELCOME,
+        &sides.session,
+        &serde_json::json!({ "subscription": topic }),
+    );
     welcome.resign(&sides.frontend);
     welcome
 }
@@ -93,11 +103,20 @@ mod tests {
 
     #[test]
     fn only_subscriptions_are_welcomed() {
-        assert_eq!(subscribed_topic(&vec![Bytes::from_static(b"\x01")]), Some(String::new()));
-        assert_eq!(subscribed_topic(&vec![Bytes::from_static(b"\x01kernel.")]), Some("kernel.".into()));
+        assert_eq!(
+            subscribed_topic(&vec![Bytes::from_static(b"\x01")]),
+            Some(String::new())
+        );
+        assert_eq!(
+            subscribed_topic(&vec![Bytes::from_static(b"\x01kernel.")]),
+            Some("kernel.".into())
+        );
         assert_eq!(subscribed_topic(&vec![Bytes::from_static(b"\x00")]), None);
         assert_eq!(subscribed_topic(&vec![]), None);
-        assert_eq!(subscribed_topic(&vec![Bytes::from_static(b"\x01"), Bytes::from_static(b"x")]), None);
+        assert_eq!(
+            subscribed_topic(&vec![Bytes::from_static(b"\x01"), Bytes::from_static(b"x")]),
+            None
+        );
     }
 
     #[test]
@@ -110,8 +129,13 @@ mod tests {
             session: "proxy-session".into(),
         };
         let welcome = welcome_message("", &sides);
-        welcome.verify(&sides.frontend).expect("frontend can verify");
-        assert!(welcome.routing.is_empty(), "no topic frame: every subscriber gets it");
+        welcome
+            .verify(&sides.frontend)
+            .expect("frontend can verify");
+        assert!(
+            welcome.routing.is_empty(),
+            "no topic frame: every subscriber gets it"
+        );
         assert_eq!(welcome.header().expect("header").msg_type, WELCOME);
         let content: serde_json::Value = serde_json::from_slice(&welcome.content).expect("json");
         assert_eq!(content, serde_json::json!({"subscription": ""}));

@@ -104,21 +104,56 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
     let identity = bytes::Bytes::from(format!("jupyter-audit-{}", std::process::id()));
     let activity = Arc::new(startup::Activity::default());
     let relay = async {
-        let upstream = transport::connect_kernel(runtime.info(), identity, STARTUP_PATIENCE).await?;
+        let upstream =
+            transport::connect_kernel(runtime.info(), identity, STARTUP_PATIENCE).await?;
         let mut upstream = upstream;
-        let heartbeat = heartbeat::spawn(links.heartbeat, upstream.heartbeat, sides.max_message_bytes);
-        let welcome = iopub::spawn_welcomes(links.iopub.incoming, links.iopub.outgoing.clone(), sides.clone());
-        startup::wait_until_ready(&mut upstream.shell, &mut upstream.iopub, &sides, STARTUP_PATIENCE).await?;
+        let heartbeat =
+            heartbeat::spawn(links.heartbeat, upstream.heartbeat, sides.max_message_bytes);
+        let welcome = iopub::spawn_welcomes(
+            links.iopub.incoming,
+            links.iopub.outgoing.clone(),
+            sides.clone(),
+        );
+        startup::wait_until_ready(
+            &mut upstream.shell,
+            &mut upstream.iopub,
+            &sides,
+            STARTUP_PATIENCE,
+        )
+        .await?;
         // The kernel has read its connection file; nobody else needs the key in it.
         runtime.forget_connection_file();
         tracing::info!("kernel ready, relaying");
         let tasks = vec![
             heartbeat,
             welcome,
-            iopub::spawn_relay(upstream.iopub.incoming, links.iopub.outgoing, sides.clone(), activity.clone()),
-            requests::spawn(crate::connection::Channel::Shell, links.shell, upstream.shell, sides.clone(), activity.clone()),
-            requests::spawn(crate::connection::Channel::Control, links.control, upstream.control, sides.clone(), activity.clone()),
-            requests::spawn(crate::connection::Channel::Stdin, links.stdin, upstream.stdin, sides.clone(), activity.clone()),
+            iopub::spawn_relay(
+                upstream.iopub.incoming,
+                links.iopub.outgoing,
+                sides.clone(),
+                activity.clone(),
+            ),
+            requests::spawn(
+                crate::connection::Channel::Shell,
+                links.shell,
+                upstream.shell,
+                sides.clone(),
+                activity.clone(),
+            ),
+            requests::spawn(
+                crate::connection::Channel::Control,
+                links.control,
+                upstream.control,
+                sides.clone(),
+                activity.clone(),
+            ),
+            requests::spawn(
+                crate::connection::Channel::Stdin,
+                links.stdin,
+                upstream.stdin,
+                sides.clone(),
+                activity.clone(),
+            ),
         ];
         Ok::<_, ProxyError>(tasks)
     };
@@ -144,7 +179,9 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
     };
     tracing::info!(pid = kernel_pid, %status, "kernel exited");
     // Let replies and outputs the kernel sent just before exiting reach the frontends.
-    activity.wait_for_quiet(Duration::from_millis(150), Duration::from_secs(2)).await;
+    activity
+        .wait_for_quiet(Duration::from_millis(150), Duration::from_secs(2))
+        .await;
     for task in tasks.into_iter().flatten() {
         task.abort();
     }

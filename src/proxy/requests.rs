@@ -97,7 +97,10 @@ impl Rejection {
 }
 
 /// Checks a frontend message: size, framing, signature, header, replay.
-pub(super) fn accept_from_frontend(frames: Frames, sides: &Sides) -> Result<WireMessage, Rejection> {
+pub(super) fn accept_from_frontend(
+    frames: Frames,
+    sides: &Sides,
+) -> Result<WireMessage, Rejection> {
     let message = WireMessage::from_frames(frames, sides.max_message_bytes)
         .map_err(|error| Rejection::new("frontend", error, None))?;
     if let Err(error) = message.verify(&sides.frontend) {
@@ -111,17 +114,25 @@ pub(super) fn accept_from_frontend(frames: Frames, sides: &Sides) -> Result<Wire
         Err(poisoned) => poisoned.into_inner().first_use(&message.signature),
     };
     if !first_use {
-        return Err(Rejection::new("frontend", WireError::Replayed, Some(&message)));
+        return Err(Rejection::new(
+            "frontend",
+            WireError::Replayed,
+            Some(&message),
+        ));
     }
     Ok(message)
 }
 
 /// Checks a kernel message: framing and the private key's signature.
 fn accept_from_kernel(frames: Frames, sides: &Sides) -> Result<WireMessage, Rejection> {
-    let message =
-        WireMessage::from_frames(frames, usize::MAX).map_err(|error| Rejection::new("kernel", error, None))?;
+    let message = WireMessage::from_frames(frames, usize::MAX)
+        .map_err(|error| Rejection::new("kernel", error, None))?;
     if message.routing.is_empty() {
-        return Err(Rejection::new("kernel", WireError::MissingDelimiter, Some(&message)));
+        return Err(Rejection::new(
+            "kernel",
+            WireError::MissingDelimiter,
+            Some(&message),
+        ));
     }
     message
         .verify(&sides.kernel)
@@ -192,7 +203,12 @@ mod tests {
         // Same signature, different content: fails verification, must not be remembered.
         let last = forged.len() - 1;
         forged[last] = Bytes::from_static(b"{\"code\":\"2\"}");
-        assert_eq!(accept_from_frontend(forged, &sides).expect_err("forged").error, WireError::BadSignature);
+        assert_eq!(
+            accept_from_frontend(forged, &sides)
+                .expect_err("forged")
+                .error,
+            WireError::BadSignature
+        );
         accept_from_frontend(genuine, &sides).expect("genuine still accepted");
     }
 
@@ -200,7 +216,8 @@ mod tests {
     fn kernel_replies_must_carry_the_private_signature() {
         let sides = sides(usize::MAX);
         accept_from_kernel(signed_request(&sides.kernel), &sides).expect("kernel-signed");
-        let rejection = accept_from_kernel(signed_request(&sides.frontend), &sides).expect_err("wrong key");
+        let rejection =
+            accept_from_kernel(signed_request(&sides.frontend), &sides).expect_err("wrong key");
         assert_eq!(rejection.error, WireError::BadSignature);
     }
 }

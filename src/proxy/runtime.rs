@@ -14,8 +14,13 @@ const MAX_SOCKET_PATH: usize = 107;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("cannot create the private runtime directory in {base}: {source}")]
-    CreateDir { base: PathBuf, source: std::io::Error },
-    #[error("private runtime directory {0} is too long for Unix socket paths; use --runtime-dir with a shorter path")]
+    CreateDir {
+        base: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "private runtime directory {0} is too long for Unix socket paths; use --runtime-dir with a shorter path"
+    )]
     PathTooLong(PathBuf),
     #[error("cannot find free loopback ports for the kernel: {0}")]
     Ports(std::io::Error),
@@ -42,7 +47,10 @@ impl PrivateRuntime {
             .prefix("jupyter-audit-")
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(&base)
-            .map_err(|source| RuntimeError::CreateDir { base: base.clone(), source })?;
+            .map_err(|source| RuntimeError::CreateDir {
+                base: base.clone(),
+                source,
+            })?;
         let (transport, ip, ports) = match transport {
             KernelTransport::Ipc => {
                 let prefix = dir.path().join("k");
@@ -50,9 +58,17 @@ impl PrivateRuntime {
                 if prefix.as_os_str().len() + 2 > MAX_SOCKET_PATH {
                     return Err(RuntimeError::PathTooLong(dir.path().to_owned()));
                 }
-                (Transport::Ipc, prefix.to_string_lossy().into_owned(), [1, 2, 3, 4, 5])
+                (
+                    Transport::Ipc,
+                    prefix.to_string_lossy().into_owned(),
+                    [1, 2, 3, 4, 5],
+                )
             }
-            KernelTransport::Tcp => (Transport::Tcp, "127.0.0.1".to_owned(), free_loopback_ports()?),
+            KernelTransport::Tcp => (
+                Transport::Tcp,
+                "127.0.0.1".to_owned(),
+                free_loopback_ports()?,
+            ),
         };
         let info = ConnectionInfo {
             transport,
@@ -123,10 +139,17 @@ mod tests {
     #[test]
     fn private_directory_and_connection_file_are_owner_only() {
         let base = tempfile::tempdir().expect("tempdir");
-        let runtime = PrivateRuntime::create(Some(base.path()), KernelTransport::Ipc, None).expect("created");
-        let dir_mode = std::fs::metadata(runtime.dir()).expect("dir").permissions().mode();
+        let runtime =
+            PrivateRuntime::create(Some(base.path()), KernelTransport::Ipc, None).expect("created");
+        let dir_mode = std::fs::metadata(runtime.dir())
+            .expect("dir")
+            .permissions()
+            .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
-        let file_mode = std::fs::metadata(runtime.connection_file()).expect("file").permissions().mode();
+        let file_mode = std::fs::metadata(runtime.connection_file())
+            .expect("file")
+            .permissions()
+            .mode();
         assert_eq!(file_mode & 0o777, 0o600);
         let written = ConnectionInfo::read(runtime.connection_file()).expect("readable");
         assert_eq!(&written, runtime.info());
@@ -142,10 +165,17 @@ mod tests {
     #[test]
     fn tcp_fallback_uses_distinct_loopback_ports() {
         let base = tempfile::tempdir().expect("tempdir");
-        let runtime = PrivateRuntime::create(Some(base.path()), KernelTransport::Tcp, None).expect("created");
+        let runtime =
+            PrivateRuntime::create(Some(base.path()), KernelTransport::Tcp, None).expect("created");
         let info = runtime.info();
         assert_eq!(info.ip, "127.0.0.1");
-        let mut ports = vec![info.shell_port, info.iopub_port, info.stdin_port, info.control_port, info.hb_port];
+        let mut ports = vec![
+            info.shell_port,
+            info.iopub_port,
+            info.stdin_port,
+            info.control_port,
+            info.hb_port,
+        ];
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), 5);
@@ -154,8 +184,10 @@ mod tests {
     #[test]
     fn each_run_gets_a_fresh_key() {
         let base = tempfile::tempdir().expect("tempdir");
-        let first = PrivateRuntime::create(Some(base.path()), KernelTransport::Ipc, None).expect("created");
-        let second = PrivateRuntime::create(Some(base.path()), KernelTransport::Ipc, None).expect("created");
+        let first =
+            PrivateRuntime::create(Some(base.path()), KernelTransport::Ipc, None).expect("created");
+        let second =
+            PrivateRuntime::create(Some(base.path()), KernelTransport::Ipc, None).expect("created");
         assert_ne!(first.info().key, second.info().key);
     }
 }

@@ -17,7 +17,9 @@ pub(super) fn spawn_router(socket: RouterSocket, channel: Channel, capacity: usi
     let (mut send_half, mut recv_half) = socket.split();
     tokio::spawn(async move {
         while let Some(frames) = to_send.recv().await {
-            let Some(message) = to_message(frames) else { continue };
+            let Some(message) = to_message(frames) else {
+                continue;
+            };
             if let Err(error) = send_half.send(message).await {
                 // ROUTER sends to a peer that has gone away fail; ZeroMQ drops those.
                 tracing::debug!(%channel, %error, "frontend gone, message dropped");

@@ -84,18 +84,25 @@ pub async fn bind_frontend(info: &ConnectionInfo) -> Result<FrontendLinks, Trans
     })
 }
 
-async fn bind<S: Socket>(mut socket: S, info: &ConnectionInfo, channel: Channel) -> Result<S, TransportError> {
+async fn bind<S: Socket>(
+    mut socket: S,
+    info: &ConnectionInfo,
+    channel: Channel,
+) -> Result<S, TransportError> {
     let endpoint = info.endpoint(channel);
     if info.transport == Transport::Ipc {
         // A socket file left by a previous run of this kernel (restart) blocks the bind.
         let path = format!("{}-{}", info.ip, info.port(channel));
         let _ = std::fs::remove_file(path);
     }
-    socket.bind(&endpoint).await.map_err(|error| TransportError::Bind {
-        channel,
-        endpoint: endpoint.clone(),
-        reason: error.to_string(),
-    })?;
+    socket
+        .bind(&endpoint)
+        .await
+        .map_err(|error| TransportError::Bind {
+            channel,
+            endpoint: endpoint.clone(),
+            reason: error.to_string(),
+        })?;
     Ok(socket)
 }
 
@@ -110,20 +117,26 @@ pub async fn connect_kernel(
     let deadline = tokio::time::Instant::now() + patience;
     let dealer = || -> Result<DealerSocket, TransportError> {
         let mut options = SocketOptions::default();
-        let id = identity.clone().try_into().map_err(|error: zeromq::ZmqError| TransportError::Connect {
-            channel: Channel::Shell,
-            endpoint: String::new(),
-            reason: error.to_string(),
-        })?;
+        let id = identity
+            .clone()
+            .try_into()
+            .map_err(|error: zeromq::ZmqError| TransportError::Connect {
+                channel: Channel::Shell,
+                endpoint: String::new(),
+                reason: error.to_string(),
+            })?;
         options.peer_identity(id);
         Ok(DealerSocket::with_options(options))
     };
     let mut iopub = connect(SubSocket::new(), info, Channel::Iopub, deadline).await?;
-    iopub.subscribe("").await.map_err(|error| TransportError::Connect {
-        channel: Channel::Iopub,
-        endpoint: info.endpoint(Channel::Iopub),
-        reason: error.to_string(),
-    })?;
+    iopub
+        .subscribe("")
+        .await
+        .map_err(|error| TransportError::Connect {
+            channel: Channel::Iopub,
+            endpoint: info.endpoint(Channel::Iopub),
+            reason: error.to_string(),
+        })?;
     let shell = connect(dealer()?, info, Channel::Shell, deadline).await?;
     let control = connect(dealer()?, info, Channel::Control, deadline).await?;
     let stdin = connect(dealer()?, info, Channel::Stdin, deadline).await?;

@@ -23,8 +23,15 @@ struct OwnHeader<'a> {
 
 /// Builds an unsigned message of `msg_type` for session `session`; sign it with
 /// [`WireMessage::resign`] before sending.
-pub fn compose(routing: Vec<Bytes>, msg_type: &str, session: &str, content: &serde_json::Value) -> WireMessage {
-    let date = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+pub fn compose(
+    routing: Vec<Bytes>,
+    msg_type: &str,
+    session: &str,
+    content: &serde_json::Value,
+) -> WireMessage {
+    let date = OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default();
     let header = OwnHeader {
         msg_id: uuid::Uuid::new_v4().to_string(),
         msg_type,
@@ -51,14 +58,23 @@ mod tests {
 
     #[test]
     fn composed_message_has_a_parseable_header() {
-        let message = compose(vec![], "iopub_welcome", "s1", &serde_json::json!({"subscription": ""}));
+        let message = compose(
+            vec![],
+            "iopub_welcome",
+            "s1",
+            &serde_json::json!({"subscription": ""}),
+        );
         let header = message.header().expect("valid header");
         assert_eq!(header.msg_type, "iopub_welcome");
         assert_eq!(header.msg_id.len(), 36);
         let full: serde_json::Value = serde_json::from_slice(&message.header).expect("json");
         assert_eq!(full["session"], "s1");
         assert_eq!(full["version"], PROTOCOL_VERSION);
-        assert!(full["date"].as_str().is_some_and(|date| date.ends_with('Z')));
+        assert!(
+            full["date"]
+                .as_str()
+                .is_some_and(|date| date.ends_with('Z'))
+        );
         assert_eq!(message.content.as_ref(), br#"{"subscription":""}"#);
     }
 }

@@ -71,7 +71,13 @@ impl WireMessage {
     }
 
     /// Builds a message from its JSON parts (used for messages the proxy originates).
-    pub fn new(routing: Vec<Bytes>, header: Bytes, parent_header: Bytes, metadata: Bytes, content: Bytes) -> Self {
+    pub fn new(
+        routing: Vec<Bytes>,
+        header: Bytes,
+        parent_header: Bytes,
+        metadata: Bytes,
+        content: Bytes,
+    ) -> Self {
         Self {
             routing,
             signature: Bytes::new(),
@@ -85,12 +91,18 @@ impl WireMessage {
 
     /// The four signed parts, in signing order.
     pub fn signed_parts(&self) -> [&[u8]; 4] {
-        [&self.header, &self.parent_header, &self.metadata, &self.content]
+        [
+            &self.header,
+            &self.parent_header,
+            &self.metadata,
+            &self.content,
+        ]
     }
 
     /// Parses the header fields the proxy needs.
     pub fn header(&self) -> Result<Header, WireError> {
-        serde_json::from_slice(&self.header).map_err(|error| WireError::BadHeader(error.to_string()))
+        serde_json::from_slice(&self.header)
+            .map_err(|error| WireError::BadHeader(error.to_string()))
     }
 
     /// Checks the signature against `signer`'s key.
@@ -108,7 +120,11 @@ impl WireMessage {
         self.routing.iter().map(Bytes::len).sum::<usize>()
             + DELIMITER.len()
             + self.signature.len()
-            + self.signed_parts().iter().map(|part| part.len()).sum::<usize>()
+            + self
+                .signed_parts()
+                .iter()
+                .map(|part| part.len())
+                .sum::<usize>()
             + self.buffers.iter().map(Bytes::len).sum::<usize>()
     }
 
@@ -133,7 +149,10 @@ mod tests {
     use crate::wire::SignatureScheme;
 
     fn frames(parts: &[&[u8]]) -> Vec<Bytes> {
-        parts.iter().map(|part| Bytes::copy_from_slice(part)).collect()
+        parts
+            .iter()
+            .map(|part| Bytes::copy_from_slice(part))
+            .collect()
     }
 
     const HEADER: &[u8] = br#"{"msg_id":"m1","msg_type":"execute_request","session":"s","username":"u","date":"2026-01-01T00:00:00Z","version":"5.4"}"#;
@@ -141,7 +160,18 @@ mod tests {
     #[test]
     fn splits_routing_signed_parts_and_buffers() {
         let message = WireMessage::from_frames(
-            frames(&[b"id1", b"id2", DELIMITER, b"sig", HEADER, b"{}", b"{}", b"{\"code\":\"1\"}", b"buf1", b"buf2"]),
+            frames(&[
+                b"id1",
+                b"id2",
+                DELIMITER,
+                b"sig",
+                HEADER,
+                b"{}",
+                b"{}",
+                b"{\"code\":\"1\"}",
+                b"buf1",
+                b"buf2",
+            ]),
             usize::MAX,
         )
         .expect("valid message");
@@ -156,16 +186,31 @@ mod tests {
 
     #[test]
     fn round_trips_frames_unchanged() {
-        let original = frames(&[b"id", DELIMITER, b"sig", HEADER, b"{}", b"{}", b"{}", b"\x00\xff"]);
+        let original = frames(&[
+            b"id",
+            DELIMITER,
+            b"sig",
+            HEADER,
+            b"{}",
+            b"{}",
+            b"{}",
+            b"\x00\xff",
+        ]);
         let message = WireMessage::from_frames(original.clone(), usize::MAX).expect("valid");
-        assert_eq!(message.size(), original.iter().map(Bytes::len).sum::<usize>());
+        assert_eq!(
+            message.size(),
+            original.iter().map(Bytes::len).sum::<usize>()
+        );
         assert_eq!(message.into_frames(), original);
     }
 
     #[test]
     fn message_without_routing_is_accepted() {
-        let message = WireMessage::from_frames(frames(&[DELIMITER, b"", HEADER, b"{}", b"{}", b"{}"]), usize::MAX)
-            .expect("valid");
+        let message = WireMessage::from_frames(
+            frames(&[DELIMITER, b"", HEADER, b"{}", b"{}", b"{}"]),
+            usize::MAX,
+        )
+        .expect("valid");
         assert!(message.routing.is_empty());
         assert!(message.buffers.is_empty());
     }
@@ -174,7 +219,10 @@ mod tests {
     fn rejects_malformed_multiparts() {
         assert_eq!(WireMessage::from_frames(vec![], 100), Err(WireError::Empty));
         assert_eq!(
-            WireMessage::from_frames(frames(&[b"id", b"sig", HEADER, b"{}", b"{}", b"{}"]), usize::MAX),
+            WireMessage::from_frames(
+                frames(&[b"id", b"sig", HEADER, b"{}", b"{}", b"{}"]),
+                usize::MAX
+            ),
             Err(WireError::MissingDelimiter)
         );
         assert_eq!(
@@ -190,18 +238,30 @@ mod tests {
     #[test]
     fn rejects_oversized_messages_before_parsing() {
         let big = vec![0u8; 1000];
-        let error = WireMessage::from_frames(frames(&[DELIMITER, b"", HEADER, b"{}", b"{}", &big]), 500)
-            .expect_err("over the cap");
+        let error =
+            WireMessage::from_frames(frames(&[DELIMITER, b"", HEADER, b"{}", b"{}", &big]), 500)
+                .expect_err("over the cap");
         assert!(matches!(error, WireError::Oversized { limit: 500, .. }));
     }
 
     #[test]
     fn bad_header_json_is_an_error_not_a_panic() {
-        for header in [&b"{not json"[..], b"", b"[1,2]", b"\xff\xfe", b"{\"msg_type\": 5}"] {
-            let message =
-                WireMessage::from_frames(frames(&[DELIMITER, b"", header, b"{}", b"{}", b"{}"]), usize::MAX)
-                    .expect("framing is fine");
-            assert!(matches!(message.header(), Err(WireError::BadHeader(_))), "{header:?}");
+        for header in [
+            &b"{not json"[..],
+            b"",
+            b"[1,2]",
+            b"\xff\xfe",
+            b"{\"msg_type\": 5}",
+        ] {
+            let message = WireMessage::from_frames(
+                frames(&[DELIMITER, b"", header, b"{}", b"{}", b"{}"]),
+                usize::MAX,
+            )
+            .expect("framing is fine");
+            assert!(
+                matches!(message.header(), Err(WireError::BadHeader(_))),
+                "{header:?}"
+            );
         }
     }
 

@@ -35,10 +35,10 @@ impl ReplayGuard {
             return false;
         }
         self.order.push_back(signature.clone());
-        if self.order.len() > self.capacity {
-            if let Some(oldest) = self.order.pop_front() {
-                self.seen.remove(&oldest);
-            }
+        if self.order.len() > self.capacity
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
         }
         true
     }
@@ -77,7 +77,13 @@ mod tests {
             assert!(guard.first_use(&Bytes::copy_from_slice(signature)));
         }
         assert_eq!(guard.seen.len(), 2);
-        assert!(guard.first_use(&Bytes::from_static(b"a")), "forgotten after eviction");
-        assert!(!guard.first_use(&Bytes::from_static(b"c")), "still remembered");
+        assert!(
+            guard.first_use(&Bytes::from_static(b"a")),
+            "forgotten after eviction"
+        );
+        assert!(
+            !guard.first_use(&Bytes::from_static(b"c")),
+            "still remembered"
+        );
     }
 }

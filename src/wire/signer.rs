@@ -73,7 +73,8 @@ impl KeyedMac {
     fn new(key: &[u8], scheme: SignatureScheme) -> Self {
         // HMAC takes keys of any length, so new_from_slice cannot fail here.
         fn keyed<M: Mac + hmac::digest::KeyInit>(key: &[u8]) -> M {
-            <M as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+            <M as Mac>::new_from_slice(key)
+                .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
         }
         match scheme {
             SignatureScheme::Md5 => Self::Md5(keyed(key)),
@@ -171,7 +172,12 @@ impl Signer {
 mod tests {
     use super::*;
 
-    const PARTS: [&[u8]; 4] = [b"{\"msg_id\":\"1\"}", b"{}", b"{}", b"{\"code\":\"print(1)\"}"];
+    const PARTS: [&[u8]; 4] = [
+        b"{\"msg_id\":\"1\"}",
+        b"{}",
+        b"{}",
+        b"{\"code\":\"print(1)\"}",
+    ];
 
     /// Reference digests computed with Python's `hmac` module over PARTS, key b"secret".
     #[test]
@@ -179,16 +185,24 @@ mod tests {
         let cases = [
             ("hmac-md5", "f011e4ba7632fd679f58efce9cf401a0"),
             ("hmac-sha1", "53390d2ed6ae8ff09dfa44e472c74ad698cb8c5b"),
-            ("hmac-sha256", "33f23ac189cf5ccc41dfd2a86cd68133bdf204e8d03a44e53ce2dfaa6f085746"),
+            (
+                "hmac-sha256",
+                "33f23ac189cf5ccc41dfd2a86cd68133bdf204e8d03a44e53ce2dfaa6f085746",
+            ),
             (
                 "hmac-sha512",
                 "4fe7731291f33906ac4f39875ec12b7d17cd48908546df06d60c71e288b5a30043cb788ff6c81e65bed1be9dc76e37b51237877dba9b13c8234d242461435577",
             ),
         ];
         for (name, expected) in cases {
-            let signer = Signer::new(b"secret", SignatureScheme::parse(name).expect("known scheme"));
+            let signer = Signer::new(
+                b"secret",
+                SignatureScheme::parse(name).expect("known scheme"),
+            );
             assert_eq!(signer.sign(PARTS).as_ref(), expected.as_bytes(), "{name}");
-            signer.verify(PARTS, expected.to_uppercase().as_bytes()).expect("hex case does not matter");
+            signer
+                .verify(PARTS, expected.to_uppercase().as_bytes())
+                .expect("hex case does not matter");
         }
     }
 
@@ -205,9 +219,15 @@ mod tests {
             let signer = Signer::new(b"secret", SignatureScheme::parse(name).expect("known"));
             let signature = signer.sign(PARTS);
             assert_eq!(signature.len(), hex_len, "{name}");
-            signer.verify(PARTS, &signature).expect("own signature verifies");
+            signer
+                .verify(PARTS, &signature)
+                .expect("own signature verifies");
             let other = Signer::new(b"other", signer.scheme());
-            assert_eq!(other.verify(PARTS, &signature), Err(WireError::BadSignature), "{name}");
+            assert_eq!(
+                other.verify(PARTS, &signature),
+                Err(WireError::BadSignature),
+                "{name}"
+            );
         }
     }
 
@@ -233,15 +253,24 @@ mod tests {
         let signer = Signer::new(b"secret", SignatureScheme::Sha256);
         let good = signer.sign(PARTS);
         assert_eq!(signer.verify(PARTS, b""), Err(WireError::MissingSignature));
-        assert_eq!(signer.verify(PARTS, b"zz-not-hex"), Err(WireError::BadSignature));
-        assert_eq!(signer.verify(PARTS, &good[..10]), Err(WireError::BadSignature));
+        assert_eq!(
+            signer.verify(PARTS, b"zz-not-hex"),
+            Err(WireError::BadSignature)
+        );
+        assert_eq!(
+            signer.verify(PARTS, &good[..10]),
+            Err(WireError::BadSignature)
+        );
         let tampered = [PARTS[0], PARTS[1], PARTS[2], b"{\"code\":\"print(2)\"}"];
         assert_eq!(signer.verify(tampered, &good), Err(WireError::BadSignature));
     }
 
     #[test]
     fn debug_output_hides_the_key() {
-        let printed = format!("{:?}", Signer::new(b"super-secret-key", SignatureScheme::Sha256));
+        let printed = format!(
+            "{:?}",
+            Signer::new(b"super-secret-key", SignatureScheme::Sha256)
+        );
         assert!(!printed.contains("super-secret-key"));
     }
 }
