@@ -6,13 +6,14 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Sides;
 use super::startup::Activity;
 use crate::connection::Channel;
-use crate::transport::Frames;
+use crate::transport::{Frames, Subscription};
 use crate::wire::{WireMessage, compose};
 
 const WELCOME: &str = "iopub_welcome";
@@ -51,43 +52,26 @@ pub(super) fn spawn_relay(
     })
 }
 
-/// Answers each frontend subscription (`\x01topic`) with a signed welcome.
+/// Answers each frontend subscription with a welcome for that frontend alone.
 pub(super) fn spawn_welcomes(
-    mut subscriptions: mpsc::Receiver<Frames>,
-    to_frontends: mpsc::Sender<Frames>,
+    mut subscriptions: mpsc::Receiver<Subscription>,
+    to_one: mpsc::Sender<(Bytes, Frames)>,
     sides: Arc<Sides>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(frames) = subscriptions.recv().await {
-            let Some(topic) = subscribed_topic(&frames) else {
-                continue;
-            };
-            tracing::debug!(topic = %topic, "frontend subscribed to iopub");
+        while let Some(subscription) = subscriptions.recv().await {
+            let topic = String::from_utf8_lossy(&subscription.topic);
+            tracing::debug!(%topic, "frontend subscribed to iopub");
             let welcome = welcome_message(&topic, &sides);
-            if to_frontends.send(welcome.into_frames()).await.is_err() {
+            if to_one.send((subscription.peer, welcome.into_frames())).await.is_err() {
                 break;
             }
         }
     })
 }
 
-/// The topic of a subscription message, or None for unsubscriptions and other input.
-fn subscribed_topic(frames: &Frames) -> Option<String> {
-    match frames.as_slice() {
-        [frame] if frame.first() == Some(&1) => {
-            Some(String::from_utf8_lossy(&frame[1..]).into_owned())
-        }
-        _ => None,
-    }
-}
-
 fn welcome_message(topic: &str, sides: &Sides) -> WireMessage {
-    let mut welcome = compose(
-        vec![],
-        WELCOME,
-        &sides.session,
-        &serde_json::json!({ "subscription": topic }),
-    );
+    let mut welcome = compose(vec![], WELCOME, &sides.session, &serde_json::json!({ "subscription": topic }));
     welcome.resign(&sides.frontend);
     welcome
 }
@@ -96,28 +80,8 @@ fn welcome_message(topic: &str, sides: &Sides) -> WireMessage {
 mod tests {
     use std::sync::Mutex;
 
-    use bytes::Bytes;
-
     use super::*;
     use crate::wire::{ReplayGuard, SignatureScheme, Signer};
-
-    #[test]
-    fn only_subscriptions_are_welcomed() {
-        assert_eq!(
-            subscribed_topic(&vec![Bytes::from_static(b"\x01")]),
-            Some(String::new())
-        );
-        assert_eq!(
-            subscribed_topic(&vec![Bytes::from_static(b"\x01kernel.")]),
-            Some("kernel.".into())
-        );
-        assert_eq!(subscribed_topic(&vec![Bytes::from_static(b"\x00")]), None);
-        assert_eq!(subscribed_topic(&vec![]), None);
-        assert_eq!(
-            subscribed_topic(&vec![Bytes::from_static(b"\x01"), Bytes::from_static(b"x")]),
-            None
-        );
-    }
 
     #[test]
     fn welcome_is_signed_with_the_frontend_key() {

@@ -75,7 +75,7 @@ pub(crate) struct Sides {
 pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
     let frontend_info = ConnectionInfo::read(&config.connection_file)?;
     let mut signals = Signals::install()?;
-    let links = transport::bind_frontend(&frontend_info).await?;
+    let links = transport::bind_frontend(&frontend_info, config.max_message_bytes).await?;
     tracing::info!(connection_file = %config.connection_file.display(), "frontend sockets bound");
 
     let runtime = runtime::PrivateRuntime::create(
@@ -104,14 +104,13 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
     let identity = bytes::Bytes::from(format!("jupyter-audit-{}", std::process::id()));
     let activity = Arc::new(startup::Activity::default());
     let relay = async {
-        let upstream =
+        let mut upstream =
             transport::connect_kernel(runtime.info(), identity, STARTUP_PATIENCE).await?;
-        let mut upstream = upstream;
         let heartbeat =
             heartbeat::spawn(links.heartbeat, upstream.heartbeat, sides.max_message_bytes);
         let welcome = iopub::spawn_welcomes(
-            links.iopub.incoming,
-            links.iopub.outgoing.clone(),
+            links.iopub.subscriptions,
+            links.iopub.direct,
             sides.clone(),
         );
         startup::wait_until_ready(
@@ -129,7 +128,7 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
             welcome,
             iopub::spawn_relay(
                 upstream.iopub.incoming,
-                links.iopub.outgoing,
+                links.iopub.publish,
                 sides.clone(),
                 activity.clone(),
             ),

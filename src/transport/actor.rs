@@ -1,47 +1,13 @@
 //! Tasks that own one socket each and move messages between it and a [`Link`].
 
 use tokio::sync::mpsc;
-use zeromq::{RouterSocket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{SocketRecv, SocketSend, ZmqMessage};
 
 use super::{Frames, Link};
 use crate::connection::Channel;
 
 fn to_message(frames: Frames) -> Option<ZmqMessage> {
     ZmqMessage::try_from(frames).ok()
-}
-
-/// A ROUTER socket, split so that a slow send never delays receiving.
-pub(super) fn spawn_router(socket: RouterSocket, channel: Channel, capacity: usize) -> Link {
-    let (outgoing, mut to_send) = mpsc::channel::<Frames>(capacity);
-    let (received, incoming) = mpsc::channel::<Frames>(capacity);
-    let (mut send_half, mut recv_half) = socket.split();
-    tokio::spawn(async move {
-        while let Some(frames) = to_send.recv().await {
-            let Some(message) = to_message(frames) else {
-                continue;
-            };
-            if let Err(error) = send_half.send(message).await {
-                // ROUTER sends to a peer that has gone away fail; ZeroMQ drops those.
-                tracing::debug!(%channel, %error, "frontend gone, message dropped");
-            }
-        }
-    });
-    tokio::spawn(async move {
-        loop {
-            match recv_half.recv().await {
-                Ok(message) => {
-                    if received.send(message.into_vec()).await.is_err() {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    tracing::debug!(%channel, %error, "receive failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            }
-        }
-    });
-    Link { outgoing, incoming }
 }
 
 /// A receive-only socket (SUB). The outgoing queue is kept but unused.

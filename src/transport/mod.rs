@@ -2,16 +2,22 @@
 //! program sees each socket as a [`Link`]: a bounded queue of multipart messages in
 //! each direction, served by a task that owns the socket.
 //!
+//! Frontends are served by [`zmtp`], a small ZMTP server made for untrusted input; the
+//! connection to the private kernel uses the `zeromq` crate.
+//!
 //! Bounded queues are the back-pressure: when the proxy cannot keep up, a socket task
 //! stops reading and the peer's own queues fill, as between two ZeroMQ peers.
 
 mod actor;
+mod zmtp;
+
+pub use zmtp::{Publisher, Subscription};
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use zeromq::{DealerSocket, RouterSocket, Socket, SocketOptions, SubSocket, XPubSocket};
+use zeromq::{DealerSocket, Socket, SocketOptions, SubSocket};
 
 use crate::connection::{Channel, ConnectionInfo, Transport};
 
@@ -36,8 +42,7 @@ pub struct FrontendLinks {
     pub shell: Link,
     pub control: Link,
     pub stdin: Link,
-    /// Outgoing: messages to publish. Incoming: subscription messages (`\x01topic`).
-    pub iopub: Link,
+    pub iopub: Publisher,
     pub heartbeat: Link,
 }
 
@@ -68,42 +73,30 @@ pub enum TransportError {
     },
 }
 
-/// Binds all five frontend sockets.
-pub async fn bind_frontend(info: &ConnectionInfo) -> Result<FrontendLinks, TransportError> {
-    let shell = bind(RouterSocket::new(), info, Channel::Shell).await?;
-    let control = bind(RouterSocket::new(), info, Channel::Control).await?;
-    let stdin = bind(RouterSocket::new(), info, Channel::Stdin).await?;
-    let iopub = bind(XPubSocket::new(), info, Channel::Iopub).await?;
-    let heartbeat = bind(RouterSocket::new(), info, Channel::Heartbeat).await?;
+/// Binds all five frontend sockets. Frontend messages larger than `limit` bytes are
+/// skipped as they arrive, with a diagnostic.
+pub async fn bind_frontend(info: &ConnectionInfo, limit: usize) -> Result<FrontendLinks, TransportError> {
+    let router = |listener, channel| zmtp::spawn_router(listener, channel, limit, LINK_CAPACITY);
     Ok(FrontendLinks {
-        shell: actor::spawn_router(shell, Channel::Shell, LINK_CAPACITY),
-        control: actor::spawn_router(control, Channel::Control, LINK_CAPACITY),
-        stdin: actor::spawn_router(stdin, Channel::Stdin, LINK_CAPACITY),
-        iopub: actor::spawn_duplex(iopub, Channel::Iopub, LINK_CAPACITY),
-        heartbeat: actor::spawn_router(heartbeat, Channel::Heartbeat, LINK_CAPACITY),
+        shell: router(listen(info, Channel::Shell).await?, Channel::Shell),
+        control: router(listen(info, Channel::Control).await?, Channel::Control),
+        stdin: router(listen(info, Channel::Stdin).await?, Channel::Stdin),
+        iopub: zmtp::spawn_publisher(listen(info, Channel::Iopub).await?, limit, LINK_CAPACITY),
+        heartbeat: router(listen(info, Channel::Heartbeat).await?, Channel::Heartbeat),
     })
 }
 
-async fn bind<S: Socket>(
-    mut socket: S,
-    info: &ConnectionInfo,
-    channel: Channel,
-) -> Result<S, TransportError> {
-    let endpoint = info.endpoint(channel);
-    if info.transport == Transport::Ipc {
-        // A socket file left by a previous run of this kernel (restart) blocks the bind.
-        let path = format!("{}-{}", info.ip, info.port(channel));
-        let _ = std::fs::remove_file(path);
-    }
-    socket
-        .bind(&endpoint)
-        .await
-        .map_err(|error| TransportError::Bind {
-            channel,
-            endpoint: endpoint.clone(),
-            reason: error.to_string(),
-        })?;
-    Ok(socket)
+async fn listen(info: &ConnectionInfo, channel: Channel) -> Result<zmtp::Listener, TransportError> {
+    let port = info.port(channel);
+    let bound = match info.transport {
+        Transport::Tcp => zmtp::Listener::bind_tcp(&info.ip, port).await,
+        Transport::Ipc => zmtp::Listener::bind_unix(format!("{}-{port}", info.ip).into()),
+    };
+    bound.map_err(|error| TransportError::Bind {
+        channel,
+        endpoint: info.endpoint(channel),
+        reason: error.to_string(),
+    })
 }
 
 /// Connects to the real kernel, retrying until its sockets exist or `patience` runs out.

@@ -1,0 +1,190 @@
+//! The publishing side of iopub: subscriptions are tracked per peer, each message goes
+//! to every peer with a matching subscription through that peer's own queue, and a
+//! peer that falls behind loses messages alone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::codec::Incoming;
+use super::connection::{Listener, PeerSender, QueueError, handshake};
+use super::generated_identity;
+use crate::connection::Channel;
+use crate::transport::Frames;
+
+const PEER_TYPES: &[&str] = &["SUB", "XSUB"];
+
+/// A frontend subscribed to `topic` (each subscription, also a repeated one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub peer: Bytes,
+    pub topic: Bytes,
+}
+
+/// The proxy's end of the frontend iopub socket.
+#[derive(Debug)]
+pub struct Publisher {
+    /// Messages for every subscriber whose subscription matches the first frame.
+    pub publish: mpsc::Sender<Frames>,
+    /// A message for one subscriber only (the welcome).
+    pub direct: mpsc::Sender<(Bytes, Frames)>,
+    pub subscriptions: mpsc::Receiver<Subscription>,
+}
+
+struct Subscriber {
+    sender: PeerSender,
+    topics: Vec<Bytes>,
+    dropped: u64,
+}
+
+type Subscribers = Arc<Mutex<HashMap<Bytes, Subscriber>>>;
+
+fn lock(subscribers: &Subscribers) -> std::sync::MutexGuard<'_, HashMap<Bytes, Subscriber>> {
+    subscribers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub(in crate::transport) fn spawn_publisher(listener: Listener, limit: usize, capacity: usize) -> Publisher {
+    let (publish, mut to_publish) = mpsc::channel::<Frames>(capacity);
+    let (direct, mut to_one) = mpsc::channel::<(Bytes, Frames)>(capacity);
+    let (subscribed, subscriptions) = mpsc::channel::<Subscription>(capacity);
+    let subscribers: Subscribers = Arc::default();
+
+    let accept_subscribers = subscribers.clone();
+    tokio::spawn(async move {
+        loop {
+            let (read, write) = match listener.accept().await {
+                Ok(halves) => halves,
+                Err(error) => {
+                    tracing::warn!(channel = %Channel::Iopub, %error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            tokio::spawn(serve_subscriber(read, write, limit, accept_subscribers.clone(), subscribed.clone()));
+        }
+    });
+
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(frames) = to_publish.recv() => fan_out(&subscribers, &frames),
+                Some((peer, frames)) = to_one.recv() => {
+                    if let Some(subscriber) = lock(&subscribers).get_mut(&peer) {
+                        deliver(&peer, subscriber, frames);
+                    }
+                }
+                else => break,
+            }
+        }
+    });
+    Publisher {
+        publish,
+        direct,
+        subscriptions,
+    }
+}
+
+fn fan_out(subscribers: &Subscribers, frames: &Frames) {
+    let topic = frames.first().map(Bytes::as_ref).unwrap_or_default();
+    for (peer, subscriber) in lock(subscribers).iter_mut() {
+        if subscriber.topics.iter().any(|prefix| topic.starts_with(prefix)) {
+            deliver(peer, subscriber, frames.clone());
+        }
+    }
+}
+
+fn deliver(peer: &Bytes, subscriber: &mut Subscriber, frames: Frames) {
+    match subscriber.sender.try_send(frames) {
+        Ok(()) => {
+            if subscriber.dropped > 0 {
+                tracing::warn!(
+                    channel = %Channel::Iopub,
+                    peer = %hex::encode(peer),
+                    dropped = subscriber.dropped,
+                    "slow frontend caught up; it missed messages"
+                );
+                subscriber.dropped = 0;
+            }
+        }
+        Err(QueueError::Full) => {
+            if subscriber.dropped == 0 {
+                tracing::warn!(
+                    channel = %Channel::Iopub,
+                    peer = %hex::encode(peer),
+                    "frontend is not reading iopub; dropping its messages until it catches up"
+                );
+            }
+            subscriber.dropped += 1;
+        }
+        Err(QueueError::Closed) => {}
+    }
+}
+
+async fn serve_subscriber(
+    read: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    write: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    limit: usize,
+    subscribers: Subscribers,
+    subscribed: mpsc::Sender<Subscription>,
+) {
+    let channel = Channel::Iopub;
+    let (_info, mut reader, write) = match handshake(read, write, "XPUB", PEER_TYPES, limit).await {
+        Ok(connected) => connected,
+        Err(error) => {
+            tracing::warn!(%channel, %error, "frontend connection refused");
+            return;
+        }
+    };
+    // Subscribers are told apart by connection, whatever identity they claim.
+    let peer = generated_identity();
+    lock(&subscribers).insert(
+        peer.clone(),
+        Subscriber {
+            sender: PeerSender::spawn(write),
+            topics: Vec::new(),
+            dropped: 0,
+        },
+    );
+    loop {
+        let change = match reader.next().await {
+            Ok(Some(Incoming::Message(frames))) => match frames.as_slice() {
+                [frame] if !frame.is_empty() => Some((frame[0] == 1, frame.slice(1..))),
+                _ => None,
+            },
+            // ZMTP 3.1 peers may use commands instead of messages.
+            Ok(Some(Incoming::Command(command))) => match command.name.as_str() {
+                "SUBSCRIBE" => Some((true, command.body)),
+                "CANCEL" => Some((false, command.body)),
+                _ => None,
+            },
+            Ok(Some(Incoming::Oversized { .. })) => None,
+            Ok(None) => break,
+            Err(error) => {
+                tracing::warn!(%channel, %error, "frontend connection closed");
+                break;
+            }
+        };
+        let Some((subscribe, topic)) = change else { continue };
+        if let Some(subscriber) = lock(&subscribers).get_mut(&peer) {
+            if subscribe {
+                subscriber.topics.push(topic.clone());
+            } else if let Some(index) = subscriber.topics.iter().position(|known| *known == topic) {
+                subscriber.topics.remove(index);
+            }
+        }
+        if subscribe
+            && subscribed
+                .send(Subscription {
+                    peer: peer.clone(),
+                    topic,
+                })
+                .await
+                .is_err()
+        {
+            break;
+        }
+    }
+    lock(&subscribers).remove(&peer);
+}

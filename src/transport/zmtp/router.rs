@@ -1,0 +1,119 @@
+//! The ROUTER side: every connected peer gets a routing id (its own `Identity`, or a
+//! generated one), incoming messages carry it as their first frame, and outgoing
+//! messages are delivered by it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::codec::Incoming;
+use super::connection::{Listener, PeerSender, QueueError, handshake};
+use super::{generated_identity, msg_id_of};
+use crate::connection::Channel;
+use crate::transport::{Frames, Link};
+
+/// Connected peers by routing id; the serial tells connections with one id apart.
+type Peers = Arc<Mutex<HashMap<Bytes, (u64, PeerSender)>>>;
+
+const PEER_TYPES: &[&str] = &["DEALER", "REQ", "ROUTER"];
+
+pub(in crate::transport) fn spawn_router(listener: Listener, channel: Channel, limit: usize, capacity: usize) -> Link {
+    let (outgoing, mut to_send) = mpsc::channel::<Frames>(capacity);
+    let (received, incoming) = mpsc::channel::<Frames>(capacity);
+    let peers: Peers = Arc::default();
+
+    let accept_peers = peers.clone();
+    tokio::spawn(async move {
+        let mut serial = 0u64;
+        loop {
+            let (read, write) = match listener.accept().await {
+                Ok(halves) => halves,
+                Err(error) => {
+                    tracing::warn!(%channel, %error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            serial += 1;
+            tokio::spawn(serve_peer(read, write, channel, limit, serial, accept_peers.clone(), received.clone()));
+        }
+    });
+
+    tokio::spawn(async move {
+        while let Some(mut frames) = to_send.recv().await {
+            if frames.len() < 2 {
+                continue;
+            }
+            let id = frames.remove(0);
+            let sender = lock(&peers).get(&id).map(|(_, sender)| sender.clone());
+            match sender.map(|sender| sender.try_send(frames)) {
+                Some(Ok(())) => {}
+                Some(Err(QueueError::Full)) => {
+                    tracing::warn!(%channel, "frontend is not reading; message dropped")
+                }
+                // ZeroMQ drops messages to peers that have gone away.
+                Some(Err(QueueError::Closed)) | None => {
+                    tracing::debug!(%channel, "frontend gone; message dropped")
+                }
+            }
+        }
+    });
+    Link { outgoing, incoming }
+}
+
+fn lock(peers: &Peers) -> std::sync::MutexGuard<'_, HashMap<Bytes, (u64, PeerSender)>> {
+    peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn serve_peer(
+    read: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    write: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    channel: Channel,
+    limit: usize,
+    serial: u64,
+    peers: Peers,
+    received: mpsc::Sender<Frames>,
+) {
+    let (info, mut reader, write) = match handshake(read, write, "ROUTER", PEER_TYPES, limit).await {
+        Ok(connected) => connected,
+        Err(error) => {
+            tracing::warn!(%channel, %error, "frontend connection refused");
+            return;
+        }
+    };
+    let id = info.identity.unwrap_or_else(generated_identity);
+    // A reconnecting frontend keeps its identity: the new connection takes it over.
+    lock(&peers).insert(id.clone(), (serial, PeerSender::spawn(write)));
+    tracing::debug!(%channel, peer_type = %info.socket_type, "frontend connected");
+    loop {
+        match reader.next().await {
+            Ok(Some(Incoming::Message(mut frames))) => {
+                frames.insert(0, id.clone());
+                if received.send(frames).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Some(Incoming::Oversized { size, head })) => {
+                tracing::warn!(
+                    %channel,
+                    from = "frontend",
+                    reason = %format!("message of {size} bytes is over the limit of {limit} bytes"),
+                    msg_id = msg_id_of(&head).as_deref().unwrap_or("unknown"),
+                    "message rejected"
+                );
+            }
+            Ok(Some(Incoming::Command(_))) => {}
+            Ok(None) => break,
+            Err(error) => {
+                tracing::warn!(%channel, %error, "frontend connection closed");
+                break;
+            }
+        }
+    }
+    let mut peers = lock(&peers);
+    if peers.get(&id).is_some_and(|(current, _)| *current == serial) {
+        peers.remove(&id);
+    }
+}
