@@ -63,7 +63,11 @@ pub(super) fn spawn_welcomes(
             let topic = String::from_utf8_lossy(&subscription.topic);
             tracing::debug!(%topic, "frontend subscribed to iopub");
             let welcome = welcome_message(&topic, &sides);
-            if to_one.send((subscription.peer, welcome.into_frames())).await.is_err() {
+            if to_one
+                .send((subscription.peer, welcome.into_frames()))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -71,7 +75,12 @@ pub(super) fn spawn_welcomes(
 }
 
 fn welcome_message(topic: &str, sides: &Sides) -> WireMessage {
-    let mut welcome = compose(vec![], WELCOME, &sides.session, &serde_json::json!({ "subscription": topic }));
+    let mut welcome = compose(
+        vec![],
+        WELCOME,
+        &sides.session,
+        &serde_json::json!({ "subscription": topic }),
+    );
     welcome.resign(&sides.frontend);
     welcome
 }

@@ -108,11 +108,8 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
             transport::connect_kernel(runtime.info(), identity, STARTUP_PATIENCE).await?;
         let heartbeat =
             heartbeat::spawn(links.heartbeat, upstream.heartbeat, sides.max_message_bytes);
-        let welcome = iopub::spawn_welcomes(
-            links.iopub.subscriptions,
-            links.iopub.direct,
-            sides.clone(),
-        );
+        let welcome =
+            iopub::spawn_welcomes(links.iopub.subscriptions, links.iopub.direct, sides.clone());
         startup::wait_until_ready(
             &mut upstream.shell,
             &mut upstream.iopub,

@@ -75,7 +75,10 @@ pub enum TransportError {
 
 /// Binds all five frontend sockets. Frontend messages larger than `limit` bytes are
 /// skipped as they arrive, with a diagnostic.
-pub async fn bind_frontend(info: &ConnectionInfo, limit: usize) -> Result<FrontendLinks, TransportError> {
+pub async fn bind_frontend(
+    info: &ConnectionInfo,
+    limit: usize,
+) -> Result<FrontendLinks, TransportError> {
     let router = |listener, channel| zmtp::spawn_router(listener, channel, limit, LINK_CAPACITY);
     Ok(FrontendLinks {
         shell: router(listen(info, Channel::Shell).await?, Channel::Shell),

@@ -42,9 +42,14 @@ pub(super) fn check_greeting(greeting: &[u8; 64]) -> Result<(), ProtocolError> {
         return Err(ProtocolError::OldVersion(greeting[10], greeting[11]));
     }
     let mechanism = &greeting[12..32];
-    let end = mechanism.iter().position(|&byte| byte == 0).unwrap_or(mechanism.len());
+    let end = mechanism
+        .iter()
+        .position(|&byte| byte == 0)
+        .unwrap_or(mechanism.len());
     if &mechanism[..end] != b"NULL" {
-        return Err(ProtocolError::Mechanism(String::from_utf8_lossy(&mechanism[..end]).into_owned()));
+        return Err(ProtocolError::Mechanism(
+            String::from_utf8_lossy(&mechanism[..end]).into_owned(),
+        ));
     }
     Ok(())
 }
@@ -150,7 +155,10 @@ pub(super) enum Incoming {
     Command(Command),
     /// A message that went over the size limit and was skipped. `head` holds the
     /// frames that arrived before the limit was crossed (for the diagnostic).
-    Oversized { size: u64, head: Vec<Bytes> },
+    Oversized {
+        size: u64,
+        head: Vec<Bytes>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -194,7 +202,9 @@ impl Decoder {
                 }
             }
             State::Body { length, .. } => length,
-            State::Skip { remaining, .. } => usize::try_from(remaining).unwrap_or(usize::MAX).min(64 * 1024),
+            State::Skip { remaining, .. } => usize::try_from(remaining)
+                .unwrap_or(usize::MAX)
+                .min(64 * 1024),
         }
     }
 
@@ -215,7 +225,11 @@ impl Decoder {
                     if buffer.len() < needed {
                         return Ok(None);
                     }
-                    let length = if long { buffer.get_u64() } else { u64::from(buffer.get_u8()) };
+                    let length = if long {
+                        buffer.get_u64()
+                    } else {
+                        u64::from(buffer.get_u8())
+                    };
                     let command = flags & FLAG_COMMAND != 0;
                     let total = self.size.saturating_add(length);
                     if command && length > 64 * 1024 {
@@ -224,7 +238,10 @@ impl Decoder {
                     if !command && (self.skipping || total > self.limit as u64) {
                         self.skipping = true;
                         self.size = total;
-                        self.state = State::Skip { flags, remaining: length };
+                        self.state = State::Skip {
+                            flags,
+                            remaining: length,
+                        };
                     } else {
                         if !command {
                             self.size = total;
@@ -242,7 +259,8 @@ impl Decoder {
                     let frame = buffer.split_to(length).freeze();
                     self.state = State::Flags;
                     if flags & FLAG_COMMAND != 0 {
-                        return Command::parse(frame).map(|command| Some(Incoming::Command(command)));
+                        return Command::parse(frame)
+                            .map(|command| Some(Incoming::Command(command)));
                     }
                     self.frames.push(frame);
                     if flags & FLAG_MORE == 0 {
@@ -279,7 +297,10 @@ mod tests {
     use super::*;
 
     fn encode(frames: &[&[u8]]) -> BytesMut {
-        let frames: Vec<Bytes> = frames.iter().map(|frame| Bytes::copy_from_slice(frame)).collect();
+        let frames: Vec<Bytes> = frames
+            .iter()
+            .map(|frame| Bytes::copy_from_slice(frame))
+            .collect();
         let mut chunks = Vec::new();
         encode_message(&frames, &mut chunks);
         let mut out = BytesMut::new();
@@ -303,7 +324,10 @@ mod tests {
         check_greeting(&greeting).expect("own greeting is valid");
         let mut curve = greeting;
         curve[12..17].copy_from_slice(b"CURVE");
-        assert_eq!(check_greeting(&curve), Err(ProtocolError::Mechanism("CURVE".into())));
+        assert_eq!(
+            check_greeting(&curve),
+            Err(ProtocolError::Mechanism("CURVE".into()))
+        );
         let mut old = greeting;
         old[10] = 2;
         assert_eq!(check_greeting(&old), Err(ProtocolError::OldVersion(2, 0)));
@@ -352,8 +376,14 @@ mod tests {
         };
         assert_eq!(command.name, "READY");
         let properties = command.properties().expect("valid properties");
-        assert_eq!(properties[0], ("Socket-Type".into(), Bytes::from_static(b"DEALER")));
-        assert_eq!(properties[1], ("Identity".into(), Bytes::from_static(b"abc")));
+        assert_eq!(
+            properties[0],
+            ("Socket-Type".into(), Bytes::from_static(b"DEALER"))
+        );
+        assert_eq!(
+            properties[1],
+            ("Identity".into(), Bytes::from_static(b"abc"))
+        );
     }
 
     #[test]

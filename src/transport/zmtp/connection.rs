@@ -21,7 +21,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages one peer may have waiting to be written.
 const PEER_QUEUE_MESSAGES: usize = 4096;
 /// Bytes one peer may have waiting to be written.
-const PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+const PEER_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 
 type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
 type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
@@ -131,7 +131,12 @@ pub(super) async fn handshake(
 ) -> Result<(PeerInfo, PeerReader, WriteHalf), PeerError> {
     let exchange = async {
         write.write_all(&codec::greeting()).await?;
-        write.write_all(&codec::ready_command(&[("Socket-Type", own_type.as_bytes())])).await?;
+        write
+            .write_all(&codec::ready_command(&[(
+                "Socket-Type",
+                own_type.as_bytes(),
+            )]))
+            .await?;
         write.flush().await?;
         let mut reader = PeerReader {
             read,
@@ -195,7 +200,10 @@ impl PeerSender {
         let (queue, messages) = mpsc::channel(PEER_QUEUE_MESSAGES);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         tokio::spawn(write_loop(write, messages, queued_bytes.clone()));
-        Self { queue, queued_bytes }
+        Self {
+            queue,
+            queued_bytes,
+        }
     }
 
     /// Queues a message without waiting; fails when the peer is too far behind.
@@ -217,7 +225,11 @@ impl PeerSender {
     }
 }
 
-async fn write_loop(write: WriteHalf, mut messages: mpsc::Receiver<Frames>, queued_bytes: Arc<AtomicUsize>) {
+async fn write_loop(
+    write: WriteHalf,
+    mut messages: mpsc::Receiver<Frames>,
+    queued_bytes: Arc<AtomicUsize>,
+) {
     let mut writer = BufWriter::with_capacity(64 * 1024, write);
     let mut chunks = Vec::new();
     while let Some(first) = messages.recv().await {
@@ -233,7 +245,11 @@ async fn write_loop(write: WriteHalf, mut messages: mpsc::Receiver<Frames>, queu
                     return;
                 }
             }
-            next = if written < 1024 * 1024 { messages.try_recv().ok() } else { None };
+            next = if written < 1024 * 1024 {
+                messages.try_recv().ok()
+            } else {
+                None
+            };
         }
         let flushed = writer.flush().await;
         queued_bytes.fetch_sub(written, Ordering::AcqRel);

@@ -42,10 +42,16 @@ struct Subscriber {
 type Subscribers = Arc<Mutex<HashMap<Bytes, Subscriber>>>;
 
 fn lock(subscribers: &Subscribers) -> std::sync::MutexGuard<'_, HashMap<Bytes, Subscriber>> {
-    subscribers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    subscribers
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-pub(in crate::transport) fn spawn_publisher(listener: Listener, limit: usize, capacity: usize) -> Publisher {
+pub(in crate::transport) fn spawn_publisher(
+    listener: Listener,
+    limit: usize,
+    capacity: usize,
+) -> Publisher {
     let (publish, mut to_publish) = mpsc::channel::<Frames>(capacity);
     let (direct, mut to_one) = mpsc::channel::<(Bytes, Frames)>(capacity);
     let (subscribed, subscriptions) = mpsc::channel::<Subscription>(capacity);
@@ -62,19 +68,27 @@ pub(in crate::transport) fn spawn_publisher(listener: Listener, limit: usize, ca
                     continue;
                 }
             };
-            tokio::spawn(serve_subscriber(read, write, limit, accept_subscribers.clone(), subscribed.clone()));
+            tokio::spawn(serve_subscriber(
+                read,
+                write,
+                limit,
+                accept_subscribers.clone(),
+                subscribed.clone(),
+            ));
         }
     });
 
     tokio::spawn(async move {
         loop {
+            // A welcome goes out before anything published after it was asked for.
             tokio::select! {
-                Some(frames) = to_publish.recv() => fan_out(&subscribers, &frames),
+                biased;
                 Some((peer, frames)) = to_one.recv() => {
                     if let Some(subscriber) = lock(&subscribers).get_mut(&peer) {
                         deliver(&peer, subscriber, frames);
                     }
                 }
+                Some(frames) = to_publish.recv() => fan_out(&subscribers, &frames),
                 else => break,
             }
         }
@@ -89,7 +103,11 @@ pub(in crate::transport) fn spawn_publisher(listener: Listener, limit: usize, ca
 fn fan_out(subscribers: &Subscribers, frames: &Frames) {
     let topic = frames.first().map(Bytes::as_ref).unwrap_or_default();
     for (peer, subscriber) in lock(subscribers).iter_mut() {
-        if subscriber.topics.iter().any(|prefix| topic.starts_with(prefix)) {
+        if subscriber
+            .topics
+            .iter()
+            .any(|prefix| topic.starts_with(prefix))
+        {
             deliver(peer, subscriber, frames.clone());
         }
     }
@@ -166,7 +184,9 @@ async fn serve_subscriber(
                 break;
             }
         };
-        let Some((subscribe, topic)) = change else { continue };
+        let Some((subscribe, topic)) = change else {
+            continue;
+        };
         if let Some(subscriber) = lock(&subscribers).get_mut(&peer) {
             if subscribe {
                 subscriber.topics.push(topic.clone());

@@ -19,7 +19,12 @@ type Peers = Arc<Mutex<HashMap<Bytes, (u64, PeerSender)>>>;
 
 const PEER_TYPES: &[&str] = &["DEALER", "REQ", "ROUTER"];
 
-pub(in crate::transport) fn spawn_router(listener: Listener, channel: Channel, limit: usize, capacity: usize) -> Link {
+pub(in crate::transport) fn spawn_router(
+    listener: Listener,
+    channel: Channel,
+    limit: usize,
+    capacity: usize,
+) -> Link {
     let (outgoing, mut to_send) = mpsc::channel::<Frames>(capacity);
     let (received, incoming) = mpsc::channel::<Frames>(capacity);
     let peers: Peers = Arc::default();
@@ -37,7 +42,15 @@ pub(in crate::transport) fn spawn_router(listener: Listener, channel: Channel, l
                 }
             };
             serial += 1;
-            tokio::spawn(serve_peer(read, write, channel, limit, serial, accept_peers.clone(), received.clone()));
+            tokio::spawn(serve_peer(
+                read,
+                write,
+                channel,
+                limit,
+                serial,
+                accept_peers.clone(),
+                received.clone(),
+            ));
         }
     });
 
@@ -64,7 +77,9 @@ pub(in crate::transport) fn spawn_router(listener: Listener, channel: Channel, l
 }
 
 fn lock(peers: &Peers) -> std::sync::MutexGuard<'_, HashMap<Bytes, (u64, PeerSender)>> {
-    peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    peers
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn serve_peer(
@@ -76,7 +91,8 @@ async fn serve_peer(
     peers: Peers,
     received: mpsc::Sender<Frames>,
 ) {
-    let (info, mut reader, write) = match handshake(read, write, "ROUTER", PEER_TYPES, limit).await {
+    let (info, mut reader, write) = match handshake(read, write, "ROUTER", PEER_TYPES, limit).await
+    {
         Ok(connected) => connected,
         Err(error) => {
             tracing::warn!(%channel, %error, "frontend connection refused");
@@ -113,7 +129,10 @@ async fn serve_peer(
         }
     }
     let mut peers = lock(&peers);
-    if peers.get(&id).is_some_and(|(current, _)| *current == serial) {
+    if peers
+        .get(&id)
+        .is_some_and(|(current, _)| *current == serial)
+    {
         peers.remove(&id);
     }
 }

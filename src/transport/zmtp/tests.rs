@@ -1,0 +1,256 @@
+//! The frontend server against a real ZeroMQ peer (the `zeromq` crate), and against
+//! a raw socket that behaves badly.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, SubSocket, ZmqMessage};
+
+use super::codec;
+use super::{Listener, spawn_publisher, spawn_router};
+use crate::connection::Channel;
+use crate::transport::Frames;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn tcp_listener() -> (Listener, u16) {
+    let listener = Listener::bind_tcp("127.0.0.1", 0).await.expect("bind");
+    let Listener::Tcp(tcp) = &listener else {
+        unreachable!("tcp listener")
+    };
+    let port = tcp.local_addr().expect("address").port();
+    (listener, port)
+}
+
+fn message(frames: &[&[u8]]) -> ZmqMessage {
+    let frames: Vec<Bytes> = frames
+        .iter()
+        .map(|frame| Bytes::copy_from_slice(frame))
+        .collect();
+    ZmqMessage::try_from(frames).expect("non-empty")
+}
+
+#[tokio::test]
+async fn router_delivers_by_identity_both_ways() {
+    let (listener, port) = tcp_listener().await;
+    let mut link = spawn_router(listener, Channel::Shell, 1 << 20, 16);
+    let mut options = SocketOptions::default();
+    options.peer_identity(
+        Bytes::from_static(b"session-1")
+            .try_into()
+            .expect("identity"),
+    );
+    let mut dealer = DealerSocket::with_options(options);
+    dealer
+        .connect(&format!("tcp://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    dealer
+        .send(message(&[b"<IDS|MSG>", b"hello"]))
+        .await
+        .expect("send");
+
+    let received = tokio::time::timeout(WAIT, link.incoming.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!(received, frames(&[b"session-1", b"<IDS|MSG>", b"hello"]));
+
+    link.outgoing
+        .send(frames(&[b"session-1", b"<IDS|MSG>", b"reply"]))
+        .await
+        .expect("queued");
+    let reply = tokio::time::timeout(WAIT, dealer.recv())
+        .await
+        .expect("in time")
+        .expect("reply");
+    assert_eq!(reply.into_vec(), frames(&[b"<IDS|MSG>", b"reply"]));
+}
+
+fn frames(parts: &[&[u8]]) -> Frames {
+    parts
+        .iter()
+        .map(|part| Bytes::copy_from_slice(part))
+        .collect()
+}
+
+#[tokio::test]
+async fn oversized_message_is_dropped_and_the_connection_keeps_working() {
+    let (listener, port) = tcp_listener().await;
+    let mut link = spawn_router(listener, Channel::Shell, 1000, 16);
+    let mut dealer = DealerSocket::new();
+    dealer
+        .connect(&format!("tcp://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    dealer
+        .send(message(&[b"<IDS|MSG>", &[0u8; 5000]]))
+        .await
+        .expect("send big");
+    dealer
+        .send(message(&[b"<IDS|MSG>", b"small"]))
+        .await
+        .expect("send small");
+    let received = tokio::time::timeout(WAIT, link.incoming.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!(received[1..], frames(&[b"<IDS|MSG>", b"small"])[..]);
+}
+
+/// Connects a raw TCP peer that completes the handshake as a SUB and subscribes to
+/// everything, and then never reads again.
+async fn stalled_subscriber(port: u16) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stream
+        .write_all(&codec::greeting())
+        .await
+        .expect("greeting");
+    stream
+        .write_all(&codec::ready_command(&[("Socket-Type", b"SUB")]))
+        .await
+        .expect("ready");
+    let mut greeting = [0u8; 64];
+    stream
+        .read_exact(&mut greeting)
+        .await
+        .expect("server greeting");
+    // One short frame, no MORE flag: `\x01` subscribes to every topic.
+    stream.write_all(&[0, 1, 1]).await.expect("subscribe");
+    stream
+}
+
+#[tokio::test]
+async fn a_stalled_subscriber_does_not_hold_up_the_others() {
+    let (listener, port) = tcp_listener().await;
+    let mut publisher = spawn_publisher(listener, 1 << 20, 64);
+    let _stalled = stalled_subscriber(port).await;
+    let mut reader = SubSocket::new();
+    reader
+        .connect(&format!("tcp://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    reader.subscribe("").await.expect("subscribe");
+    // Both subscriptions are announced before anything is published.
+    for _ in 0..2 {
+        tokio::time::timeout(WAIT, publisher.subscriptions.recv())
+            .await
+            .expect("in time")
+            .expect("subscription");
+    }
+    // Far more than socket buffers hold (the stalled peer's fill up after a few MiB),
+    // less than a peer's queue (so the reader, if it lags, loses nothing).
+    let payload = Bytes::from(vec![b'x'; 64 * 1024]);
+    let count = 300;
+    let publish = publisher.publish.clone();
+    let producer = tokio::spawn(async move {
+        for index in 0..count {
+            let frames = vec![Bytes::from(format!("{index}")), payload.clone()];
+            publish.send(frames).await.expect("publisher open");
+        }
+    });
+    for expected in 0..count {
+        let received = tokio::time::timeout(WAIT, reader.recv())
+            .await
+            .expect("not stalled")
+            .expect("message");
+        assert_eq!(
+            received.get(0).map(|frame| frame.to_vec()),
+            Some(expected.to_string().into_bytes())
+        );
+    }
+    producer.await.expect("producer done");
+}
+
+#[tokio::test]
+async fn direct_message_reaches_only_its_subscriber() {
+    let (listener, port) = tcp_listener().await;
+    let mut publisher = spawn_publisher(listener, 1 << 20, 16);
+    let mut first = SubSocket::new();
+    first
+        .connect(&format!("tcp://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    first.subscribe("").await.expect("subscribe");
+    let subscription = tokio::time::timeout(WAIT, publisher.subscriptions.recv())
+        .await
+        .expect("in time")
+        .expect("subscription");
+    assert_eq!(subscription.topic, Bytes::new());
+    let mut second = SubSocket::new();
+    second
+        .connect(&format!("tcp://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    second.subscribe("").await.expect("subscribe");
+    let other = tokio::time::timeout(WAIT, publisher.subscriptions.recv())
+        .await
+        .expect("in time")
+        .expect("subscription");
+    assert_ne!(
+        other.peer, subscription.peer,
+        "each connection is its own peer"
+    );
+
+    publisher
+        .direct
+        .send((other.peer, frames(&[b"welcome"])))
+        .await
+        .expect("queued");
+    publisher
+        .publish
+        .send(frames(&[b"for-all"]))
+        .await
+        .expect("queued");
+    let to_second = tokio::time::timeout(WAIT, second.recv())
+        .await
+        .expect("in time")
+        .expect("message");
+    assert_eq!(to_second.into_vec(), frames(&[b"welcome"]));
+    let to_first = tokio::time::timeout(WAIT, first.recv())
+        .await
+        .expect("in time")
+        .expect("message");
+    assert_eq!(
+        to_first.into_vec(),
+        frames(&[b"for-all"]),
+        "the welcome was not for the first"
+    );
+}
+
+#[tokio::test]
+async fn garbage_and_wrong_socket_types_are_refused_without_harm() {
+    let (listener, port) = tcp_listener().await;
+    let mut link = spawn_router(listener, Channel::Control, 1 << 20, 16);
+    let mut garbage = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut wrong_type = SubSocket::new();
+    // A SUB cannot talk to a ROUTER; the connection is refused, nothing else happens.
+    let _ = wrong_type.connect(&format!("tcp://127.0.0.1:{port}")).await;
+
+    let mut dealer = DealerSocket::new();
+    dealer
+        .connect(&format!("tcp://127.0.0.1:{port}"))
+        .await
+        .expect("connect");
+    dealer.send(message(&[b"still works"])).await.expect("send");
+    let received = tokio::time::timeout(WAIT, link.incoming.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!(received[1..], frames(&[b"still works"])[..]);
+    assert_eq!(
+        received[0].first(),
+        Some(&0),
+        "generated identities start with a zero byte"
+    );
+}
