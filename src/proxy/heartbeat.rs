@@ -1,11 +1,12 @@
 //! Heartbeat: pings are passed to the real kernel and its echo back, untouched, so a
-//! frontend's heartbeat says what it would say without the proxy.
+//! frontend's heartbeat says what it would say without the proxy. (Sizes are capped
+//! by the frontend socket like on every channel.)
 
 use tokio::task::JoinHandle;
 
 use crate::transport::Link;
 
-pub(super) fn spawn(frontend: Link, kernel: Link, max_message_bytes: usize) -> JoinHandle<()> {
+pub(super) fn spawn(frontend: Link, kernel: Link) -> JoinHandle<()> {
     let Link {
         outgoing: to_frontend,
         incoming: mut from_frontend,
@@ -16,16 +17,6 @@ pub(super) fn spawn(frontend: Link, kernel: Link, max_message_bytes: usize) -> J
     } = kernel;
     let pings = async move {
         while let Some(frames) = from_frontend.recv().await {
-            let size: usize = frames.iter().map(|frame| frame.len()).sum();
-            if size > max_message_bytes {
-                tracing::warn!(
-                    channel = "hb",
-                    reason = "oversized",
-                    size,
-                    "message rejected"
-                );
-                continue;
-            }
             if to_kernel.send(frames).await.is_err() {
                 break;
             }

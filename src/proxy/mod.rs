@@ -106,8 +106,7 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
     let relay = async {
         let mut upstream =
             transport::connect_kernel(runtime.info(), identity, STARTUP_PATIENCE).await?;
-        let heartbeat =
-            heartbeat::spawn(links.heartbeat, upstream.heartbeat, sides.max_message_bytes);
+        let heartbeat = heartbeat::spawn(links.heartbeat, upstream.heartbeat);
         let welcome =
             iopub::spawn_welcomes(links.iopub.subscriptions, links.iopub.direct, sides.clone());
         startup::wait_until_ready(
