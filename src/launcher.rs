@@ -103,6 +103,24 @@ impl KernelProcess {
         }
     }
 
+    /// Passes SIGINT to the kernel's group from inside the proxy's signal handler, so
+    /// an interrupt reaches the kernel before any message the frontend sends after
+    /// interrupting (as when Jupyter signals the kernel itself). Other actions on
+    /// SIGINT (the proxy's own logging) still run.
+    pub fn pass_interrupts_at_once(&self) -> std::io::Result<()> {
+        let group = self.pid;
+        let action = move || {
+            // Only async-signal-safe calls here; errno is restored for the code the
+            // signal interrupted.
+            let errno = nix::errno::Errno::last_raw();
+            let _ = signal::killpg(group, Signal::SIGINT);
+            nix::errno::Errno::set_raw(errno);
+        };
+        // SAFETY: the action makes one async-signal-safe system call and does not
+        // allocate, lock, or panic.
+        unsafe { signal_hook_registry::register(Signal::SIGINT as i32, action) }.map(|_| ())
+    }
+
     /// Waits for the kernel to exit.
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         self.child.wait().await

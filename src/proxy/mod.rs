@@ -100,6 +100,9 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
     let mut kernel = KernelProcess::spawn(&argv)?;
     let kernel_pid = kernel.pid();
     tracing::info!(pid = kernel_pid, program = %argv[0], "kernel started");
+    kernel
+        .pass_interrupts_at_once()
+        .map_err(ProxyError::Signals)?;
 
     let identity = bytes::Bytes::from(format!("jupyter-audit-{}", std::process::id()));
     let activity = Arc::new(startup::Activity::default());
@@ -168,7 +171,10 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
             status = kernel.wait() => break status.map_err(ProxyError::Wait)?,
             signal = signals.next() => {
                 tracing::info!(?signal, pid = kernel_pid, "passing signal to the kernel");
-                kernel.signal_group(signal);
+                // SIGINT was passed on by the signal handler already.
+                if signal != Signal::SIGINT {
+                    kernel.signal_group(signal);
+                }
             }
         }
     };

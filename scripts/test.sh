@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite in one command, from anywhere: formatting, lints, Rust unit tests,
+# the release build, and the Python integration tests against real kernels.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k interrupt -x).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+export PYTHONDONTWRITEBYTECODE=1
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "python environment (.venv)"
+bash scripts/python-env.sh
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test"
+cargo test
+
+step "cargo build --release"
+cargo build --release
+
+step "pytest tests/python"
+JUPYTER_AUDIT_BIN="$PWD/target/release/jupyter-audit" \
+    .venv/bin/python -m pytest tests/python -q "$@"

@@ -1,0 +1,242 @@
+"""`jupyter-audit install`: wrapping kernelspecs, replacing them in place, and errors.
+
+Every test uses its own temporary directories and passes the Jupyter path variables to
+the subprocess explicitly, so the result does not depend on the directories conftest.py
+set up for the other tests (nor on the machine's own kernelspecs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from jupyter_client import KernelManager
+from jupyter_client.kernelspec import KernelSpecManager
+
+from helpers import run_ok
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("JUPYTER_AUDIT_BIN") or REPO / "target" / "release" / "jupyter-audit")
+
+NAME = "audited-test"
+LOGOS = {
+    "logo-32x32.png": b"\x89PNG\r\n\x1a\nsmall",
+    "logo-64x64.png": b"\x89PNG\r\n\x1a\nlarge",
+    "logo-svg.svg": b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+    "kernel.js": b"// kernel.js\n",
+}
+IPYKERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+
+def run_install(args: list[str], tmp_path: Path, **extra_env: str) -> subprocess.CompletedProcess:
+    """Run `jupyter-audit install ARGS` with Jupyter's search path confined to tmp_path."""
+    env = dict(os.environ)
+    for var in ("JUPYTER_PATH", "JUPYTER_DATA_DIR", "XDG_DATA_HOME", "JUPYTER_PREFER_ENV_PATH"):
+        env.pop(var, None)
+    env["JUPYTER_DATA_DIR"] = str(tmp_path / "user-data")
+    env["JUPYTER_PATH"] = str(tmp_path / "jupyter-path")
+    env["RUST_LOG"] = "info"
+    env.update(extra_env)
+    return subprocess.run(
+        [str(BIN), "install", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def write_spec(spec_dir: Path, spec: dict, logos: bool = True) -> Path:
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
+    if logos:
+        for name, data in LOGOS.items():
+            (spec_dir / name).write_bytes(data)
+    return spec_dir
+
+
+def source_spec() -> dict:
+    return {
+        "argv": IPYKERNEL_ARGV,
+        "display_name": "Python 3 (install test)",
+        "language": "python",
+        "interrupt_mode": "message",
+        "env": {"JA_INSTALL_TEST": "from-the-spec"},
+        "kernel_protocol_version": "5.5",
+        "metadata": {"debugger": True, "custom": {"nested": [1, 2]}},
+    }
+
+
+def read_json(spec_dir: Path) -> dict:
+    return json.loads((spec_dir / "kernel.json").read_text())
+
+
+def proxy_argv_count(argv: list[str]) -> int:
+    """How many times a jupyter-audit proxy appears on a command line."""
+    return sum(
+        1
+        for i, arg in enumerate(argv[:-1])
+        if Path(arg).name.startswith("jupyter-audit") and argv[i + 1] == "kernel"
+    )
+
+
+def test_wrap_into_prefix_keeps_the_spec_and_runs(tmp_path, kernels):
+    src = write_spec(tmp_path / "src" / "python3-source", source_spec())
+    prefix = tmp_path / "prefix"
+
+    result = run_install(["--wrap", str(src), "--name", NAME, "--prefix", str(prefix)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    kernels_dir = prefix / "share" / "jupyter" / "kernels"
+    assert Path(result.stdout.strip()) == kernels_dir / NAME
+
+    ksm = KernelSpecManager(kernel_dirs=[str(kernels_dir)])
+    assert NAME in ksm.find_kernel_specs()
+    spec = ksm.get_kernel_spec(NAME)
+    original = source_spec()
+    assert spec.argv[:5] == [str(BIN.resolve()), "kernel", "-f", "{connection_file}", "--"]
+    assert spec.argv[5:] == original["argv"]
+    assert spec.display_name == "Python 3 (install test) (audited)"
+    assert spec.language == "python"
+    assert spec.interrupt_mode == "message"
+    assert spec.env == original["env"]
+    raw = read_json(Path(spec.resource_dir))
+    assert raw["kernel_protocol_version"] == "5.5"
+    metadata = spec.metadata
+    assert metadata["debugger"] is True
+    assert metadata["custom"] == {"nested": [1, 2]}
+    audit = metadata["jupyter_audit"]
+    assert audit["wrapped_argv"] == original["argv"]
+    assert Path(audit["wrapped_spec"]) == src.resolve()
+    assert audit["version"]
+    for name, data in LOGOS.items():
+        assert (Path(spec.resource_dir) / name).read_bytes() == data, name
+    assert not [p for p in kernels_dir.iterdir() if p.name.startswith(".")], "staging left over"
+
+    # The audited kernel really runs (through the proxy) and gets the spec's env.
+    km = KernelManager(kernel_spec_manager=ksm, kernel_name=NAME)
+    kernels.managers.append(km)
+    km.start_kernel()
+    kc = kernels.client(km)
+    assert run_ok(kc, "print(1+1)") == "2\n"
+    assert run_ok(kc, "import os; print(os.environ['JA_INSTALL_TEST'])") == "from-the-spec\n"
+
+
+def test_replace_twice_wraps_once(tmp_path):
+    spec_dir = write_spec(tmp_path / "jupyter-path" / "kernels" / "replace-me", source_spec())
+    mode = 0o640
+    (spec_dir / "kernel.json").chmod(mode)
+
+    first = run_install(["--wrap", "replace-me", "--replace"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert Path(first.stdout.strip()) == spec_dir.resolve()
+    once = read_json(spec_dir)
+    once_bytes = (spec_dir / "kernel.json").read_bytes()
+
+    second = run_install(["--wrap", "replace-me", "--replace"], tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert (spec_dir / "kernel.json").read_bytes() == once_bytes
+
+    for spec in (once, read_json(spec_dir)):
+        assert proxy_argv_count(spec["argv"]) == 1, spec["argv"]
+        assert spec["argv"][5:] == IPYKERNEL_ARGV
+        assert spec["metadata"]["jupyter_audit"]["wrapped_argv"] == IPYKERNEL_ARGV
+        # --replace keeps the name users know.
+        assert spec["display_name"] == "Python 3 (install test)"
+    assert (spec_dir / "kernel.json").stat().st_mode & 0o777 == mode
+    assert not [p for p in spec_dir.iterdir() if p.name.startswith(".")], "temp file left over"
+
+    # A new proxy path is only refreshed, never stacked.
+    other = tmp_path / "bin" / "jupyter-audit"
+    third = run_install(
+        ["--wrap", "replace-me", "--replace", "--proxy-path", str(other)], tmp_path
+    )
+    assert third.returncode == 0, third.stderr
+    spec = read_json(spec_dir)
+    assert spec["argv"][0] == str(other)
+    assert proxy_argv_count(spec["argv"]) == 1
+    assert spec["argv"][5:] == IPYKERNEL_ARGV
+
+
+def test_wrapping_an_audited_spec_wraps_the_original(tmp_path):
+    src = write_spec(tmp_path / "src" / "orig", source_spec(), logos=False)
+    first = run_install(["--wrap", str(src), "--name", "first", "--user"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    audited = Path(first.stdout.strip())
+    assert audited == tmp_path / "user-data" / "kernels" / "first"
+
+    second = run_install(["--wrap", "first", "--name", "second", "--user"], tmp_path)
+    assert second.returncode == 0, second.stderr
+    spec = read_json(Path(second.stdout.strip()))
+    assert proxy_argv_count(spec["argv"]) == 1, spec["argv"]
+    assert spec["metadata"]["jupyter_audit"]["wrapped_argv"] == IPYKERNEL_ARGV
+    assert spec["display_name"] == "Python 3 (install test) (audited)"
+
+
+def test_existing_destination_is_not_overwritten(tmp_path):
+    src = write_spec(tmp_path / "src" / "orig", source_spec(), logos=False)
+    taken = write_spec(
+        tmp_path / "user-data" / "kernels" / "taken",
+        {"argv": ["something-else"], "display_name": "Taken"},
+        logos=False,
+    )
+    result = run_install(["--wrap", str(src), "--name", "taken", "--user"], tmp_path)
+    assert result.returncode != 0
+    assert "already exists" in result.stderr
+    assert read_json(taken)["argv"] == ["something-else"]
+
+    # The same install twice is fine: the destination wraps the same spec.
+    for _ in range(2):
+        again = run_install(["--wrap", str(src), "--name", "mine", "--user"], tmp_path)
+        assert again.returncode == 0, again.stderr
+
+
+def test_bare_python_is_resolved_to_the_prefix_interpreter(tmp_path):
+    env_prefix = tmp_path / "jupyter-path" / ".." / "env"
+    env_prefix = env_prefix.resolve()
+    (env_prefix / "bin").mkdir(parents=True)
+    (env_prefix / "bin" / "python").symlink_to(sys.executable)
+    spec = dict(source_spec(), argv=["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"])
+    write_spec(env_prefix / "share" / "jupyter" / "kernels" / "bare", spec, logos=False)
+
+    result = run_install(
+        ["--wrap", "bare", "--name", "bare-audited", "--prefix", str(tmp_path / "out")],
+        tmp_path,
+        JUPYTER_PATH=str(env_prefix / "share" / "jupyter"),
+    )
+    assert result.returncode == 0, result.stderr
+    wrapped = read_json(Path(result.stdout.strip()))
+    assert wrapped["argv"][5] == str(env_prefix / "bin" / "python")
+    assert wrapped["metadata"]["jupyter_audit"]["wrapped_argv"][0] == "python"
+
+
+def test_unknown_spec_fails_and_names_the_searched_directories(tmp_path):
+    out = tmp_path / "out"
+    result = run_install(
+        ["--wrap", "no-such-kernel-here", "--name", NAME, "--prefix", str(out)],
+        tmp_path,
+        JUPYTER_PATH=f"{tmp_path / 'first'}:{tmp_path / 'second'}",
+    )
+    assert result.returncode != 0
+    assert "no-such-kernel-here" in result.stderr
+    for searched in (
+        tmp_path / "first" / "kernels",
+        tmp_path / "second" / "kernels",
+        tmp_path / "user-data" / "kernels",
+        Path("/usr/local/share/jupyter/kernels"),
+        Path("/usr/share/jupyter/kernels"),
+    ):
+        assert str(searched) in result.stderr, (searched, result.stderr)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bad", [["--name", "has space"], ["--name", "x", "--replace"]])
+def test_bad_arguments_fail(tmp_path, bad):
+    src = write_spec(tmp_path / "src" / "orig", source_spec(), logos=False)
+    result = run_install(["--wrap", str(src), "--prefix", str(tmp_path / "out"), *bad], tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.strip()
+    assert read_json(src)["argv"] == IPYKERNEL_ARGV
