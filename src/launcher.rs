@@ -149,46 +149,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn substitutes_every_connection_file_placeholder() {
-        let argv: Vec<String> = [
-            "python",
-            "-m",
-            "ipykernel_launcher",
-            "-f",
-            "{connection_file}",
-            "--x={connection_file}",
-        ]
-        .map(String::from)
-        .to_vec();
-        let out = substitute_connection_file(
-            &argv,
-            Path::new("/home/u/kernel-1.json"),
-            Path::new("/run/k.json"),
-        );
-        assert_eq!(out[4], "/run/k.json");
-        assert_eq!(out[5], "--x=/run/k.json");
-        assert_eq!(out[0], "python");
-    }
-
-    #[test]
-    fn replaces_the_frontend_file_jupyter_already_substituted() {
-        let argv: Vec<String> = [
-            "python",
-            "-f",
-            "/home/u/kernel-1.json",
-            "--existing=/home/u/kernel-1.json",
-        ]
-        .map(String::from)
-        .to_vec();
-        let out = substitute_connection_file(
-            &argv,
-            Path::new("/home/u/kernel-1.json"),
-            Path::new("/run/k.json"),
-        );
-        assert_eq!(
-            out,
-            ["python", "-f", "/run/k.json", "--existing=/run/k.json"]
-        );
+    fn points_every_connection_file_argument_at_the_private_file() {
+        let frontend = Path::new("/home/u/kernel-1.json");
+        let private = Path::new("/run/k.json");
+        let cases: [(&[&str], &[&str]); 2] = [
+            // A literal placeholder (the proxy run by hand).
+            (
+                &["python", "-f", "{connection_file}", "--x={connection_file}"],
+                &["python", "-f", "/run/k.json", "--x=/run/k.json"],
+            ),
+            // What Jupyter passes: it substituted the frontend's file already.
+            (
+                &[
+                    "python",
+                    "-f",
+                    "/home/u/kernel-1.json",
+                    "--existing=/home/u/kernel-1.json",
+                ],
+                &["python", "-f", "/run/k.json", "--existing=/run/k.json"],
+            ),
+        ];
+        for (argv, expected) in cases {
+            let argv: Vec<String> = argv.iter().map(|arg| arg.to_string()).collect();
+            assert_eq!(
+                substitute_connection_file(&argv, frontend, private),
+                expected
+            );
+        }
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! Tasks that own one socket each and move messages between it and a [`Link`].
 
 use tokio::sync::mpsc;
-use zeromq::{SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{SocketRecv, SocketSend, ZmqMessage, ZmqResult};
 
 use super::{Frames, Link};
 use crate::connection::Channel;
@@ -17,22 +17,23 @@ where
 {
     let (outgoing, _unused) = mpsc::channel::<Frames>(1);
     let (received, incoming) = mpsc::channel::<Frames>(capacity);
-    tokio::spawn(async move {
-        loop {
-            match socket.recv().await {
-                Ok(message) => {
-                    if received.send(message.into_vec()).await.is_err() {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    tracing::debug!(%channel, %error, "socket closed");
-                    break;
-                }
-            }
-        }
-    });
+    tokio::spawn(async move { while pass_on(socket.recv().await, &received, channel).await {} });
     Link { outgoing, incoming }
+}
+
+/// Hands a received message to the link; false once the socket or the link is closed.
+async fn pass_on(
+    result: ZmqResult<ZmqMessage>,
+    received: &mpsc::Sender<Frames>,
+    channel: Channel,
+) -> bool {
+    match result {
+        Ok(message) => received.send(message.into_vec()).await.is_ok(),
+        Err(error) => {
+            tracing::debug!(%channel, %error, "socket closed");
+            false
+        }
+    }
 }
 
 /// Any socket that sends and receives from one task (DEALER, SUB, XPUB).
@@ -57,17 +58,11 @@ where
                     }
                     None => sending = false,
                 },
-                result = socket.recv() => match result {
-                    Ok(message) => {
-                        if received.send(message.into_vec()).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(error) => {
-                        tracing::debug!(%channel, %error, "socket closed");
+                result = socket.recv() => {
+                    if !pass_on(result, &received, channel).await {
                         break;
                     }
-                },
+                }
             }
         }
     });
