@@ -127,6 +127,23 @@ impl KernelProcess {
     }
 }
 
+/// The process that launched the proxy, when it asked to be watched: Jupyter sets
+/// `JPY_PARENT_PID`, and a kernel is expected to exit when that parent is gone (a
+/// console whose terminal was closed, a killed server). The proxy watches in the
+/// kernel's place, because the kernel's own watcher now sees the proxy.
+pub fn watched_parent() -> Option<Pid> {
+    std::env::var_os("JPY_PARENT_PID")?;
+    Some(nix::unistd::getppid())
+}
+
+/// Returns once the proxy has been orphaned by `parent` (its parent pid changed).
+pub async fn parent_exited(parent: Pid) {
+    let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+    while nix::unistd::getppid() == parent {
+        poll.tick().await;
+    }
+}
+
 /// Ends the proxy the way the kernel ended: the same exit code, or the same signal.
 pub fn exit_like(status: ExitStatus) -> ! {
     if let Some(code) = status.code() {

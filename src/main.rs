@@ -43,12 +43,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Diagnostics go to stderr (Jupyter shows a kernel's stderr in its log); RUST_LOG
-/// overrides the default level.
+/// Diagnostics go to stderr, which Jupyter shows in its log and `jupyter console` in
+/// the user's terminal: quiet unless something is wrong; RUST_LOG asks for more.
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("jupyter_audit=info,zeromq=error,warn")
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,zeromq=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -157,6 +157,14 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
     };
 
     tokio::pin!(relay);
+    let parent_exited = async {
+        match launcher::watched_parent() {
+            Some(parent) => launcher::parent_exited(parent).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(parent_exited);
+    let mut orphaned = false;
     let mut tasks = None;
     let status = loop {
         tokio::select! {
@@ -169,6 +177,11 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
                 }
             },
             status = kernel.wait() => break status.map_err(ProxyError::Wait)?,
+            () = &mut parent_exited, if !orphaned => {
+                orphaned = true;
+                tracing::warn!(pid = kernel_pid, "the process that started the kernel is gone; stopping the kernel");
+                kernel.signal_group(Signal::SIGKILL);
+            }
             signal = signals.next() => {
                 tracing::info!(?signal, pid = kernel_pid, "passing signal to the kernel");
                 // SIGINT was passed on by the signal handler already.
