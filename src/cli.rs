@@ -21,6 +21,56 @@ pub enum Command {
     Kernel(KernelArgs),
     /// Write a kernelspec that runs an existing kernel behind the proxy.
     Install(InstallArgs),
+    /// Check a store's chain and checkpoint; exit 0 when intact, 1 when tampered.
+    Verify(VerifyArgs),
+    /// Run the collector daemon: owns the store, takes records from proxies.
+    Collector(CollectorArgs),
+    /// Print the store's checkpoint verification (public) key, to keep elsewhere.
+    ExportKey(ExportKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CollectorArgs {
+    /// The store directory (created if missing; owned by the collector's user).
+    #[arg(long)]
+    pub store: PathBuf,
+
+    /// The Unix socket proxies connect to.
+    #[arg(long)]
+    pub socket: PathBuf,
+
+    /// Permissions of the socket (octal). Anyone who can connect can only add records
+    /// under their own verified identity.
+    #[arg(long, default_value = "666", value_parser = parse_octal)]
+    pub socket_mode: u32,
+
+    /// A group allowed to read the store (reviewers and auditors).
+    #[arg(long)]
+    pub reviewers_group: Option<String>,
+
+    /// Close a segment once it is this large (bytes).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub segment_max_bytes: u64,
+
+    /// Close a segment once it is this old (seconds).
+    #[arg(long, default_value_t = 24 * 3600)]
+    pub segment_max_age_secs: u64,
+
+    /// Write a signed checkpoint this often when records were added (seconds).
+    #[arg(long, default_value_t = 60)]
+    pub checkpoint_interval_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportKeyArgs {
+    /// The store directory.
+    #[arg(long)]
+    pub store: PathBuf,
+}
+
+fn parse_octal(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|error| format!("not an octal mode: {error}"))
 }
 
 /// How the proxy reaches the real kernel.
@@ -52,10 +102,47 @@ pub struct KernelArgs {
     #[arg(long)]
     pub runtime_dir: Option<PathBuf>,
 
+    /// Unix socket of the audit collector. The admin config file, when it sets one,
+    /// takes precedence.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+
+    /// What happens when a request cannot be recorded before it runs: `block` refuses
+    /// it (the default), `allow` runs it and records an audit gap.
+    #[arg(long, value_enum)]
+    pub on_audit_failure: Option<OnAuditFailure>,
+
+    /// Text outputs longer than this (bytes) keep only head and tail, size and SHA-256.
+    #[arg(long)]
+    pub text_cap_bytes: Option<usize>,
+
+    /// Keep binary outputs (images) in full, not only their SHA-256 and size.
+    #[arg(long)]
+    pub keep_binary: bool,
+
+    /// The admin config file. Its settings override the command line, so a kernelspec
+    /// cannot weaken them.
+    #[arg(long, default_value = crate::config::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// Relay without auditing (refused when the admin config names a collector).
+    #[arg(long)]
+    pub no_audit: bool,
+
     /// The real kernel's command line; `{connection_file}` is replaced by the path of
     /// the proxy's private connection file.
     #[arg(last = true, required = true, num_args = 1..)]
     pub argv: Vec<String>,
+}
+
+/// The policy when the collector cannot take a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnAuditFailure {
+    /// Refuse the request; the user gets an error saying why (fail-closed).
+    Block,
+    /// Run it anyway and write an audit gap record once the collector is back.
+    Allow,
 }
 
 #[derive(Debug, Args)]
@@ -93,4 +180,21 @@ pub struct InstallArgs {
     /// Path of the jupyter-audit binary the kernelspec runs (default: this binary).
     #[arg(long)]
     pub proxy_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The store directory.
+    #[arg(long)]
+    pub store: PathBuf,
+
+    /// A checkpoint kept outside the store: a file with one checkpoint, or a copy of
+    /// checkpoints.jsonl (its last line is used). Default: the store's own.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+
+    /// The public key kept outside the store (hex, as exported). Default: the store's
+    /// checkpoint.pub.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
 }

@@ -4,15 +4,23 @@
 //! - [`wire`]: the Jupyter message format (framing, HMAC signatures, replay detection).
 //! - [`connection`]: connection files (reading Jupyter's, writing the real kernel's).
 //! - [`transport`]: the ZeroMQ sockets of the five channels; all socket code lives here.
+//! - [`audit`]: audit records: what is recorded of each message, and the size policy.
+//! - [`collector`]: the collector daemon, its protocol, and the proxy's client for it.
+//! - [`store`]: the tamper-evident store: chained segments, group commit, signed checkpoints, verify.
+//! - [`config`]: the admin config file and how it combines with the kernelspec's flags.
 //! - [`proxy`]: the relay between frontends and the real kernel.
 //! - [`launcher`]: starting, signalling and reaping the real kernel process.
 //! - [`kernelspec`]: writing audited kernelspecs (`install`).
 //! - [`cli`]: argument definitions.
 
+pub mod audit;
 pub mod cli;
+pub mod collector;
+pub mod config;
 pub mod connection;
 pub mod kernelspec;
 pub mod launcher;
 pub mod proxy;
+pub mod store;
 pub mod transport;
 pub mod wire;

@@ -40,7 +40,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", dir.display());
             Ok(())
         }
+        Command::Verify(args) => run_verify(&args),
+        Command::Collector(args) => run_collector(args),
+        Command::ExportKey(args) => {
+            println!("{}", jupyter_audit::store::export_public_key(&args.store)?);
+            Ok(())
+        }
     }
+}
+
+fn run_collector(args: jupyter_audit::cli::CollectorArgs) -> anyhow::Result<()> {
+    use jupyter_audit::collector::daemon::{self, DaemonConfig};
+    let mut store = jupyter_audit::store::StoreConfig::new(args.store);
+    store.segment_max_bytes = args.segment_max_bytes;
+    store.segment_max_age = std::time::Duration::from_secs(args.segment_max_age_secs);
+    store.checkpoint_interval = std::time::Duration::from_secs(args.checkpoint_interval_secs);
+    store.reviewers_gid = args
+        .reviewers_group
+        .as_deref()
+        .map(daemon::group_id)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let config = DaemonConfig {
+        store,
+        socket: args.socket,
+        socket_mode: args.socket_mode,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(daemon::run(config))?;
+    Ok(())
 }
 
 /// Diagnostics go to stderr, which Jupyter shows in its log and `jupyter console` in
@@ -57,11 +88,13 @@ fn init_tracing() {
 }
 
 fn run_kernel(args: KernelArgs) -> anyhow::Result<()> {
+    let audit = jupyter_audit::config::audit_settings(&args)?;
     let config = ProxyConfig {
         connection_file: args.connection_file,
         kernel_transport: args.kernel_transport,
         max_message_bytes: args.max_message_bytes,
         runtime_dir: args.runtime_dir,
+        audit,
         kernel_argv: args.argv,
     };
     // The kernel is spawned from the thread that runs block_on (this one), which
@@ -74,4 +107,20 @@ fn run_kernel(args: KernelArgs) -> anyhow::Result<()> {
     let status = runtime.block_on(proxy::run(config))?;
     runtime.shutdown_background();
     launcher::exit_like(status)
+}
+
+/// Prints the report; exits 0 when intact, 1 when tampered, 2 when it cannot check.
+fn run_verify(args: &jupyter_audit::cli::VerifyArgs) -> ! {
+    let checked =
+        jupyter_audit::store::verify(&args.store, args.checkpoint.as_deref(), args.key.as_deref());
+    match checked {
+        Ok(report) => {
+            print!("{report}");
+            std::process::exit(if report.is_intact() { 0 } else { 1 })
+        }
+        Err(error) => {
+            eprintln!("jupyter-audit: {error}");
+            std::process::exit(2)
+        }
+    }
 }

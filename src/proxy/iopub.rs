@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::Sides;
 use super::startup::Activity;
+use crate::audit::Direction;
 use crate::connection::Channel;
 use crate::transport::{Frames, Subscription};
 use crate::wire::{WireMessage, compose};
@@ -43,6 +44,9 @@ pub(super) fn spawn_relay(
                 .is_ok_and(|header| header.msg_type == WELCOME)
             {
                 continue;
+            }
+            if let Some(auditor) = &sides.auditor {
+                auditor.observe(Channel::Iopub, Direction::FromKernel, &message);
             }
             message.resign(&sides.frontend);
             if to_frontends.send(message.into_frames()).await.is_err() {
@@ -100,6 +104,7 @@ mod tests {
             replay: Mutex::new(ReplayGuard::default()),
             max_message_bytes: usize::MAX,
             session: "proxy-session".into(),
+            auditor: None,
         };
         let welcome = welcome_message("", &sides);
         welcome

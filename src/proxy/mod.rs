@@ -2,13 +2,15 @@
 //! the kernel behind a private connection, waits until it answers, then relays all
 //! five channels until the kernel exits.
 
+mod audit;
 mod heartbeat;
 mod iopub;
+mod refusal;
 mod requests;
 mod runtime;
 mod startup;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +18,14 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
+use serde_json::{Map, Value, json};
+
+use self::audit::Auditor;
+use crate::audit::SessionContext;
 use crate::cli::KernelTransport;
+use crate::collector::client::AuditClient;
+use crate::config::AuditSettings;
+use crate::connection::Channel;
 use crate::connection::{ConnectionError, ConnectionInfo};
 use crate::launcher::{self, KernelProcess, LaunchError};
 use crate::transport::{self, TransportError};
@@ -35,6 +44,8 @@ pub struct ProxyConfig {
     pub max_message_bytes: usize,
     pub runtime_dir: Option<PathBuf>,
     pub kernel_argv: Vec<String>,
+    /// Where records go; None relays without auditing.
+    pub audit: Option<AuditSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +78,9 @@ pub(crate) struct Sides {
     /// Signatures already used by frontends, on any channel (one session, one history).
     pub replay: Mutex<ReplayGuard>,
     pub max_message_bytes: usize,
-    /// The session id of messages the proxy writes itself.
+    /// The session id of messages the proxy writes itself, and of the audit session.
     pub session: String,
+    pub auditor: Option<Arc<Auditor>>,
 }
 
 /// Runs the proxy until the kernel exits; returns the kernel's exit status.
@@ -84,12 +96,23 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
         frontend_info.kernel_name.clone(),
     )?;
     tracing::debug!(dir = %runtime.dir().display(), "private runtime directory created");
+    let session = uuid::Uuid::new_v4().to_string();
+    let auditor = config.audit.as_ref().map(|settings| {
+        let context = SessionContext {
+            session_id: session.clone(),
+            kernel_id: kernel_id(&config.connection_file),
+            kernel_name: frontend_info.kernel_name.clone(),
+        };
+        let (client, _) = AuditClient::spawn(settings.socket.clone(), context.clone());
+        Auditor::start(client, context, settings.size, settings.on_failure).0
+    });
     let sides = Arc::new(Sides {
         frontend: frontend_info.signer()?,
         kernel: runtime.info().signer()?,
         replay: Mutex::new(ReplayGuard::default()),
         max_message_bytes: config.max_message_bytes,
-        session: uuid::Uuid::new_v4().to_string(),
+        session,
+        auditor,
     });
 
     let argv = launcher::substitute_connection_file(
@@ -103,6 +126,11 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
     kernel
         .pass_interrupts_at_once()
         .map_err(ProxyError::Signals)?;
+    record(
+        &sides,
+        "session_start",
+        session_start_fields(&config, &argv, kernel_pid),
+    );
 
     let identity = bytes::Bytes::from(format!("jupyter-audit-{}", std::process::id()));
     let activity = Arc::new(startup::Activity::default());
@@ -122,33 +150,37 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
         // The kernel has read its connection file; nobody else needs the key in it.
         runtime.forget_connection_file();
         tracing::info!("kernel ready, relaying");
+        let publish = links.iopub.publish;
         let tasks = vec![
             heartbeat,
             welcome,
-            iopub::spawn_relay(
-                upstream.iopub.incoming,
-                links.iopub.publish,
-                sides.clone(),
-                activity.clone(),
-            ),
             requests::spawn(
-                crate::connection::Channel::Shell,
+                Channel::Shell,
                 links.shell,
                 upstream.shell,
                 sides.clone(),
                 activity.clone(),
+                publish.clone(),
             ),
             requests::spawn(
-                crate::connection::Channel::Control,
+                Channel::Control,
                 links.control,
                 upstream.control,
                 sides.clone(),
                 activity.clone(),
+                publish.clone(),
             ),
             requests::spawn(
-                crate::connection::Channel::Stdin,
+                Channel::Stdin,
                 links.stdin,
                 upstream.stdin,
+                sides.clone(),
+                activity.clone(),
+                publish.clone(),
+            ),
+            iopub::spawn_relay(
+                upstream.iopub.incoming,
+                publish,
                 sides.clone(),
                 activity.clone(),
             ),
@@ -180,10 +212,13 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
             () = &mut parent_exited, if !orphaned => {
                 orphaned = true;
                 tracing::warn!(pid = kernel_pid, "the process that started the kernel is gone; stopping the kernel");
+                record(&sides, "parent_exited", Map::new());
                 kernel.signal_group(Signal::SIGKILL);
             }
             signal = signals.next() => {
                 tracing::info!(?signal, pid = kernel_pid, "passing signal to the kernel");
+                let action = if signal == Signal::SIGINT { "interrupt" } else { "signal" };
+                record(&sides, action, Map::from_iter([("signal".to_owned(), json!(signal.as_str()))]));
                 // SIGINT was passed on by the signal handler already.
                 if signal != Signal::SIGINT {
                     kernel.signal_group(signal);
@@ -199,7 +234,58 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
     for task in tasks.into_iter().flatten() {
         task.abort();
     }
+    if let Some(auditor) = &sides.auditor {
+        auditor.event("session_end", session_end_fields(status, orphaned));
+        if let Err(error) = auditor.flush(Duration::from_secs(3)).await {
+            tracing::error!(%error, "the end of the session could not be recorded");
+        }
+    }
     Ok(status)
+}
+
+fn record(sides: &Sides, action: &str, fields: Map<String, Value>) {
+    if let Some(auditor) = &sides.auditor {
+        auditor.event(action, fields);
+    }
+}
+
+/// Jupyter names connection files `kernel-<kernel id>.json`.
+fn kernel_id(connection_file: &Path) -> Option<String> {
+    let stem = connection_file.file_stem()?.to_string_lossy();
+    Some(stem.strip_prefix("kernel-").unwrap_or(&stem).to_owned())
+}
+
+/// What is known about a session when it starts. The environment values are set by
+/// Jupyter (and could be set by the user): context, not identity.
+fn session_start_fields(
+    config: &ProxyConfig,
+    argv: &[String],
+    kernel_pid: u32,
+) -> Map<String, Value> {
+    let env = |name: &str| std::env::var(name).ok().map_or(Value::Null, Value::String);
+    let mut fields = Map::new();
+    fields.insert("notebook_path".into(), env("JPY_SESSION_NAME"));
+    fields.insert("hub_user".into(), env("JUPYTERHUB_USER"));
+    fields.insert("hub_server_name".into(), env("JUPYTERHUB_SERVER_NAME"));
+    fields.insert("kernel_argv".into(), json!(argv));
+    fields.insert("kernel_pid".into(), json!(kernel_pid));
+    fields.insert("proxy_pid".into(), json!(std::process::id()));
+    fields.insert("proxy_version".into(), json!(env!("CARGO_PKG_VERSION")));
+    fields.insert(
+        "connection_file".into(),
+        json!(config.connection_file.display().to_string()),
+    );
+    fields.retain(|_, value| !value.is_null());
+    fields
+}
+
+fn session_end_fields(status: ExitStatus, orphaned: bool) -> Map<String, Value> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut fields = Map::new();
+    fields.insert("exit_code".into(), json!(status.code()));
+    fields.insert("exit_signal".into(), json!(status.signal()));
+    fields.insert("orphaned".into(), json!(orphaned));
+    fields
 }
 
 /// The signals the proxy passes on to the kernel instead of dying of them.

@@ -6,10 +6,14 @@
 
 use std::sync::Arc;
 
+use serde_json::{Map, json};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::Sides;
 use super::startup::Activity;
+use super::{Sides, refusal};
+use crate::audit::{Direction, needs_write_ahead};
+use crate::cli::OnAuditFailure;
 use crate::connection::Channel;
 use crate::transport::{Frames, Link};
 use crate::wire::{WireError, WireMessage};
@@ -20,6 +24,7 @@ pub(super) fn spawn(
     kernel: Link,
     sides: Arc<Sides>,
     activity: Arc<Activity>,
+    iopub: mpsc::Sender<Frames>,
 ) -> JoinHandle<()> {
     let Link {
         outgoing: to_frontend,
@@ -30,16 +35,20 @@ pub(super) fn spawn(
         incoming: mut from_kernel,
     } = kernel;
     let requests_sides = sides.clone();
+    let refusals_to = to_frontend.clone();
     let requests = async move {
         while let Some(frames) = from_frontend.recv().await {
             match accept_from_frontend(frames, &requests_sides) {
                 Ok(mut message) => {
+                    if !admit(channel, &message, &requests_sides, &refusals_to, &iopub).await {
+                        continue;
+                    }
                     message.resign(&requests_sides.kernel);
                     if to_kernel.send(message.into_frames()).await.is_err() {
                         break;
                     }
                 }
-                Err(rejection) => rejection.log(channel),
+                Err(rejection) => rejection.report(channel, &requests_sides),
             }
         }
     };
@@ -48,18 +57,61 @@ pub(super) fn spawn(
             activity.touch();
             match accept_from_kernel(frames, &sides) {
                 Ok(mut message) => {
+                    if let Some(auditor) = &sides.auditor {
+                        auditor.observe(channel, Direction::FromKernel, &message);
+                    }
                     message.resign(&sides.frontend);
                     if to_frontend.send(message.into_frames()).await.is_err() {
                         break;
                     }
                 }
-                Err(rejection) => rejection.log(channel),
+                Err(rejection) => rejection.report(channel, &sides),
             }
         }
     };
     tokio::spawn(async move {
         tokio::join!(requests, replies);
     })
+}
+
+/// Puts a frontend message on the record; false when it must not reach the kernel
+/// because it could not be recorded first (block policy), after answering it.
+async fn admit(
+    channel: Channel,
+    message: &WireMessage,
+    sides: &Sides,
+    to_frontend: &mpsc::Sender<Frames>,
+    iopub: &mpsc::Sender<Frames>,
+) -> bool {
+    let Some(auditor) = &sides.auditor else {
+        return true;
+    };
+    let header = message.header().unwrap_or_default();
+    if !needs_write_ahead(&header.msg_type) {
+        auditor.observe(channel, Direction::FromFrontend, message);
+        return true;
+    }
+    let Err(error) = auditor.write_ahead(channel, message).await else {
+        return true;
+    };
+    let mut fields = Map::new();
+    fields.insert("msg_id".into(), json!(header.msg_id));
+    fields.insert("refused_msg_type".into(), json!(header.msg_type));
+    fields.insert("channel".into(), json!(channel.name()));
+    fields.insert("reason".into(), json!(error.to_string()));
+    match auditor.policy {
+        OnAuditFailure::Block => {
+            tracing::warn!(%channel, msg_id = %header.msg_id, msg_type = %header.msg_type, %error, "request refused: not recorded");
+            auditor.event("execution_refused", fields);
+            refusal::refuse(message, &header.msg_type, &error, sides, to_frontend, iopub).await;
+            false
+        }
+        OnAuditFailure::Allow => {
+            tracing::warn!(%channel, msg_id = %header.msg_id, msg_type = %header.msg_type, %error, "request relayed unrecorded (allow policy)");
+            auditor.event("audit_bypassed", fields);
+            true
+        }
+    }
 }
 
 /// A message that is not relayed, with what is known about it for the diagnostic.
@@ -81,6 +133,20 @@ impl Rejection {
             error,
             msg_id: header.as_ref().map(|header| header.msg_id.clone()),
             msg_type: header.map(|header| header.msg_type),
+        }
+    }
+
+    /// Logs the rejection and puts it on the record.
+    pub(super) fn report(&self, channel: Channel, sides: &Sides) {
+        self.log(channel);
+        if let Some(auditor) = &sides.auditor {
+            let mut fields = Map::new();
+            fields.insert("channel".into(), json!(channel.name()));
+            fields.insert("from".into(), json!(self.from));
+            fields.insert("reason".into(), json!(self.error.to_string()));
+            fields.insert("msg_id".into(), json!(self.msg_id));
+            fields.insert("rejected_msg_type".into(), json!(self.msg_type));
+            auditor.event("message_rejected", fields);
         }
     }
 
@@ -156,6 +222,7 @@ mod tests {
             replay: Mutex::new(ReplayGuard::default()),
             max_message_bytes: limit,
             session: "test".into(),
+            auditor: None,
         }
     }
 

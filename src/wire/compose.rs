@@ -52,6 +52,19 @@ pub fn compose(
     )
 }
 
+/// Builds an unsigned message in answer to `parent` (its header becomes the parent
+/// header, its routing ids the routing), as a kernel would.
+pub fn compose_reply(
+    parent: &WireMessage,
+    msg_type: &str,
+    session: &str,
+    content: &serde_json::Value,
+) -> WireMessage {
+    let mut message = compose(parent.routing.clone(), msg_type, session, content);
+    message.parent_header = parent.header.clone();
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -26,15 +28,17 @@ import pytest
 from helpers import (
     AUDITED,
     AUDITED_MESSAGE,
+    BIN,
     DIRECT,
     DIRECT_MESSAGE,
     KernelPool,
+    proxy_argv,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(os.environ.get("JUPYTER_AUDIT_BIN") or REPO / "target" / "release" / "jupyter-audit")
-
 _TMP = Path(tempfile.mkdtemp(prefix="jupyter-audit-tests-"))
+STORE = _TMP / "store"
+COLLECTOR_SOCKET = _TMP / "collector.sock"
+_collector: subprocess.Popen | None = None
 
 
 def _setup_environment() -> None:
@@ -52,8 +56,11 @@ def _setup_environment() -> None:
     os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
     os.environ.pop("JPY_SESSION_NAME", None)
 
+    # One collector for the whole run; every audited kernel records to it.
+    os.environ["JUPYTER_AUDIT_TEST_SOCKET"] = str(COLLECTOR_SOCKET)
+    os.environ["JUPYTER_AUDIT_TEST_CONFIG"] = str(_TMP / "no-admin-config.toml")
     ipykernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    proxy = [str(BIN), "kernel", "-f", "{connection_file}", "--"]
+    proxy = proxy_argv()
     specs = {
         DIRECT: {"argv": ipykernel},
         DIRECT_MESSAGE: {"argv": ipykernel, "interrupt_mode": "message"},
@@ -75,16 +82,38 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    global _collector
     if not (BIN.is_file() and os.access(BIN, os.X_OK)):
         pytest.exit(
             f"jupyter-audit binary not found at {BIN}: run `cargo build --release` "
             "or set JUPYTER_AUDIT_BIN",
             returncode=2,
         )
+    _collector = subprocess.Popen(
+        [str(BIN), "collector", "--store", str(STORE), "--socket", str(COLLECTOR_SOCKET)],
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while not COLLECTOR_SOCKET.exists():
+        if _collector.poll() is not None or time.monotonic() > deadline:
+            pytest.exit(f"the test collector did not start (exit {_collector.poll()})", returncode=2)
+        time.sleep(0.05)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    if _collector is not None and _collector.poll() is None:
+        _collector.terminate()
+        try:
+            _collector.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _collector.kill()
     shutil.rmtree(_TMP, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def suite_store() -> Path:
+    """The store the suite's collector writes (every audited kernel's records)."""
+    return STORE
 
 
 @pytest.fixture

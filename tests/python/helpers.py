@@ -21,6 +21,20 @@ AUDITED = "python3-audited"
 AUDITED_MESSAGE = "python3-audited-message"
 AUDITED_KERNELS = (AUDITED, AUDITED_MESSAGE)
 
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("JUPYTER_AUDIT_BIN") or REPO / "target" / "release" / "jupyter-audit")
+
+
+def proxy_argv(socket: Path | str | None = None, *flags: str) -> list[str]:
+    """The proxy's command line up to `--`, recording to the suite's collector (or to
+    `socket`). The admin config file is pointed at a path that does not exist, so the
+    machine's /etc/jupyter-audit/config.toml cannot change what a test means."""
+    socket = socket or os.environ["JUPYTER_AUDIT_TEST_SOCKET"]
+    config = os.environ.get("JUPYTER_AUDIT_TEST_CONFIG", "/nonexistent/jupyter-audit.toml")
+    return [str(BIN), "kernel", "--socket", str(socket), "--config", config, *flags,
+            "-f", "{connection_file}", "--"]
+
+
 STARTUP_TIMEOUT = 60
 TIMEOUT = 30
 DELIMITER = b"<IDS|MSG>"

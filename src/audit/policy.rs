@@ -1,0 +1,185 @@
+//! The size policy: text is kept in full up to a cap, beyond it head and tail with the
+//! full size and SHA-256; binary MIME types are kept as SHA-256 and size, optionally
+//! in full.
+
+use base64::Engine;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// How much of each output is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizePolicy {
+    /// Text longer than this (in bytes) keeps only its head and tail.
+    pub text_cap: usize,
+    /// Keep binary outputs (images, …) in full, base64, besides their hash.
+    pub keep_binary: bool,
+}
+
+impl Default for SizePolicy {
+    fn default() -> Self {
+        Self {
+            text_cap: 1024 * 1024,
+            keep_binary: false,
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The largest index ≤ `index` on a char boundary of `text`.
+fn floor_boundary(text: &str, mut index: usize) -> usize {
+    while index > 0 && !text.is_char_boundary(index) {
+        index -= 1;
+    }
+    index
+}
+
+impl SizePolicy {
+    /// A text as kept: the string itself, or an object with head, tail, size and hash.
+    pub fn text(&self, text: &str) -> Value {
+        if text.len() <= self.text_cap {
+            return Value::String(text.to_owned());
+        }
+        let half = self.text_cap / 2;
+        let head_end = floor_boundary(text, half);
+        let tail_start = floor_boundary(text, text.len() - half);
+        json!({
+            "truncated": true,
+            "size": text.len(),
+            "sha256": sha256_hex(text.as_bytes()),
+            "head": &text[..head_end],
+            "tail": &text[tail_start..],
+        })
+    }
+
+    /// A binary output (base64 in the message) as kept: hash and size of the decoded
+    /// bytes, and the base64 itself when the policy keeps binaries.
+    pub fn binary(&self, base64_text: &str) -> Value {
+        // Jupyter allows line breaks inside base64 image data.
+        let compact: String = base64_text.split_ascii_whitespace().collect();
+        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()) else {
+            // Not valid base64: keep it as the text it is.
+            return json!({ "invalid_base64": self.text(base64_text) });
+        };
+        let mut kept = json!({ "sha256": sha256_hex(&bytes), "size": bytes.len() });
+        if self.keep_binary {
+            kept["base64"] = Value::String(compact);
+        }
+        kept
+    }
+
+    /// A MIME bundle (`data` of display_data and execute_result) as kept.
+    pub fn mime_bundle(&self, bundle: &Value) -> Value {
+        let Some(entries) = bundle.as_object() else {
+            return self.json(bundle);
+        };
+        let kept = entries
+            .iter()
+            .map(|(mime, value)| {
+                let kept = match value {
+                    Value::String(text) if is_binary_mime(mime) => self.binary(text),
+                    Value::String(text) => self.text(text),
+                    other => self.json(other),
+                };
+                (mime.clone(), kept)
+            })
+            .collect();
+        Value::Object(kept)
+    }
+
+    /// Any JSON value, capped by its serialised size.
+    pub fn json(&self, value: &Value) -> Value {
+        let text = value.to_string();
+        if text.len() <= self.text_cap {
+            value.clone()
+        } else {
+            self.text(&text)
+        }
+    }
+}
+
+/// MIME types whose data Jupyter sends base64-encoded.
+fn is_binary_mime(mime: &str) -> bool {
+    let text_like = mime.starts_with("text/")
+        || mime.ends_with("+json")
+        || mime.ends_with("+xml")
+        || mime == "application/json"
+        || mime == "application/javascript";
+    !text_like
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_text_is_kept_as_is() {
+        let policy = SizePolicy {
+            text_cap: 10,
+            keep_binary: false,
+        };
+        assert_eq!(policy.text("hello"), json!("hello"));
+    }
+
+    #[test]
+    fn long_text_keeps_head_tail_size_and_hash() {
+        let policy = SizePolicy {
+            text_cap: 10,
+            keep_binary: false,
+        };
+        let text = "0123456789abcdefghij";
+        let kept = policy.text(text);
+        assert_eq!(kept["head"], "01234");
+        assert_eq!(kept["tail"], "fghij");
+        assert_eq!(kept["size"], 20);
+        assert_eq!(kept["sha256"], sha256_hex(text.as_bytes()));
+    }
+
+    #[test]
+    fn cuts_never_split_a_character() {
+        let policy = SizePolicy {
+            text_cap: 5,
+            keep_binary: false,
+        };
+        let kept = policy.text("ééééééé");
+        let head = kept["head"].as_str().expect("head");
+        let tail = kept["tail"].as_str().expect("tail");
+        assert!(head.len() <= 2 && tail.len() <= 3, "{head:?} {tail:?}");
+    }
+
+    #[test]
+    fn images_are_hashed_and_text_kept() {
+        let policy = SizePolicy::default();
+        let png = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG fake");
+        let kept = policy.mime_bundle(&json!({"image/png": png, "text/plain": "<Figure>"}));
+        assert_eq!(kept["image/png"]["size"], 9);
+        assert_eq!(kept["image/png"]["sha256"], sha256_hex(b"\x89PNG fake"));
+        assert!(kept["image/png"].get("base64").is_none());
+        assert_eq!(kept["text/plain"], "<Figure>");
+
+        let keep_all = SizePolicy {
+            keep_binary: true,
+            ..SizePolicy::default()
+        };
+        assert_eq!(
+            keep_all.mime_bundle(&json!({"image/png": png}))["image/png"]["base64"],
+            png
+        );
+    }
+
+    #[test]
+    fn json_mime_types_are_kept_as_json() {
+        let policy = SizePolicy::default();
+        let widget = json!({"model_id": "abc", "version_major": 2});
+        let kept = policy.mime_bundle(&json!({"application/vnd.jupyter.widget-view+json": widget}));
+        assert_eq!(kept["application/vnd.jupyter.widget-view+json"], widget);
+    }
+
+    #[test]
+    fn invalid_base64_is_kept_as_text() {
+        let kept = SizePolicy::default().binary("not base64 !!");
+        assert_eq!(kept["invalid_base64"], "not base64 !!");
+    }
+}

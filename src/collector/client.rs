@@ -1,0 +1,457 @@
+//! The proxy's side of the collector connection.
+//!
+//! One task owns the connection and keeps every record until the collector has
+//! acknowledged it: records sent when the connection breaks are sent again after
+//! reconnecting (marked `jupyter.resent`, since the collector may have stored them
+//! already), and a record that could not even be queued is counted and reported in an
+//! `audit_gap` record once the collector is back. Durable submissions (write-ahead)
+//! fail at once while the collector is unreachable, so the proxy can refuse to run
+//! code instead of waiting.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::BufWriter;
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::protocol::{
+    FromCollector, PROTOCOL_VERSION, ProtocolError, ToCollector, read_frame, write_frame,
+};
+use crate::audit::{Record, SessionContext, event_record};
+
+/// Records waiting for the client task (beyond this, records are counted as lost).
+const QUEUE_CAPACITY: usize = 4096;
+/// Records kept unacknowledged or unsent while the collector is away.
+const MAX_PENDING: usize = 65_536;
+/// Longest pause between reconnection attempts.
+const MAX_RETRY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit collector is unavailable ({0})")]
+    Unavailable(String),
+    #[error("the audit collector did not store the record ({0})")]
+    NotStored(String),
+    #[error("the audit collector did not confirm the record within {0:?}")]
+    Timeout(Duration),
+    #[error("the audit client has stopped")]
+    Stopped,
+}
+
+enum Submission {
+    Record(Record),
+    Durable(Record, oneshot::Sender<Result<u64, AuditError>>),
+}
+
+/// Handle to the client task.
+#[derive(Debug, Clone)]
+pub struct AuditClient {
+    submissions: mpsc::Sender<Submission>,
+    lost: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Submission {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Self::Record(_) => "Record",
+            Self::Durable(..) => "Durable",
+        })
+    }
+}
+
+impl AuditClient {
+    /// Starts the client task for the collector listening on `socket`.
+    pub fn spawn(socket: PathBuf, context: SessionContext) -> (Self, JoinHandle<()>) {
+        let (submissions, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let lost = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(
+            ClientTask {
+                socket,
+                context,
+                submissions: receiver,
+                lost: lost.clone(),
+                pending: VecDeque::new(),
+                next_id: 1,
+                connection: None,
+                last_error: "not connected yet".into(),
+                retry_at: Instant::now(),
+                retry_delay: Duration::from_millis(50),
+                gap: None,
+            }
+            .run(),
+        );
+        (Self { submissions, lost }, task)
+    }
+
+    /// Queues a record without waiting. If the queue is full the record is lost, and
+    /// counted: the count goes on the record as an `audit_gap`.
+    pub fn record(&self, record: Record) {
+        if self
+            .submissions
+            .try_send(Submission::Record(record))
+            .is_err()
+        {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts records lost before they reached the client (reported as a gap).
+    pub fn count_lost(&self, count: u64) {
+        self.lost.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Queues a record that must be on disk before the caller goes on; the ticket
+    /// says when it is, or why it is not. Queued in order with every other record.
+    pub fn submit_durable(&self, record: Record) -> Ticket {
+        let (ack, acked) = oneshot::channel();
+        match self.submissions.try_send(Submission::Durable(record, ack)) {
+            Ok(()) => Ticket(Ok(acked)),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                Ticket(Err(AuditError::Unavailable(
+                    "the proxy's audit queue is full".into(),
+                )))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Ticket(Err(AuditError::Stopped)),
+        }
+    }
+
+    /// Waits until everything queued so far is stored, or `patience` runs out.
+    pub async fn flush(&self, patience: Duration) -> Result<u64, AuditError> {
+        let (ack, acked) = oneshot::channel();
+        let queued = tokio::time::timeout(
+            patience,
+            self.submissions
+                .send(Submission::Durable(Record::new(), ack)),
+        );
+        match queued.await {
+            Ok(Ok(())) => Ticket(Ok(acked)).wait(patience).await,
+            Ok(Err(_)) => Err(AuditError::Stopped),
+            Err(_) => Err(AuditError::Timeout(patience)),
+        }
+    }
+}
+
+/// The promise of a durable record: resolves once the record is on disk.
+#[derive(Debug)]
+pub struct Ticket(Result<oneshot::Receiver<Result<u64, AuditError>>, AuditError>);
+
+impl Ticket {
+    /// The record's sequence number once stored; an error if it was not, or not
+    /// within `patience`.
+    pub async fn wait(self, patience: Duration) -> Result<u64, AuditError> {
+        let acked = self.0?;
+        match tokio::time::timeout(patience, acked).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(AuditError::Stopped),
+            Err(_) => Err(AuditError::Timeout(patience)),
+        }
+    }
+}
+
+struct Pending {
+    id: u64,
+    record: Record,
+    ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
+    written: bool,
+}
+
+struct Connection {
+    writer: BufWriter<OwnedWriteHalf>,
+    acks: mpsc::Receiver<Result<FromCollector, ProtocolError>>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+struct Gap {
+    lost: u64,
+    since: String,
+    reason: String,
+}
+
+struct ClientTask {
+    socket: PathBuf,
+    context: SessionContext,
+    submissions: mpsc::Receiver<Submission>,
+    lost: Arc<AtomicU64>,
+    pending: VecDeque<Pending>,
+    next_id: u64,
+    connection: Option<Connection>,
+    last_error: String,
+    retry_at: Instant,
+    retry_delay: Duration,
+    gap: Option<Gap>,
+}
+
+impl ClientTask {
+    async fn run(mut self) {
+        loop {
+            if self.connection.is_none() && Instant::now() >= self.retry_at {
+                self.connect().await;
+            }
+            let connected = self.connection.is_some();
+            tokio::select! {
+                submission = self.submissions.recv() => match submission {
+                    Some(submission) => self.submit(submission).await,
+                    None => break,
+                },
+                ack = async {
+                    match self.connection.as_mut() {
+                        Some(connection) => connection.acks.recv().await,
+                        None => std::future::pending().await,
+                    }
+                }, if connected => self.acknowledge(ack),
+                () = tokio::time::sleep_until(self.retry_at), if !connected => {}
+            }
+        }
+    }
+
+    async fn connect(&mut self) {
+        match tokio::time::timeout(Duration::from_secs(2), open(&self.socket)).await {
+            Ok(Ok(connection)) => {
+                tracing::info!(socket = %self.socket.display(), "connected to the audit collector");
+                self.connection = Some(connection);
+                self.retry_delay = Duration::from_millis(50);
+                self.resend_pending().await;
+                self.report_gap().await;
+            }
+            Ok(Err(error)) => self.disconnected(error.to_string()),
+            Err(_) => self.disconnected("connection attempt timed out".into()),
+        }
+    }
+
+    fn disconnected(&mut self, reason: String) {
+        if self.connection.take().is_some() || self.last_error != reason {
+            tracing::warn!(socket = %self.socket.display(), %reason, "audit collector unavailable");
+        }
+        self.last_error = reason;
+        self.retry_at = Instant::now() + self.retry_delay;
+        self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY);
+        // Whoever waits for a durable record is told now; the record itself stays and
+        // is stored once the collector is back.
+        for pending in &mut self.pending {
+            if let Some(ack) = pending.ack.take() {
+                let _ = ack.send(Err(AuditError::Unavailable(self.last_error.clone())));
+                if let Some(Value::Object(jupyter)) = pending.record.get_mut("jupyter") {
+                    jupyter.insert("write_ahead_failed".into(), json!(true));
+                }
+            }
+        }
+    }
+
+    async fn submit(&mut self, submission: Submission) {
+        let (record, ack) = match submission {
+            Submission::Record(record) => (record, None),
+            Submission::Durable(mut record, ack) => {
+                if self.connection.is_none() {
+                    let _ = ack.send(Err(AuditError::Unavailable(self.last_error.clone())));
+                    // Stored once the collector is back, marked as late.
+                    if let Some(Value::Object(jupyter)) = record.get_mut("jupyter") {
+                        jupyter.insert("write_ahead_failed".into(), json!(true));
+                    }
+                    (record, None)
+                } else {
+                    (record, Some(ack))
+                }
+            }
+        };
+        let lost_in_queue = self.lost.swap(0, Ordering::Relaxed);
+        if lost_in_queue > 0 {
+            self.note_lost(lost_in_queue, "the proxy's audit queue was full".into());
+        }
+        if record.is_empty() {
+            // A flush marker: acknowledged once everything before it is.
+            self.pending.push_back(Pending {
+                id: 0,
+                record,
+                ack,
+                written: true,
+            });
+            self.release_flush_markers();
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.note_lost(
+                1,
+                format!("the collector was unavailable: {}", self.last_error),
+            );
+            if let Some(ack) = ack {
+                let _ = ack.send(Err(AuditError::Unavailable(self.last_error.clone())));
+            }
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.push_back(Pending {
+            id,
+            record,
+            ack,
+            written: false,
+        });
+        if self.connection.is_some() {
+            self.write_unwritten().await;
+        }
+    }
+
+    fn note_lost(&mut self, count: u64, reason: String) {
+        let gap = self.gap.get_or_insert_with(|| Gap {
+            lost: 0,
+            since: crate::audit::now_rfc3339(),
+            reason,
+        });
+        gap.lost += count;
+    }
+
+    async fn report_gap(&mut self) {
+        if let Some(gap) = self.gap.take() {
+            let mut fields = serde_json::Map::new();
+            fields.insert("lost_records".into(), json!(gap.lost));
+            fields.insert("gap_since".into(), json!(gap.since));
+            fields.insert("reason".into(), json!(gap.reason));
+            let record = event_record(&self.context, "audit_gap", fields);
+            self.submit(Submission::Record(record)).await;
+        }
+    }
+
+    async fn resend_pending(&mut self) {
+        for pending in &mut self.pending {
+            if pending.written {
+                pending.written = false;
+                if let Some(Value::Object(jupyter)) = pending.record.get_mut("jupyter") {
+                    jupyter.insert("resent".into(), json!(true));
+                }
+            }
+        }
+        self.write_unwritten().await;
+    }
+
+    async fn write_unwritten(&mut self) {
+        let Some(connection) = self.connection.as_mut() else {
+            return;
+        };
+        let mut result = Ok(());
+        for pending in self
+            .pending
+            .iter_mut()
+            .filter(|pending| !pending.written && pending.id != 0)
+        {
+            let frame = ToCollector::Record {
+                id: pending.id,
+                record: pending.record.clone(),
+            };
+            result = write_frame(&mut connection.writer, &frame).await;
+            if result.is_err() {
+                break;
+            }
+            pending.written = true;
+        }
+        if result.is_ok() {
+            result = tokio::io::AsyncWriteExt::flush(&mut connection.writer)
+                .await
+                .map_err(Into::into);
+        }
+        if let Err(error) = result {
+            self.disconnected(error.to_string());
+        }
+    }
+
+    fn acknowledge(&mut self, ack: Option<Result<FromCollector, ProtocolError>>) {
+        let (id, outcome) = match ack {
+            Some(Ok(FromCollector::Ack { id, sequence })) => (id, Ok(sequence)),
+            Some(Ok(FromCollector::Nack { id, error })) => (id, Err(AuditError::NotStored(error))),
+            Some(Ok(FromCollector::Hello { .. })) => return,
+            Some(Err(error)) => return self.disconnected(error.to_string()),
+            None => return self.disconnected("the collector closed the connection".into()),
+        };
+        // Acknowledgements come in order; anything before `id` was acknowledged too.
+        while let Some(front) = self.pending.front() {
+            if front.id != 0 && front.id > id {
+                break;
+            }
+            let Some(done) = self.pending.pop_front() else {
+                break;
+            };
+            if let Some(ack) = done.ack {
+                let _ = ack.send(if done.id == id {
+                    outcome.clone()
+                } else {
+                    Ok(0)
+                });
+            }
+            if done.id == id {
+                if let Err(error) = &outcome {
+                    tracing::error!(%error, "the collector refused a record");
+                }
+                break;
+            }
+        }
+        self.release_flush_markers();
+    }
+
+    /// Flush markers at the front have nothing left before them.
+    fn release_flush_markers(&mut self) {
+        while self.pending.front().is_some_and(|front| front.id == 0) {
+            if let Some(Pending { ack: Some(ack), .. }) = self.pending.pop_front() {
+                let _ = ack.send(Ok(0));
+            }
+        }
+    }
+}
+
+async fn open(socket: &std::path::Path) -> Result<Connection, ProtocolError> {
+    let stream = UnixStream::connect(socket).await?;
+    let (mut read, write) = stream.into_split();
+    let mut writer = BufWriter::new(write);
+    write_frame(
+        &mut writer,
+        &ToCollector::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    )
+    .await?;
+    tokio::io::AsyncWriteExt::flush(&mut writer).await?;
+    match read_frame::<_, FromCollector>(&mut read).await? {
+        Some(FromCollector::Hello { version }) if version == PROTOCOL_VERSION => {}
+        Some(other) => {
+            return Err(ProtocolError::Io(std::io::Error::other(format!(
+                "unexpected answer to hello: {other:?}"
+            ))));
+        }
+        None => return Err(ProtocolError::Truncated),
+    }
+    let (acks_sender, acks) = mpsc::channel(1024);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame::<_, FromCollector>(&mut read).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            let item = match frame {
+                Ok(Some(frame)) => Ok(frame),
+                Ok(None) => Err(ProtocolError::Io(std::io::Error::other(
+                    "the collector closed the connection",
+                ))),
+                Err(error) => Err(error),
+            };
+            if acks_sender.send(item).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    Ok(Connection {
+        writer,
+        acks,
+        reader,
+    })
+}

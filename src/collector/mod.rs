@@ -1,0 +1,12 @@
+//! The collector: the daemon that owns the store, and the proxy's client for it.
+//!
+//! The collector runs as its own OS user. Every record reaches it over a Unix socket
+//! whose peer credentials (uid, gid, pid, from the kernel) say who sent it; the
+//! sender cannot claim another identity.
+
+pub mod client;
+pub mod daemon;
+pub mod protocol;
+pub mod server;
+
+pub use client::{AuditClient, AuditError, Ticket};

@@ -1,0 +1,145 @@
+//! The proxy ⇄ collector protocol over a Unix socket: frames of a 4-byte big-endian
+//! length and a JSON body. The proxy says hello, then sends records, each with an id;
+//! the collector answers hello and acknowledges every record, in order, once it is on
+//! disk (or says why it is not).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::audit::Record;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame either side accepts. Records are already capped by the size
+/// policy; this only stops a hostile peer from making the other allocate.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToCollector {
+    Hello { version: u32 },
+    Record { id: u64, record: Record },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromCollector {
+    Hello {
+        version: u32,
+    },
+    /// The record with this id is on disk with this sequence number.
+    Ack {
+        id: u64,
+        sequence: u64,
+    },
+    /// The record with this id was not stored.
+    Nack {
+        id: u64,
+        error: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("frame of {0} bytes is over the limit of {MAX_FRAME_BYTES} bytes")]
+    Oversized(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+}
+
+pub async fn write_frame<W, T>(writer: &mut W, frame: &T) -> Result<(), ProtocolError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let body = serde_json::to_vec(frame)?;
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(ProtocolError::Oversized(body.len()));
+    }
+    let length = u32::try_from(body.len()).map_err(|_| ProtocolError::Oversized(body.len()))?;
+    writer.write_all(&length.to_be_bytes()).await?;
+    writer.write_all(&body).await?;
+    Ok(())
+}
+
+/// Reads one frame; None when the peer closed the connection between frames.
+pub async fn read_frame<R, T>(reader: &mut R) -> Result<Option<T>, ProtocolError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut length = [0u8; 4];
+    match reader.read_exact(&mut length).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(error.into()),
+    }
+    let length = u32::from_be_bytes(length) as usize;
+    if length > MAX_FRAME_BYTES {
+        return Err(ProtocolError::Oversized(length));
+    }
+    let mut body = vec![0u8; length];
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
+            _ => ProtocolError::Io(error),
+        })?;
+    Ok(Some(serde_json::from_slice(&body)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let mut record = Record::new();
+        record.insert(
+            "event".into(),
+            serde_json::json!({"action": "execute_request"}),
+        );
+        let sent = ToCollector::Record { id: 7, record };
+        write_frame(&mut client, &sent).await.expect("written");
+        let received: Option<ToCollector> = read_frame(&mut server).await.expect("read");
+        assert_eq!(received, Some(sent));
+        drop(client);
+        let end: Option<ToCollector> = read_frame(&mut server).await.expect("clean end");
+        assert_eq!(end, None);
+    }
+
+    #[tokio::test]
+    async fn hostile_frames_are_errors_not_allocations() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client
+            .write_all(&u32::MAX.to_be_bytes())
+            .await
+            .expect("written");
+        let result: Result<Option<ToCollector>, _> = read_frame(&mut server).await;
+        assert!(matches!(result, Err(ProtocolError::Oversized(_))));
+
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        write_frame(&mut client, &serde_json::json!({"type": "launch_missiles"}))
+            .await
+            .expect("written");
+        let result: Result<Option<ToCollector>, _> = read_frame(&mut server).await;
+        assert!(matches!(result, Err(ProtocolError::Malformed(_))));
+
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client
+            .write_all(&10u32.to_be_bytes())
+            .await
+            .expect("written");
+        client.write_all(b"{\"ty").await.expect("written");
+        drop(client);
+        let result: Result<Option<ToCollector>, _> = read_frame(&mut server).await;
+        assert!(matches!(result, Err(ProtocolError::Truncated)));
+    }
+}

@@ -1,0 +1,306 @@
+//! The collector daemon: accepts proxies on a Unix socket, stamps every record with
+//! the sender's verified identity, and acknowledges each record, in order, once the
+//! store has it on disk.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::io::BufWriter;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::protocol::{
+    FromCollector, PROTOCOL_VERSION, ProtocolError, ToCollector, read_frame, write_frame,
+};
+use crate::audit::{Record, now_rfc3339};
+use crate::store::{StoreError, StoreHandle};
+
+/// Top-level keys only the collector and the store may set.
+const RESERVED_KEYS: &[&str] = &["@timestamp", "user", "group", "process", "host", "chain"];
+/// How long a new connection may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records of one connection waiting for their acknowledgement.
+const ACKS_IN_FLIGHT: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Who is on the other end of a connection, as the kernel says (SO_PEERCRED).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+    pub user_name: Option<String>,
+}
+
+/// Binds the collector's socket, replacing a stale one, with `mode` permissions.
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, CollectorError> {
+    let listen_error = |source| CollectorError::Listen {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(listen_error)?
+        }
+        Ok(_) => {
+            return Err(CollectorError::NotASocket {
+                path: path.to_owned(),
+            });
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(listen_error(error)),
+    }
+    let listener = UnixListener::bind(path).map_err(listen_error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(listen_error)?;
+    Ok(listener)
+}
+
+/// Serves connections until `shutdown` resolves.
+pub async fn serve(
+    listener: UnixListener,
+    store: StoreHandle,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let names = UserNames::default();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let store = store.clone();
+                    let host = host.clone();
+                    let names = names.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = serve_connection(stream, store, host, names).await {
+                            tracing::warn!(%error, "proxy connection ended with an error");
+                        }
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Cache of uid → user name (the lookup may consult NSS, which can be slow).
+#[derive(Debug, Clone, Default)]
+struct UserNames(Arc<Mutex<HashMap<u32, Option<String>>>>);
+
+impl UserNames {
+    async fn lookup(&self, uid: u32) -> Option<String> {
+        if let Some(name) = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&uid)
+        {
+            return name.clone();
+        }
+        let name = tokio::task::spawn_blocking(move || {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|user| user.name)
+        })
+        .await
+        .ok()
+        .flatten();
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(uid, name.clone());
+        name
+    }
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    store: StoreHandle,
+    host: String,
+    names: UserNames,
+) -> Result<(), ProtocolError> {
+    let credentials = stream.peer_cred()?;
+    let identity = PeerIdentity {
+        uid: credentials.uid(),
+        gid: credentials.gid(),
+        pid: credentials.pid(),
+        user_name: names.lookup(credentials.uid()).await,
+    };
+    let (mut reader, writer) = stream.into_split();
+    let mut writer = BufWriter::new(writer);
+    match tokio::time::timeout(HELLO_TIMEOUT, read_frame::<_, ToCollector>(&mut reader)).await {
+        Ok(Ok(Some(ToCollector::Hello {
+            version: PROTOCOL_VERSION,
+        }))) => {}
+        Ok(Ok(Some(other))) => {
+            tracing::warn!(uid = identity.uid, frame = ?other, "connection did not start with a supported hello");
+            return Ok(());
+        }
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(error)) => return Err(error),
+        Err(_) => {
+            tracing::warn!(uid = identity.uid, "connection said nothing; closed");
+            return Ok(());
+        }
+    }
+    write_frame(
+        &mut writer,
+        &FromCollector::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    )
+    .await?;
+    tokio::io::AsyncWriteExt::flush(&mut writer).await?;
+    tracing::debug!(uid = identity.uid, pid = ?identity.pid, "proxy connected");
+
+    // Acknowledgements go out in the order records came in, as the store finishes them.
+    let (in_flight, mut finished) =
+        mpsc::channel::<(u64, oneshot::Receiver<Result<u64, StoreError>>)>(ACKS_IN_FLIGHT);
+    let acks = tokio::spawn(async move {
+        while let Some((id, stored)) = finished.recv().await {
+            let answer = match stored.await {
+                Ok(Ok(sequence)) => FromCollector::Ack { id, sequence },
+                Ok(Err(error)) => FromCollector::Nack {
+                    id,
+                    error: error.to_string(),
+                },
+                Err(_) => FromCollector::Nack {
+                    id,
+                    error: "the store stopped".into(),
+                },
+            };
+            let mut written = write_frame(&mut writer, &answer).await;
+            if written.is_ok() && finished.is_empty() {
+                written = tokio::io::AsyncWriteExt::flush(&mut writer)
+                    .await
+                    .map_err(Into::into);
+            }
+            if written.is_err() {
+                break;
+            }
+        }
+    });
+    let result = loop {
+        match read_frame::<_, ToCollector>(&mut reader).await {
+            Ok(Some(ToCollector::Record { id, record })) => {
+                let stored = match stamp(record, &identity, &host) {
+                    Ok(record) => store.submit(record).await,
+                    Err(reason) => {
+                        let (rejected, stored) = oneshot::channel();
+                        let _ = rejected.send(Err(StoreError::InvalidRecord(reason)));
+                        stored
+                    }
+                };
+                if in_flight.send((id, stored)).await.is_err() {
+                    break Ok(());
+                }
+            }
+            Ok(Some(ToCollector::Hello { .. })) => {}
+            Ok(None) => break Ok(()),
+            Err(error) => break Err(error),
+        }
+    };
+    drop(in_flight);
+    let _ = acks.await;
+    result
+}
+
+/// The record as stored: the sender's fields, with identity, time and host set by the
+/// collector (whatever the sender put there is dropped).
+pub fn stamp(mut record: Record, identity: &PeerIdentity, host: &str) -> Result<Record, String> {
+    for key in RESERVED_KEYS {
+        record.remove(*key);
+    }
+    let Some(Value::Object(event)) = record.get_mut("event") else {
+        return Err("the record has no event object".into());
+    };
+    if !event.get("action").is_some_and(Value::is_string) {
+        return Err("the record has no event.action".into());
+    }
+    event.remove("sequence");
+    event.insert("ingested".into(), json!(now_rfc3339()));
+    let mut user = Map::new();
+    user.insert("id".into(), json!(identity.uid.to_string()));
+    if let Some(name) = &identity.user_name {
+        user.insert("name".into(), json!(name));
+    }
+    record.insert("@timestamp".into(), json!(now_rfc3339()));
+    record.insert("user".into(), Value::Object(user));
+    record.insert("group".into(), json!({ "id": identity.gid.to_string() }));
+    if let Some(pid) = identity.pid {
+        record.insert("process".into(), json!({ "pid": pid }));
+    }
+    record.insert("host".into(), json!({ "name": host }));
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> PeerIdentity {
+        PeerIdentity {
+            uid: 1000,
+            gid: 1000,
+            pid: Some(42),
+            user_name: Some("alice".into()),
+        }
+    }
+
+    #[test]
+    fn identity_comes_from_the_collector_not_the_sender() {
+        let record: Record = serde_json::from_value(json!({
+            "event": {"action": "execute_request", "sequence": 99},
+            "user": {"name": "root", "id": "0"},
+            "host": {"name": "forged"},
+            "chain": {"prev": "00", "hash": "00"},
+            "@timestamp": "1970-01-01T00:00:00Z",
+            "jupyter": {"claimed_username": "root", "code": "1"}
+        }))
+        .expect("object");
+        let stamped = stamp(record, &identity(), "audit-host").expect("valid");
+        assert_eq!(stamped["user"], json!({"id": "1000", "name": "alice"}));
+        assert_eq!(stamped["host"]["name"], "audit-host");
+        assert_eq!(stamped["process"]["pid"], 42);
+        assert!(stamped.get("chain").is_none());
+        assert!(stamped["event"].get("sequence").is_none());
+        assert_ne!(stamped["@timestamp"], "1970-01-01T00:00:00Z");
+        assert_eq!(
+            stamped["jupyter"]["claimed_username"], "root",
+            "the claim is kept as a claim"
+        );
+    }
+
+    #[test]
+    fn records_without_an_action_are_refused() {
+        let record: Record = serde_json::from_value(json!({"jupyter": {}})).expect("object");
+        assert!(stamp(record, &identity(), "h").is_err());
+        let record: Record =
+            serde_json::from_value(json!({"event": {"action": 5}})).expect("object");
+        assert!(stamp(record, &identity(), "h").is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! The admin config file (`/etc/jupyter-audit/config.toml`) and how it combines with
+//! the kernelspec's command line: the file wins, because a kernelspec may be one the
+//! notebook user wrote. Nothing is read from the user's environment or home.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::audit::SizePolicy;
+use crate::cli::{KernelArgs, OnAuditFailure};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/jupyter-audit/config.toml";
+
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub collector: CollectorSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorSection {
+    pub socket: Option<PathBuf>,
+    pub on_audit_failure: Option<OnAuditFailure>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    pub text_cap_bytes: Option<usize>,
+    pub keep_binary: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error(
+        "no audit collector configured: set collector.socket in {path} or pass --socket in the kernelspec \
+         (--no-audit runs the kernel unaudited)"
+    )]
+    NoCollector { path: PathBuf },
+}
+
+/// Where records go and what happens when they cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub socket: PathBuf,
+    pub on_failure: OnAuditFailure,
+    pub size: SizePolicy,
+}
+
+impl ConfigFile {
+    /// Reads the file; a missing file is an empty config.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+}
+
+/// The audit settings of a proxy run, or None when it runs unaudited (`--no-audit`
+/// and no collector in the config file).
+pub fn audit_settings(args: &KernelArgs) -> Result<Option<AuditSettings>, ConfigError> {
+    let file = ConfigFile::load(&args.config)?;
+    resolve(&file, args)
+}
+
+fn resolve(file: &ConfigFile, args: &KernelArgs) -> Result<Option<AuditSettings>, ConfigError> {
+    let socket = file
+        .collector
+        .socket
+        .clone()
+        .or_else(|| args.socket.clone());
+    let Some(socket) = socket else {
+        if args.no_audit {
+            return Ok(None);
+        }
+        return Err(ConfigError::NoCollector {
+            path: args.config.clone(),
+        });
+    };
+    let defaults = SizePolicy::default();
+    Ok(Some(AuditSettings {
+        socket,
+        on_failure: file
+            .collector
+            .on_audit_failure
+            .or(args.on_audit_failure)
+            .unwrap_or(OnAuditFailure::Block),
+        size: SizePolicy {
+            text_cap: file
+                .audit
+                .text_cap_bytes
+                .or(args.text_cap_bytes)
+                .unwrap_or(defaults.text_cap),
+            keep_binary: file.audit.keep_binary.unwrap_or(args.keep_binary),
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn kernel_args(extra: &[&str]) -> KernelArgs {
+        let mut argv = vec![
+            "jupyter-audit",
+            "kernel",
+            "-f",
+            "c.json",
+            "--config",
+            "/nonexistent/config.toml",
+        ];
+        argv.extend_from_slice(extra);
+        argv.extend_from_slice(&["--", "python"]);
+        match Cli::parse_from(argv).command {
+            Command::Kernel(args) => args,
+            other => panic!("kernel args expected, got {other:?}"),
+        }
+    }
+
+    fn file(text: &str) -> ConfigFile {
+        toml::from_str(text).expect("valid config")
+    }
+
+    #[test]
+    fn no_collector_anywhere_is_an_error_unless_explicitly_unaudited() {
+        assert!(matches!(
+            resolve(&ConfigFile::default(), &kernel_args(&[])),
+            Err(ConfigError::NoCollector { .. })
+        ));
+        assert_eq!(
+            resolve(&ConfigFile::default(), &kernel_args(&["--no-audit"])).expect("ok"),
+            None
+        );
+    }
+
+    #[test]
+    fn block_is_the_default() {
+        let settings = resolve(
+            &ConfigFile::default(),
+            &kernel_args(&["--socket", "/run/c.sock"]),
+        )
+        .expect("ok")
+        .expect("audited");
+        assert_eq!(settings.on_failure, OnAuditFailure::Block);
+        assert_eq!(settings.socket, PathBuf::from("/run/c.sock"));
+    }
+
+    #[test]
+    fn the_admin_file_wins_over_the_kernelspec() {
+        let admin = file(
+            r#"
+            [collector]
+            socket = "/run/jupyter-audit/collector.sock"
+            on_audit_failure = "block"
+            [audit]
+            text_cap_bytes = 4096
+            "#,
+        );
+        let args = kernel_args(&[
+            "--socket",
+            "/tmp/mine.sock",
+            "--on-audit-failure",
+            "allow",
+            "--no-audit",
+            "--text-cap-bytes",
+            "1",
+        ]);
+        let settings = resolve(&admin, &args)
+            .expect("ok")
+            .expect("audited despite --no-audit");
+        assert_eq!(
+            settings.socket,
+            PathBuf::from("/run/jupyter-audit/collector.sock")
+        );
+        assert_eq!(settings.on_failure, OnAuditFailure::Block);
+        assert_eq!(settings.size.text_cap, 4096);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_and_a_missing_file_is_empty() {
+        assert!(toml::from_str::<ConfigFile>("[collector]\nsockett = \"x\"").is_err());
+        assert_eq!(
+            ConfigFile::load(Path::new("/nonexistent/config.toml")).expect("empty"),
+            ConfigFile::default()
+        );
+    }
+}

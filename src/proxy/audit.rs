@@ -1,0 +1,152 @@
+//! The proxy's auditing: every relayed message is observed, requests that can run
+//! code are recorded before the kernel sees them, and lifecycle events are recorded.
+//!
+//! Records are built off the relay path, in one task that sees observations in the
+//! order the relays saw them; only write-ahead requests make a relay wait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::audit::{Direction, Observation, RecordBuilder, SessionContext, SizePolicy};
+use crate::cli::OnAuditFailure;
+use crate::collector::client::{AuditClient, AuditError, Ticket};
+use crate::connection::Channel;
+use crate::wire::WireMessage;
+
+/// How long a request may wait for its record to be on disk before it is refused.
+pub(crate) const WRITE_AHEAD_PATIENCE: Duration = Duration::from_secs(5);
+/// Observations waiting to become records (beyond this they are counted as lost).
+const JOB_CAPACITY: usize = 4096;
+
+enum Job {
+    Observe(Observation),
+    WriteAhead(Observation, oneshot::Sender<Ticket>),
+    Event(String, Map<String, Value>),
+    /// Answered once every job before it has been handed to the client.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle used by the relays; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Auditor {
+    jobs: mpsc::Sender<Job>,
+    client: AuditClient,
+    pub policy: OnAuditFailure,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Auditor")
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl Auditor {
+    pub(crate) fn start(
+        client: AuditClient,
+        context: SessionContext,
+        size: SizePolicy,
+        policy: OnAuditFailure,
+    ) -> (Arc<Self>, JoinHandle<()>) {
+        let (jobs, mut pending) = mpsc::channel(JOB_CAPACITY);
+        let task_client = client.clone();
+        let task = tokio::spawn(async move {
+            let mut builder = RecordBuilder::new(context, size);
+            while let Some(job) = pending.recv().await {
+                match job {
+                    Job::Observe(observation) => {
+                        if let Some(record) = builder.message(&observation) {
+                            task_client.record(record);
+                        }
+                    }
+                    Job::WriteAhead(observation, ticket) => {
+                        let record = builder
+                            .message(&observation)
+                            .unwrap_or_else(|| builder.event("unknown", Map::new()));
+                        let _ = ticket.send(task_client.submit_durable(record));
+                    }
+                    Job::Event(action, fields) => {
+                        task_client.record(builder.event(&action, fields))
+                    }
+                    Job::Flush(reached) => {
+                        let _ = reached.send(());
+                    }
+                }
+            }
+        });
+        (
+            Arc::new(Self {
+                jobs,
+                client,
+                policy,
+            }),
+            task,
+        )
+    }
+
+    /// Records a message without waiting.
+    pub(crate) fn observe(&self, channel: Channel, direction: Direction, message: &WireMessage) {
+        let job = Job::Observe(Observation {
+            channel,
+            direction,
+            message: message.clone(),
+        });
+        if self.jobs.try_send(job).is_err() {
+            self.client.count_lost(1);
+        }
+    }
+
+    /// Records a frontend request and waits until it is on disk.
+    pub(crate) async fn write_ahead(
+        &self,
+        channel: Channel,
+        message: &WireMessage,
+    ) -> Result<u64, AuditError> {
+        let (ticket, ticketed) = oneshot::channel();
+        let job = Job::WriteAhead(
+            Observation {
+                channel,
+                direction: Direction::FromFrontend,
+                message: message.clone(),
+            },
+            ticket,
+        );
+        let queued = tokio::time::timeout(WRITE_AHEAD_PATIENCE, self.jobs.send(job));
+        match queued.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(AuditError::Stopped),
+            Err(_) => return Err(AuditError::Timeout(WRITE_AHEAD_PATIENCE)),
+        }
+        let ticket = ticketed.await.map_err(|_| AuditError::Stopped)?;
+        ticket.wait(WRITE_AHEAD_PATIENCE).await
+    }
+
+    /// Records a lifecycle event (session start and end, interrupt, refusal, …).
+    pub(crate) fn event(&self, action: &str, fields: Map<String, Value>) {
+        if self
+            .jobs
+            .try_send(Job::Event(action.to_owned(), fields))
+            .is_err()
+        {
+            self.client.count_lost(1);
+        }
+    }
+
+    /// Waits until everything recorded so far is stored, or `patience` runs out.
+    pub(crate) async fn flush(&self, patience: Duration) -> Result<(), AuditError> {
+        // Through the job queue first, so every earlier observation is submitted.
+        let (reached, reached_marker) = oneshot::channel();
+        let queued = tokio::time::timeout(patience, self.jobs.send(Job::Flush(reached)));
+        if !matches!(queued.await, Ok(Ok(()))) {
+            return Err(AuditError::Timeout(patience));
+        }
+        reached_marker.await.map_err(|_| AuditError::Stopped)?;
+        self.client.flush(patience).await.map(|_| ())
+    }
+}

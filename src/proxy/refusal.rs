@@ -1,0 +1,79 @@
+//! What a frontend gets when a request cannot be recorded before it runs (block
+//! policy): the answers a kernel gives to a failed request, saying why, so the user
+//! sees an ordinary error in the notebook and the kernel never sees the request.
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::Sides;
+use crate::collector::client::AuditError;
+use crate::transport::Frames;
+use crate::wire::{WireMessage, compose_reply};
+
+/// The exception name frontends show.
+pub(crate) const REFUSED_ENAME: &str = "AuditLogUnavailable";
+
+pub(crate) fn refusal_text(reason: &AuditError) -> String {
+    format!(
+        "Execution refused: the audit log is unavailable, so nothing was run ({reason}). \
+         Try again in a moment; if this persists, contact your administrator."
+    )
+}
+
+/// Answers `request` with an error, on its channel and (for executions) on iopub.
+pub(super) async fn refuse(
+    request: &WireMessage,
+    msg_type: &str,
+    reason: &AuditError,
+    sides: &Sides,
+    to_frontend: &mpsc::Sender<Frames>,
+    iopub: &mpsc::Sender<Frames>,
+) {
+    let text = refusal_text(reason);
+    let error = json!({
+        "status": "error",
+        "ename": REFUSED_ENAME,
+        "evalue": text,
+        "traceback": [format!("{REFUSED_ENAME}: {text}")],
+    });
+    let Some(reply_type) = msg_type
+        .strip_suffix("_request")
+        .map(|base| format!("{base}_reply"))
+    else {
+        // comm messages and other one-way messages have no reply to carry the error.
+        tracing::warn!(msg_type, %reason, "message refused: the audit log is unavailable");
+        return;
+    };
+    if msg_type == "execute_request" {
+        // nbclient and JupyterLab finish a cell on its idle status: busy, error, idle.
+        let published = [
+            ("status", json!({"execution_state": "busy"})),
+            ("error", error.clone()),
+            ("status", json!({"execution_state": "idle"})),
+        ];
+        for (kind, content) in published {
+            let mut message = compose_reply(request, kind, &sides.session, &content);
+            message.routing.clear();
+            send(message, sides, iopub).await;
+        }
+    }
+    let mut content = error;
+    if msg_type == "execute_request"
+        && let Value::Object(fields) = &mut content
+    {
+        fields.insert("execution_count".into(), Value::Null);
+        fields.insert("user_expressions".into(), json!({}));
+        fields.insert("payload".into(), json!([]));
+    }
+    send(
+        compose_reply(request, &reply_type, &sides.session, &content),
+        sides,
+        to_frontend,
+    )
+    .await;
+}
+
+async fn send(mut message: WireMessage, sides: &Sides, to: &mpsc::Sender<Frames>) {
+    message.resign(&sides.frontend);
+    let _ = to.send(message.into_frames()).await;
+}

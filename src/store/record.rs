@@ -1,0 +1,191 @@
+//! One stored line: how a record is numbered, chained and framed, and how a verifier
+//! takes the frame apart again.
+//!
+//! The store serialises the record (with `event.sequence` set and no top-level `chain`)
+//! to compact JSON bytes `B`, then writes `B` without its final `}`, followed by
+//! `,"chain":{"prev":"<64 hex>","hash":"<64 hex>"}}` and `\n`, where
+//! `hash = SHA-256(prev as 32 raw bytes || B)`. The suffix has a fixed length, so `B` is
+//! recovered exactly by cutting it off and putting `}` back: the hash never depends on
+//! how a JSON library orders or formats keys.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// A SHA-256 chain hash.
+pub type ChainHash = [u8; 32];
+
+/// The `prev` of the first record of a store.
+pub const GENESIS: ChainHash = [0; 32];
+
+const SUFFIX_HEAD: &[u8] = b",\"chain\":{\"prev\":\"";
+const SUFFIX_MIDDLE: &[u8] = b"\",\"hash\":\"";
+const SUFFIX_TAIL: &[u8] = b"\"}}";
+const HEX_LEN: usize = 64;
+/// Length of the chain suffix that follows `B` minus its closing brace.
+pub const SUFFIX_LEN: usize =
+    SUFFIX_HEAD.len() + HEX_LEN + SUFFIX_MIDDLE.len() + HEX_LEN + SUFFIX_TAIL.len();
+
+/// `SHA-256(prev || body)`.
+pub fn chain_hash(prev: &ChainHash, body: &[u8]) -> ChainHash {
+    let mut hasher = Sha256::new();
+    hasher.update(prev);
+    hasher.update(body);
+    hasher.finalize().into()
+}
+
+/// Checks that `record` can be stored: its `event`, when present, must be an object.
+pub fn check_record(record: &Map<String, Value>) -> Result<(), String> {
+    match record.get("event") {
+        None | Some(Value::Object(_)) => Ok(()),
+        Some(other) => Err(format!("\"event\" must be an object, not {other}")),
+    }
+}
+
+/// A record turned into its stored line.
+#[derive(Debug)]
+pub struct Sealed {
+    /// The full line, `\n` included.
+    pub line: Vec<u8>,
+    pub hash: ChainHash,
+}
+
+/// Numbers `record` with `sequence`, chains it to `prev` and frames it as one line.
+pub fn seal(
+    mut record: Map<String, Value>,
+    sequence: u64,
+    prev: &ChainHash,
+) -> Result<Sealed, String> {
+    check_record(&record)?;
+    record.remove("chain");
+    let event = record
+        .entry("event")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(event) = event {
+        event.insert("sequence".into(), Value::from(sequence));
+    }
+    let body = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+    let hash = chain_hash(prev, &body);
+    let mut line = body;
+    line.pop(); // the closing brace; `body` is a non-empty object, it ends with `}`
+    line.reserve(SUFFIX_LEN + 1);
+    line.extend_from_slice(SUFFIX_HEAD);
+    line.extend_from_slice(hex::encode(prev).as_bytes());
+    line.extend_from_slice(SUFFIX_MIDDLE);
+    line.extend_from_slice(hex::encode(hash).as_bytes());
+    line.extend_from_slice(SUFFIX_TAIL);
+    line.push(b'\n');
+    Ok(Sealed { line, hash })
+}
+
+/// A stored line taken apart (the line without its `\n`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unsealed {
+    /// `B`: the bytes the hash covers.
+    pub body: Vec<u8>,
+    pub prev: ChainHash,
+    pub hash: ChainHash,
+}
+
+impl Unsealed {
+    /// Whether `hash` is the SHA-256 of `prev || body`.
+    pub fn hash_matches(&self) -> bool {
+        chain_hash(&self.prev, &self.body) == self.hash
+    }
+}
+
+fn lower_hex_32(text: &[u8]) -> Option<ChainHash> {
+    if !text.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
+/// Takes a stored line (without `\n`) apart; the error says what is not as written.
+pub fn unseal(line: &[u8]) -> Result<Unsealed, &'static str> {
+    if line.len() < SUFFIX_LEN + 2 || line.first() != Some(&b'{') {
+        return Err("not a stored record (too short or not a JSON object)");
+    }
+    let (head, suffix) = line.split_at(line.len() - SUFFIX_LEN);
+    let (start, rest) = suffix.split_at(SUFFIX_HEAD.len());
+    let (prev, rest) = rest.split_at(HEX_LEN);
+    let (middle, rest) = rest.split_at(SUFFIX_MIDDLE.len());
+    let (hash, tail) = rest.split_at(HEX_LEN);
+    if start != SUFFIX_HEAD || middle != SUFFIX_MIDDLE || tail != SUFFIX_TAIL {
+        return Err("the line does not end with the chain fields");
+    }
+    let prev = lower_hex_32(prev).ok_or("chain.prev is not 64 lowercase hex digits")?;
+    let hash = lower_hex_32(hash).ok_or("chain.hash is not 64 lowercase hex digits")?;
+    let mut body = Vec::with_capacity(head.len() + 1);
+    body.extend_from_slice(head);
+    body.push(b'}');
+    Ok(Unsealed { body, prev, hash })
+}
+
+/// `event.sequence` of a parsed record.
+pub fn sequence_of(value: &Value) -> Option<u64> {
+    value.get("event")?.get("sequence")?.as_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn sealed_line_is_json_with_sequence_and_chain() {
+        let sealed = seal(
+            record(json!({"event": {"action": "stream", "sequence": 99}, "chain": 1})),
+            7,
+            &GENESIS,
+        )
+        .unwrap();
+        assert_eq!(sealed.line.last(), Some(&b'\n'));
+        let text = std::str::from_utf8(&sealed.line[..sealed.line.len() - 1]).unwrap();
+        let value: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(value["event"]["sequence"], 7);
+        assert_eq!(value["event"]["action"], "stream");
+        assert_eq!(value["chain"]["prev"], "0".repeat(64));
+        assert_eq!(value["chain"]["hash"], hex::encode(sealed.hash));
+        assert_eq!(sequence_of(&value), Some(7));
+    }
+
+    #[test]
+    fn unseal_recovers_the_hashed_bytes_exactly() {
+        let prev = chain_hash(&GENESIS, b"{}");
+        let sealed = seal(record(json!({"b": [1, "x\n"], "a": {}})), 1, &prev).unwrap();
+        let unsealed = unseal(&sealed.line[..sealed.line.len() - 1]).unwrap();
+        assert_eq!(unsealed.prev, prev);
+        assert_eq!(unsealed.hash, sealed.hash);
+        assert!(unsealed.hash_matches());
+        let expected = br#"{"a":{},"b":[1,"x\n"],"event":{"sequence":1}}"#;
+        assert_eq!(unsealed.body, expected);
+    }
+
+    #[test]
+    fn event_that_is_not_an_object_is_refused() {
+        assert!(seal(record(json!({"event": "x"})), 1, &GENESIS).is_err());
+    }
+
+    #[test]
+    fn damaged_frames_are_refused() {
+        let sealed = seal(record(json!({"a": 1})), 1, &GENESIS).unwrap();
+        let line = &sealed.line[..sealed.line.len() - 1];
+        assert!(unseal(b"{}").is_err());
+        let mut upper = line.to_vec();
+        let at = upper.len() - 10;
+        upper[at] = b'A';
+        assert!(unseal(&upper).is_err());
+        let mut changed = line.to_vec();
+        changed[2] ^= 1;
+        assert!(!unseal(&changed).unwrap().hash_matches());
+    }
+}
