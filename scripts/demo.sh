@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs examples/demo.ipynb through an audited kernel and prints every cell and its outputs.
-# Everything Jupyter-related lives in a temporary directory removed at the end.
+# The whole story on the embedded default: a collector owning a store, an audited
+# ipykernel, examples/demo.ipynb executed through it, and then the trail as an auditor
+# sees it (log, sessions, verify, replay). Everything lives in a temporary directory
+# removed at the end (set KEEP=1 to keep it).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -8,27 +10,44 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 cargo build --release --quiet
 bash scripts/python-env.sh
+bin="$PWD/target/release/jupyter-audit"
 
 tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
+collector=""
+cleanup() {
+    [ -n "$collector" ] && kill "$collector" 2>/dev/null && wait "$collector" 2>/dev/null
+    if [ -n "${KEEP:-}" ]; then echo "kept: $tmp"; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
 export JUPYTER_PATH="$tmp/share/jupyter" JUPYTER_DATA_DIR="$tmp/data" \
     JUPYTER_RUNTIME_DIR="$tmp/runtime" JUPYTER_CONFIG_DIR="$tmp/config" IPYTHONDIR="$tmp/ipython"
+store="$tmp/store"
+socket="$tmp/collector.sock"
 
-# A plain ipykernel spec for the venv's Python, wrapped by `jupyter-audit install`.
+section() { printf '\n=== %s\n' "$*"; }
+
+section "collector: $bin collector --store $store --socket $socket"
+"$bin" collector --store "$store" --socket "$socket" &
+collector=$!
+for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.05; done
+
+section "audited kernelspec: jupyter-audit install --wrap python3 --socket …"
 mkdir -p "$tmp/python3"
 cat >"$tmp/python3/kernel.json" <<JSON
 {"argv": ["$PWD/.venv/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
  "display_name": "Python 3", "language": "python"}
 JSON
-target/release/jupyter-audit install --wrap "$tmp/python3" --name python3-audited --prefix "$tmp" >/dev/null
+"$bin" install --wrap "$tmp/python3" --name python3-audited --prefix "$tmp" \
+    --socket "$socket" --config "$tmp/no-admin-config.toml" 2>/dev/null
 
+section "examples/demo.ipynb, executed with nbclient through the audited kernel"
 .venv/bin/python - examples/demo.ipynb <<'PY'
 import sys
 import nbformat
 from nbclient import NotebookClient
 
 nb = nbformat.read(sys.argv[1], as_version=4)
-NotebookClient(nb, kernel_name="python3-audited", timeout=60).execute()
+NotebookClient(nb, kernel_name="python3-audited", timeout=60, allow_errors=True).execute()
 
 for cell in nb.cells:
     if cell.cell_type != "code":
@@ -46,5 +65,28 @@ for cell in nb.cells:
                 text = mime.startswith("text/") or mime.endswith("json")
                 shown = str(data).strip() if text else f"<{len(data)} base64 characters>"
                 print(f"    [{kind} {mime}] {shown}")
-    print()
+PY
+
+section "the trail: jupyter-audit log --store …"
+"$bin" log --store "$store"
+
+section "jupyter-audit sessions --store …"
+"$bin" sessions --store "$store"
+
+section "jupyter-audit verify --store …"
+"$bin" verify --store "$store"
+
+section "jupyter-audit replay --store … --session <the session> -o replayed.ipynb"
+session="$("$bin" log --store "$store" --action session_start --json | .venv/bin/python -c \
+    'import json, sys; print(json.loads(sys.stdin.readline())["jupyter"]["session_id"])')"
+"$bin" replay --store "$store" --session "$session" -o "$tmp/replayed.ipynb"
+.venv/bin/python - "$tmp/replayed.ipynb" <<'PY'
+import sys
+import nbformat
+nb = nbformat.read(sys.argv[1], as_version=4)
+nbformat.validate(nb)
+print(f"{sys.argv[1]}: valid nbformat {nb.nbformat}.{nb.nbformat_minor}, {len(nb.cells)} cells as they ran:")
+for cell in nb.cells:
+    first = cell.source.splitlines()[0] if cell.source else ""
+    print(f"  [{cell.get('execution_count')}] {first}  ->  {len(cell.get('outputs', []))} output(s)")
 PY

@@ -257,6 +257,10 @@ impl ClientTask {
             Submission::Record(record) => (record, None),
             Submission::Durable(mut record, ack) => {
                 if self.connection.is_none() {
+                    // The collector may be back already: try now rather than refuse.
+                    self.connect().await;
+                }
+                if self.connection.is_none() {
                     let _ = ack.send(Err(AuditError::Unavailable(self.last_error.clone())));
                     // Stored once the collector is back, marked as late.
                     if let Some(Value::Object(jupyter)) = record.get_mut("jupyter") {
@@ -283,6 +287,15 @@ impl ClientTask {
             self.release_flush_markers();
             return;
         }
+        self.enqueue(record, ack).await;
+    }
+
+    /// Adds a record to the pending list and writes it when connected.
+    async fn enqueue(
+        &mut self,
+        record: Record,
+        ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
+    ) {
         if self.pending.len() >= MAX_PENDING {
             self.note_lost(
                 1,
@@ -322,7 +335,7 @@ impl ClientTask {
             fields.insert("gap_since".into(), json!(gap.since));
             fields.insert("reason".into(), json!(gap.reason));
             let record = event_record(&self.context, "audit_gap", fields);
-            self.submit(Submission::Record(record)).await;
+            self.enqueue(record, None).await;
         }
     }
 

@@ -10,3 +10,6 @@ pub mod protocol;
 pub mod server;
 
 pub use client::{AuditClient, AuditError, Ticket};
+
+#[cfg(test)]
+mod tests;

@@ -92,8 +92,13 @@ pub async fn serve(
                     let host = host.clone();
                     let names = names.clone();
                     tokio::spawn(async move {
-                        if let Err(error) = serve_connection(stream, store, host, names).await {
-                            tracing::warn!(%error, "proxy connection ended with an error");
+                        match serve_connection(stream, store, host, names).await {
+                            Ok(()) => {}
+                            // A proxy killed mid-session; its records so far are stored.
+                            Err(ProtocolError::Io(error)) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+                                tracing::info!(%error, "proxy connection reset");
+                            }
+                            Err(error) => tracing::warn!(%error, "proxy connection ended with an error"),
                         }
                     });
                 }

@@ -1,0 +1,143 @@
+//! The proxy's client against the real collector server and store, in one process.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::client::{AuditClient, AuditError};
+use super::server;
+use crate::audit::{Record, SessionContext, event_record};
+use crate::store::{self, Reader, StoreConfig};
+
+fn context() -> SessionContext {
+    SessionContext {
+        session_id: "session-1".into(),
+        kernel_id: Some("kernel-1".into()),
+        kernel_name: Some("python3".into()),
+    }
+}
+
+fn execute_request(code: &str) -> Record {
+    let mut fields = serde_json::Map::new();
+    fields.insert("code".into(), json!(code));
+    event_record(&context(), "execute_request", fields)
+}
+
+/// Starts a collector on `socket`; returns a sender that stops it.
+fn start_collector(
+    dir: &std::path::Path,
+    socket: &std::path::Path,
+) -> (store::StoreHandle, tokio::sync::oneshot::Sender<()>) {
+    let (handle, _) = store::open(StoreConfig::new(dir.join("store"))).expect("store opens");
+    let listener = server::bind(socket, 0o600).expect("socket binds");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = handle.clone();
+    tokio::spawn(async move {
+        server::serve(listener, serving, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    (handle, stop)
+}
+
+fn stored(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    Reader::open(&dir.join("store"))
+        .expect("readable")
+        .map(|record| record.expect("valid record").value)
+        .collect()
+}
+
+#[tokio::test]
+async fn durable_records_are_stored_in_order_with_the_senders_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("collector.sock");
+    let (store, _stop) = start_collector(dir.path(), &socket);
+    let (client, _) = AuditClient::spawn(socket, context());
+    client.record(execute_request("first"));
+    let sequence = client
+        .submit_durable(execute_request("second"))
+        .wait(Duration::from_secs(10))
+        .await
+        .expect("stored");
+    assert_eq!(sequence, 2);
+    client
+        .flush(Duration::from_secs(10))
+        .await
+        .expect("flushed");
+    store.shutdown().await.expect("closed");
+
+    let records = stored(dir.path());
+    let codes: Vec<_> = records
+        .iter()
+        .map(|record| record["jupyter"]["code"].clone())
+        .collect();
+    assert_eq!(codes, [json!("first"), json!("second")]);
+    let uid = nix::unistd::getuid().as_raw().to_string();
+    assert!(
+        records
+            .iter()
+            .all(|record| record["user"]["id"] == json!(uid))
+    );
+    assert!(
+        records
+            .iter()
+            .all(|record| record["process"]["pid"] == json!(std::process::id()))
+    );
+}
+
+#[tokio::test]
+async fn without_a_collector_durable_fails_at_once_and_the_record_is_stored_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("collector.sock");
+    let (client, _) = AuditClient::spawn(socket.clone(), context());
+    let refused = client
+        .submit_durable(execute_request("while the collector was down"))
+        .wait(Duration::from_secs(10))
+        .await;
+    assert!(
+        matches!(refused, Err(AuditError::Unavailable(_))),
+        "{refused:?}"
+    );
+
+    let (store, _stop) = start_collector(dir.path(), &socket);
+    // The next durable record reconnects at once instead of waiting for a retry.
+    client
+        .submit_durable(execute_request("after it came back"))
+        .wait(Duration::from_secs(10))
+        .await
+        .expect("stored once the collector is back");
+    store.shutdown().await.expect("closed");
+
+    let records = stored(dir.path());
+    assert_eq!(
+        records[0]["jupyter"]["code"],
+        "while the collector was down"
+    );
+    assert_eq!(records[0]["jupyter"]["write_ahead_failed"], true);
+    assert_eq!(records[1]["jupyter"]["code"], "after it came back");
+    assert!(records[1]["jupyter"].get("write_ahead_failed").is_none());
+}
+
+#[tokio::test]
+async fn a_sender_cannot_claim_another_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("collector.sock");
+    let (store, _stop) = start_collector(dir.path(), &socket);
+    let (client, _) = AuditClient::spawn(socket, context());
+    let mut forged = execute_request("x");
+    forged.insert("user".into(), json!({"id": "0", "name": "root"}));
+    forged.insert("chain".into(), json!({"prev": "0", "hash": "0"}));
+    client
+        .submit_durable(forged)
+        .wait(Duration::from_secs(10))
+        .await
+        .expect("stored");
+    store.shutdown().await.expect("closed");
+    let records = stored(dir.path());
+    assert_eq!(
+        records[0]["user"]["id"],
+        json!(nix::unistd::getuid().as_raw().to_string())
+    );
+    assert_ne!(records[0]["chain"]["prev"], "0");
+}
