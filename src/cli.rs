@@ -180,6 +180,21 @@ pub struct InstallArgs {
     /// Path of the jupyter-audit binary the kernelspec runs (default: this binary).
     #[arg(long)]
     pub proxy_path: Option<PathBuf>,
+
+    /// Unix socket of the audit collector, written into the kernelspec's argv as the
+    /// proxy's --socket. Re-installing an audited spec keeps its value unless given again.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+
+    /// The proxy's --on-audit-failure written into the kernelspec's argv (the proxy's
+    /// default is block). Kept on re-install unless given again.
+    #[arg(long, value_enum)]
+    pub on_audit_failure: Option<OnAuditFailure>,
+
+    /// The admin config file the proxy reads (its --config; the proxy's default is
+    /// /etc/jupyter-audit/config.toml). Kept on re-install unless given again.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

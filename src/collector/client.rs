@@ -36,11 +36,11 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuditError {
-    #[error("the audit collector is unavailable ({0})")]
+    #[error("collector unavailable: {0}")]
     Unavailable(String),
-    #[error("the audit collector did not store the record ({0})")]
+    #[error("the collector did not store the record: {0}")]
     NotStored(String),
-    #[error("the audit collector did not confirm the record within {0:?}")]
+    #[error("the collector did not confirm the record within {0:?}")]
     Timeout(Duration),
     #[error("the audit client has stopped")]
     Stopped,

@@ -3,7 +3,9 @@
 //! # What is written
 //! The audited `kernel.json` starts from the template in `kernelspec/kernel.json.in`
 //! (see `kernelspec/README.md`): `argv` becomes
-//! `[PROXY, "kernel", "-f", "{connection_file}", "--", ORIGINAL_ARGV...]`, the display name
+//! `[PROXY, "kernel", PROXY_FLAGS..., "-f", "{connection_file}", "--", ORIGINAL_ARGV...]`,
+//! where PROXY_FLAGS are `--socket PATH`, `--on-audit-failure block|allow` and
+//! `--config FILE` as given to `install` (each optional; see "Proxy flags"), the display name
 //! gets an ` (audited)` suffix unless `--display-name` is given, and every other key of the
 //! original spec (`language`, `env`, `interrupt_mode`, `kernel_protocol_version`, all of
 //! `metadata`, unknown keys) is kept unchanged. `metadata.jupyter_audit` records what is
@@ -47,12 +49,25 @@
 //! `--display-name` is given. It cannot be combined with `--name`, `--user`, `--sys-prefix`
 //! or `--prefix`.
 //!
+//! # Proxy flags
+//! `--socket`, `--on-audit-failure` and `--config` are written (paths made absolute) into
+//! the argv. Re-installing an audited spec (`--replace`, the same `--name` again, or
+//! wrapping an audited spec under a new name) starts from the flags that spec already has
+//! (for an existing destination: the destination's): a flag given again is replaced in
+//! place, a flag not given is kept, so a re-run that only refreshes the binary path does
+//! not drop the socket. Flags added to the argv by hand are kept too. To drop a flag,
+//! remove the spec and install it again (or edit its `kernel.json`). When the result names
+//! no collector and the admin config file sets none, `install` warns: such a kernel
+//! refuses to start ("no audit collector configured").
+//!
 //! # Never twice
 //! A spec is already audited when it has `metadata.jupyter_audit.wrapped_argv`, or when its
 //! `argv[1]` is `kernel` and `argv[0]` is a `jupyter-audit` binary (then the original argv is
 //! what follows `--`). Wrapping or replacing such a spec wraps the original argv again (only
-//! the proxy path and version are refreshed); if nothing changes, nothing is written.
+//! the proxy path, proxy flags and version are refreshed); if nothing changes, nothing is
+//! written.
 
+mod flags;
 mod search;
 mod spec;
 #[cfg(test)]
@@ -65,7 +80,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::cli::InstallArgs;
+use crate::config::{ConfigFile, DEFAULT_CONFIG_PATH};
 
+pub use flags::{AuditFlags, flag_value, is_unaudited, proxy_flags};
 pub use search::{SearchEnv, resolve_spec_dir, split_path_list, user_data_dir};
 pub use spec::{METADATA_KEY, SourceSpec, read_spec, unwrap_spec};
 pub use wrap::{DisplayName, TEMPLATE, build_wrapped_spec, is_bare_python, resolve_interpreter};
@@ -176,6 +193,25 @@ pub fn proxy_path(explicit: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
+/// Warn when a kernel started from a spec with these proxy flags would refuse to start
+/// because no collector is configured (neither `--socket` nor the admin config file).
+fn warn_if_no_collector(proxy_flags: &[String]) {
+    if flag_value(proxy_flags, flags::SOCKET).is_some() || is_unaudited(proxy_flags) {
+        return;
+    }
+    let config = flag_value(proxy_flags, flags::CONFIG).unwrap_or(DEFAULT_CONFIG_PATH);
+    let configured =
+        ConfigFile::load(Path::new(config)).is_ok_and(|file| file.collector.socket.is_some());
+    if !configured {
+        tracing::warn!(
+            config,
+            "the kernelspec names no audit collector and the admin config file sets no \
+             collector.socket: the kernel will refuse to start until one of them does \
+             (install again with --socket PATH)"
+        );
+    }
+}
+
 /// Run `jupyter-audit install`; returns the directory of the written kernelspec.
 pub fn install(args: &InstallArgs) -> Result<PathBuf> {
     let proxy = proxy_path(args.proxy_path.as_deref())?;
@@ -222,13 +258,16 @@ pub fn install_with(args: &InstallArgs, env: &SearchEnv, proxy: &Path) -> Result
         );
     }
     let python_prefix = env.python_prefix.as_deref();
+    let given = AuditFlags::from_args(args)?;
 
     if args.replace {
         let display = match &args.display_name {
             Some(d) => DisplayName::Given(d.clone()),
             None => DisplayName::Keep,
         };
-        let spec = build_wrapped_spec(&source, proxy, &display, &spec_dir, python_prefix)?;
+        let flags = given.apply(&source.proxy_flags);
+        warn_if_no_collector(&flags);
+        let spec = build_wrapped_spec(&source, proxy, &flags, &display, &spec_dir, python_prefix)?;
         if !replace_spec_file(&spec_dir, &spec)? {
             tracing::info!(spec = %spec_dir.display(), "already audited and up to date");
         }
@@ -249,23 +288,30 @@ pub fn install_with(args: &InstallArgs, env: &SearchEnv, proxy: &Path) -> Result
         Some(d) => DisplayName::Given(d.clone()),
         None => DisplayName::Suffixed,
     };
-    let spec = build_wrapped_spec(&source, proxy, &display, &spec_dir, python_prefix)?;
 
+    // An audited spec of the same kernel at the destination is refreshed, and its proxy
+    // flags are the ones kept; otherwise those of SPEC (when it is audited itself).
+    let mut base_flags = &source.proxy_flags;
+    let existing;
     if dest.exists() {
         if fs::canonicalize(&dest).is_ok_and(|d| d == spec_dir) {
             return Err(KernelspecError::DestinationIsSource { dest });
         }
-        let same_wrap = read_spec(&dest)
+        existing = read_spec(&dest)
             .ok()
             .and_then(|existing| unwrap_spec(existing, &dest).ok())
-            .is_some_and(|existing| {
+            .filter(|existing| {
                 existing.was_audited && existing.wrapped_spec == source.wrapped_spec
             });
-        if !same_wrap {
+        let Some(existing) = &existing else {
             return Err(KernelspecError::DestinationExists { dest, name });
-        }
+        };
         tracing::info!(dest = %dest.display(), "refreshing an audited kernelspec of the same kernel");
+        base_flags = &existing.proxy_flags;
     }
+    let flags = given.apply(base_flags);
+    warn_if_no_collector(&flags);
+    let spec = build_wrapped_spec(&source, proxy, &flags, &display, &spec_dir, python_prefix)?;
     write_new_spec(&spec_dir, &dest, &spec)?;
     Ok(dest)
 }
@@ -421,6 +467,101 @@ mod tests {
             install_with(&a, &env, Path::new("/p")),
             Err(KernelspecError::ConflictingOptions(_))
         ));
+    }
+
+    fn argv_of(dir: &Path) -> Vec<String> {
+        serde_json::from_value(read(dir)["argv"].clone()).expect("argv")
+    }
+
+    #[test]
+    fn audit_flags_are_written_and_kept_on_reinstall_unless_given_again() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let env = env_with(tmp.path());
+        let src = tmp.path().join("sys1/kernels/py");
+        write_spec(&src, &ipykernel_spec());
+        let kernel = [
+            "python",
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+        ];
+        let proxy_argv = |proxy: &str, flags: &[&str]| -> Vec<String> {
+            [proxy, "kernel"]
+                .iter()
+                .chain(flags)
+                .chain(&["-f", "{connection_file}", "--"])
+                .chain(&kernel)
+                .map(|s| (*s).to_owned())
+                .collect()
+        };
+
+        let mut a = args("py");
+        a.replace = true;
+        a.socket = Some(PathBuf::from("/run/jupyter-audit/collector.sock"));
+        a.on_audit_failure = Some(crate::cli::OnAuditFailure::Block);
+        install_with(&a, &env, Path::new("/bin/jupyter-audit")).expect("replace");
+        let block = [
+            "--socket",
+            "/run/jupyter-audit/collector.sock",
+            "--on-audit-failure",
+            "block",
+        ];
+        assert_eq!(argv_of(&src), proxy_argv("/bin/jupyter-audit", &block));
+        assert_eq!(
+            read(&src)["metadata"][METADATA_KEY]["wrapped_argv"],
+            json!(kernel)
+        );
+
+        // A re-run that only refreshes the binary keeps the flags.
+        let mut b = args("py");
+        b.replace = true;
+        install_with(&b, &env, Path::new("/usr/bin/jupyter-audit")).expect("refresh");
+        assert_eq!(argv_of(&src), proxy_argv("/usr/bin/jupyter-audit", &block));
+
+        // Flags given again replace the old values in place; a relative path is made
+        // absolute (the kernel starts in the server's directory, not this one).
+        b.on_audit_failure = Some(crate::cli::OnAuditFailure::Allow);
+        b.config = Some(PathBuf::from("conf/ja.toml"));
+        install_with(&b, &env, Path::new("/usr/bin/jupyter-audit")).expect("policy");
+        let config = std::path::absolute("conf/ja.toml").expect("absolute");
+        let config = config.to_string_lossy();
+        let allow = [
+            "--socket",
+            "/run/jupyter-audit/collector.sock",
+            "--on-audit-failure",
+            "allow",
+            "--config",
+            &config,
+        ];
+        assert_eq!(argv_of(&src), proxy_argv("/usr/bin/jupyter-audit", &allow));
+
+        // Wrapping the audited spec under a new name carries its flags over.
+        let mut c = args("py");
+        c.name = Some("copy".to_owned());
+        c.user = true;
+        let copy = install_with(&c, &env, Path::new("/p/jupyter-audit")).expect("copy");
+        assert_eq!(argv_of(&copy), proxy_argv("/p/jupyter-audit", &allow));
+
+        // Refreshing that copy keeps its own flags, not the source's.
+        c.socket = Some(PathBuf::from("/run/other.sock"));
+        install_with(&c, &env, Path::new("/p/jupyter-audit")).expect("copy socket");
+        let mut other = allow;
+        other[1] = "/run/other.sock";
+        assert_eq!(argv_of(&copy), proxy_argv("/p/jupyter-audit", &other));
+        c.socket = None;
+        install_with(&c, &env, Path::new("/q/jupyter-audit")).expect("copy refresh");
+        assert_eq!(argv_of(&copy), proxy_argv("/q/jupyter-audit", &other));
+
+        // A plain spec wrapped without flags gets none (the proxy then needs the admin
+        // config file).
+        let plain = tmp.path().join("sys1/kernels/plain");
+        write_spec(&plain, &ipykernel_spec());
+        let mut d = args("plain");
+        d.name = Some("plain-audited".to_owned());
+        d.user = true;
+        let out = install_with(&d, &env, Path::new("/bin/jupyter-audit")).expect("plain");
+        assert_eq!(argv_of(&out), proxy_argv("/bin/jupyter-audit", &[]));
     }
 
     #[test]

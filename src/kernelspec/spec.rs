@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::{KERNEL_JSON, KernelspecError, Result};
+use super::{KERNEL_JSON, KernelspecError, Result, flags};
 
 /// Key under `metadata` that marks an audited kernelspec.
 pub const METADATA_KEY: &str = "jupyter_audit";
@@ -40,6 +40,9 @@ pub struct SourceSpec {
     pub wrapped_spec: PathBuf,
     /// Whether the spec read was already audited.
     pub was_audited: bool,
+    /// The proxy flags of the audited spec read (between `kernel` and `--`, without the
+    /// connection file); empty when it was not audited.
+    pub proxy_flags: Vec<String>,
 }
 
 fn string_array(value: &Value) -> Option<Vec<String>> {
@@ -100,11 +103,17 @@ pub fn unwrap_spec(mut spec: Map<String, Value>, dir: &Path) -> Result<SourceSpe
             }
         }
         spec.insert("argv".to_owned(), string_list(&wrapped_argv));
+        let proxy_flags = if is_proxy_argv(&argv) {
+            flags::proxy_flags(&argv)
+        } else {
+            Vec::new()
+        };
         return Ok(SourceSpec {
             spec,
             argv: wrapped_argv,
             wrapped_spec,
             was_audited: true,
+            proxy_flags,
         });
     }
 
@@ -124,6 +133,7 @@ pub fn unwrap_spec(mut spec: Map<String, Value>, dir: &Path) -> Result<SourceSpe
             argv: original,
             wrapped_spec: dir.to_path_buf(),
             was_audited: true,
+            proxy_flags: flags::proxy_flags(&argv),
         });
     }
 
@@ -132,6 +142,7 @@ pub fn unwrap_spec(mut spec: Map<String, Value>, dir: &Path) -> Result<SourceSpe
         argv,
         wrapped_spec: dir.to_path_buf(),
         was_audited: false,
+        proxy_flags: Vec::new(),
     })
 }
 
@@ -178,18 +189,50 @@ mod tests {
             unreachable!()
         };
         let source = unwrap_spec(spec.clone(), dir).expect("unwrap");
+        let flags = ["--socket", "/run/c.sock", "--on-audit-failure", "allow"].map(String::from);
         let wrapped = build_wrapped_spec(
             &source,
             Path::new("/old/jupyter-audit"),
+            &flags,
             &DisplayName::Keep,
             dir,
             None,
         )
         .expect("wrap");
+        assert_eq!(
+            wrapped["argv"],
+            json!([
+                "/old/jupyter-audit",
+                "kernel",
+                "--socket",
+                "/run/c.sock",
+                "--on-audit-failure",
+                "allow",
+                "-f",
+                "{connection_file}",
+                "--",
+                "python",
+                "-m",
+                "ipykernel_launcher",
+                "-f",
+                "{connection_file}"
+            ])
+        );
         let again = unwrap_spec(wrapped, Path::new("/elsewhere")).expect("unwrap2");
         assert!(again.was_audited);
         assert_eq!(again.spec, spec);
         assert_eq!(again.wrapped_spec, dir);
+        assert_eq!(
+            again.argv,
+            [
+                "python",
+                "-m",
+                "ipykernel_launcher",
+                "-f",
+                "{connection_file}"
+            ]
+        );
+        assert_eq!(again.proxy_flags, flags);
 
         // A bare proxy command line without metadata is recognised too.
         let legacy = json!({
@@ -202,5 +245,7 @@ mod tests {
         let src = unwrap_spec(legacy, dir).expect("legacy");
         assert!(src.was_audited);
         assert_eq!(src.argv, ["k", "-f", "{connection_file}"]);
+        assert!(src.proxy_flags.is_empty());
+        assert!(!source.was_audited && source.proxy_flags.is_empty());
     }
 }

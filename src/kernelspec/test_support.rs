@@ -40,6 +40,9 @@ pub(super) fn args(wrap: &str) -> InstallArgs {
         sys_prefix: false,
         prefix: None,
         proxy_path: None,
+        socket: None,
+        on_audit_failure: None,
+        config: None,
     }
 }
 

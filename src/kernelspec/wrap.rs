@@ -101,11 +101,13 @@ fn fill_template(template: &Value, values: &[(&str, Value)]) -> Value {
 
 /// Build the audited `kernel.json` for `source`.
 ///
+/// `proxy_flags` go between `kernel` and `-f` (see [`super::AuditFlags::apply`]);
 /// `spec_dir` is where `source` was read from (for resolving a bare `python`);
 /// `python_prefix` the active Python prefix.
 pub fn build_wrapped_spec(
     source: &SourceSpec,
     proxy: &Path,
+    proxy_flags: &[String],
     display_name: &DisplayName,
     spec_dir: &Path,
     python_prefix: Option<&Path>,
@@ -156,6 +158,7 @@ pub fn build_wrapped_spec(
                 "@PROXY@",
                 Value::String(proxy.to_string_lossy().into_owned()),
             ),
+            ("@PROXY_FLAGS@", string_list(proxy_flags)),
             ("@WRAPPED_ARGV@", string_list(&run_argv)),
             ("@DISPLAY_NAME@", Value::String(display)),
             (
@@ -222,7 +225,8 @@ mod tests {
     fn template_parses_and_has_placeholders() {
         let t: Value = serde_json::from_str(TEMPLATE).expect("template");
         assert_eq!(t["argv"][0], "@PROXY@");
-        assert_eq!(t["argv"][3], "{connection_file}");
+        assert_eq!(t["argv"][2], "@PROXY_FLAGS@");
+        assert_eq!(t["argv"][4], "{connection_file}");
         assert!(t["metadata"][METADATA_KEY].is_object());
     }
 
@@ -237,6 +241,7 @@ mod tests {
         let out = build_wrapped_spec(
             &source,
             Path::new("/bin/jupyter-audit"),
+            &[],
             &DisplayName::Suffixed,
             dir,
             None,
@@ -319,6 +324,7 @@ mod tests {
         let out = build_wrapped_spec(
             &source,
             Path::new("/p"),
+            &[],
             &DisplayName::Keep,
             &spec_dir,
             None,

@@ -31,7 +31,6 @@ pub(super) async fn refuse(
 ) {
     let text = refusal_text(reason);
     let error = json!({
-        "status": "error",
         "ename": REFUSED_ENAME,
         "evalue": text,
         "traceback": [format!("{REFUSED_ENAME}: {text}")],
@@ -58,12 +57,13 @@ pub(super) async fn refuse(
         }
     }
     let mut content = error;
-    if msg_type == "execute_request"
-        && let Value::Object(fields) = &mut content
-    {
-        fields.insert("execution_count".into(), Value::Null);
-        fields.insert("user_expressions".into(), json!({}));
-        fields.insert("payload".into(), json!([]));
+    if let Value::Object(fields) = &mut content {
+        fields.insert("status".into(), json!("error"));
+        if msg_type == "execute_request" {
+            fields.insert("execution_count".into(), Value::Null);
+            fields.insert("user_expressions".into(), json!({}));
+            fields.insert("payload".into(), json!([]));
+        }
     }
     send(
         compose_reply(request, &reply_type, &sides.session, &content),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import process_gone, wait_until
+from helpers import process_gone, proxy_argv, wait_until
 
 # Each test stays well under this; the module under ~60 s.
 pytestmark = pytest.mark.timeout(60)
@@ -115,7 +115,7 @@ class Terminal:
     def _write_kernelspecs(jupyter_path: Path) -> None:
         ipykernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
         specs = {
-            AUDITED: {"argv": [str(BIN), "kernel", "-f", "{connection_file}", "--", *ipykernel]},
+            AUDITED: {"argv": [*proxy_argv(), *ipykernel]},
             DIRECT: {"argv": ipykernel},
         }
         for name, spec in specs.items():

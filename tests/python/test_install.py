@@ -2,7 +2,9 @@
 
 Every test uses its own temporary directories and passes the Jupyter path variables to
 the subprocess explicitly, so the result does not depend on the directories conftest.py
-set up for the other tests (nor on the machine's own kernelspecs).
+set up for the other tests (nor on the machine's own kernelspecs). Specs are installed
+with the suite's collector socket and a nonexistent admin config file (`audit_flags()`),
+so every audited kernel started here records to the suite's collector.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-from helpers import run_ok
+from helpers import STARTUP_TIMEOUT, run_ok, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("JUPYTER_AUDIT_BIN") or REPO / "target" / "release" / "jupyter-audit")
@@ -30,6 +33,24 @@ LOGOS = {
     "kernel.js": b"// kernel.js\n",
 }
 IPYKERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+
+def audit_flags() -> list[str]:
+    """`install` flags that make the spec record to the suite's collector."""
+    return [
+        "--socket", os.environ["JUPYTER_AUDIT_TEST_SOCKET"],
+        "--config", os.environ["JUPYTER_AUDIT_TEST_CONFIG"],
+    ]
+
+
+def proxy_flags_of(argv: list[str]) -> list[str]:
+    """The proxy's flags in an audited argv: between `kernel` and `-f {connection_file}`."""
+    return argv[2 : argv.index("-f")]
+
+
+def kernel_argv_of(argv: list[str]) -> list[str]:
+    """The wrapped kernel's command line: what follows the proxy's `--`."""
+    return argv[argv.index("--") + 1 :]
 
 
 def run_install(args: list[str], tmp_path: Path, **extra_env: str) -> subprocess.CompletedProcess:
@@ -88,7 +109,9 @@ def test_wrap_into_prefix_keeps_the_spec_and_runs(tmp_path, kernels):
     src = write_spec(tmp_path / "src" / "python3-source", source_spec())
     prefix = tmp_path / "prefix"
 
-    result = run_install(["--wrap", str(src), "--name", NAME, "--prefix", str(prefix)], tmp_path)
+    result = run_install(
+        ["--wrap", str(src), "--name", NAME, "--prefix", str(prefix), *audit_flags()], tmp_path
+    )
     assert result.returncode == 0, result.stderr
     kernels_dir = prefix / "share" / "jupyter" / "kernels"
     assert Path(result.stdout.strip()) == kernels_dir / NAME
@@ -97,8 +120,10 @@ def test_wrap_into_prefix_keeps_the_spec_and_runs(tmp_path, kernels):
     assert NAME in ksm.find_kernel_specs()
     spec = ksm.get_kernel_spec(NAME)
     original = source_spec()
-    assert spec.argv[:5] == [str(BIN.resolve()), "kernel", "-f", "{connection_file}", "--"]
-    assert spec.argv[5:] == original["argv"]
+    assert spec.argv[:9] == [
+        str(BIN.resolve()), "kernel", *audit_flags(), "-f", "{connection_file}", "--"
+    ]
+    assert spec.argv[9:] == original["argv"]
     assert spec.display_name == "Python 3 (install test) (audited)"
     assert spec.language == "python"
     assert spec.interrupt_mode == "message"
@@ -125,31 +150,107 @@ def test_wrap_into_prefix_keeps_the_spec_and_runs(tmp_path, kernels):
     assert run_ok(kc, "import os; print(os.environ['JA_INSTALL_TEST'])") == "from-the-spec\n"
 
 
+def test_socket_given_to_install_is_in_the_argv_and_the_kernel_records(
+    tmp_path, kernels, suite_store
+):
+    src = write_spec(tmp_path / "src" / "python3-source", source_spec(), logos=False)
+    prefix = tmp_path / "prefix"
+    socket = os.environ["JUPYTER_AUDIT_TEST_SOCKET"]
+    config = os.environ["JUPYTER_AUDIT_TEST_CONFIG"]
+    result = run_install(
+        ["--wrap", str(src), "--name", NAME, "--prefix", str(prefix), "--socket", socket,
+         "--on-audit-failure", "block", "--config", config],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no audit collector" not in result.stderr
+    kernels_dir = prefix / "share" / "jupyter" / "kernels"
+    assert read_json(kernels_dir / NAME)["argv"] == [
+        str(BIN.resolve()), "kernel",
+        "--socket", socket, "--on-audit-failure", "block", "--config", config,
+        "-f", "{connection_file}", "--", *IPYKERNEL_ARGV,
+    ]
+
+    ksm = KernelSpecManager(kernel_dirs=[str(kernels_dir)])
+    km = KernelManager(kernel_spec_manager=ksm, kernel_name=NAME)
+    kernels.managers.append(km)
+    km.start_kernel()
+    kc = kernels.client(km)
+    marker = f"ja-install-{uuid.uuid4().hex}"
+    assert run_ok(kc, f"print('{marker}')") == f"{marker}\n"
+    # Write-ahead: the request was on disk in the suite's store before it ran.
+    segments = sorted((suite_store / "segments").glob("*.jsonl"))
+    assert any(marker in p.read_text(errors="replace") for p in segments), segments
+
+
+def test_spec_without_a_collector_refuses_to_start(tmp_path):
+    """No --socket in the spec and no admin config: the kernel does not start, and the
+    reason is in its stderr and in the KernelManager's failure."""
+    src = write_spec(tmp_path / "src" / "python3-source", source_spec(), logos=False)
+    prefix = tmp_path / "prefix"
+    # --config points at a file that does not exist, so /etc/jupyter-audit cannot help.
+    config = os.environ["JUPYTER_AUDIT_TEST_CONFIG"]
+    assert not Path(config).exists()
+    result = run_install(
+        ["--wrap", str(src), "--name", NAME, "--prefix", str(prefix), "--config", config],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no audit collector" in result.stderr, result.stderr  # install warns
+    kernels_dir = prefix / "share" / "jupyter" / "kernels"
+    argv = read_json(kernels_dir / NAME)["argv"]
+    assert proxy_flags_of(argv) == ["--config", config]
+
+    ksm = KernelSpecManager(kernel_dirs=[str(kernels_dir)])
+    km = KernelManager(kernel_spec_manager=ksm, kernel_name=NAME)
+    stderr_path = tmp_path / "kernel-stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        km.start_kernel(stderr=stderr)
+    try:
+        kc = km.client()  # the only client of km: its parent is km, so it sees the death
+        kc.start_channels()
+        try:
+            with pytest.raises(RuntimeError, match="[Kk]ernel died"):
+                kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+        finally:
+            kc.stop_channels()
+        assert wait_until(lambda: not km.is_alive(), 10)
+        assert km.provisioner.process.returncode not in (0, None)
+        text = stderr_path.read_text()
+        assert "no audit collector configured" in text, text
+        assert "--socket" in text, text
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
+        km.cleanup_resources()
+
+
 def test_replace_twice_wraps_once(tmp_path):
     spec_dir = write_spec(tmp_path / "jupyter-path" / "kernels" / "replace-me", source_spec())
     mode = 0o640
     (spec_dir / "kernel.json").chmod(mode)
 
-    first = run_install(["--wrap", "replace-me", "--replace"], tmp_path)
+    first = run_install(["--wrap", "replace-me", "--replace", *audit_flags()], tmp_path)
     assert first.returncode == 0, first.stderr
     assert Path(first.stdout.strip()) == spec_dir.resolve()
     once = read_json(spec_dir)
     once_bytes = (spec_dir / "kernel.json").read_bytes()
 
-    second = run_install(["--wrap", "replace-me", "--replace"], tmp_path)
+    second = run_install(["--wrap", "replace-me", "--replace", *audit_flags()], tmp_path)
     assert second.returncode == 0, second.stderr
     assert (spec_dir / "kernel.json").read_bytes() == once_bytes
 
     for spec in (once, read_json(spec_dir)):
         assert proxy_argv_count(spec["argv"]) == 1, spec["argv"]
-        assert spec["argv"][5:] == IPYKERNEL_ARGV
+        assert proxy_flags_of(spec["argv"]) == audit_flags()
+        assert kernel_argv_of(spec["argv"]) == IPYKERNEL_ARGV
         assert spec["metadata"]["jupyter_audit"]["wrapped_argv"] == IPYKERNEL_ARGV
         # --replace keeps the name users know.
         assert spec["display_name"] == "Python 3 (install test)"
     assert (spec_dir / "kernel.json").stat().st_mode & 0o777 == mode
     assert not [p for p in spec_dir.iterdir() if p.name.startswith(".")], "temp file left over"
 
-    # A new proxy path is only refreshed, never stacked.
+    # A new proxy path is only refreshed, never stacked, and the flags are kept.
     other = tmp_path / "bin" / "jupyter-audit"
     third = run_install(
         ["--wrap", "replace-me", "--replace", "--proxy-path", str(other)], tmp_path
@@ -158,12 +259,28 @@ def test_replace_twice_wraps_once(tmp_path):
     spec = read_json(spec_dir)
     assert spec["argv"][0] == str(other)
     assert proxy_argv_count(spec["argv"]) == 1
-    assert spec["argv"][5:] == IPYKERNEL_ARGV
+    assert proxy_flags_of(spec["argv"]) == audit_flags()
+    assert kernel_argv_of(spec["argv"]) == IPYKERNEL_ARGV
+
+    # A flag given again gets its new value, in place; the others stay.
+    fourth = run_install(
+        ["--wrap", "replace-me", "--replace", "--socket", str(tmp_path / "other.sock"),
+         "--on-audit-failure", "allow"],
+        tmp_path,
+    )
+    assert fourth.returncode == 0, fourth.stderr
+    spec = read_json(spec_dir)
+    assert proxy_flags_of(spec["argv"]) == [
+        "--socket", str(tmp_path / "other.sock"),
+        "--config", os.environ["JUPYTER_AUDIT_TEST_CONFIG"],
+        "--on-audit-failure", "allow",
+    ]
+    assert kernel_argv_of(spec["argv"]) == IPYKERNEL_ARGV
 
 
 def test_wrapping_an_audited_spec_wraps_the_original(tmp_path):
     src = write_spec(tmp_path / "src" / "orig", source_spec(), logos=False)
-    first = run_install(["--wrap", str(src), "--name", "first", "--user"], tmp_path)
+    first = run_install(["--wrap", str(src), "--name", "first", "--user", *audit_flags()], tmp_path)
     assert first.returncode == 0, first.stderr
     audited = Path(first.stdout.strip())
     assert audited == tmp_path / "user-data" / "kernels" / "first"
@@ -172,6 +289,8 @@ def test_wrapping_an_audited_spec_wraps_the_original(tmp_path):
     assert second.returncode == 0, second.stderr
     spec = read_json(Path(second.stdout.strip()))
     assert proxy_argv_count(spec["argv"]) == 1, spec["argv"]
+    # The audited spec's flags come along unless given again.
+    assert proxy_flags_of(spec["argv"]) == audit_flags()
     assert spec["metadata"]["jupyter_audit"]["wrapped_argv"] == IPYKERNEL_ARGV
     assert spec["display_name"] == "Python 3 (install test) (audited)"
 
@@ -183,14 +302,16 @@ def test_existing_destination_is_not_overwritten(tmp_path):
         {"argv": ["something-else"], "display_name": "Taken"},
         logos=False,
     )
-    result = run_install(["--wrap", str(src), "--name", "taken", "--user"], tmp_path)
+    result = run_install(["--wrap", str(src), "--name", "taken", "--user", *audit_flags()], tmp_path)
     assert result.returncode != 0
     assert "already exists" in result.stderr
     assert read_json(taken)["argv"] == ["something-else"]
 
     # The same install twice is fine: the destination wraps the same spec.
     for _ in range(2):
-        again = run_install(["--wrap", str(src), "--name", "mine", "--user"], tmp_path)
+        again = run_install(
+            ["--wrap", str(src), "--name", "mine", "--user", *audit_flags()], tmp_path
+        )
         assert again.returncode == 0, again.stderr
 
 
@@ -203,13 +324,14 @@ def test_bare_python_is_resolved_to_the_prefix_interpreter(tmp_path):
     write_spec(env_prefix / "share" / "jupyter" / "kernels" / "bare", spec, logos=False)
 
     result = run_install(
-        ["--wrap", "bare", "--name", "bare-audited", "--prefix", str(tmp_path / "out")],
+        ["--wrap", "bare", "--name", "bare-audited", "--prefix", str(tmp_path / "out"),
+         *audit_flags()],
         tmp_path,
         JUPYTER_PATH=str(env_prefix / "share" / "jupyter"),
     )
     assert result.returncode == 0, result.stderr
     wrapped = read_json(Path(result.stdout.strip()))
-    assert wrapped["argv"][5] == str(env_prefix / "bin" / "python")
+    assert kernel_argv_of(wrapped["argv"])[0] == str(env_prefix / "bin" / "python")
     assert wrapped["metadata"]["jupyter_audit"]["wrapped_argv"][0] == "python"
 
 

@@ -2,8 +2,9 @@
 
 One jupyter_server runs for the whole module, as a subprocess on 127.0.0.1 with a token,
 private Jupyter directories and two kernelspecs: `srv-audited` (ipykernel behind
-`jupyter-audit kernel`, proxy logging at debug level) and `srv-direct` (ipykernel itself,
-the reference: a failure on both is the test's or the server's, not the proxy's).
+`jupyter-audit kernel` recording to the suite's collector, proxy logging at debug level)
+and `srv-direct` (ipykernel itself, the reference: a failure on both is the test's or the
+server's, not the proxy's).
 
 The tests talk to it the way JupyterLab does: REST for sessions, interrupt, restart and
 delete; the kernel websocket (/api/kernels/<id>/channels, default JSON protocol: one JSON
@@ -34,7 +35,7 @@ import pytest
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from helpers import process_gone, wait_until
+from helpers import process_gone, proxy_argv, wait_until
 
 # Each test stays well under this; the module (server start-up included) under ~60 s.
 pytestmark = pytest.mark.timeout(60)
@@ -97,7 +98,7 @@ class Server:
         ipykernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
         specs = {
             AUDITED: {
-                "argv": [str(BIN), "kernel", "-f", "{connection_file}", "--", *ipykernel],
+                "argv": [*proxy_argv(), *ipykernel],
                 "env": {"RUST_LOG": "jupyter_audit=debug"},
             },
             DIRECT: {"argv": ipykernel},
