@@ -76,6 +76,9 @@ pub struct RecordBuilder {
     context: SessionContext,
     policy: SizePolicy,
     password_prompts: HashMap<String, bool>,
+    /// Whether the latest prompt asked for a password: some clients (jupyter_client's
+    /// `input()`, hence `jupyter console`) answer without a parent header.
+    latest_prompt_password: Option<bool>,
     started: HashMap<String, Instant>,
 }
 
@@ -99,6 +102,7 @@ impl RecordBuilder {
             context,
             policy,
             password_prompts: HashMap::new(),
+            latest_prompt_password: None,
             started: HashMap::new(),
         }
     }
@@ -238,13 +242,16 @@ impl RecordBuilder {
             "input_request" => {
                 let password = content["password"].as_bool().unwrap_or(false);
                 remember(&mut self.password_prompts, msg_id.to_owned(), password);
+                self.latest_prompt_password = Some(password);
                 put("prompt", content["prompt"].clone());
                 put("password", json!(password));
             }
             "input_reply" => {
-                // Unknown prompts count as password prompts: a password is never stored.
+                // A reply without its prompt answers the latest one (a kernel asks one
+                // question at a time); with no prompt at all it counts as a password.
                 let password = parent_msg_id
                     .and_then(|id| self.password_prompts.remove(id))
+                    .or(self.latest_prompt_password.take())
                     .unwrap_or(true);
                 if password {
                     put("value_dropped", json!(true));
@@ -436,6 +443,33 @@ mod tests {
             !orphan.to_string_lossy().contains("secret"),
             "unknown prompt: dropped"
         );
+    }
+
+    #[test]
+    fn replies_without_a_parent_answer_the_latest_prompt() {
+        // jupyter_client's input() (jupyter console) sends no parent header.
+        let mut builder = builder();
+        for (password, value, kept) in [(false, "Ada", true), (true, "hunter2", false)] {
+            builder.message(&observe(
+                Direction::FromKernel,
+                Channel::Stdin,
+                "input_request",
+                "q",
+                Some("m1"),
+                json!({"prompt": "? ", "password": password}),
+            ));
+            let reply = builder
+                .message(&observe(
+                    Direction::FromFrontend,
+                    Channel::Stdin,
+                    "input_reply",
+                    "a",
+                    None,
+                    json!({"value": value}),
+                ))
+                .expect("recorded");
+            assert_eq!(reply.to_string_lossy().contains(value), kept, "{value}");
+        }
     }
 
     #[test]

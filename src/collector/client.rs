@@ -384,7 +384,22 @@ impl ClientTask {
     fn acknowledge(&mut self, ack: Option<Result<FromCollector, ProtocolError>>) {
         let (id, outcome) = match ack {
             Some(Ok(FromCollector::Ack { id, sequence })) => (id, Ok(sequence)),
-            Some(Ok(FromCollector::Nack { id, error })) => (id, Err(AuditError::NotStored(error))),
+            Some(Ok(FromCollector::Nack {
+                id,
+                error,
+                retry: true,
+            })) => {
+                // The store could not take it (a write error, a shutdown): keep it, and
+                // this record and everything after it go again on a new connection.
+                return self.disconnected(format!(
+                    "the collector could not store a record (id {id}): {error}"
+                ));
+            }
+            Some(Ok(FromCollector::Nack {
+                id,
+                error,
+                retry: false,
+            })) => (id, Err(AuditError::NotStored(error))),
             Some(Ok(FromCollector::Hello { .. })) => return,
             Some(Err(error)) => return self.disconnected(error.to_string()),
             None => return self.disconnected("the collector closed the connection".into()),

@@ -34,9 +34,13 @@ pub enum FromCollector {
         sequence: u64,
     },
     /// The record with this id was not stored.
+    /// `retry`: the failure is the store's (a write error, a shutdown), not the
+    /// record's, so sending it again may work.
     Nack {
         id: u64,
         error: String,
+        #[serde(default)]
+        retry: bool,
     },
 }
 

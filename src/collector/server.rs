@@ -191,11 +191,13 @@ async fn serve_connection(
                 Ok(Ok(sequence)) => FromCollector::Ack { id, sequence },
                 Ok(Err(error)) => FromCollector::Nack {
                     id,
+                    retry: !matches!(error, StoreError::InvalidRecord(_)),
                     error: error.to_string(),
                 },
                 Err(_) => FromCollector::Nack {
                     id,
                     error: "the store stopped".into(),
+                    retry: true,
                 },
             };
             let mut written = write_frame(&mut writer, &answer).await;
