@@ -27,6 +27,12 @@ pub enum Command {
     Collector(CollectorArgs),
     /// Print the store's checkpoint verification (public) key, to keep elsewhere.
     ExportKey(ExportKeyArgs),
+    /// List the records of a store that match filters (a table, or the stored lines).
+    Log(LogArgs),
+    /// List the sessions of a store: user, notebook, kernel, start, end, cells, errors.
+    Sessions(SessionsArgs),
+    /// Rebuild a session as a notebook (.ipynb) of what ran and what it displayed.
+    Replay(ReplayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -212,4 +218,85 @@ pub struct VerifyArgs {
     /// checkpoint.pub.
     #[arg(long)]
     pub key: Option<PathBuf>,
+}
+
+/// The filters of `log` and `sessions`; every filter given must match.
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    /// Records of this user: `user.name` or `user.id`, as the collector verified it.
+    #[arg(long, value_name = "U")]
+    pub user: Option<String>,
+
+    /// Records of the sessions whose id starts with S.
+    #[arg(long, value_name = "S")]
+    pub session: Option<String>,
+
+    /// Records of the kernels whose id starts with K.
+    #[arg(long, value_name = "K")]
+    pub kernel: Option<String>,
+
+    /// Records at or after T: RFC 3339 (2024-05-01T12:00:00Z) or a date (2024-05-01, UTC).
+    #[arg(long, value_name = "T", value_parser = crate::review::filter::parse_since)]
+    pub since: Option<time::OffsetDateTime>,
+
+    /// Records at or before T: RFC 3339, or a date (up to its end, UTC).
+    #[arg(long, value_name = "T", value_parser = crate::review::filter::parse_until)]
+    pub until: Option<time::OffsetDateTime>,
+
+    /// Records whose event.action is A (execute_request, stream, error, session_start,
+    /// …); may be given more than once.
+    #[arg(long, value_name = "A")]
+    pub action: Vec<String>,
+
+    /// Records whose stored line (compact JSON) matches this regular expression.
+    #[arg(long, value_name = "REGEX", value_parser = crate::review::filter::parse_regex)]
+    pub grep: Option<regex::Regex>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// The store directory (read only).
+    #[arg(long)]
+    pub store: PathBuf,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// Print each record exactly as stored, one per line, instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    /// The store directory (read only).
+    #[arg(long)]
+    pub store: PathBuf,
+
+    /// Sessions with at least one record that matches these.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// One JSON object per session instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The store directory (read only).
+    #[arg(long)]
+    pub store: PathBuf,
+
+    /// The session: its id, or the start of it (as `sessions` shows it).
+    #[arg(long, value_name = "S")]
+    pub session: String,
+
+    /// The session's user (name or id), when several users' sessions share the id.
+    #[arg(long, value_name = "U")]
+    pub user: Option<String>,
+
+    /// The notebook to write (`-`: stdout).
+    #[arg(short = 'o', long = "output", value_name = "FILE.ipynb")]
+    pub output: PathBuf,
 }

@@ -7,6 +7,7 @@
 //! - [`audit`]: audit records: what is recorded of each message, and the size policy.
 //! - [`collector`]: the collector daemon, its protocol, and the proxy's client for it.
 //! - [`store`]: the tamper-evident store: chained segments, group commit, signed checkpoints, verify.
+//! - [`review`]: the reviewer's tools: `log`, `sessions` and `replay` over a store.
 //! - [`config`]: the admin config file and how it combines with the kernelspec's flags.
 //! - [`proxy`]: the relay between frontends and the real kernel.
 //! - [`launcher`]: starting, signalling and reaping the real kernel process.
@@ -21,6 +22,7 @@ pub mod connection;
 pub mod kernelspec;
 pub mod launcher;
 pub mod proxy;
+pub mod review;
 pub mod store;
 pub mod transport;
 pub mod wire;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use jupyter_audit::cli::{Cli, Command, KernelArgs};
 use jupyter_audit::proxy::{self, ProxyConfig};
-use jupyter_audit::{kernelspec, launcher};
+use jupyter_audit::{kernelspec, launcher, review};
 
 fn main() {
     init_tracing();
@@ -46,6 +46,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", jupyter_audit::store::export_public_key(&args.store)?);
             Ok(())
         }
+        Command::Log(args) => review::exit(review::log::run(&args)),
+        Command::Sessions(args) => review::exit(review::sessions::run(&args)),
+        Command::Replay(args) => review::exit(review::replay::run(&args)),
     }
 }
 

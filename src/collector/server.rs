@@ -20,7 +20,15 @@ use crate::audit::{Record, now_rfc3339};
 use crate::store::{StoreError, StoreHandle};
 
 /// Top-level keys only the collector and the store may set.
-const RESERVED_KEYS: &[&str] = &["@timestamp", "user", "group", "process", "host", "chain"];
+const RESERVED_KEYS: &[&str] = &[
+    "@timestamp",
+    "user",
+    "group",
+    "process",
+    "host",
+    "chain",
+    "collector",
+];
 /// How long a new connection may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Records of one connection waiting for their acknowledgement.

@@ -1,0 +1,551 @@
+//! `jupyter-audit log`: the records that match a query, as a table for people or, with
+//! `--json`, as the stored lines themselves (byte for byte, one per line) for programs.
+//!
+//! The table has one row per record: time (`@timestamp`, UTC), `event.sequence`, the
+//! verified user, the first 8 characters of the session id, the action, and a one-line
+//! summary (a cell's first line of code, a stream's first line, `ename: evalue`, …).
+//! Anything shown in the table is shortened and has control characters escaped, so a
+//! record cannot rewrite the reviewer's terminal; `--json` is never changed.
+
+use std::io::{self, BufWriter, Write};
+
+use serde_json::Value;
+
+use super::filter::Filter;
+use super::scan::Scan;
+use super::{ReviewError, fields};
+use crate::cli::LogArgs;
+use crate::store::StoredRecord;
+
+/// Longest summary in the table (characters).
+const SUMMARY_WIDTH: usize = 120;
+const USER_WIDTH: usize = 12;
+const ACTION_WIDTH: usize = 20;
+/// Characters of the session id the table shows.
+pub const SHORT_ID: usize = 8;
+
+/// Runs `log` on stdout and stderr.
+pub fn run(args: &LogArgs) -> Result<(), ReviewError> {
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    run_with(args, &mut out, &mut io::stderr())?;
+    out.flush().map_err(ReviewError::Output)
+}
+
+/// Runs `log`, writing the listing to `out` and warnings to `warnings`.
+pub fn run_with(
+    args: &LogArgs,
+    out: &mut dyn Write,
+    warnings: &mut dyn Write,
+) -> Result<(), ReviewError> {
+    let filter = Filter::from(&args.filter);
+    let scan = Scan::open(&args.store)?;
+    if !args.json {
+        writeln!(out, "{}", header()).map_err(ReviewError::Output)?;
+    }
+    let report = scan.run(warnings, |record| {
+        if !filter.matches(&record.raw, &record.value) {
+            return Ok(());
+        }
+        let written = if args.json {
+            out.write_all(record.raw.as_bytes())
+                .and_then(|()| out.write_all(b"\n"))
+        } else {
+            writeln!(out, "{}", row(&record))
+        };
+        written.map_err(ReviewError::Output)
+    })?;
+    report.into_result()
+}
+
+fn header() -> String {
+    format!(
+        "{:<23}  {:>7}  {:<USER_WIDTH$}  {:<SHORT_ID$}  {:<ACTION_WIDTH$}  SUMMARY",
+        "TIME (UTC)", "SEQ", "USER", "SESSION", "ACTION"
+    )
+}
+
+/// One table row.
+pub fn row(record: &StoredRecord) -> String {
+    let value = &record.value;
+    let user = fields::for_terminal(fields::user(value).unwrap_or("-"), USER_WIDTH);
+    let session = fields::jupyter(value, "session_id")
+        .map(|id| fields::for_terminal(&id.chars().take(SHORT_ID).collect::<String>(), 64))
+        .unwrap_or_else(|| "-".into());
+    let action = fields::for_terminal(fields::action(value), 64);
+    let summary = fields::for_terminal(&summary(value), SUMMARY_WIDTH);
+    let line = format!(
+        "{:<23}  {:>7}  {user:<USER_WIDTH$}  {session:<SHORT_ID$}  {action:<ACTION_WIDTH$}  {summary}",
+        fields::for_terminal(&fields::display_timestamp(value), 40),
+        record.sequence,
+    );
+    line.trim_end().to_owned()
+}
+
+/// The first line of a stored text, with ` …` when more lines follow.
+fn first_line_of(value: Option<&Value>) -> String {
+    let Some(text) = value.and_then(fields::stored_text) else {
+        return String::new();
+    };
+    let (line, more) = fields::first_line(&text);
+    if more {
+        format!("{line} …")
+    } else {
+        line.to_owned()
+    }
+}
+
+/// What a record says, in one line (not yet made safe for a terminal).
+pub fn summary(value: &Value) -> String {
+    let field = |key: &str| fields::at(value, &["jupyter", key]);
+    let text = |key: &str| fields::jupyter(value, key).unwrap_or_default();
+    let number = |key: &str| field(key).and_then(Value::as_i64);
+    let mut summary = match fields::action(value) {
+        "execute_request" => {
+            let mut line = first_line_of(field("code"));
+            if field("silent") == Some(&Value::Bool(true)) {
+                line.insert_str(0, "(silent) ");
+            }
+            line
+        }
+        "execute_input" => match number("execution_count") {
+            Some(count) => format!("[{count}] {}", first_line_of(field("code"))),
+            None => first_line_of(field("code")),
+        },
+        "execute_reply" => execute_reply(value),
+        "stream" => format!("{}: {}", text("stream"), first_line_of(field("text"))),
+        "display_data" | "execute_result" | "update_display_data" => mime_bundle(field("data")),
+        "error" => format!("{}: {}", text("ename"), first_line_of(field("evalue"))),
+        "clear_output" if field("wait") == Some(&Value::Bool(true)) => "wait".into(),
+        "input_request" => {
+            let prompt = first_line_of(field("prompt"));
+            if field("password") == Some(&Value::Bool(true)) {
+                format!("{prompt:?} (password)")
+            } else {
+                format!("{prompt:?}")
+            }
+        }
+        "input_reply" if field("value_dropped") == Some(&Value::Bool(true)) => {
+            "(value not kept)".into()
+        }
+        "input_reply" => format!("{:?}", first_line_of(field("value"))),
+        "comm_open" => format!("{} {}", text("target_name"), text("comm_id")),
+        "comm_msg" | "comm_close" => {
+            let method = fields::str_at(value, &["jupyter", "data", "method"]);
+            format!("{} {}", text("comm_id"), method.unwrap_or_default())
+        }
+        "session_start" => session_start(value),
+        "session_end" => end_description(value).unwrap_or_else(|| "ended normally".into()),
+        "interrupt" | "signal" => text("signal").to_owned(),
+        "execution_refused" | "audit_bypassed" => format!(
+            "{} {}: {}",
+            text("refused_msg_type"),
+            text("msg_id"),
+            text("reason")
+        ),
+        "message_rejected" => format!(
+            "{} from {} on {}: {}",
+            fields::jupyter(value, "rejected_msg_type").unwrap_or("message"),
+            text("from"),
+            text("channel"),
+            text("reason")
+        ),
+        "audit_gap" => format!(
+            "{} records lost since {}: {}",
+            number("lost_records").unwrap_or_default(),
+            text("gap_since"),
+            text("reason")
+        ),
+        "collector_start" => {
+            let collector = |key: &str| fields::at(value, &["collector", key]);
+            let mut line = format!(
+                "store {}, last sequence {}",
+                collector("store").and_then(Value::as_str).unwrap_or("?"),
+                collector("last_sequence")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0)
+            );
+            if collector("torn_record").is_some() {
+                line.push_str(", cut a torn record");
+            }
+            line
+        }
+        "shutdown_request"
+            if field("content").and_then(|c| c.get("restart")) == Some(&Value::Bool(true)) =>
+        {
+            "restart".into()
+        }
+        "shutdown_request" => String::new(),
+        reply if reply.ends_with("_reply") => text("status").to_owned(),
+        _ => field("content")
+            .filter(|content| !content.as_object().is_some_and(|c| c.is_empty()))
+            .map(Value::to_string)
+            .unwrap_or_default(),
+    };
+    if field("content_error").is_some() {
+        summary.push_str(" (content not JSON)");
+    }
+    if field("write_ahead_failed") == Some(&Value::Bool(true)) {
+        summary.push_str(" (stored late: write-ahead failed)");
+    }
+    if field("resent") == Some(&Value::Bool(true)) {
+        summary.push_str(" (resent)");
+    }
+    summary.trim().to_owned()
+}
+
+fn execute_reply(value: &Value) -> String {
+    let field = |key: &str| fields::at(value, &["jupyter", key]);
+    let mut line = fields::jupyter(value, "status").unwrap_or("?").to_owned();
+    if let Some(count) = field("execution_count").and_then(Value::as_i64) {
+        line.push_str(&format!(" [{count}]"));
+    }
+    if let Some(ename) = fields::jupyter(value, "ename") {
+        line.push_str(&format!(" {ename}: {}", first_line_of(field("evalue"))));
+    }
+    if let Some(duration) = field("duration_ms").and_then(Value::as_f64) {
+        line.push_str(&format!(" ({duration:.1} ms)"));
+    }
+    line
+}
+
+/// The first line of `text/plain` (else of another text), then the other MIME types.
+fn mime_bundle(data: Option<&Value>) -> String {
+    let Some(bundle) = data.and_then(Value::as_object) else {
+        return String::new();
+    };
+    let shown = ["text/plain", "text/markdown", "text/html"]
+        .into_iter()
+        .find(|mime| bundle.get(*mime).and_then(fields::stored_text).is_some());
+    let mut line = shown
+        .map(|mime| first_line_of(bundle.get(mime)))
+        .unwrap_or_default();
+    let others: Vec<String> = bundle
+        .iter()
+        .filter(|(mime, _)| Some(mime.as_str()) != shown)
+        .map(
+            |(mime, kept)| match kept.get("size").and_then(Value::as_u64) {
+                Some(size) if kept.get("sha256").is_some() => format!("{mime} {size} bytes"),
+                _ => mime.clone(),
+            },
+        )
+        .collect();
+    if !others.is_empty() {
+        line.push_str(&format!(" [{}]", others.join(", ")));
+    }
+    line
+}
+
+fn session_start(value: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(path) = fields::jupyter(value, "notebook_path") {
+        parts.push(format!("notebook {path}"));
+    }
+    if let Some(name) = fields::jupyter(value, "kernel_name") {
+        parts.push(format!("kernel {name}"));
+    }
+    if let Some(hub_user) = fields::jupyter(value, "hub_user") {
+        parts.push(format!("hub user {hub_user}"));
+    }
+    if let Some(pid) = fields::at(value, &["jupyter", "kernel_pid"]).and_then(Value::as_u64) {
+        parts.push(format!("kernel pid {pid}"));
+    }
+    parts.join(", ")
+}
+
+/// Why a session ended abnormally, from its `session_end` record; None when it ended
+/// normally (exit code 0, no signal, not orphaned).
+pub fn end_description(value: &Value) -> Option<String> {
+    let field = |key: &str| fields::at(value, &["jupyter", key]);
+    let mut reasons = Vec::new();
+    if let Some(signal) = field("exit_signal").and_then(Value::as_i64) {
+        let name = i32::try_from(signal)
+            .ok()
+            .and_then(|number| nix::sys::signal::Signal::try_from(number).ok())
+            .map(|signal| format!(" ({})", signal.as_str()))
+            .unwrap_or_default();
+        reasons.push(format!("kernel killed by signal {signal}{name}"));
+    }
+    if let Some(code) = field("exit_code").and_then(Value::as_i64)
+        && code != 0
+    {
+        reasons.push(format!("kernel exited with code {code}"));
+    }
+    if field("orphaned") == Some(&Value::Bool(true)) {
+        reasons.push("the process that started it went away".into());
+    }
+    (!reasons.is_empty()).then(|| reasons.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn summary_of(action: &str, jupyter: Value) -> String {
+        summary(&json!({"event": {"action": action}, "jupyter": jupyter}))
+    }
+
+    #[test]
+    fn summaries_say_what_happened_in_one_line() {
+        assert_eq!(
+            summary_of(
+                "execute_request",
+                json!({"code": "import os\nos.listdir()"})
+            ),
+            "import os …"
+        );
+        assert_eq!(
+            summary_of("execute_request", json!({"code": "x = 1\n"})),
+            "x = 1"
+        );
+        assert_eq!(
+            summary_of(
+                "execute_input",
+                json!({"code": "1+1", "execution_count": 4})
+            ),
+            "[4] 1+1"
+        );
+        assert_eq!(
+            summary_of(
+                "stream",
+                json!({"stream": "stderr", "text": "oops\nmore\n"})
+            ),
+            "stderr: oops …"
+        );
+        assert_eq!(
+            summary_of(
+                "stream",
+                json!({"stream": "stdout", "text": {"truncated": true, "size": 100, "sha256": "ff", "head": "00001 x", "tail": "99999"}})
+            ),
+            "stdout: 00001 x …"
+        );
+        assert_eq!(
+            summary_of(
+                "error",
+                json!({"ename": "ZeroDivisionError", "evalue": "division by zero", "traceback": "…"})
+            ),
+            "ZeroDivisionError: division by zero"
+        );
+        assert_eq!(
+            summary_of(
+                "execute_reply",
+                json!({"status": "error", "execution_count": 3, "ename": "KeyError", "evalue": "'k'", "duration_ms": 1.25})
+            ),
+            "error [3] KeyError: 'k' (1.2 ms)"
+        );
+        assert_eq!(
+            summary_of(
+                "display_data",
+                json!({"data": {"text/plain": "<Figure>", "image/png": {"sha256": "ab", "size": 1779}}})
+            ),
+            "<Figure> [image/png 1779 bytes]"
+        );
+        assert_eq!(
+            summary_of(
+                "input_request",
+                json!({"prompt": "Password: ", "password": true})
+            ),
+            "\"Password: \" (password)"
+        );
+        assert_eq!(
+            summary_of("input_reply", json!({"value_dropped": true})),
+            "(value not kept)"
+        );
+        assert_eq!(
+            summary_of(
+                "execution_refused",
+                json!({"refused_msg_type": "execute_request", "msg_id": "m1", "reason": "the audit collector is unavailable"})
+            ),
+            "execute_request m1: the audit collector is unavailable"
+        );
+        assert_eq!(
+            summary_of("kernel_info_reply", json!({"status": "ok"})),
+            "ok"
+        );
+        assert_eq!(
+            summary_of(
+                "execute_request",
+                json!({"code": "1", "write_ahead_failed": true})
+            ),
+            "1 (stored late: write-ahead failed)"
+        );
+    }
+
+    #[test]
+    fn session_end_says_why_it_was_abnormal() {
+        let end = |jupyter: Value| json!({"event": {"action": "session_end"}, "jupyter": jupyter});
+        assert_eq!(
+            end_description(&end(
+                json!({"exit_code": 0, "exit_signal": null, "orphaned": false})
+            )),
+            None
+        );
+        assert_eq!(
+            end_description(&end(
+                json!({"exit_code": null, "exit_signal": 9, "orphaned": true})
+            ))
+            .as_deref(),
+            Some("kernel killed by signal 9 (SIGKILL), the process that started it went away")
+        );
+        assert_eq!(
+            end_description(&end(json!({"exit_code": 1}))).as_deref(),
+            Some("kernel exited with code 1")
+        );
+    }
+
+    #[test]
+    fn rows_are_one_safe_line() {
+        let value = json!({
+            "@timestamp": "2024-05-01T12:00:00.123Z",
+            "event": {"action": "stream", "sequence": 42},
+            "user": {"id": "1000", "name": "alice"},
+            "jupyter": {"session_id": "0123456789abcdef", "stream": "stdout", "text": "\u{1b}]0;pwned\u{7}visible\nhidden"}
+        });
+        let record = StoredRecord {
+            segment: PathBuf::from("s"),
+            line: 1,
+            sequence: 42,
+            raw: value.to_string(),
+            value,
+        };
+        let row = row(&record);
+        assert_eq!(
+            row,
+            "2024-05-01 12:00:00.123       42  alice         01234567  stream                \
+             stdout: \\u{1b}]0;pwned\\u{7}visible …"
+        );
+        assert!(!row.contains('\u{1b}') && !row.contains('\n'));
+    }
+
+    fn args(store: &std::path::Path, json: bool, extra: &[&str]) -> LogArgs {
+        use clap::Parser;
+        let store = store.display().to_string();
+        let mut argv = vec!["jupyter-audit", "log", "--store", &store];
+        if json {
+            argv.push("--json");
+        }
+        argv.extend(extra);
+        match crate::cli::Cli::try_parse_from(argv)
+            .expect("valid arguments")
+            .command
+        {
+            crate::cli::Command::Log(args) => args,
+            other => panic!("not log: {other:?}"),
+        }
+    }
+
+    /// A store directory with one segment holding `lines` exactly.
+    fn store_with(lines: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let segments = dir.path().join("segments");
+        std::fs::create_dir(&segments).expect("segments dir");
+        std::fs::write(segments.join(format!("{:020}.jsonl", 1)), lines).expect("segment");
+        dir
+    }
+
+    fn line(sequence: u64, action: &str, user: &str) -> String {
+        json!({
+            "@timestamp": format!("2024-05-0{sequence}T12:00:00Z"),
+            "event": {"action": action, "sequence": sequence},
+            "user": {"id": "1000", "name": user},
+            "jupyter": {"session_id": format!("session-{sequence}"), "code": "print( 'spaced' )"},
+        })
+        .to_string()
+    }
+
+    fn run_log(args: &LogArgs) -> (Result<(), ReviewError>, String, String) {
+        let (mut out, mut warnings) = (Vec::new(), Vec::new());
+        let result = run_with(args, &mut out, &mut warnings);
+        let text = |bytes| String::from_utf8(bytes).expect("utf-8");
+        (result, text(out), text(warnings))
+    }
+
+    #[test]
+    fn json_is_the_stored_lines_and_a_torn_last_line_is_a_warning() {
+        let stored = format!(
+            "{}\n{}\n{}\n",
+            line(1, "execute_request", "alice"),
+            line(2, "stream", "bob"),
+            line(3, "execute_request", "bob")
+        );
+        let store = store_with(&format!("{stored}{{\"event\":{{\"seq"));
+        let (result, out, warnings) = run_log(&args(store.path(), true, &[]));
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(out, stored, "byte for byte");
+        assert!(warnings.contains("incomplete last line"), "{warnings}");
+        assert!(warnings.contains("write in progress"), "{warnings}");
+
+        let (_, out, _) = run_log(&args(
+            store.path(),
+            true,
+            &[
+                "--user",
+                "bob",
+                "--action",
+                "execute_request",
+                "--grep",
+                "'spaced' \\)",
+            ],
+        ));
+        assert_eq!(out, format!("{}\n", line(3, "execute_request", "bob")));
+        let (_, out, _) = run_log(&args(
+            store.path(),
+            true,
+            &["--since", "2024-05-02", "--until", "2024-05-02"],
+        ));
+        assert_eq!(out, format!("{}\n", line(2, "stream", "bob")));
+        let (_, out, _) = run_log(&args(store.path(), true, &["--session", "session-3"]));
+        assert_eq!(out.lines().count(), 1);
+    }
+
+    #[test]
+    fn the_table_has_a_header_and_a_row_per_record() {
+        let store = store_with(&format!("{}\n", line(1, "execute_request", "alice")));
+        let (result, out, warnings) = run_log(&args(store.path(), false, &[]));
+        assert!(
+            result.is_ok() && warnings.is_empty(),
+            "{result:?} {warnings}"
+        );
+        let rows: Vec<&str> = out.lines().collect();
+        assert_eq!(rows.len(), 2, "{out}");
+        assert!(rows[0].starts_with("TIME (UTC)"));
+        assert!(
+            rows[1].ends_with("execute_request       print( 'spaced' )"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_line_is_reported_and_the_rest_still_shown() {
+        let store = store_with(&format!(
+            "{}\nnot json\n{}\n",
+            line(1, "execute_request", "alice"),
+            line(3, "stream", "alice")
+        ));
+        let (result, out, warnings) = run_log(&args(store.path(), true, &[]));
+        assert!(
+            matches!(result, Err(ReviewError::Unreadable { count: 1 })),
+            "{result:?}"
+        );
+        assert_eq!(out.lines().count(), 2);
+        assert!(warnings.contains(":2: not a JSON object"), "{warnings}");
+    }
+
+    #[test]
+    fn a_missing_or_foreign_directory_is_an_error_before_any_output() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (result, out, _) = run_log(&args(dir.path(), false, &[]));
+        assert!(
+            matches!(result, Err(ReviewError::NotAStore(_))),
+            "{result:?}"
+        );
+        assert!(out.is_empty());
+        let (result, _, _) = run_log(&args(&dir.path().join("missing"), false, &[]));
+        let error = result.expect_err("missing store");
+        assert!(error.to_string().contains("No such file"), "{error}");
+    }
+}
