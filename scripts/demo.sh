@@ -67,7 +67,11 @@ for cell in nb.cells:
                 print(f"    [{kind} {mime}] {shown}")
 PY
 
-section "the trail: jupyter-audit log --store …"
+section "collector stopped (SIGTERM): it writes a final signed checkpoint"
+kill "$collector" && wait "$collector" || true
+collector=""
+
+section "the trail, read by a reviewer: jupyter-audit log --store …"
 "$bin" log --store "$store"
 
 section "jupyter-audit sessions --store …"

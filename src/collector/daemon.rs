@@ -105,13 +105,16 @@ async fn record_own(store: &StoreHandle, action: &str, fields: Map<String, Value
         "event".into(),
         json!({ "action": action, "kind": "event", "created": crate::audit::now_rfc3339() }),
     );
-    record.insert("collector".into(), Value::Object(fields));
     let stored = match server::stamp(record, &identity, &host) {
-        Ok(record) => store
-            .append(record)
-            .await
-            .map(|_| ())
-            .map_err(|error| error.to_string()),
+        Ok(mut record) => {
+            // Only the collector itself writes a `collector` object (stamp drops any).
+            record.insert("collector".into(), Value::Object(fields));
+            store
+                .append(record)
+                .await
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        }
         Err(reason) => Err(reason),
     };
     if let Err(error) = stored {
