@@ -23,7 +23,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::protocol::{
-    FromCollector, PROTOCOL_VERSION, ProtocolError, ToCollector, read_frame, write_frame,
+    FromCollector, PROTOCOL_VERSION, ProtocolError, RecordFrame, ToCollector, read_frame,
+    write_frame,
 };
 use crate::audit::{Record, SessionContext, event_record};
 
@@ -361,11 +362,27 @@ impl ClientTask {
             .iter_mut()
             .filter(|pending| !pending.written && pending.id != 0)
         {
-            let frame = ToCollector::Record {
-                id: pending.id,
-                record: pending.record.clone(),
-            };
-            result = write_frame(&mut connection.writer, &frame).await;
+            result = write_frame(
+                &mut connection.writer,
+                &RecordFrame {
+                    id: pending.id,
+                    record: &pending.record,
+                },
+            )
+            .await;
+            if let Err(ProtocolError::Oversized(size)) = result {
+                // Nothing was written; a record too large to send would block every
+                // record after it, so its place is kept by a stub that says so.
+                pending.record = too_large_stub(&pending.record, size);
+                result = write_frame(
+                    &mut connection.writer,
+                    &RecordFrame {
+                        id: pending.id,
+                        record: &pending.record,
+                    },
+                )
+                .await;
+            }
             if result.is_err() {
                 break;
             }
@@ -437,6 +454,33 @@ impl ClientTask {
             }
         }
     }
+}
+
+/// What is kept of a record too large for the protocol: its action, time and ids.
+fn too_large_stub(record: &Record, size: usize) -> Record {
+    let mut stub = Record::new();
+    if let Some(event) = record.get("event") {
+        stub.insert("event".into(), event.clone());
+    }
+    let mut jupyter = serde_json::Map::new();
+    if let Some(Value::Object(fields)) = record.get("jupyter") {
+        for key in [
+            "session_id",
+            "kernel_id",
+            "kernel_name",
+            "msg_id",
+            "parent_msg_id",
+            "channel",
+            "from",
+        ] {
+            if let Some(value) = fields.get(key) {
+                jupyter.insert(key.into(), value.clone());
+            }
+        }
+    }
+    jupyter.insert("record_too_large".into(), json!(size));
+    stub.insert("jupyter".into(), Value::Object(jupyter));
+    stub
 }
 
 async fn open(socket: &std::path::Path) -> Result<Connection, ProtocolError> {

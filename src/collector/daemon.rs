@@ -57,6 +57,15 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
     tracing::info!("collector stopping");
     let _ = std::fs::remove_file(&config.socket);
     record_own(&store, "collector_stop", Map::new()).await;
+    let stats = store.stats();
+    tracing::info!(
+        records = stats.records,
+        batches = stats.batches,
+        failed_batches = stats.failed_batches,
+        checkpoints = stats.checkpoints,
+        segments_created = stats.segments_created,
+        "collector stopped"
+    );
     store.shutdown().await?;
     Ok(())
 }

@@ -22,6 +22,15 @@ pub enum ToCollector {
     Record { id: u64, record: Record },
 }
 
+/// A record frame written from a borrowed record (the same bytes as
+/// `ToCollector::Record`), so sending never copies a record.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename = "record")]
+pub struct RecordFrame<'a> {
+    pub id: u64,
+    pub record: &'a Record,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FromCollector {
@@ -117,6 +126,24 @@ mod tests {
         drop(client);
         let end: Option<ToCollector> = read_frame(&mut server).await.expect("clean end");
         assert_eq!(end, None);
+    }
+
+    #[tokio::test]
+    async fn a_borrowed_record_frame_reads_as_a_record() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let mut record = Record::new();
+        record.insert("event".into(), serde_json::json!({"action": "stream"}));
+        write_frame(
+            &mut client,
+            &RecordFrame {
+                id: 3,
+                record: &record,
+            },
+        )
+        .await
+        .expect("written");
+        let received: Option<ToCollector> = read_frame(&mut server).await.expect("read");
+        assert_eq!(received, Some(ToCollector::Record { id: 3, record }));
     }
 
     #[tokio::test]

@@ -141,3 +141,28 @@ async fn a_sender_cannot_claim_another_identity() {
     );
     assert_ne!(records[0]["chain"]["prev"], "0");
 }
+
+#[tokio::test]
+async fn a_record_too_large_to_send_is_kept_as_a_stub_and_does_not_block_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("collector.sock");
+    let (store, _stop) = start_collector(dir.path(), &socket);
+    let (client, _) = AuditClient::spawn(socket, context());
+    let huge = "x".repeat(super::protocol::MAX_FRAME_BYTES + 1);
+    client.record(execute_request(&huge));
+    client
+        .submit_durable(execute_request("after"))
+        .wait(Duration::from_secs(30))
+        .await
+        .expect("stored");
+    store.shutdown().await.expect("closed");
+    let records = stored(dir.path());
+    assert_eq!(records[0]["event"]["action"], "execute_request");
+    assert!(
+        records[0]["jupyter"]["record_too_large"]
+            .as_u64()
+            .is_some_and(|size| size > super::protocol::MAX_FRAME_BYTES as u64)
+    );
+    assert!(records[0]["jupyter"].get("code").is_none());
+    assert_eq!(records[1]["jupyter"]["code"], "after");
+}
