@@ -11,14 +11,14 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::io::BufWriter;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -48,7 +48,8 @@ pub enum AuditError {
 }
 
 enum Submission {
-    Record(Record),
+    /// A record, and the room it holds in its sender's memory budget until stored.
+    Record(Record, Option<OwnedSemaphorePermit>),
     Durable(Record, oneshot::Sender<Result<u64, AuditError>>),
 }
 
@@ -57,12 +58,13 @@ enum Submission {
 pub struct AuditClient {
     submissions: mpsc::Sender<Submission>,
     lost: Arc<AtomicU64>,
+    connected: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Submission {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str(match self {
-            Self::Record(_) => "Record",
+            Self::Record(..) => "Record",
             Self::Durable(..) => "Durable",
         })
     }
@@ -73,8 +75,10 @@ impl AuditClient {
     pub fn spawn(socket: PathBuf, context: SessionContext) -> (Self, JoinHandle<()>) {
         let (submissions, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let lost = Arc::new(AtomicU64::new(0));
+        let connected = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(
             ClientTask {
+                connected: connected.clone(),
                 socket,
                 context,
                 submissions: receiver,
@@ -89,19 +93,37 @@ impl AuditClient {
             }
             .run(),
         );
-        (Self { submissions, lost }, task)
+        (
+            Self {
+                submissions,
+                lost,
+                connected,
+            },
+            task,
+        )
     }
 
     /// Queues a record without waiting. If the queue is full the record is lost, and
     /// counted: the count goes on the record as an `audit_gap`.
     pub fn record(&self, record: Record) {
+        self.record_holding(record, None);
+    }
+
+    /// [`record`](Self::record), holding `room` (the sender's memory budget) until the
+    /// collector has the record.
+    pub fn record_holding(&self, record: Record, room: Option<OwnedSemaphorePermit>) {
         if self
             .submissions
-            .try_send(Submission::Record(record))
+            .try_send(Submission::Record(record, room))
             .is_err()
         {
             self.lost.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the collector connection is up (records are then stored soon).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
     }
 
     /// Counts records lost before they reached the client (reported as a gap).
@@ -163,6 +185,8 @@ struct Pending {
     record: Record,
     ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
     written: bool,
+    /// Released when the record is stored (or given up).
+    _room: Option<OwnedSemaphorePermit>,
 }
 
 struct Connection {
@@ -184,6 +208,7 @@ struct Gap {
 }
 
 struct ClientTask {
+    connected: Arc<AtomicBool>,
     socket: PathBuf,
     context: SessionContext,
     submissions: mpsc::Receiver<Submission>,
@@ -225,6 +250,7 @@ impl ClientTask {
             Ok(Ok(connection)) => {
                 tracing::info!(socket = %self.socket.display(), "connected to the audit collector");
                 self.connection = Some(connection);
+                self.connected.store(true, Ordering::Relaxed);
                 self.retry_delay = Duration::from_millis(50);
                 self.resend_pending().await;
                 self.report_gap().await;
@@ -235,6 +261,7 @@ impl ClientTask {
     }
 
     fn disconnected(&mut self, reason: String) {
+        self.connected.store(false, Ordering::Relaxed);
         if self.connection.take().is_some() || self.last_error != reason {
             tracing::warn!(socket = %self.socket.display(), %reason, "audit collector unavailable");
         }
@@ -254,8 +281,8 @@ impl ClientTask {
     }
 
     async fn submit(&mut self, submission: Submission) {
-        let (record, ack) = match submission {
-            Submission::Record(record) => (record, None),
+        let (record, ack, room) = match submission {
+            Submission::Record(record, room) => (record, None, room),
             Submission::Durable(mut record, ack) => {
                 if self.connection.is_none() {
                     // The collector may be back already: try now rather than refuse.
@@ -267,9 +294,9 @@ impl ClientTask {
                     if let Some(Value::Object(jupyter)) = record.get_mut("jupyter") {
                         jupyter.insert("write_ahead_failed".into(), json!(true));
                     }
-                    (record, None)
+                    (record, None, None)
                 } else {
-                    (record, Some(ack))
+                    (record, Some(ack), None)
                 }
             }
         };
@@ -284,11 +311,12 @@ impl ClientTask {
                 record,
                 ack,
                 written: true,
+                _room: None,
             });
             self.release_flush_markers();
             return;
         }
-        self.enqueue(record, ack).await;
+        self.enqueue(record, ack, room).await;
     }
 
     /// Adds a record to the pending list and writes it when connected.
@@ -296,6 +324,7 @@ impl ClientTask {
         &mut self,
         record: Record,
         ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
+        room: Option<OwnedSemaphorePermit>,
     ) {
         if self.pending.len() >= MAX_PENDING {
             self.note_lost(
@@ -314,6 +343,7 @@ impl ClientTask {
             record,
             ack,
             written: false,
+            _room: room,
         });
         if self.connection.is_some() {
             self.write_unwritten().await;
@@ -336,7 +366,7 @@ impl ClientTask {
             fields.insert("gap_since".into(), json!(gap.since));
             fields.insert("reason".into(), json!(gap.reason));
             let record = event_record(&self.context, "audit_gap", fields);
-            self.enqueue(record, None).await;
+            self.enqueue(record, None, None).await;
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::audit::{Direction, Observation, RecordBuilder, SessionContext, SizePolicy};
@@ -19,11 +19,19 @@ use crate::wire::WireMessage;
 
 /// How long a request may wait for its record to be on disk before it is refused.
 pub(crate) const WRITE_AHEAD_PATIENCE: Duration = Duration::from_secs(5);
-/// Observations waiting to become records (beyond this they are counted as lost).
+/// Observations waiting to become records.
 const JOB_CAPACITY: usize = 4096;
+/// Memory that observed messages may hold until the collector has their records. Past
+/// it, relaying waits for the collector (output is slowed, never lost from the record)
+/// while it is connected; while it is away, records past it are counted in a gap.
+const BUDGET_BYTES: usize = 32 * 1024 * 1024;
+/// The most a relay waits for room before the record is counted as lost.
+const BUDGET_PATIENCE: Duration = Duration::from_secs(30);
+/// What any message costs in the budget besides its bytes.
+const MESSAGE_OVERHEAD: usize = 512;
 
 enum Job {
-    Observe(Observation),
+    Observe(Observation, OwnedSemaphorePermit),
     WriteAhead(Observation, oneshot::Sender<Ticket>),
     Event(String, Map<String, Value>),
     /// Answered once every job before it has been handed to the client.
@@ -35,6 +43,7 @@ enum Job {
 pub(crate) struct Auditor {
     jobs: mpsc::Sender<Job>,
     client: AuditClient,
+    budget: Arc<Semaphore>,
     pub policy: OnAuditFailure,
 }
 
@@ -60,9 +69,9 @@ impl Auditor {
             let mut builder = RecordBuilder::new(context, size);
             while let Some(job) = pending.recv().await {
                 match job {
-                    Job::Observe(observation) => {
+                    Job::Observe(observation, room) => {
                         if let Some(record) = builder.message(&observation) {
-                            task_client.record(record);
+                            task_client.record_holding(record, Some(room));
                         }
                     }
                     Job::WriteAhead(observation, ticket) => {
@@ -80,24 +89,50 @@ impl Auditor {
                 }
             }
         });
+        let budget = Arc::new(Semaphore::new(BUDGET_BYTES));
         (
             Arc::new(Self {
                 jobs,
                 client,
+                budget,
                 policy,
             }),
             task,
         )
     }
 
-    /// Records a message without waiting.
-    pub(crate) fn observe(&self, channel: Channel, direction: Direction, message: &WireMessage) {
-        let job = Job::Observe(Observation {
-            channel,
-            direction,
-            message: message.clone(),
-        });
-        if self.jobs.try_send(job).is_err() {
+    /// Records a message. Waits only when the records not yet stored hold more than
+    /// the memory budget while the collector is connected.
+    pub(crate) async fn observe(
+        &self,
+        channel: Channel,
+        direction: Direction,
+        message: &WireMessage,
+    ) {
+        let cost = (message.size() + MESSAGE_OVERHEAD).min(BUDGET_BYTES);
+        let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+        let room = if self.client.is_connected() {
+            let waiting = Arc::clone(&self.budget).acquire_many_owned(cost);
+            tokio::time::timeout(BUDGET_PATIENCE, waiting)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            Arc::clone(&self.budget).try_acquire_many_owned(cost).ok()
+        };
+        let Some(room) = room else {
+            self.client.count_lost(1);
+            return;
+        };
+        let job = Job::Observe(
+            Observation {
+                channel,
+                direction,
+                message: message.clone(),
+            },
+            room,
+        );
+        if self.jobs.send(job).await.is_err() {
             self.client.count_lost(1);
         }
     }

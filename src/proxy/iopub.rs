@@ -46,7 +46,9 @@ pub(super) fn spawn_relay(
                 continue;
             }
             if let Some(auditor) = &sides.auditor {
-                auditor.observe(Channel::Iopub, Direction::FromKernel, &message);
+                auditor
+                    .observe(Channel::Iopub, Direction::FromKernel, &message)
+                    .await;
             }
             message.resign(&sides.frontend);
             if to_frontends.send(message.into_frames()).await.is_err() {

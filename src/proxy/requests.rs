@@ -58,7 +58,9 @@ pub(super) fn spawn(
             match accept_from_kernel(frames, &sides) {
                 Ok(mut message) => {
                     if let Some(auditor) = &sides.auditor {
-                        auditor.observe(channel, Direction::FromKernel, &message);
+                        auditor
+                            .observe(channel, Direction::FromKernel, &message)
+                            .await;
                     }
                     message.resign(&sides.frontend);
                     if to_frontend.send(message.into_frames()).await.is_err() {
@@ -88,7 +90,9 @@ async fn admit(
     };
     let header = message.header().unwrap_or_default();
     if !needs_write_ahead(&header.msg_type) {
-        auditor.observe(channel, Direction::FromFrontend, message);
+        auditor
+            .observe(channel, Direction::FromFrontend, message)
+            .await;
         return true;
     }
     let Err(error) = auditor.write_ahead(channel, message).await else {

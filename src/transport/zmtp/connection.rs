@@ -5,13 +5,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 
 use super::codec::{self, Command, Decoder, Incoming, ProtocolError};
 use crate::transport::Frames;
@@ -21,7 +20,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages one peer may have waiting to be written.
 const PEER_QUEUE_MESSAGES: usize = 4096;
 /// Bytes one peer may have waiting to be written.
-const PEER_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+const PEER_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 
 type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
 type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
@@ -188,63 +187,84 @@ pub(super) enum QueueError {
     Closed,
 }
 
-/// The sending side of a connected peer: a bounded queue drained by a writer task.
+/// The sending side of a connected peer: a queue bounded in bytes (every message
+/// counts at least [`MESSAGE_OVERHEAD`]), drained by a writer task that gives the
+/// room back once a message is written.
 #[derive(Clone)]
 pub(super) struct PeerSender {
-    queue: mpsc::Sender<Frames>,
-    queued_bytes: Arc<AtomicUsize>,
+    queue: mpsc::UnboundedSender<(Frames, OwnedSemaphorePermit)>,
+    room: Arc<Semaphore>,
+}
+
+/// What a message costs in the queue besides its bytes, so that many tiny messages
+/// are bounded too.
+const MESSAGE_OVERHEAD: usize = PEER_QUEUE_BYTES / PEER_QUEUE_MESSAGES;
+
+/// Room a message takes; one message larger than the whole queue takes all of it.
+fn cost(frames: &Frames) -> u32 {
+    let size: usize = frames.iter().map(Bytes::len).sum::<usize>() + MESSAGE_OVERHEAD;
+    u32::try_from(size.min(PEER_QUEUE_BYTES)).unwrap_or(u32::MAX)
 }
 
 impl PeerSender {
     pub fn spawn(write: WriteHalf) -> Self {
-        let (queue, messages) = mpsc::channel(PEER_QUEUE_MESSAGES);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(write_loop(write, messages, queued_bytes.clone()));
+        let (queue, messages) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(write, messages));
         Self {
             queue,
-            queued_bytes,
+            room: Arc::new(Semaphore::new(PEER_QUEUE_BYTES)),
         }
     }
 
     /// Queues a message without waiting; fails when the peer is too far behind.
     pub fn try_send(&self, frames: Frames) -> Result<(), QueueError> {
-        let size: usize = frames.iter().map(Bytes::len).sum();
-        let before = self.queued_bytes.fetch_add(size, Ordering::AcqRel);
-        // One message is always accepted into an empty queue, whatever its size.
-        if before > 0 && before + size > PEER_QUEUE_BYTES {
-            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-            return Err(QueueError::Full);
-        }
-        self.queue.try_send(frames).map_err(|error| {
-            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
-            match error {
-                mpsc::error::TrySendError::Full(_) => QueueError::Full,
-                mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
-            }
-        })
+        let permit = Arc::clone(&self.room)
+            .try_acquire_many_owned(cost(&frames))
+            .map_err(|error| match error {
+                TryAcquireError::NoPermits => QueueError::Full,
+                TryAcquireError::Closed => QueueError::Closed,
+            })?;
+        self.queue
+            .send((frames, permit))
+            .map_err(|_| QueueError::Closed)
+    }
+
+    /// Queues a message, waiting up to `patience` for the peer to make room.
+    pub async fn send(&self, frames: Frames, patience: Duration) -> Result<(), QueueError> {
+        let waiting = Arc::clone(&self.room).acquire_many_owned(cost(&frames));
+        let permit = match tokio::time::timeout(patience, waiting).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(QueueError::Closed),
+            Err(_) => return Err(QueueError::Full),
+        };
+        self.queue
+            .send((frames, permit))
+            .map_err(|_| QueueError::Closed)
     }
 }
 
 async fn write_loop(
     write: WriteHalf,
-    mut messages: mpsc::Receiver<Frames>,
-    queued_bytes: Arc<AtomicUsize>,
+    mut messages: mpsc::UnboundedReceiver<(Frames, OwnedSemaphorePermit)>,
 ) {
     let mut writer = BufWriter::with_capacity(64 * 1024, write);
     let mut chunks = Vec::new();
+    let mut written_permits = Vec::new();
     while let Some(first) = messages.recv().await {
         // Write everything already queued before one flush: fewer system calls when
         // output streams fast.
         let mut next = Some(first);
         let mut written = 0;
-        while let Some(frames) = next {
+        while let Some((frames, permit)) = next {
             written += frames.iter().map(Bytes::len).sum::<usize>();
             codec::encode_message(&frames, &mut chunks);
             for chunk in chunks.drain(..) {
                 if writer.write_all(&chunk).await.is_err() {
+                    messages.close();
                     return;
                 }
             }
+            written_permits.push(permit);
             next = if written < 1024 * 1024 {
                 messages.try_recv().ok()
             } else {
@@ -252,8 +272,10 @@ async fn write_loop(
             };
         }
         let flushed = writer.flush().await;
-        queued_bytes.fetch_sub(written, Ordering::AcqRel);
+        // The room is given back once the bytes are with the operating system.
+        written_permits.clear();
         if flushed.is_err() {
+            messages.close();
             return;
         }
     }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -36,7 +37,9 @@ pub struct Publisher {
 struct Subscriber {
     sender: PeerSender,
     topics: Vec<Bytes>,
+    /// Messages lost since the subscriber stalled.
     dropped: u64,
+    stalled: bool,
 }
 
 type Subscribers = Arc<Mutex<HashMap<Bytes, Subscriber>>>;
@@ -88,7 +91,7 @@ pub(in crate::transport) fn spawn_publisher(
                         deliver(&peer, subscriber, frames);
                     }
                 }
-                Some(frames) = to_publish.recv() => fan_out(&subscribers, &frames),
+                Some(frames) = to_publish.recv() => fan_out(&subscribers, &frames).await,
                 else => break,
             }
         }
@@ -100,40 +103,66 @@ pub(in crate::transport) fn spawn_publisher(
     }
 }
 
-fn fan_out(subscribers: &Subscribers, frames: &Frames) {
+/// How long one subscriber may hold up the others before it counts as stalled: from
+/// then on it loses messages while its queue is full, until it catches up.
+const STALL_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Sends a message to every matching subscriber. A subscriber that is slow but
+/// reading gets everything (the others wait for room in its queue, as the kernel
+/// would wait for a slow direct frontend); one that stopped reading stalls and alone
+/// loses messages.
+async fn fan_out(subscribers: &Subscribers, frames: &Frames) {
     let topic = frames.first().map(Bytes::as_ref).unwrap_or_default();
-    for (peer, subscriber) in lock(subscribers).iter_mut() {
-        if subscriber
-            .topics
-            .iter()
-            .any(|prefix| topic.starts_with(prefix))
-        {
-            deliver(peer, subscriber, frames.clone());
+    let targets: Vec<(Bytes, PeerSender, bool)> = lock(subscribers)
+        .iter()
+        .filter(|(_, subscriber)| {
+            subscriber
+                .topics
+                .iter()
+                .any(|prefix| topic.starts_with(prefix))
+        })
+        .map(|(peer, subscriber)| (peer.clone(), subscriber.sender.clone(), subscriber.stalled))
+        .collect();
+    for (peer, sender, stalled) in targets {
+        let result = if stalled {
+            sender.try_send(frames.clone())
+        } else {
+            sender.send(frames.clone(), STALL_PATIENCE).await
+        };
+        if let Some(subscriber) = lock(subscribers).get_mut(&peer) {
+            note_delivery(&peer, subscriber, result);
         }
     }
 }
 
 fn deliver(peer: &Bytes, subscriber: &mut Subscriber, frames: Frames) {
-    match subscriber.sender.try_send(frames) {
+    let result = subscriber.sender.try_send(frames);
+    note_delivery(peer, subscriber, result);
+}
+
+fn note_delivery(peer: &Bytes, subscriber: &mut Subscriber, result: Result<(), QueueError>) {
+    match result {
         Ok(()) => {
             if subscriber.dropped > 0 {
                 tracing::warn!(
                     channel = %Channel::Iopub,
                     peer = %hex::encode(peer),
                     dropped = subscriber.dropped,
-                    "slow frontend caught up; it missed messages"
+                    "stalled frontend caught up; it missed messages"
                 );
-                subscriber.dropped = 0;
             }
+            subscriber.dropped = 0;
+            subscriber.stalled = false;
         }
         Err(QueueError::Full) => {
-            if subscriber.dropped == 0 {
+            if !subscriber.stalled {
                 tracing::warn!(
                     channel = %Channel::Iopub,
                     peer = %hex::encode(peer),
-                    "frontend is not reading iopub; dropping its messages until it catches up"
+                    "frontend stopped reading iopub; dropping its messages until it catches up"
                 );
             }
+            subscriber.stalled = true;
             subscriber.dropped += 1;
         }
         Err(QueueError::Closed) => {}
@@ -163,6 +192,7 @@ async fn serve_subscriber(
             sender: PeerSender::spawn(write),
             topics: Vec::new(),
             dropped: 0,
+            stalled: false,
         },
     );
     loop {
