@@ -16,25 +16,9 @@ quick=""
 
 cargo build --release --quiet
 bash scripts/python-env.sh
-bin="$PWD/target/release/jupyter-audit"
+source scripts/sandbox.sh
 py="$PWD/.venv/bin/python"
-
-tmp="$(mktemp -d)"
-collector=""
-cleanup() {
-    if [ -n "$collector" ]; then kill "$collector" 2>/dev/null || true; wait "$collector" 2>/dev/null || true; fi
-    if [ -n "${KEEP:-}" ]; then echo "kept: $tmp"; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-export JUPYTER_PATH="$tmp/share/jupyter" JUPYTER_DATA_DIR="$tmp/data" \
-    JUPYTER_RUNTIME_DIR="$tmp/runtime" JUPYTER_CONFIG_DIR="$tmp/config" IPYTHONDIR="$tmp/ipython"
-store="$tmp/store"
-socket="$tmp/collector.sock"
-
-"$bin" collector --store "$store" --socket "$socket" 2>"$tmp/collector.log" &
-collector=$!
-for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.05; done
-[ -S "$socket" ] || { echo "bench: the collector did not start" >&2; cat "$tmp/collector.log" >&2; exit 1; }
+start_collector
 
 kernels="$JUPYTER_PATH/kernels"
 mkdir -p "$kernels/bench-direct" "$kernels/bench-pyzmq" "$tmp/wrap"

@@ -2,7 +2,7 @@
 # The whole story on the embedded default: a collector owning a store, an audited
 # ipykernel, examples/demo.ipynb executed through it, and then the trail as an auditor
 # sees it (log, sessions, verify, replay). Everything lives in a temporary directory
-# removed at the end (set KEEP=1 to keep it).
+# removed at the end (set KEEP=1 to keep it; see scripts/sandbox.sh).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,26 +10,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 cargo build --release --quiet
 bash scripts/python-env.sh
-bin="$PWD/target/release/jupyter-audit"
-
-tmp="$(mktemp -d)"
-collector=""
-cleanup() {
-    [ -n "$collector" ] && kill "$collector" 2>/dev/null && wait "$collector" 2>/dev/null
-    if [ -n "${KEEP:-}" ]; then echo "kept: $tmp"; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-export JUPYTER_PATH="$tmp/share/jupyter" JUPYTER_DATA_DIR="$tmp/data" \
-    JUPYTER_RUNTIME_DIR="$tmp/runtime" JUPYTER_CONFIG_DIR="$tmp/config" IPYTHONDIR="$tmp/ipython"
-store="$tmp/store"
-socket="$tmp/collector.sock"
+source scripts/sandbox.sh
 
 section() { printf '\n=== %s\n' "$*"; }
 
 section "collector: $bin collector --store $store --socket $socket"
-"$bin" collector --store "$store" --socket "$socket" &
-collector=$!
-for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.05; done
+start_collector
 
 section "audited kernelspec: jupyter-audit install --wrap python3 --socket …"
 mkdir -p "$tmp/python3"
@@ -68,8 +54,7 @@ for cell in nb.cells:
 PY
 
 section "collector stopped (SIGTERM): it writes a final signed checkpoint"
-kill "$collector" && wait "$collector" || true
-collector=""
+stop_collector
 
 section "the trail, read by a reviewer: jupyter-audit log --store …"
 "$bin" log --store "$store"

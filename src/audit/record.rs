@@ -107,10 +107,6 @@ impl RecordBuilder {
         }
     }
 
-    pub fn context(&self) -> &SessionContext {
-        &self.context
-    }
-
     /// A record of `action` with the session's context; `fields` go into `jupyter`.
     pub fn event(&self, action: &str, fields: Map<String, Value>) -> Record {
         event_record(&self.context, action, fields)

@@ -51,6 +51,8 @@ enum Submission {
     /// A record, and the room it holds in its sender's memory budget until stored.
     Record(Record, Option<OwnedSemaphorePermit>),
     Durable(Record, oneshot::Sender<Result<u64, AuditError>>),
+    /// Answered once every record submitted before it is stored.
+    Flush(oneshot::Sender<Result<u64, AuditError>>),
 }
 
 /// Handle to the client task.
@@ -66,6 +68,7 @@ impl std::fmt::Debug for Submission {
         formatter.write_str(match self {
             Self::Record(..) => "Record",
             Self::Durable(..) => "Durable",
+            Self::Flush(_) => "Flush",
         })
     }
 }
@@ -84,6 +87,7 @@ impl AuditClient {
                 submissions: receiver,
                 lost: lost.clone(),
                 pending: VecDeque::new(),
+                flushes: VecDeque::new(),
                 next_id: 1,
                 connection: None,
                 last_error: "not connected yet".into(),
@@ -150,11 +154,7 @@ impl AuditClient {
     /// Waits until everything queued so far is stored, or `patience` runs out.
     pub async fn flush(&self, patience: Duration) -> Result<u64, AuditError> {
         let (ack, acked) = oneshot::channel();
-        let queued = tokio::time::timeout(
-            patience,
-            self.submissions
-                .send(Submission::Durable(Record::new(), ack)),
-        );
+        let queued = tokio::time::timeout(patience, self.submissions.send(Submission::Flush(ack)));
         match queued.await {
             Ok(Ok(())) => Ticket(Ok(acked)).wait(patience).await,
             Ok(Err(_)) => Err(AuditError::Stopped),
@@ -178,6 +178,12 @@ impl Ticket {
             Err(_) => Err(AuditError::Timeout(patience)),
         }
     }
+}
+
+/// Someone waiting for every record up to `last_id` to be stored.
+struct FlushWaiter {
+    last_id: u64,
+    done: oneshot::Sender<Result<u64, AuditError>>,
 }
 
 struct Pending {
@@ -214,6 +220,7 @@ struct ClientTask {
     submissions: mpsc::Receiver<Submission>,
     lost: Arc<AtomicU64>,
     pending: VecDeque<Pending>,
+    flushes: VecDeque<FlushWaiter>,
     next_id: u64,
     connection: Option<Connection>,
     last_error: String,
@@ -273,50 +280,49 @@ impl ClientTask {
         for pending in &mut self.pending {
             if let Some(ack) = pending.ack.take() {
                 let _ = ack.send(Err(AuditError::Unavailable(self.last_error.clone())));
-                if let Some(Value::Object(jupyter)) = pending.record.get_mut("jupyter") {
-                    jupyter.insert("write_ahead_failed".into(), json!(true));
-                }
+                mark_write_ahead_failed(&mut pending.record);
             }
+        }
+        for waiter in self.flushes.drain(..) {
+            let _ = waiter
+                .done
+                .send(Err(AuditError::Unavailable(self.last_error.clone())));
         }
     }
 
     async fn submit(&mut self, submission: Submission) {
-        let (record, ack, room) = match submission {
-            Submission::Record(record, room) => (record, None, room),
+        let lost_in_queue = self.lost.swap(0, Ordering::Relaxed);
+        if lost_in_queue > 0 {
+            self.note_lost(lost_in_queue, "the proxy's audit queue was full".into());
+        }
+        match submission {
+            Submission::Record(record, room) => self.enqueue(record, None, room).await,
             Submission::Durable(mut record, ack) => {
                 if self.connection.is_none() {
                     // The collector may be back already: try now rather than refuse.
                     self.connect().await;
                 }
-                if self.connection.is_none() {
+                if self.connection.is_some() {
+                    self.enqueue(record, Some(ack), None).await;
+                } else {
                     let _ = ack.send(Err(AuditError::Unavailable(self.last_error.clone())));
                     // Stored once the collector is back, marked as late.
-                    if let Some(Value::Object(jupyter)) = record.get_mut("jupyter") {
-                        jupyter.insert("write_ahead_failed".into(), json!(true));
-                    }
-                    (record, None, None)
-                } else {
-                    (record, Some(ack), None)
+                    mark_write_ahead_failed(&mut record);
+                    self.enqueue(record, None, None).await;
                 }
             }
-        };
-        let lost_in_queue = self.lost.swap(0, Ordering::Relaxed);
-        if lost_in_queue > 0 {
-            self.note_lost(lost_in_queue, "the proxy's audit queue was full".into());
+            Submission::Flush(done) => {
+                if self.connection.is_none() && !self.pending.is_empty() {
+                    let _ = done.send(Err(AuditError::Unavailable(self.last_error.clone())));
+                    return;
+                }
+                self.flushes.push_back(FlushWaiter {
+                    last_id: self.next_id - 1,
+                    done,
+                });
+                self.release_flushes();
+            }
         }
-        if record.is_empty() {
-            // A flush marker: acknowledged once everything before it is.
-            self.pending.push_back(Pending {
-                id: 0,
-                record,
-                ack,
-                written: true,
-                _room: None,
-            });
-            self.release_flush_markers();
-            return;
-        }
-        self.enqueue(record, ack, room).await;
     }
 
     /// Adds a record to the pending list and writes it when connected.
@@ -387,31 +393,13 @@ impl ClientTask {
             return;
         };
         let mut result = Ok(());
-        for pending in self
-            .pending
-            .iter_mut()
-            .filter(|pending| !pending.written && pending.id != 0)
-        {
-            result = write_frame(
-                &mut connection.writer,
-                &RecordFrame {
-                    id: pending.id,
-                    record: &pending.record,
-                },
-            )
-            .await;
+        for pending in self.pending.iter_mut().filter(|pending| !pending.written) {
+            result = write_record(&mut connection.writer, pending).await;
             if let Err(ProtocolError::Oversized(size)) = result {
                 // Nothing was written; a record too large to send would block every
                 // record after it, so its place is kept by a stub that says so.
                 pending.record = too_large_stub(&pending.record, size);
-                result = write_frame(
-                    &mut connection.writer,
-                    &RecordFrame {
-                        id: pending.id,
-                        record: &pending.record,
-                    },
-                )
-                .await;
+                result = write_record(&mut connection.writer, pending).await;
             }
             if result.is_err() {
                 break;
@@ -453,7 +441,7 @@ impl ClientTask {
         };
         // Acknowledgements come in order; anything before `id` was acknowledged too.
         while let Some(front) = self.pending.front() {
-            if front.id != 0 && front.id > id {
+            if front.id > id {
                 break;
             }
             let Some(done) = self.pending.pop_front() else {
@@ -473,16 +461,40 @@ impl ClientTask {
                 break;
             }
         }
-        self.release_flush_markers();
+        self.release_flushes();
     }
 
-    /// Flush markers at the front have nothing left before them.
-    fn release_flush_markers(&mut self) {
-        while self.pending.front().is_some_and(|front| front.id == 0) {
-            if let Some(Pending { ack: Some(ack), .. }) = self.pending.pop_front() {
-                let _ = ack.send(Ok(0));
+    /// Answers the flush waiters that have nothing left before them.
+    fn release_flushes(&mut self) {
+        let oldest_pending = self.pending.front().map_or(u64::MAX, |front| front.id);
+        while self
+            .flushes
+            .front()
+            .is_some_and(|waiter| waiter.last_id < oldest_pending)
+        {
+            if let Some(waiter) = self.flushes.pop_front() {
+                let _ = waiter.done.send(Ok(waiter.last_id));
             }
         }
+    }
+}
+
+async fn write_record(
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    pending: &Pending,
+) -> Result<(), ProtocolError> {
+    let frame = RecordFrame {
+        id: pending.id,
+        record: &pending.record,
+    };
+    write_frame(writer, &frame).await
+}
+
+/// Marks a record whose write-ahead failed: it is stored late, after the request was
+/// refused (block) or ran anyway (allow).
+fn mark_write_ahead_failed(record: &mut Record) {
+    if let Some(Value::Object(jupyter)) = record.get_mut("jupyter") {
+        jupyter.insert("write_ahead_failed".into(), json!(true));
     }
 }
 

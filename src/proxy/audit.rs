@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::audit::{Direction, Observation, RecordBuilder, SessionContext, SizePolicy};
 use crate::cli::OnAuditFailure;
@@ -62,10 +61,10 @@ impl Auditor {
         context: SessionContext,
         size: SizePolicy,
         policy: OnAuditFailure,
-    ) -> (Arc<Self>, JoinHandle<()>) {
+    ) -> Arc<Self> {
         let (jobs, mut pending) = mpsc::channel(JOB_CAPACITY);
         let task_client = client.clone();
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             let mut builder = RecordBuilder::new(context, size);
             while let Some(job) = pending.recv().await {
                 match job {
@@ -89,16 +88,12 @@ impl Auditor {
                 }
             }
         });
-        let budget = Arc::new(Semaphore::new(BUDGET_BYTES));
-        (
-            Arc::new(Self {
-                jobs,
-                client,
-                budget,
-                policy,
-            }),
-            task,
-        )
+        Arc::new(Self {
+            jobs,
+            client,
+            budget: Arc::new(Semaphore::new(BUDGET_BYTES)),
+            policy,
+        })
     }
 
     /// Records a message. Waits only when the records not yet stored hold more than

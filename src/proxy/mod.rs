@@ -104,7 +104,7 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
             kernel_name: frontend_info.kernel_name.clone(),
         };
         let (client, _) = AuditClient::spawn(settings.socket.clone(), context.clone());
-        Auditor::start(client, context, settings.size, settings.on_failure).0
+        Auditor::start(client, context, settings.size, settings.on_failure)
     });
     let sides = Arc::new(Sides {
         frontend: frontend_info.signer()?,
@@ -178,12 +178,7 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
                 activity.clone(),
                 publish.clone(),
             ),
-            iopub::spawn_relay(
-                upstream.iopub.incoming,
-                publish,
-                sides.clone(),
-                activity.clone(),
-            ),
+            iopub::spawn_relay(upstream.iopub, publish, sides.clone(), activity.clone()),
         ];
         Ok::<_, ProxyError>(tasks)
     };

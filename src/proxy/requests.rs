@@ -16,7 +16,7 @@ use crate::audit::{Direction, needs_write_ahead};
 use crate::cli::OnAuditFailure;
 use crate::connection::Channel;
 use crate::transport::{Frames, Link};
-use crate::wire::{WireError, WireMessage};
+use crate::wire::{Header, WireError, WireMessage};
 
 pub(super) fn spawn(
     channel: Channel,
@@ -39,8 +39,17 @@ pub(super) fn spawn(
     let requests = async move {
         while let Some(frames) = from_frontend.recv().await {
             match accept_from_frontend(frames, &requests_sides) {
-                Ok(mut message) => {
-                    if !admit(channel, &message, &requests_sides, &refusals_to, &iopub).await {
+                Ok((mut message, header)) => {
+                    if !admit(
+                        channel,
+                        &message,
+                        &header,
+                        &requests_sides,
+                        &refusals_to,
+                        &iopub,
+                    )
+                    .await
+                    {
                         continue;
                     }
                     message.resign(&requests_sides.kernel);
@@ -81,6 +90,7 @@ pub(super) fn spawn(
 async fn admit(
     channel: Channel,
     message: &WireMessage,
+    header: &Header,
     sides: &Sides,
     to_frontend: &mpsc::Sender<Frames>,
     iopub: &mpsc::Sender<Frames>,
@@ -88,7 +98,6 @@ async fn admit(
     let Some(auditor) = &sides.auditor else {
         return true;
     };
-    let header = message.header().unwrap_or_default();
     if !needs_write_ahead(&header.msg_type) {
         auditor
             .observe(channel, Direction::FromFrontend, message)
@@ -167,18 +176,19 @@ impl Rejection {
 }
 
 /// Checks a frontend message: size, framing, signature, header, replay.
+/// Returns the message and its parsed header.
 pub(super) fn accept_from_frontend(
     frames: Frames,
     sides: &Sides,
-) -> Result<WireMessage, Rejection> {
+) -> Result<(WireMessage, Header), Rejection> {
     let message = WireMessage::from_frames(frames, sides.max_message_bytes)
         .map_err(|error| Rejection::new("frontend", error, None))?;
     if let Err(error) = message.verify(&sides.frontend) {
         return Err(Rejection::new("frontend", error, Some(&message)));
     }
-    if let Err(error) = message.header() {
-        return Err(Rejection::new("frontend", error, None));
-    }
+    let header = message
+        .header()
+        .map_err(|error| Rejection::new("frontend", error, None))?;
     let first_use = match sides.replay.lock() {
         Ok(mut guard) => guard.first_use(&message.signature),
         Err(poisoned) => poisoned.into_inner().first_use(&message.signature),
@@ -190,7 +200,7 @@ pub(super) fn accept_from_frontend(
             Some(&message),
         ));
     }
-    Ok(message)
+    Ok((message, header))
 }
 
 /// Checks a kernel message: framing and the private key's signature.
@@ -245,7 +255,8 @@ mod tests {
     fn a_properly_signed_request_passes_once_and_its_replay_is_rejected() {
         let sides = sides(usize::MAX);
         let frames = signed_request(&sides.frontend);
-        let accepted = accept_from_frontend(frames.clone(), &sides).expect("accepted");
+        let (accepted, header) = accept_from_frontend(frames.clone(), &sides).expect("accepted");
+        assert_eq!(header.msg_type, "execute_request");
         assert_eq!(accepted.routing, vec![Bytes::from_static(b"client")]);
         let replay = accept_from_frontend(frames, &sides).expect_err("replay");
         assert_eq!(replay.error, WireError::Replayed);

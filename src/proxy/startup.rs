@@ -4,10 +4,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{ProxyError, Sides};
-use crate::transport::Link;
+use crate::transport::{Frames, Link};
 use crate::wire::{WireMessage, compose};
 
 /// Routing frame of the proxy's own requests, so their replies are not relayed.
@@ -22,7 +23,7 @@ const NUDGE_INTERVAL: Duration = Duration::from_millis(500);
 /// proxy's own kernel_info_request do.
 pub(super) async fn wait_until_ready(
     shell: &mut Link,
-    iopub: &mut Link,
+    iopub: &mut mpsc::Receiver<Frames>,
     sides: &Sides,
     patience: Duration,
 ) -> Result<(), ProxyError> {
@@ -53,7 +54,7 @@ pub(super) async fn wait_until_ready(
                     replied = true;
                 }
             }
-            Some(frames) = iopub.incoming.recv() => {
+            Some(frames) = iopub.recv() => {
                 // Anything properly signed proves the subscription is live. It is not
                 // relayed: it belongs to the proxy's own requests or to the welcome.
                 if let Ok(message) = WireMessage::from_frames(frames, usize::MAX)

@@ -279,7 +279,6 @@ pub fn end_description(value: &Value) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use serde_json::json;
 
@@ -405,13 +404,7 @@ mod tests {
             "user": {"id": "1000", "name": "alice"},
             "jupyter": {"session_id": "0123456789abcdef", "stream": "stdout", "text": "\u{1b}]0;pwned\u{7}visible\nhidden"}
         });
-        let record = StoredRecord {
-            segment: PathBuf::from("s"),
-            line: 1,
-            sequence: 42,
-            raw: value.to_string(),
-            value,
-        };
+        let record = StoredRecord::synthetic(42, value);
         let row = row(&record);
         assert_eq!(
             row,

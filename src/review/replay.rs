@@ -687,13 +687,7 @@ mod tests {
                 "host": {"name": "h"},
                 "jupyter": fields,
             });
-            StoredRecord {
-                segment: PathBuf::from("segment"),
-                line: sequence,
-                sequence,
-                raw: value.to_string(),
-                value,
-            }
+            StoredRecord::synthetic(sequence, value)
         }
 
         fn request(&self, msg_id: &str, code: &str) -> StoredRecord {

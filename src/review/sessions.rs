@@ -534,7 +534,6 @@ fn write_table(sessions: &[Session], out: &mut dyn Write) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use serde_json::json;
 
@@ -549,13 +548,7 @@ mod tests {
     }
 
     fn stored(sequence: u64, value: Value) -> StoredRecord {
-        StoredRecord {
-            segment: PathBuf::from("segment"),
-            line: sequence,
-            sequence,
-            raw: value.to_string(),
-            value,
-        }
+        StoredRecord::synthetic(sequence, value)
     }
 
     fn record(sequence: u64, session: &str, action: &str, jupyter: Value) -> StoredRecord {

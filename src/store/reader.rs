@@ -29,6 +29,21 @@ pub struct StoredRecord {
     pub value: Value,
 }
 
+#[cfg(test)]
+impl StoredRecord {
+    /// A record as if read from line `sequence` of a segment, for tests of the tools
+    /// that read stores.
+    pub(crate) fn synthetic(sequence: u64, value: Value) -> Self {
+        Self {
+            segment: PathBuf::from("segment"),
+            line: sequence,
+            sequence,
+            raw: value.to_string(),
+            value,
+        }
+    }
+}
+
 /// A line that could not be read as a record.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{}:{line}: {kind}", segment.display())]

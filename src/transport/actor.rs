@@ -10,15 +10,18 @@ fn to_message(frames: Frames) -> Option<ZmqMessage> {
     ZmqMessage::try_from(frames).ok()
 }
 
-/// A receive-only socket (SUB). The outgoing queue is kept but unused.
-pub(super) fn spawn_receiver<S>(mut socket: S, channel: Channel, capacity: usize) -> Link
+/// A receive-only socket (SUB): only an incoming queue.
+pub(super) fn spawn_receiver<S>(
+    mut socket: S,
+    channel: Channel,
+    capacity: usize,
+) -> mpsc::Receiver<Frames>
 where
     S: SocketRecv + Send + 'static,
 {
-    let (outgoing, _unused) = mpsc::channel::<Frames>(1);
     let (received, incoming) = mpsc::channel::<Frames>(capacity);
     tokio::spawn(async move { while pass_on(socket.recv().await, &received, channel).await {} });
-    Link { outgoing, incoming }
+    incoming
 }
 
 /// Hands a received message to the link; false once the socket or the link is closed.
@@ -36,7 +39,7 @@ async fn pass_on(
     }
 }
 
-/// Any socket that sends and receives from one task (DEALER, SUB, XPUB).
+/// Any socket that sends and receives from one task (DEALER).
 /// Receiving from the socket is cancel-safe, so it can race the outgoing queue.
 pub(super) fn spawn_duplex<S>(mut socket: S, channel: Channel, capacity: usize) -> Link
 where

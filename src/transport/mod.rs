@@ -52,8 +52,8 @@ pub struct KernelLinks {
     pub shell: Link,
     pub control: Link,
     pub stdin: Link,
-    /// Incoming: everything the kernel publishes (subscribed to all topics).
-    pub iopub: Link,
+    /// Everything the kernel publishes (subscribed to all topics).
+    pub iopub: mpsc::Receiver<Frames>,
     pub heartbeat: Link,
 }
 
