@@ -323,6 +323,29 @@ class KernelSocket:
         msg_id = self.send("shell", "kernel_info_request", {})
         return self.reply_to(msg_id, "kernel_info_reply", timeout)
 
+    def await_iopub(self, timeout: float = REPLY_TIMEOUT) -> None:
+        """Ask for kernel_info until one of the requests shows up on iopub.
+
+        After a restart the websocket's iopub subscription reconnects on its own schedule
+        (ZMQ's slow joiner), so a reply on shell does not mean iopub flows yet: a direct
+        ipykernel loses the first outputs the same way. jupyter_server's nudge does this
+        for a new websocket; the test does it after a restart.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            msg_id = self.send("shell", "kernel_info_request", {})
+            try:
+                self.wait_for(
+                    lambda m: m.get("channel") == "iopub"
+                    and m.get("parent_header", {}).get("msg_id") == msg_id,
+                    min(1.0, max(0.1, deadline - time.monotonic())),
+                    f"iopub status of kernel_info {msg_id}",
+                )
+                return
+            except AssertionError:
+                if time.monotonic() >= deadline:
+                    raise
+
     def execute(self, code: str, allow_stdin: bool = False) -> str:
         return self.send(
             "shell",
@@ -512,6 +535,7 @@ def test_restart(session):
     # As JupyterLab does after a restart: ask for kernel_info on the same websocket.
     info = ws.kernel_info(timeout=REPLY_TIMEOUT)
     assert info["content"]["status"] == "ok"
+    ws.await_iopub()
     after = session.pids()
     assert after["kernel"] != before["kernel"]
     for role, pid in before.items():
