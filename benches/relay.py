@@ -6,6 +6,7 @@ by hand:
 
     .venv/bin/python benches/relay.py --store STORE [--bin target/release/jupyter-audit]
         [--direct bench-direct] [--audited bench-audited] [--pyzmq bench-pyzmq] [--quick]
+        [--only rtt,big,...]
 
 The client is a lean pyzmq client (jupyter_client's Session signs; replies are matched
 by parent msg_id, parsing only what it needs), so client cost hides as little of the
@@ -154,6 +155,20 @@ class Kernel:
     def pid(self):
         return self.km.provisioner.process.pid
 
+    def processes(self):
+        """{role: pid} of what this variant runs: the launched process and its children."""
+        roles = {"launched": self.pid}
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                children = [int(x) for x in f.read().split()]
+        except OSError:
+            children = []
+        if children:  # a relay: its child is the kernel
+            roles = {"relay": self.pid, "kernel": children[0]}
+        else:
+            roles = {"kernel": self.pid}
+        return roles
+
     def rss_kb(self):
         with open(f"/proc/{self.pid}/status") as f:
             for line in f:
@@ -221,13 +236,51 @@ SETUP_PNG = (
 CODE_PNG = "_display({'image/png': _png}, raw=True)\n"
 
 
+FIGURES = ("startup", "rtt", "big", "prints", "png", "memory")
+SELECTED = set(FIGURES)
+
+
+CLOCK_TICK = 1 / os.sysconf("SC_CLK_TCK")
+# CPU seconds per figure and variant: {label: {name: {role: seconds}}}; roles are the
+# kernel, the relay, the collector (its whole CPU while the variant ran) and this client.
+CPU = {}
+COLLECTOR_PID = [None]
+
+
+def cpu_seconds(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * CLOCK_TICK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def cpu_snapshot(kernel):
+    roles = dict(kernel.processes()) if isinstance(kernel, Kernel) else {}
+    if COLLECTOR_PID[0]:
+        roles["collector"] = COLLECTOR_PID[0]
+    snap = {role: cpu_seconds(pid) for role, pid in roles.items()}
+    t = os.times()
+    snap["client"] = t.user + t.system
+    return snap
+
+
 def interleave(kernels, reps, fn, results, label):
-    """fn(name, kernel) -> seconds; the order rotates each repetition."""
+    """fn(name, kernel) -> seconds; the order rotates each repetition. The CPU each
+    process spent during the calls is added up in CPU[label][name]."""
+    if label not in SELECTED:
+        return
     names = list(kernels)
     for rep in range(reps):
         order = names[rep % len(names):] + names[: rep % len(names)]
         for name in order:
+            before = cpu_snapshot(kernels[name])
             results.setdefault(label, {}).setdefault(name, []).append(fn(name, kernels[name]))
+            after = cpu_snapshot(kernels[name])
+            spent = CPU.setdefault(label, {}).setdefault(name, {})
+            for role, value in after.items():
+                spent[role] = spent.get(role, 0.0) + value - before.get(role, value)
 
 
 def versions(binary, direct_name):
@@ -270,8 +323,19 @@ def main():
     ap.add_argument("--direct", default="bench-direct")
     ap.add_argument("--audited", default="bench-audited")
     ap.add_argument("--pyzmq", default="bench-pyzmq", help="'' to leave the pyzmq relay out")
+    ap.add_argument("--relay-only", default="bench-relay-only",
+                    help="jupyter-audit kernel --no-audit: the relay without the audit path "
+                         "('' to leave it out)")
+    ap.add_argument("--collector-pid", type=int, help="the collector's pid, for its CPU time")
     ap.add_argument("--quick", action="store_true", help="tiny repetitions: checks the harness runs")
+    ap.add_argument("--only", help=f"comma-separated subset of {','.join(FIGURES)} (for profiling)")
     args = ap.parse_args()
+    if args.only:
+        SELECTED.clear()
+        SELECTED.update(f.strip() for f in args.only.split(","))
+        unknown = SELECTED - set(FIGURES)
+        if unknown:
+            ap.error(f"unknown figures {sorted(unknown)}; choose from {','.join(FIGURES)}")
 
     q = args.quick
     reps = dict(
@@ -286,7 +350,10 @@ def main():
     png_bytes = (1 if q else 10) * MB
     mem_mb = (16, 64) if q else (256, 1024)
 
+    COLLECTOR_PID[0] = args.collector_pid
     names = {"direct": args.direct, "audited": args.audited}
+    if args.relay_only:
+        names["no-audit"] = args.relay_only
     if args.pyzmq:
         names["pyzmq"] = args.pyzmq
     res = {}
@@ -344,13 +411,14 @@ def main():
             return dt
 
         interleave(kernels, reps["big"], big, res, "big")
-        session, total, records, kept, hashed = store_stream_bytes(
-            args.bin, args.store, last_big["audited"], big_mb * MB)
-        ok = total == big_mb * MB
-        notes.append(
-            f"store check ({big_mb} MB cell, session {str(session)[:8]}): {records} stream records "
-            f"({kept} kept in full, {hashed} as size+sha256) sum to {total} bytes of {big_mb * MB}: "
-            f"{'every byte accounted for' if ok else 'BYTES MISSING'}")
+        if "audited" in last_big:
+            session, total, records, kept, hashed = store_stream_bytes(
+                args.bin, args.store, last_big["audited"], big_mb * MB)
+            ok = total == big_mb * MB
+            notes.append(
+                f"store check ({big_mb} MB cell, session {str(session)[:8]}): {records} stream "
+                f"records ({kept} kept in full, {hashed} as size+sha256) sum to {total} bytes of "
+                f"{big_mb * MB}: {'every byte accounted for' if ok else 'BYTES MISSING'}")
 
         log(f"{n_prints} prints …")
 
@@ -377,7 +445,7 @@ def main():
 
     # Proxy memory: fresh kernels, RSS idle, after mem_mb[0] and after mem_mb[1] of output.
     mem = {}
-    for name in [n for n in names if n != "direct"]:
+    for name in [n for n in names if n != "direct" and "memory" in SELECTED]:
         log(f"memory ({name}) …")
         k = Kernel(names[name])
         try:
@@ -391,7 +459,7 @@ def main():
             for mark in mem_mb:
                 seen += k.client.run(CODE_50MB.format(n=mark - done), count_stream=True)[1]
                 done = mark
-                time.sleep(0.5)
+                time.sleep(1.0)  # the proxy hands free memory back within a second
                 row[mark] = k.rss_kb()
             with open(f"/proc/{k.pid}/status") as f:
                 row["hwm"] = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
@@ -421,6 +489,8 @@ def main():
     print(head)
     print("-" * len(head))
     for key, (label, t50, t99) in targets.items():
+        if key not in res:
+            continue
         d = res[key]["direct"]
         d50, d99 = percentile(d, 50), percentile(d, 99)
         for name in others:
@@ -433,8 +503,8 @@ def main():
                 verdict = "(comparison)"
             print(f"{label:34} {name:8} {len(a):4} {ms(d50)}/{ms(d99)} {ms(a50)}/{ms(a99)} "
                   f"{r50:9.3f} {r99:9.3f}  {target:17} {verdict}")
-    d = res["startup"]["direct"]
-    for name in others:
+    d = res.get("startup", {}).get("direct")
+    for name in others if d else []:
         a = res["startup"][name]
         diff50 = (percentile(a, 50) - percentile(d, 50)) * 1000
         diff99 = (percentile(a, 99) - percentile(d, 99)) * 1000
@@ -453,6 +523,28 @@ def main():
               f"after {lo} MB {row[lo] / 1024:.1f} MiB, after {hi} MB {row[hi] / 1024:.1f} MiB "
               f"(growth {growth / 1024:+.1f} MiB, peak {row['hwm'] / 1024:.1f} MiB)  "
               f"target ≤15 MiB, no growth  {verdict}")
+    print()
+    print("CPU per operation, ms (all processes of the variant; the collector's for the "
+          "audited one), and how busy the cores were: CPU / (cores × wall)")
+    head = f"{'figure':34} {'variant':8} {'kernel':>8} {'relay':>8} {'collector':>9} " \
+           f"{'client':>8} {'total':>8} {'wall':>8} {'cores busy':>10}"
+    print(head)
+    print("-" * len(head))
+    cores = os.cpu_count() or 1
+    for key, (label, _, _) in targets.items():
+        spent_by = CPU.get(key, {})
+        # The collector works only for the audited variant, sometimes still while the
+        # next variant runs: all of its CPU in this figure is the audited variant's.
+        collector = sum(spent.get("collector", 0.0) for spent in spent_by.values())
+        for name, spent in spent_by.items():
+            n = len(res[key][name])
+            per = {role: spent.get(role, 0.0) / n * 1000 for role in ("kernel", "relay", "client")}
+            per["collector"] = collector / n * 1000 if name == "audited" else 0.0
+            total = sum(per.values())
+            wall = sum(res[key][name]) / n * 1000
+            print(f"{label:34} {name:8} {per['kernel']:8.1f} {per['relay']:8.1f} "
+                  f"{per['collector']:9.1f} {per['client']:8.1f} {total:8.1f} {wall:8.1f} "
+                  f"{total / (cores * wall):9.0%}")
     print()
     for note in notes:
         print("note:", note)

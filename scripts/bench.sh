@@ -2,17 +2,28 @@
 # The benchmark of issue 4: prints the whole table. Not a test (PASS/MISS are informational).
 #   scripts/bench.sh            full run (a few minutes on 2 cores)
 #   scripts/bench.sh --quick    tiny repetitions: checks that the harness runs
+#   scripts/bench.sh --only big,collector   a subset (startup rtt big prints png memory
+#                               collector), for profiling one figure
 # Builds the release binary, prepares .venv, starts a collector with its default, durable
-# settings (fsync before ack) on a temporary store, writes three kernelspecs in a temporary
-# JUPYTER_PATH (the direct ipykernel, the audited one, the plain pyzmq relay of
-# benches/pyzmq_relay.py), runs benches/relay.py, then `cargo bench --bench collector` if
+# settings (fsync before ack) on a temporary store, writes four kernelspecs in a temporary
+# JUPYTER_PATH (the direct ipykernel, the audited one, our relay with --no-audit, the plain
+# pyzmq relay of benches/pyzmq_relay.py), runs benches/relay.py, then `cargo bench --bench collector` if
 # benches/collector.rs exists. Everything temporary is removed at the end (KEEP=1 keeps it).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 quick=""
-[ "${1:-}" = "--quick" ] && quick="--quick"
+only=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) quick="--quick" ;;
+        --only) only="${2:?--only needs a list}"; shift ;;
+        *) echo "usage: scripts/bench.sh [--quick] [--only LIST]" >&2; exit 2 ;;
+    esac
+    shift
+done
+relay_only="$(tr ',' '\n' <<<"$only" | grep -vx collector | paste -sd, || true)"
 
 cargo build --release --quiet
 bash scripts/python-env.sh
@@ -29,15 +40,27 @@ JSON
 cp "$kernels/bench-direct/kernel.json" "$tmp/wrap/kernel.json"
 "$bin" install --wrap "$tmp/wrap" --name bench-audited --prefix "$tmp" \
     --socket "$socket" --config /nonexistent >/dev/null
+mkdir -p "$kernels/bench-relay-only"
+cat >"$kernels/bench-relay-only/kernel.json" <<JSON
+{"argv": ["$bin", "kernel", "-f", "{connection_file}", "--no-audit", "--config", "/nonexistent",
+          "--", "$py", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+ "display_name": "bench relay without audit", "language": "python"}
+JSON
 cat >"$kernels/bench-pyzmq/kernel.json" <<JSON
 {"argv": ["$py", "$PWD/benches/pyzmq_relay.py", "-f", "{connection_file}", "--",
           "$py", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
  "display_name": "bench pyzmq relay", "language": "python"}
 JSON
 
-echo "=== relay figures: direct vs audited (durable collector) vs plain pyzmq relay"
-"$py" benches/relay.py --store "$store" --bin "$bin" $quick
+if [ -z "$only" ] || [ -n "$relay_only" ]; then
+    echo "=== relay figures: direct vs audited (durable collector) vs plain pyzmq relay"
+    "$py" benches/relay.py --store "$store" --bin "$bin" --collector-pid "$collector" $quick \
+        ${relay_only:+--only "$relay_only"}
+fi
 
+if [ -n "$only" ] && ! tr ',' '\n' <<<"$only" | grep -qx collector; then
+    exit 0
+fi
 echo
 echo "=== collector figures"
 if [ -f benches/collector.rs ]; then

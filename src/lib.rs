@@ -10,6 +10,7 @@
 //! - [`review`]: the reviewer's tools: `log`, `sessions` and `replay` over a store.
 //! - [`config`]: the admin config file and how it combines with the kernelspec's flags.
 //! - [`proxy`]: the relay between frontends and the real kernel.
+//! - [`memory`]: the process's allocator policy (large buffers reused, free memory returned).
 //! - [`launcher`]: starting, signalling and reaping the real kernel process.
 //! - [`kernelspec`]: writing audited kernelspecs (`install`).
 //! - [`cli`]: argument definitions.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod connection;
 pub mod kernelspec;
 pub mod launcher;
+pub mod memory;
 pub mod proxy;
 pub mod review;
 pub mod store;

@@ -10,24 +10,11 @@ use jupyter_audit::{kernelspec, launcher, review};
 
 fn main() {
     init_tracing();
-    return_large_buffers_to_the_system();
+    jupyter_audit::memory::keep_memory_bounded();
     let cli = Cli::parse();
     if let Err(error) = run(cli) {
         eprintln!("jupyter-audit: {}", describe(&error));
         std::process::exit(1);
-    }
-}
-
-/// Kernel output passes through in buffers of up to megabytes, allocated on one
-/// thread and freed on another. glibc's default raises its mmap threshold after such
-/// frees and then keeps the memory in its heaps: the proxy would grow with output
-/// volume. A fixed threshold makes every large buffer go back to the system when freed.
-fn return_large_buffers_to_the_system() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a setting of the allocator; called before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 
