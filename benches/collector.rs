@@ -138,6 +138,8 @@ fn main() {
         ));
     }
 
+    rows.extend(per_byte_costs(&base, if settings.quick { 4 } else { 64 }));
+
     // 1. Ingest: 64 writers, each its own connection with a window of outstanding records.
     let dir = tempfile::Builder::new()
         .prefix("ingest-")
@@ -752,6 +754,54 @@ fn fsync_latency(dir: &Path, count: usize, size: usize) -> (Duration, Duration) 
     }
     times.sort_unstable();
     (percentile(&times, 0.5), percentile(&times, 0.99))
+}
+
+/// What one pass over the bytes of a big output costs on this machine, for each pass
+/// an auditing relay cannot avoid: the HMAC to check the kernel's signature and the one
+/// to sign for the frontend, the store's SHA-256 chain, JSON string escaping, and the
+/// write into the page cache. Shown as ms per 50 MB, the big-output figure's volume.
+fn per_byte_costs(dir: &Path, megabytes: usize) -> Vec<Row> {
+    use jupyter_audit::wire::{SignatureScheme, Signer};
+    use sha2::{Digest, Sha256};
+    let data = vec![b'x'; megabytes << 20];
+    let per_50mb = |elapsed: Duration| {
+        let ms = elapsed.as_secs_f64() * 1000.0 * 50.0 / megabytes as f64;
+        let rate = megabytes as f64 / elapsed.as_secs_f64();
+        format!("{ms:.1} ms per 50 MB ({rate:.0} MB/s)")
+    };
+    let best_of = |f: &mut dyn FnMut()| {
+        (0..3)
+            .map(|_| {
+                let started = Instant::now();
+                f();
+                started.elapsed()
+            })
+            .min()
+            .unwrap_or_default()
+    };
+    let signer = Signer::new(b"bench-key", SignatureScheme::Sha256);
+    let hmac = best_of(&mut || {
+        std::hint::black_box(signer.sign([b"{}", b"{}", b"{}", &data]));
+    });
+    let sha = best_of(&mut || {
+        std::hint::black_box(Sha256::digest(&data));
+    });
+    let text = String::from_utf8_lossy(&data);
+    let escape = best_of(&mut || {
+        std::hint::black_box(serde_json::to_vec(&text).map(|v| v.len()).unwrap_or(0));
+    });
+    let write = best_of(&mut || {
+        let mut file = tempfile::NamedTempFile::new_in(dir).expect("temp file");
+        for chunk in data.chunks(1 << 20) {
+            file.write_all(chunk).expect("write");
+        }
+    });
+    vec![
+        row("HMAC-SHA256 (verify or re-sign)", per_50mb(hmac)),
+        row("SHA-256 (store chain)", per_50mb(sha)),
+        row("JSON string escaping (serde_json)", per_50mb(escape)),
+        row("write to a new file (page cache)", per_50mb(write)),
+    ]
 }
 
 /// CPU seconds (user + system) of each thread of process `pid`, summed by thread name.

@@ -57,15 +57,26 @@ impl SizePolicy {
     /// A binary output (base64 in the message) as kept: hash and size of the decoded
     /// bytes, and the base64 itself when the policy keeps binaries.
     pub fn binary(&self, base64_text: &str) -> Value {
-        // Jupyter allows line breaks inside base64 image data.
-        let compact: String = base64_text.split_ascii_whitespace().collect();
-        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()) else {
+        // Jupyter allows line breaks inside base64 image data; most kernels send none,
+        // so the data is compacted only when it does not decode as it is.
+        let engine = &base64::engine::general_purpose::STANDARD;
+        let decoded = match engine.decode(base64_text.as_bytes()) {
+            Ok(bytes) => Some((bytes, std::borrow::Cow::Borrowed(base64_text))),
+            Err(_) => {
+                let compact: String = base64_text.split_ascii_whitespace().collect();
+                engine
+                    .decode(compact.as_bytes())
+                    .ok()
+                    .map(|bytes| (bytes, std::borrow::Cow::Owned(compact)))
+            }
+        };
+        let Some((bytes, compact)) = decoded else {
             // Not valid base64: keep it as the text it is.
             return json!({ "invalid_base64": self.text(base64_text) });
         };
         let mut kept = json!({ "sha256": sha256_hex(&bytes), "size": bytes.len() });
         if self.keep_binary {
-            kept["base64"] = Value::String(compact);
+            kept["base64"] = Value::String(compact.into_owned());
         }
         kept
     }

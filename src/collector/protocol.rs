@@ -96,6 +96,7 @@ where
     if length > MAX_FRAME_BYTES {
         return Err(ProtocolError::Oversized(length));
     }
+    crate::memory::large_buffer_received(length);
     let mut body = vec![0u8; length];
     reader
         .read_exact(&mut body)

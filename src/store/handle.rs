@@ -148,7 +148,7 @@ impl StoreHandle {
     /// An error means the record is not acknowledged. If the future is dropped after
     /// the record was queued, the record may still be stored.
     pub async fn append(&self, record: Map<String, Value>) -> Result<u64> {
-        record::check_record(&record).map_err(StoreError::InvalidRecord)?;
+        let record = record::prepare(record).map_err(StoreError::InvalidRecord)?;
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
@@ -168,10 +168,13 @@ impl StoreHandle {
     /// queue.
     pub async fn submit(&self, record: Map<String, Value>) -> oneshot::Receiver<Result<u64>> {
         let (reply, answer) = oneshot::channel();
-        if let Err(reason) = record::check_record(&record) {
-            let _ = reply.send(Err(StoreError::InvalidRecord(reason)));
-            return answer;
-        }
+        let record = match record::prepare(record) {
+            Ok(prepared) => prepared,
+            Err(reason) => {
+                let _ = reply.send(Err(StoreError::InvalidRecord(reason)));
+                return answer;
+            }
+        };
         let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
             let _ = reply.send(Err(StoreError::Closed));
             return answer;
@@ -188,7 +191,7 @@ impl StoreHandle {
     /// [`append`](Self::append) for threads outside the async runtime (it must not be
     /// called from async code). It does not wait for a free place in the queue.
     pub fn append_blocking(&self, record: Map<String, Value>) -> Result<u64> {
-        record::check_record(&record).map_err(StoreError::InvalidRecord)?;
+        let record = record::prepare(record).map_err(StoreError::InvalidRecord)?;
         let (reply, answer) = oneshot::channel();
         self.send(Append {
             record,

@@ -49,31 +49,142 @@ pub struct Sealed {
     pub hash: ChainHash,
 }
 
-/// Numbers `record` with `sequence`, chains it to `prev` and frames it as one line.
-pub fn seal(
-    mut record: Map<String, Value>,
-    sequence: u64,
-    prev: &ChainHash,
-) -> Result<Sealed, String> {
+/// A record serialised ahead of the writer thread: its body `B` with the place of the
+/// digits of `event.sequence` left open, since only the writer knows the number.
+/// Serialising is most of a record's cost; done in the submitter's task, it runs
+/// beside the writer instead of inside it.
+#[derive(Debug)]
+pub struct Prepared {
+    /// `B` without the sequence digits: `…"event":{…"sequence":` + `…}`.
+    bytes: Vec<u8>,
+    /// Where the digits go.
+    sequence_at: usize,
+}
+
+impl Prepared {
+    /// Length of the stored line this record becomes, sequence digits aside.
+    pub fn line_len(&self) -> usize {
+        self.bytes.len() + SUFFIX_LEN + 1
+    }
+}
+
+/// Checks `record` and serialises it for [`seal_into`]: compact JSON, keys in the
+/// order serde_json's map keeps them (sorted), `event.sequence` among `event`'s keys
+/// where that order puts it, a top-level `chain` dropped.
+pub fn prepare(mut record: Map<String, Value>) -> Result<Prepared, String> {
     check_record(&record)?;
     record.remove("chain");
-    let event = record
-        .entry("event")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(event) = event {
-        event.insert("sequence".into(), Value::from(sequence));
+    let mut event = match record.remove("event") {
+        Some(Value::Object(event)) => event,
+        _ => Map::new(),
+    };
+    event.remove("sequence");
+    let mut out = JsonObject::new(Vec::with_capacity(512));
+    let mut sequence_at = None;
+    let mut write_event = |out: &mut JsonObject| -> Result<(), String> {
+        out.key("event")?;
+        let mut inner = JsonObject::new(std::mem::take(&mut out.bytes));
+        for (key, value) in &event {
+            if sequence_at.is_none() && key.as_str() > "sequence" {
+                inner.key("sequence")?;
+                sequence_at = Some(inner.bytes.len());
+                inner.first = false;
+            }
+            inner.entry(key, value)?;
+        }
+        if sequence_at.is_none() {
+            inner.key("sequence")?;
+            sequence_at = Some(inner.bytes.len());
+        }
+        out.bytes = inner.finish();
+        Ok(())
+    };
+    let mut event_written = false;
+    for (key, value) in &record {
+        if !event_written && key.as_str() > "event" {
+            write_event(&mut out)?;
+            event_written = true;
+        }
+        out.entry(key, value)?;
     }
-    let body = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-    let hash = chain_hash(prev, &body);
-    let mut line = body;
-    line.pop(); // the closing brace; `body` is a non-empty object, it ends with `}`
-    line.reserve(SUFFIX_LEN + 1);
-    line.extend_from_slice(SUFFIX_HEAD);
-    line.extend_from_slice(hex::encode(prev).as_bytes());
-    line.extend_from_slice(SUFFIX_MIDDLE);
-    line.extend_from_slice(hex::encode(hash).as_bytes());
-    line.extend_from_slice(SUFFIX_TAIL);
-    line.push(b'\n');
+    if !event_written {
+        write_event(&mut out)?;
+    }
+    let sequence_at = sequence_at.ok_or("event.sequence has no place")?;
+    Ok(Prepared {
+        bytes: out.finish(),
+        sequence_at,
+    })
+}
+
+/// Compact JSON object writer over a byte buffer.
+struct JsonObject {
+    bytes: Vec<u8>,
+    first: bool,
+}
+
+impl JsonObject {
+    fn new(mut bytes: Vec<u8>) -> Self {
+        bytes.push(b'{');
+        JsonObject { bytes, first: true }
+    }
+
+    fn key(&mut self, key: &str) -> Result<(), String> {
+        if !self.first {
+            self.bytes.push(b',');
+        }
+        self.first = false;
+        serde_json::to_writer(&mut self.bytes, key).map_err(|e| e.to_string())?;
+        self.bytes.push(b':');
+        Ok(())
+    }
+
+    fn entry(&mut self, key: &str, value: &Value) -> Result<(), String> {
+        self.key(key)?;
+        serde_json::to_writer(&mut self.bytes, value).map_err(|e| e.to_string())
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.bytes.push(b'}');
+        self.bytes
+    }
+}
+
+/// Numbers `prepared` with `sequence`, chains it to `prev`, appends its line to `out`
+/// and returns its hash.
+pub fn seal_into(
+    prepared: &Prepared,
+    sequence: u64,
+    prev: &ChainHash,
+    out: &mut Vec<u8>,
+) -> ChainHash {
+    let digits = sequence.to_string();
+    let (before, after) = prepared.bytes.split_at(prepared.sequence_at);
+    let mut hasher = Sha256::new();
+    hasher.update(prev);
+    hasher.update(before);
+    hasher.update(digits.as_bytes());
+    hasher.update(after);
+    let hash: ChainHash = hasher.finalize().into();
+    out.reserve(prepared.line_len() + digits.len());
+    out.extend_from_slice(before);
+    out.extend_from_slice(digits.as_bytes());
+    // Without the closing brace: `after` ends with the record's `}`.
+    out.extend_from_slice(&after[..after.len() - 1]);
+    out.extend_from_slice(SUFFIX_HEAD);
+    out.extend_from_slice(hex::encode(prev).as_bytes());
+    out.extend_from_slice(SUFFIX_MIDDLE);
+    out.extend_from_slice(hex::encode(hash).as_bytes());
+    out.extend_from_slice(SUFFIX_TAIL);
+    out.push(b'\n');
+    hash
+}
+
+/// Numbers `record` with `sequence`, chains it to `prev` and frames it as one line.
+pub fn seal(record: Map<String, Value>, sequence: u64, prev: &ChainHash) -> Result<Sealed, String> {
+    let prepared = prepare(record)?;
+    let mut line = Vec::new();
+    let hash = seal_into(&prepared, sequence, prev, &mut line);
     Ok(Sealed { line, hash })
 }
 
@@ -168,6 +279,34 @@ mod tests {
         assert!(unsealed.hash_matches());
         let expected = br#"{"a":{},"b":[1,"x\n"],"event":{"sequence":1}}"#;
         assert_eq!(unsealed.body, expected);
+    }
+
+    #[test]
+    fn prepared_bodies_are_serde_json_bytes() {
+        // The body is what serde_json makes of the record with its sequence: the
+        // splice must not change a byte, wherever "sequence" falls among the keys.
+        for value in [
+            json!({}),
+            json!({"event": {}}),
+            json!({"a": 1, "z": [null, "é\u{1}\"\\"]}),
+            json!({"event": {"action": "x", "zone": 1, "sequence": 5}, "f": {"g": 2.5}}),
+            json!({"event": {"severity": 1, "sf": true}, "@timestamp": "t", "user": {"id": 0}}),
+            json!({"event": {"a": {"sequence": 3}, "t": "}\""}, "eventually": 1, "chain": 2}),
+        ] {
+            let mut expected = record(value.clone());
+            expected.remove("chain");
+            let event = expected.entry("event").or_insert_with(|| json!({}));
+            event["sequence"] = json!(1234567);
+            let expected = serde_json::to_vec(&expected).unwrap();
+            let sealed = seal(record(value), 1234567, &GENESIS).unwrap();
+            let unsealed = unseal(&sealed.line[..sealed.line.len() - 1]).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&unsealed.body),
+                String::from_utf8_lossy(&expected)
+            );
+            assert!(unsealed.hash_matches());
+            assert_eq!(unsealed.hash, sealed.hash);
+        }
     }
 
     #[test]

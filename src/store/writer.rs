@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use ed25519_dalek::SigningKey;
 use nix::fcntl::Flock;
-use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::checkpoint::{self, Checkpoint};
@@ -34,7 +33,7 @@ pub(crate) enum Command {
 }
 
 pub(crate) struct Append {
-    pub record: Map<String, Value>,
+    pub record: record::Prepared,
     pub reply: oneshot::Sender<Result<u64>>,
     /// Held until the append is answered: bounds the number of queued appends.
     pub permit: Option<OwnedSemaphorePermit>,
@@ -158,21 +157,13 @@ impl Writer {
         let mut control = None;
         let mut next = Some(first);
         while let Some(append) = next.take() {
-            match record::seal(append.record, sequence, &hash) {
-                Ok(sealed) => {
-                    bytes.extend_from_slice(&sealed.line);
-                    hash = sealed.hash;
-                    waiters.push(Waiter {
-                        sequence,
-                        reply: append.reply,
-                        _permit: append.permit,
-                    });
-                    sequence += 1;
-                }
-                Err(reason) => {
-                    let _ = append.reply.send(Err(StoreError::InvalidRecord(reason)));
-                }
-            }
+            hash = record::seal_into(&append.record, sequence, &hash, &mut bytes);
+            waiters.push(Waiter {
+                sequence,
+                reply: append.reply,
+                _permit: append.permit,
+            });
+            sequence += 1;
             if waiters.len() >= MAX_BATCH_RECORDS || bytes.len() >= MAX_BATCH_BYTES {
                 break;
             }

@@ -31,7 +31,11 @@ async fn pass_on(
     channel: Channel,
 ) -> bool {
     match result {
-        Ok(message) => received.send(message.into_vec()).await.is_ok(),
+        Ok(message) => {
+            let frames = message.into_vec();
+            crate::memory::large_buffer_received(frames.iter().map(|frame| frame.len()).sum());
+            received.send(frames).await.is_ok()
+        }
         Err(error) => {
             tracing::debug!(%channel, %error, "socket closed");
             false
