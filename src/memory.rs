@@ -38,7 +38,7 @@ const MMAP_THRESHOLD_BYTES: libc::c_int = 32 * 1024 * 1024;
 const TRIM_THRESHOLD_BYTES: libc::c_int = 64 * 1024 * 1024;
 /// How often the free heap memory is looked at.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const TRIM_INTERVAL: Duration = Duration::from_millis(500);
+const TRIM_INTERVAL: Duration = Duration::from_millis(250);
 /// Free heap memory above this goes back to the system.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const KEEP_FREE_BYTES: usize = 2 * 1024 * 1024;
@@ -50,10 +50,13 @@ pub fn keep_memory_bounded() {
     {
         // SAFETY: mallopt only changes an allocator setting; no other thread exists yet.
         // Nor does glibc give the top of a heap back on every large free: the trimming
-        // thread does, when the process is quiet.
+        // thread does, when the process is quiet. malloc_trim can shrink the top of the
+        // main heap only, so there is only that one: the threads' small allocations
+        // come from their own caches anyway.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
             libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
+            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
         let started = std::thread::Builder::new()
             .name("memory-trim".into())

@@ -146,6 +146,40 @@ pub async fn connect_kernel(
     })
 }
 
+/// How often a kernel socket that is not listening yet is tried again.
+const LISTEN_POLL: Duration = Duration::from_millis(5);
+
+/// Returns once something accepts connections at the kernel's `channel` endpoint, or
+/// at `deadline`. The `zeromq` crate retries a refused connection itself, but after
+/// 50, 100, 200 ms…: a kernel that binds its sockets a moment after the first try would
+/// be reached up to a few hundred milliseconds late, and the kernel's start with it.
+async fn wait_until_listening(
+    info: &ConnectionInfo,
+    channel: Channel,
+    deadline: tokio::time::Instant,
+) {
+    let port = info.port(channel);
+    while tokio::time::Instant::now() < deadline {
+        let accepted = match info.transport {
+            Transport::Tcp => {
+                let ip = if info.ip == "*" {
+                    "127.0.0.1"
+                } else {
+                    info.ip.as_str()
+                };
+                tokio::net::TcpStream::connect((ip, port)).await.is_ok()
+            }
+            Transport::Ipc => tokio::net::UnixStream::connect(format!("{}-{port}", info.ip))
+                .await
+                .is_ok(),
+        };
+        if accepted {
+            return;
+        }
+        tokio::time::sleep(LISTEN_POLL).await;
+    }
+}
+
 async fn connect<S: Socket>(
     mut socket: S,
     info: &ConnectionInfo,
@@ -153,6 +187,7 @@ async fn connect<S: Socket>(
     deadline: tokio::time::Instant,
 ) -> Result<S, TransportError> {
     let endpoint = info.endpoint(channel);
+    wait_until_listening(info, channel, deadline).await;
     loop {
         match socket.connect(&endpoint).await {
             Ok(()) => return Ok(socket),
