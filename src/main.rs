@@ -6,12 +6,15 @@ use anyhow::Context;
 use clap::Parser;
 use jupyter_audit::cli::{Cli, Command, KernelArgs};
 use jupyter_audit::proxy::{self, ProxyConfig};
-use jupyter_audit::{kernelspec, launcher, review};
+use jupyter_audit::{kernelspec, launcher, memory, review};
 
 fn main() {
     init_tracing();
-    jupyter_audit::memory::keep_memory_bounded();
     let cli = Cli::parse();
+    jupyter_audit::memory::keep_memory_bounded(match cli.command {
+        Command::Kernel(_) => memory::Profile::Relay,
+        _ => memory::Profile::Service,
+    });
     if let Err(error) = run(cli) {
         eprintln!("jupyter-audit: {}", describe(&error));
         std::process::exit(1);

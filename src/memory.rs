@@ -43,20 +43,33 @@ const TRIM_INTERVAL: Duration = Duration::from_millis(250);
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const KEEP_FREE_BYTES: usize = 2 * 1024 * 1024;
 
+/// Who the process is, as far as memory goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// The proxy: one heap, so that trimming reaches all of it and the process stays
+    /// small between outputs.
+    Relay,
+    /// The collector and the other commands: glibc's per-thread heaps (for throughput
+    /// when many connections allocate at once), whose tops shrink on free as usual.
+    Service,
+}
+
 /// Sets the allocator up and starts the trimming thread. Call once, first thing in
 /// `main`, before other threads exist.
-pub fn keep_memory_bounded() {
+pub fn keep_memory_bounded(profile: Profile) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallopt only changes an allocator setting; no other thread exists yet.
-        // Nor does glibc give the top of a heap back on every large free: the trimming
-        // thread does, when the process is quiet. malloc_trim can shrink the top of the
-        // main heap only, so there is only that one: the threads' small allocations
-        // come from their own caches anyway.
+        // In the relay, glibc does not give the top of its heap back on every large
+        // free either: the trimming thread does, when the process is quiet.
+        // malloc_trim can shrink the top of the main heap only, hence a single heap;
+        // the threads' small allocations come from their own caches anyway.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
-            libc::mallopt(libc::M_ARENA_MAX, 1);
+            if profile == Profile::Relay {
+                libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
+                libc::mallopt(libc::M_ARENA_MAX, 1);
+            }
         }
         let started = std::thread::Builder::new()
             .name("memory-trim".into())
@@ -65,6 +78,8 @@ pub fn keep_memory_bounded() {
             tracing::warn!(%error, "cannot start the memory trimming thread");
         }
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = profile;
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
