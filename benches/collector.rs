@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 enum Frame<'a> {
     Record { id: u64, record: &'a Record },
 }
+// Ingest records are not urgent: nobody waits for one before going on.
 
 struct Settings {
     quick: bool,

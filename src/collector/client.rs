@@ -486,6 +486,7 @@ async fn write_record(
     let frame = RecordFrame {
         id: pending.id,
         record: &pending.record,
+        urgent: pending.ack.is_some(),
     };
     write_frame(writer, &frame).await
 }

@@ -18,8 +18,21 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToCollector {
-    Hello { version: u32 },
-    Record { id: u64, record: Record },
+    Hello {
+        version: u32,
+    },
+    Record {
+        id: u64,
+        record: Record,
+        /// Someone waits for this record (a write-ahead): the store syncs it at once
+        /// instead of letting it wait a moment for company.
+        #[serde(default, skip_serializing_if = "is_false")]
+        urgent: bool,
+    },
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// A record frame written from a borrowed record (the same bytes as
@@ -29,6 +42,8 @@ pub enum ToCollector {
 pub struct RecordFrame<'a> {
     pub id: u64,
     pub record: &'a Record,
+    #[serde(skip_serializing_if = "is_false")]
+    pub urgent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +135,11 @@ mod tests {
             "event".into(),
             serde_json::json!({"action": "execute_request"}),
         );
-        let sent = ToCollector::Record { id: 7, record };
+        let sent = ToCollector::Record {
+            id: 7,
+            record,
+            urgent: true,
+        };
         write_frame(&mut client, &sent).await.expect("written");
         let received: Option<ToCollector> = read_frame(&mut server).await.expect("read");
         assert_eq!(received, Some(sent));
@@ -139,12 +158,20 @@ mod tests {
             &RecordFrame {
                 id: 3,
                 record: &record,
+                urgent: false,
             },
         )
         .await
         .expect("written");
         let received: Option<ToCollector> = read_frame(&mut server).await.expect("read");
-        assert_eq!(received, Some(ToCollector::Record { id: 3, record }));
+        assert_eq!(
+            received,
+            Some(ToCollector::Record {
+                id: 3,
+                record,
+                urgent: false
+            })
+        );
     }
 
     #[tokio::test]

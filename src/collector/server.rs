@@ -221,9 +221,9 @@ async fn serve_connection(
     });
     let result = loop {
         match read_frame::<_, ToCollector>(&mut reader).await {
-            Ok(Some(ToCollector::Record { id, record })) => {
+            Ok(Some(ToCollector::Record { id, record, urgent })) => {
                 let stored = match stamp(record, &identity, &host) {
-                    Ok(record) => store.submit(record).await,
+                    Ok(record) => store.submit(record, urgent).await,
                     Err(reason) => {
                         let (rejected, stored) = oneshot::channel();
                         let _ = rejected.send(Err(StoreError::InvalidRecord(reason)));

@@ -8,6 +8,10 @@ pub const MAX_BATCH_RECORDS: usize = 4096;
 /// Largest size of one group commit in bytes (a single larger record is written alone).
 pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
+/// How long a batch of records nobody waits for (outputs) may wait for more records,
+/// such as the next write-ahead, to share one fsync. An urgent record ends the wait.
+pub const NON_URGENT_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// How a store is opened. [`StoreConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {

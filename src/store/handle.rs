@@ -156,6 +156,7 @@ impl StoreHandle {
         let (reply, answer) = oneshot::channel();
         self.send(Append {
             record,
+            urgent: true,
             reply,
             permit: Some(permit),
         })?;
@@ -166,7 +167,13 @@ impl StoreHandle {
     /// one caller's records are stored in the order it submitted them while their
     /// acknowledgements are awaited concurrently. Waits only for a free place in the
     /// queue.
-    pub async fn submit(&self, record: Map<String, Value>) -> oneshot::Receiver<Result<u64>> {
+    /// `urgent`: someone waits for this record, so it is synced without lingering for
+    /// more records to share the fsync with.
+    pub async fn submit(
+        &self,
+        record: Map<String, Value>,
+        urgent: bool,
+    ) -> oneshot::Receiver<Result<u64>> {
         let (reply, answer) = oneshot::channel();
         let record = match record::prepare(record) {
             Ok(prepared) => prepared,
@@ -182,6 +189,7 @@ impl StoreHandle {
         // A failed send drops the append and with it `reply`: the answer reads as closed.
         let _ = self.send(Append {
             record,
+            urgent,
             reply,
             permit: Some(permit),
         });
@@ -195,6 +203,7 @@ impl StoreHandle {
         let (reply, answer) = oneshot::channel();
         self.send(Append {
             record,
+            urgent: true,
             reply,
             permit: None,
         })?;

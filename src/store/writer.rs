@@ -3,7 +3,9 @@
 //! The thread takes the first queued append, drains whatever else is queued (up to
 //! [`MAX_BATCH_RECORDS`] records or [`MAX_BATCH_BYTES`] bytes), numbers and chains the
 //! records, writes them with one write, syncs once and only then acknowledges each
-//! append with its sequence. If the write or the sync fails, every append of the batch
+//! append with its sequence. A batch without an urgent record (one somebody waits for)
+//! waits up to [`NON_URGENT_LINGER`] for more, so that a cell's outputs and the next
+//! cell's write-ahead share one fsync instead of queueing behind each other's. If the write or the sync fails, every append of the batch
 //! gets the error, the segment is cut back, and the chain head and next sequence stay
 //! where they were. If cutting back fails, the writer refuses all further appends.
 
@@ -19,7 +21,7 @@ use nix::fcntl::Flock;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::checkpoint::{self, Checkpoint};
-use super::config::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, StoreConfig};
+use super::config::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, NON_URGENT_LINGER, StoreConfig};
 use super::error::{Result, StoreError};
 use super::layout::Access;
 use super::record::{self, ChainHash};
@@ -34,6 +36,8 @@ pub(crate) enum Command {
 
 pub(crate) struct Append {
     pub record: record::Prepared,
+    /// Somebody waits for this record: sync without lingering.
+    pub urgent: bool,
     pub reply: oneshot::Sender<Result<u64>>,
     /// Held until the append is answered: bounds the number of queued appends.
     pub permit: Option<OwnedSemaphorePermit>,
@@ -155,8 +159,11 @@ impl Writer {
         let mut sequence = self.head.next_sequence;
         let mut hash: ChainHash = self.head.hash;
         let mut control = None;
+        let mut urgent = false;
+        let linger_until = Instant::now() + NON_URGENT_LINGER;
         let mut next = Some(first);
         while let Some(append) = next.take() {
+            urgent |= append.urgent;
             hash = record::seal_into(&append.record, sequence, &hash, &mut bytes);
             waiters.push(Waiter {
                 sequence,
@@ -170,6 +177,14 @@ impl Writer {
             match commands.try_recv() {
                 Ok(Command::Append(append)) => next = Some(append),
                 Ok(other) => control = Some(other),
+                Err(TryRecvError::Empty) if !urgent => {
+                    let wait = linger_until.saturating_duration_since(Instant::now());
+                    match commands.recv_timeout(wait) {
+                        Ok(Command::Append(append)) => next = Some(append),
+                        Ok(other) => control = Some(other),
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+                    }
+                }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
             }
         }
