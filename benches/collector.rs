@@ -16,22 +16,13 @@ use std::time::{Duration, Instant};
 use jupyter_audit::audit::{Record, SessionContext};
 use jupyter_audit::collector::AuditClient;
 use jupyter_audit::collector::protocol::{
-    FromCollector, PROTOCOL_VERSION, ToCollector, read_frame, write_frame,
+    FromCollector, PROTOCOL_VERSION, RecordFrame, ToCollector, read_frame, write_frame,
 };
 use jupyter_audit::store::Reader;
-use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt, BufReader as AsyncBufReader, BufWriter};
 use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
-
-/// Same JSON as `ToCollector::Record`, without cloning the record for every frame.
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Frame<'a> {
-    Record { id: u64, record: &'a Record },
-}
-// Ingest records are not urgent: nobody waits for one before going on.
 
 struct Settings {
     quick: bool,
@@ -590,9 +581,11 @@ async fn writer_connection(
         sent.lock().expect("sent").push_back((id, Instant::now()));
         write_frame(
             &mut write,
-            &Frame::Record {
+            // Ingest records are not urgent: nobody waits for one before going on.
+            &RecordFrame {
                 id,
                 record: &record,
+                urgent: false,
             },
         )
         .await

@@ -157,17 +157,14 @@ class Kernel:
 
     def processes(self):
         """{role: pid} of what this variant runs: the launched process and its children."""
-        roles = {"launched": self.pid}
         try:
             with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
                 children = [int(x) for x in f.read().split()]
         except OSError:
             children = []
         if children:  # a relay: its child is the kernel
-            roles = {"relay": self.pid, "kernel": children[0]}
-        else:
-            roles = {"kernel": self.pid}
-        return roles
+            return {"relay": self.pid, "kernel": children[0]}
+        return {"kernel": self.pid}
 
     def rss_kb(self):
         with open(f"/proc/{self.pid}/status") as f:
@@ -257,7 +254,7 @@ def cpu_seconds(pid):
 
 
 def cpu_snapshot(kernel):
-    roles = dict(kernel.processes()) if isinstance(kernel, Kernel) else {}
+    roles = kernel.processes()
     if COLLECTOR_PID[0]:
         roles["collector"] = COLLECTOR_PID[0]
     snap = {role: cpu_seconds(pid) for role, pid in roles.items()}

@@ -11,7 +11,7 @@ use jupyter_audit::{kernelspec, launcher, memory, review};
 fn main() {
     init_tracing();
     let cli = Cli::parse();
-    jupyter_audit::memory::keep_memory_bounded(match cli.command {
+    memory::keep_memory_bounded(match cli.command {
         Command::Kernel(_) => memory::Profile::Relay,
         _ => memory::Profile::Service,
     });

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Messages at least this big count as large buffers.
-pub const LARGE_BUFFER_BYTES: usize = 256 * 1024;
+const LARGE_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Large buffers received so far; the trimming thread waits for it to stand still.
 static LARGE_BUFFERS: AtomicU64 = AtomicU64::new(0);

@@ -34,7 +34,7 @@ pub fn chain_hash(prev: &ChainHash, body: &[u8]) -> ChainHash {
 }
 
 /// Checks that `record` can be stored: its `event`, when present, must be an object.
-pub fn check_record(record: &Map<String, Value>) -> Result<(), String> {
+fn check_record(record: &Map<String, Value>) -> Result<(), String> {
     match record.get("event") {
         None | Some(Value::Object(_)) => Ok(()),
         Some(other) => Err(format!("\"event\" must be an object, not {other}")),
@@ -42,6 +42,7 @@ pub fn check_record(record: &Map<String, Value>) -> Result<(), String> {
 }
 
 /// A record turned into its stored line.
+#[cfg(test)]
 #[derive(Debug)]
 pub struct Sealed {
     /// The full line, `\n` included.
@@ -59,13 +60,6 @@ pub struct Prepared {
     bytes: Vec<u8>,
     /// Where the digits go.
     sequence_at: usize,
-}
-
-impl Prepared {
-    /// Length of the stored line this record becomes, sequence digits aside.
-    pub fn line_len(&self) -> usize {
-        self.bytes.len() + SUFFIX_LEN + 1
-    }
 }
 
 /// Checks `record` and serialises it for [`seal_into`]: compact JSON, keys in the
@@ -88,7 +82,6 @@ pub fn prepare(mut record: Map<String, Value>) -> Result<Prepared, String> {
             if sequence_at.is_none() && key.as_str() > "sequence" {
                 inner.key("sequence")?;
                 sequence_at = Some(inner.bytes.len());
-                inner.first = false;
             }
             inner.entry(key, value)?;
         }
@@ -166,7 +159,7 @@ pub fn seal_into(
     hasher.update(digits.as_bytes());
     hasher.update(after);
     let hash: ChainHash = hasher.finalize().into();
-    out.reserve(prepared.line_len() + digits.len());
+    out.reserve(prepared.bytes.len() + digits.len() + SUFFIX_LEN + 1);
     out.extend_from_slice(before);
     out.extend_from_slice(digits.as_bytes());
     // Without the closing brace: `after` ends with the record's `}`.
@@ -181,6 +174,7 @@ pub fn seal_into(
 }
 
 /// Numbers `record` with `sequence`, chains it to `prev` and frames it as one line.
+#[cfg(test)]
 pub fn seal(record: Map<String, Value>, sequence: u64, prev: &ChainHash) -> Result<Sealed, String> {
     let prepared = prepare(record)?;
     let mut line = Vec::new();

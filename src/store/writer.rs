@@ -5,16 +5,16 @@
 //! records, writes them with one write, syncs once and only then acknowledges each
 //! append with its sequence. A batch without an urgent record (one somebody waits for)
 //! waits up to [`NON_URGENT_LINGER`] for more, so that a cell's outputs and the next
-//! cell's write-ahead share one fsync instead of queueing behind each other's. If the write or the sync fails, every append of the batch
-//! gets the error, the segment is cut back, and the chain head and next sequence stay
+//! cell's write-ahead share one fsync instead of queueing behind each other's. If the
+//! write or the sync fails, every append of the batch gets the error, the segment is cut back, and the chain head and next sequence stay
 //! where they were. If cutting back fails, the writer refuses all further appends.
 
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
-use std::time::Instant;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use nix::fcntl::Flock;
@@ -174,18 +174,17 @@ impl Writer {
             if waiters.len() >= MAX_BATCH_RECORDS || bytes.len() >= MAX_BATCH_BYTES {
                 break;
             }
-            match commands.try_recv() {
+            // Whatever is queued joins the batch; without an urgent record, so does
+            // whatever comes before the linger ends.
+            let wait = if urgent {
+                Duration::ZERO
+            } else {
+                linger_until.saturating_duration_since(Instant::now())
+            };
+            match commands.recv_timeout(wait) {
                 Ok(Command::Append(append)) => next = Some(append),
                 Ok(other) => control = Some(other),
-                Err(TryRecvError::Empty) if !urgent => {
-                    let wait = linger_until.saturating_duration_since(Instant::now());
-                    match commands.recv_timeout(wait) {
-                        Ok(Command::Append(append)) => next = Some(append),
-                        Ok(other) => control = Some(other),
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
-                    }
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {}
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
             }
         }
         if waiters.is_empty() {

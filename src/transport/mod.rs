@@ -153,25 +153,14 @@ const LISTEN_POLL: Duration = Duration::from_millis(5);
 /// at `deadline`. The `zeromq` crate retries a refused connection itself, but after
 /// 50, 100, 200 ms…: a kernel that binds its sockets a moment after the first try would
 /// be reached up to a few hundred milliseconds late, and the kernel's start with it.
-async fn wait_until_listening(
-    info: &ConnectionInfo,
-    channel: Channel,
-    deadline: tokio::time::Instant,
-) {
-    let port = info.port(channel);
+async fn wait_until_listening(endpoint: &str, deadline: tokio::time::Instant) {
     while tokio::time::Instant::now() < deadline {
-        let accepted = match info.transport {
-            Transport::Tcp => {
-                let ip = if info.ip == "*" {
-                    "127.0.0.1"
-                } else {
-                    info.ip.as_str()
-                };
-                tokio::net::TcpStream::connect((ip, port)).await.is_ok()
-            }
-            Transport::Ipc => tokio::net::UnixStream::connect(format!("{}-{port}", info.ip))
-                .await
-                .is_ok(),
+        let accepted = if let Some(path) = endpoint.strip_prefix("ipc://") {
+            tokio::net::UnixStream::connect(path).await.is_ok()
+        } else if let Some(address) = endpoint.strip_prefix("tcp://") {
+            tokio::net::TcpStream::connect(address).await.is_ok()
+        } else {
+            return; // nothing to probe with: the socket's own retries remain
         };
         if accepted {
             return;
@@ -187,7 +176,7 @@ async fn connect<S: Socket>(
     deadline: tokio::time::Instant,
 ) -> Result<S, TransportError> {
     let endpoint = info.endpoint(channel);
-    wait_until_listening(info, channel, deadline).await;
+    wait_until_listening(&endpoint, deadline).await;
     loop {
         match socket.connect(&endpoint).await {
             Ok(()) => return Ok(socket),
