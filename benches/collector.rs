@@ -24,6 +24,7 @@ use tokio::io::{AsyncWriteExt, BufReader as AsyncBufReader, BufWriter};
 use tokio::net::UnixStream;
 use tokio::sync::Semaphore;
 
+#[derive(Clone)]
 struct Settings {
     quick: bool,
     writers: usize,
@@ -197,6 +198,21 @@ fn main() {
     for pause in pauses {
         rows.extend(run_sessions(&runtime, &binary, &base, &settings, pause));
     }
+    // 3. One session alone, one cell every 3 ms: the write-ahead round trip that sits
+    // in every audited execute (proxy's client → collector → store's fdatasync → back),
+    // to compare with the fdatasync above.
+    let alone = Settings {
+        sessions: 1,
+        cells: if settings.quick { 20 } else { 300 },
+        ..settings.clone()
+    };
+    rows.extend(run_sessions(
+        &runtime,
+        &binary,
+        &base,
+        &alone,
+        Duration::from_millis(3),
+    ));
 
     print_table(&rows);
 }
@@ -232,8 +248,9 @@ fn run_sessions(
         .sum();
     rows.push(judged(
         &format!(
-            "{} sessions × {} cells, {} between cells: sent / stored",
+            "{} session{} × {} cells, {} between cells: sent / stored",
             settings.sessions,
+            if settings.sessions == 1 { "" } else { "s" },
             settings.cells,
             if pause.is_zero() {
                 "nothing".to_owned()
