@@ -254,7 +254,8 @@ def cpu_seconds(pid):
 
 
 def cpu_snapshot(kernel):
-    roles = kernel.processes()
+    # The start-up figure passes kernelspec names: its kernels live only inside one call.
+    roles = kernel.processes() if isinstance(kernel, Kernel) else {}
     if COLLECTOR_PID[0]:
         roles["collector"] = COLLECTOR_PID[0]
     snap = {role: cpu_seconds(pid) for role, pid in roles.items()}
@@ -509,7 +510,7 @@ def main():
         print(f"{'start → kernel_info_reply':34} {name:8} {len(a):4} "
               f"{ms(percentile(d, 50))}/{ms(percentile(d, 99))} "
               f"{ms(percentile(a, 50))}/{ms(percentile(a, 99))} "
-              f"{'+' + format(diff50, '.1f') + 'ms':>9} {'+' + format(diff99, '.1f') + 'ms':>9}  "
+              f"{format(diff50, '+.1f') + 'ms':>9} {format(diff99, '+.1f') + 'ms':>9}  "
               f"{'relay−direct≤50ms':17} {verdict}")
     for name, row in mem.items():
         lo, hi = mem_mb
