@@ -408,10 +408,14 @@ def test_kernel_sigkill_mid_cell_and_restart(collectors, tmp_dir):
 class SmallFilesystem:
     """A small ext4 filesystem on a loop device (no reserved blocks: root fills it too)."""
 
-    def __init__(self, root: Path, size_mib: int = 8) -> None:
+    def __init__(self, root: Path, size_mib: int = 8, kind: str = "ext4") -> None:
         self.image = root / "fs.img"
         self.mount = root / "mnt"
         self.mount.mkdir()
+        if kind == "tmpfs":
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs",
+                            str(self.mount)], check=True)
+            return
         with open(self.image, "wb") as f:
             f.truncate(size_mib << 20)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(self.image)], check=True,
@@ -477,6 +481,58 @@ def test_disk_full_blocks_and_resumes(collectors, tmp_dir):
             lambda rs: any(action(r) == "execute_reply" for r in children(rs, after_id)),
             "the cell run after space was freed", logs(collector, kernel))
         assert [seq(r) for r in records] == list(range(1, len(records) + 1))
+    finally:
+        pool.shutdown_all()
+        try:
+            stop_and_verify(collector)
+        finally:
+            collector.kill()
+            fs.unmount()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a small filesystem needs root")
+@pytest.mark.parametrize("kind", ["ext4", "tmpfs"])
+def test_checkpoint_cut_short_by_a_full_disk_leaves_no_torn_line(collectors, tmp_dir, kind):
+    """Regression: a checkpoint line that only partly fit on a full disk stayed in
+    checkpoints.jsonl, and the next checkpoint was appended to it (one garbled line)."""
+    if not shutil.which("mkfs.ext4"):
+        pytest.skip("mkfs.ext4 is not installed")
+    fs = SmallFilesystem(tmp_dir, kind=kind)
+    pool = KernelPool()
+    try:
+        collector = own_collector(collectors, tmp_dir, "--checkpoint-interval-secs", "1",
+                                  store=fs.mount / "store")
+        kernel = LoggedKernel(pool, audited_kernelspec(collector.socket), tmp_dir)
+        kc = kernel.kc
+        checkpoints = collector.store / "checkpoints.jsonl"
+        block = os.statvfs(fs.mount).f_bsize
+
+        def checkpointed_cell() -> None:
+            count = checkpoints.read_bytes().count(b"\n") if checkpoints.exists() else 0
+            run_ok(kc, "print('x')")
+            assert wait_until(lambda: checkpoints.exists()
+                              and checkpoints.read_bytes().count(b"\n") > count, 20)
+
+        # Until the room left in the file's last block is less than a checkpoint line:
+        # then the next checkpoint can be written only in part once the disk is full.
+        checkpointed_cell()
+        for _ in range(2 * block // 100):
+            data = checkpoints.read_bytes()
+            line = len(data.split(b"\n")[-2]) + 1
+            room = -len(data) % block
+            if 0 < room < line:
+                break
+            checkpointed_cell()
+        else:
+            pytest.skip("could not bring the checkpoint file to a partial block")
+        run_ok(kc, "print('records to checkpoint')")  # a checkpoint is now due
+        fs.fill()
+        assert wait_until(lambda: "cannot write a checkpoint" in collector.log(), 20), \
+            collector.log()
+        assert_whole_lines(collector.store)
+        (fs.mount / "filler").unlink()
+        assert run_when_back(kc, "print('after')")["content"]["status"] == "ok"
+        checkpointed_cell()
     finally:
         pool.shutdown_all()
         try:
