@@ -29,6 +29,8 @@ pub fn group_id(name: &str) -> Result<u32, String> {
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
+    // Before anything is created: an unsafe socket path must not leave a new store behind.
+    crate::store::layout::check_location("socket", &config.socket)?;
     let store_config = config.store.clone();
     let opened = tokio::task::spawn_blocking(move || store::open(store_config))
         .await

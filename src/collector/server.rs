@@ -62,17 +62,29 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, CollectorError> {
         path: path.to_owned(),
         source,
     };
-    match std::fs::symlink_metadata(path) {
-        Ok(metadata) if metadata.file_type().is_socket() => {
+    // Refuses a socket path someone else could redirect (a link, an unsafe directory).
+    match crate::store::layout::check_location("socket", path)? {
+        Some(metadata) if metadata.file_type().is_socket() => {
+            use std::os::unix::fs::MetadataExt;
+            // A socket another user left there: theirs to remove, and maybe a trap.
+            if metadata.uid() != 0 && metadata.uid() != nix::unistd::geteuid().as_raw() {
+                return Err(CollectorError::Store(StoreError::UnsafePath {
+                    what: "socket",
+                    detail: format!(
+                        "{} is a socket owned by user {}",
+                        path.display(),
+                        metadata.uid()
+                    ),
+                }));
+            }
             std::fs::remove_file(path).map_err(listen_error)?
         }
-        Ok(_) => {
+        Some(_) => {
             return Err(CollectorError::NotASocket {
                 path: path.to_owned(),
             });
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(listen_error(error)),
+        None => {}
     }
     let listener = UnixListener::bind(path).map_err(listen_error)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(listen_error)?;

@@ -38,6 +38,11 @@ pub enum StoreError {
     /// Another process (another collector) has the store open.
     #[error("the store {} is in use by another process", dir.display())]
     Locked { dir: PathBuf },
+    /// The store or the collector's socket is somewhere another user could swap it or
+    /// what leads to it (a symbolic link, a directory others can write to without the
+    /// sticky bit, a directory owned by another user); the collector refuses to start.
+    #[error("refusing unsafe {what} path: {detail}")]
+    UnsafePath { what: &'static str, detail: String },
     /// The record cannot be stored as given (a bug in the caller, not a disk problem).
     #[error("invalid audit record: {0}")]
     InvalidRecord(String),

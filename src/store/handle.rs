@@ -73,6 +73,8 @@ pub(crate) fn open_with(config: StoreConfig, wrap: Wrap) -> Result<(StoreHandle,
     let access = Access {
         reviewers_gid: config.reviewers_gid,
     };
+    layout::check_location("store", &dir)?;
+    layout::check_store_entries(&dir)?;
     let created = layout::ensure_dir(&dir, access.dir_mode())?;
     access.apply(&dir, access.dir_mode())?;
     if created && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {

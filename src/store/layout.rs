@@ -135,6 +135,163 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| StoreError::io("sync directory", dir, e))
 }
 
+/// Whether `uid` may own something on the way to the store: root or this process's user.
+fn trusted_owner(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+fn unsafe_path(what: &'static str, detail: String) -> StoreError {
+    StoreError::UnsafePath { what, detail }
+}
+
+/// Refuses a directory on the way to `what` that someone else could use to swap it:
+/// owned by another user, or writable by group or others without the sticky bit.
+fn check_ancestor(what: &'static str, dir: &Path, metadata: &fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !trusted_owner(metadata.uid()) {
+        return Err(unsafe_path(
+            what,
+            format!(
+                "{} is owned by user {}, who could replace what is in it",
+                dir.display(),
+                metadata.uid()
+            ),
+        ));
+    }
+    let mode = metadata.mode();
+    // Sticky (like /tmp): others may add entries but not rename or remove ours.
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(unsafe_path(
+            what,
+            format!(
+                "{} is writable by others (mode {:o}) and has no sticky bit, so anyone could replace what is in it",
+                dir.display(),
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that nobody but this user and root can swap `path` for something else, now or
+/// later: `path` itself is not a symbolic link, and every directory leading to it (after
+/// resolving links, each link itself owned by root or this user) is owned by root or this
+/// user and not writable by others unless sticky. Checking the whole way down once is
+/// what makes later use of the path race-free: nobody else can change any step of it.
+/// Returns what `path` is now (`None`: it does not exist yet).
+pub fn check_location(what: &'static str, path: &Path) -> Result<Option<fs::Metadata>> {
+    let absolute = std::path::absolute(path).map_err(|e| StoreError::io("resolve", path, e))?;
+    let own = match fs::symlink_metadata(&absolute) {
+        Ok(metadata) if metadata.file_type().is_symlink() => {
+            return Err(unsafe_path(
+                what,
+                format!(
+                    "{} is a symbolic link (it could point anywhere; give the real path)",
+                    absolute.display()
+                ),
+            ));
+        }
+        Ok(metadata) => Some(metadata),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(StoreError::io("inspect", &absolute, e)),
+    };
+    // Links on the way (e.g. /var/run -> /run) are fine if they belong to root or us.
+    let mut prefix = PathBuf::new();
+    let parent = absolute.parent().unwrap_or(Path::new("/"));
+    for component in parent.components() {
+        prefix.push(component);
+        match fs::symlink_metadata(&prefix) {
+            Ok(metadata) if metadata.file_type().is_symlink() => {
+                use std::os::unix::fs::MetadataExt;
+                if !trusted_owner(metadata.uid()) {
+                    return Err(unsafe_path(
+                        what,
+                        format!(
+                            "{} is a symbolic link owned by user {}",
+                            prefix.display(),
+                            metadata.uid()
+                        ),
+                    ));
+                }
+            }
+            Ok(_) => {}
+            // Missing directories are created by the collector, as its own.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+            Err(e) => return Err(StoreError::io("inspect", &prefix, e)),
+        }
+    }
+    let mut existing = parent;
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    let real = fs::canonicalize(existing).map_err(|e| StoreError::io("resolve", existing, e))?;
+    for dir in real.ancestors() {
+        let metadata = fs::metadata(dir).map_err(|e| StoreError::io("inspect", dir, e))?;
+        check_ancestor(what, dir, &metadata)?;
+    }
+    Ok(own)
+}
+
+/// Refuses an existing store directory that another user owns or others can write, and
+/// symbolic links or foreign files among the store's own entries (a link in the store
+/// would make the collector write or sign wherever it points).
+pub(crate) fn check_store_entries(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    const WHAT: &str = "store";
+    let metadata = match fs::symlink_metadata(dir) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io("inspect", dir, e)),
+    };
+    if !metadata.is_dir() {
+        return Err(unsafe_path(
+            WHAT,
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    check_ancestor(WHAT, dir, &metadata)?;
+    let segments = dir.join(SEGMENTS_DIR);
+    let keys = dir.join(KEYS_DIR);
+    let mut entries = vec![
+        segments.clone(),
+        keys.clone(),
+        dir.join(CHECKPOINTS_FILE),
+        dir.join(PUBLIC_KEY_FILE),
+        keys.join(SIGNING_KEY_FILE),
+    ];
+    if let Ok(listing) = fs::read_dir(&segments)
+        && fs::symlink_metadata(&segments).is_ok_and(|m| m.is_dir())
+    {
+        for entry in listing {
+            entries.push(
+                entry
+                    .map_err(|e| StoreError::io("list", &segments, e))?
+                    .path(),
+            );
+        }
+    }
+    for entry in entries {
+        let metadata = match fs::symlink_metadata(&entry) {
+            Ok(metadata) => metadata,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::io("inspect", &entry, e)),
+        };
+        if metadata.file_type().is_symlink() {
+            return Err(unsafe_path(
+                WHAT,
+                format!("{} is a symbolic link", entry.display()),
+            ));
+        }
+        if !trusted_owner(metadata.uid()) {
+            return Err(unsafe_path(
+                WHAT,
+                format!("{} is owned by user {}", entry.display(), metadata.uid()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Opens `path` for reading and tells whether it exists (for optional files).
 pub(crate) fn open_optional(path: &Path) -> Result<Option<File>> {
     match File::open(path) {
@@ -157,6 +314,61 @@ mod tests {
         assert_eq!(parse_segment_name("0000000000000000000x.jsonl"), None);
         assert_eq!(parse_segment_name("00000000000000000001.jsonl.bak"), None);
         assert_eq!(parse_segment_name("99999999999999999999.jsonl"), None);
+    }
+
+    fn refusal(result: Result<impl std::fmt::Debug>) -> String {
+        match result {
+            Err(error @ StoreError::UnsafePath { .. }) => error.to_string(),
+            other => panic!("expected an unsafe path refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_store_or_socket_that_is_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = dir.path().join("store");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let message = refusal(check_location("store", &link));
+        assert!(message.contains("symbolic link"), "{message}");
+        // A dangling link is refused too: bind() would follow it.
+        let dangling = dir.path().join("c.sock");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        refusal(check_location("socket", &dangling));
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused_unless_sticky() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        set_mode(&shared, 0o777).unwrap();
+        let store = shared.join("a").join("store");
+        let message = refusal(check_location("store", &store));
+        assert!(message.contains("writable by others"), "{message}");
+        set_mode(&shared, 0o1777).unwrap();
+        assert!(check_location("store", &store).unwrap().is_none());
+        // A group-writable store directory of our own is refused as well.
+        let own = dir.path().join("own");
+        fs::create_dir(&own).unwrap();
+        set_mode(&own, 0o770).unwrap();
+        refusal(check_store_entries(&own));
+    }
+
+    #[test]
+    fn symlinks_among_the_store_entries_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        fs::create_dir_all(store.join(SEGMENTS_DIR)).unwrap();
+        set_mode(&store, 0o700).unwrap();
+        check_store_entries(&store).unwrap();
+        let elsewhere = dir.path().join("elsewhere.jsonl");
+        fs::write(&elsewhere, b"").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, store.join(SEGMENTS_DIR).join(segment_name(1)))
+            .unwrap();
+        let message = refusal(check_store_entries(&store));
+        assert!(message.contains("symbolic link"), "{message}");
     }
 
     #[test]
