@@ -108,6 +108,7 @@ mod tests {
             max_message_bytes: usize::MAX,
             session: "proxy-session".into(),
             auditor: None,
+            rejections: Default::default(),
         };
         let welcome = welcome_message("", &sides);
         welcome

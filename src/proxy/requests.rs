@@ -254,14 +254,15 @@ pub(super) fn accept_from_frontend(
             ));
         }
     }
-    if sides.auditor.is_some() && needs_write_ahead(&header.msg_type) {
-        if let Err(error) = serde_json::from_slice::<serde_json::Value>(&message.content) {
-            return Err(Rejection::new(
-                "frontend",
-                RejectReason::UnreadableContent(error.to_string()),
-                Some(&message),
-            ));
-        }
+    if sides.auditor.is_some()
+        && needs_write_ahead(&header.msg_type)
+        && let Err(error) = serde_json::from_slice::<serde_json::Value>(&message.content)
+    {
+        return Err(Rejection::new(
+            "frontend",
+            RejectReason::UnreadableContent(error.to_string()),
+            Some(&message),
+        ));
     }
     Ok((message, header))
 }

@@ -84,6 +84,7 @@ fn lock(peers: &Peers) -> std::sync::MutexGuard<'_, HashMap<Bytes, (u64, PeerSen
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+#[allow(clippy::too_many_arguments)] // one peer's task: what it serves and where it reports
 async fn serve_peer(
     read: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
     write: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
