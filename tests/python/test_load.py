@@ -90,19 +90,30 @@ def test_concurrent_kernels_lose_nothing_and_keep_order(collectors, tmp_dir):
             expected += [("execute_request", cell_code(k, cell)),
                          ("execute_input", cell_code(k, cell)),
                          ("stream", cell_output(k, cell)), ("execute_reply", None)]
+        # Outputs (iopub) and the reply (shell) travel on different sockets, so they may
+        # reach the proxy in either order; each stays with its cell, after its request
+        # and before the next cell's request, and iopub keeps its own order.
         got = []
+        cell_ids: dict[str, int] = {}
         for r in mine:
-            if action(r) in ("execute_request", "execute_input"):
-                if "line" in field(r, "jupyter.code", ""):
-                    got.append((action(r), field(r, "jupyter.code")))
-            elif action(r) == "stream":
-                # One print may arrive as several stream messages: join consecutive ones.
-                if got and got[-1][0] == "stream":
-                    got[-1] = ("stream", got[-1][1] + field(r, "jupyter.text"))
-                else:
-                    got.append(("stream", field(r, "jupyter.text")))
-            elif action(r) == "execute_reply" and got and got[-1][0] == "stream":
-                got.append(("execute_reply", None))
+            if action(r) == "execute_request" and "line" in field(r, "jupyter.code", ""):
+                cell_ids[field(r, "jupyter.msg_id")] = len(cell_ids)
+                got.append([("execute_request", field(r, "jupyter.code"))])
+            elif field(r, "jupyter.parent_msg_id") in cell_ids:
+                cell = cell_ids[field(r, "jupyter.parent_msg_id")]
+                assert cell == len(got) - 1, f"a record of cell {cell} after the next request"
+                if action(r) == "execute_input":
+                    got[cell].append(("execute_input", field(r, "jupyter.code")))
+                elif action(r) == "stream":
+                    last = got[cell][-1]
+                    if last[0] == "stream":  # one print may come as several messages
+                        got[cell][-1] = ("stream", last[1] + field(r, "jupyter.text"))
+                    else:
+                        got[cell].append(("stream", field(r, "jupyter.text")))
+                elif action(r) == "execute_reply":
+                    got[cell].append(("execute_reply", None))
+        # The reply's place among the outputs is not fixed: put it last.
+        got = [item for cell in got for item in sorted(cell, key=lambda x: x[0] == "execute_reply")]
         assert got == expected, f"session {session} (kernel {k}):\n{describe(mine, 200)}"
         assert [action(r) for r in mine if action(r) == "session_end"] == ["session_end"]
         # The store's sequence is the order of arrival: strictly increasing.
