@@ -3,7 +3,9 @@
 #   scripts/bench.sh            full run (a few minutes on 2 cores)
 #   scripts/bench.sh --quick    tiny repetitions: checks that the harness runs
 #   scripts/bench.sh --only big,collector   a subset (startup rtt big prints png memory
-#                               collector), for profiling one figure
+#                               collector load), for profiling one figure
+#   scripts/bench.sh --only load   N audited kernels at once (benches/load.py; N from free
+#                               memory, LOAD_KERNELS=N to choose); not in the full run
 # Builds the release binary, prepares .venv, starts a collector with its default, durable
 # settings (fsync before ack) on a temporary store, writes four kernelspecs in a temporary
 # JUPYTER_PATH (the direct ipykernel, the audited one, our relay with --no-audit, the plain
@@ -23,7 +25,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-relay_only="$(tr ',' '\n' <<<"$only" | grep -vx collector | paste -sd, || true)"
+relay_only="$(tr ',' '\n' <<<"$only" | grep -vxE 'collector|load' | paste -sd, || true)"
 
 cargo build --release --quiet
 bash scripts/python-env.sh
@@ -56,6 +58,11 @@ if [ -z "$only" ] || [ -n "$relay_only" ]; then
     echo "=== relay figures: direct vs audited (durable collector) vs plain pyzmq relay"
     "$py" benches/relay.py --store "$store" --bin "$bin" --collector-pid "$collector" $quick \
         ${relay_only:+--only "$relay_only"}
+fi
+
+if tr ',' '\n' <<<"$only" | grep -qx load; then
+    echo "=== load figures: concurrent audited kernels, one durable collector"
+    "$py" benches/load.py --store "$store" --kernels "${LOAD_KERNELS:-0}" $quick
 fi
 
 if [ -n "$only" ] && ! tr ',' '\n' <<<"$only" | grep -qx collector; then

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Sides;
+use super::requests::Rejection;
 use super::startup::Activity;
 use crate::audit::Direction;
 use crate::connection::Channel;
@@ -31,12 +32,12 @@ pub(super) fn spawn_relay(
             let mut message = match WireMessage::from_frames(frames, usize::MAX) {
                 Ok(message) => message,
                 Err(error) => {
-                    tracing::warn!(channel = %Channel::Iopub, from = "kernel", reason = %error, "message rejected");
+                    Rejection::new("kernel", error, None).report(Channel::Iopub, &sides);
                     continue;
                 }
             };
             if let Err(error) = message.verify(&sides.kernel) {
-                tracing::warn!(channel = %Channel::Iopub, from = "kernel", reason = %error, "message rejected");
+                Rejection::new("kernel", error, Some(&message)).report(Channel::Iopub, &sides);
                 continue;
             }
             if message
@@ -107,6 +108,7 @@ mod tests {
             max_message_bytes: usize::MAX,
             session: "proxy-session".into(),
             auditor: None,
+            rejections: Default::default(),
         };
         let welcome = welcome_message("", &sides);
         welcome

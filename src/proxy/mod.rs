@@ -6,6 +6,7 @@ mod audit;
 mod heartbeat;
 mod iopub;
 mod refusal;
+mod rejections;
 mod requests;
 mod runtime;
 mod startup;
@@ -81,6 +82,8 @@ pub(crate) struct Sides {
     /// The session id of messages the proxy writes itself, and of the audit session.
     pub session: String,
     pub auditor: Option<Arc<Auditor>>,
+    /// Which rejected messages get a record of their own (the rest are counted).
+    pub rejections: rejections::RejectionLimiter,
 }
 
 /// Runs the proxy until the kernel exits; returns the kernel's exit status.
@@ -113,7 +116,9 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
         max_message_bytes: config.max_message_bytes,
         session,
         auditor,
+        rejections: rejections::RejectionLimiter::default(),
     });
+    let reporting = spawn_rejection_reports(links.oversized, sides.clone());
 
     let argv = launcher::substitute_connection_file(
         &config.kernel_argv,
@@ -229,6 +234,11 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
     for task in tasks.into_iter().flatten() {
         task.abort();
     }
+    reporting.abort();
+    // Rejections counted in windows that are still open are on the record too.
+    for summary in sides.rejections.drain() {
+        requests::record_suppressed(&summary, &sides);
+    }
     if let Some(auditor) = &sides.auditor {
         auditor.event("session_end", session_end_fields(status, orphaned));
         if let Err(error) = auditor.flush(Duration::from_secs(3)).await {
@@ -236,6 +246,46 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
         }
     }
     Ok(status)
+}
+
+/// Reports messages the frontend server skipped for their size, and closes windows of
+/// rate-limited rejections once they are over, so their counts reach the record while
+/// the session runs.
+fn spawn_rejection_reports(
+    mut oversized: tokio::sync::mpsc::Receiver<transport::Oversized>,
+    sides: Arc<Sides>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(rejections::WINDOW);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut open = true;
+        loop {
+            tokio::select! {
+                notice = oversized.recv(), if open => {
+                    let Some(notice) = notice else {
+                        open = false;
+                        continue;
+                    };
+                    requests::Rejection {
+                        from: "frontend",
+                        error: WireError::Oversized {
+                            size: usize::try_from(notice.size).unwrap_or(usize::MAX),
+                            limit: notice.limit,
+                        }
+                        .into(),
+                        msg_id: notice.msg_id,
+                        msg_type: notice.msg_type,
+                    }
+                    .report(notice.channel, &sides);
+                }
+                _ = ticks.tick() => {
+                    for summary in sides.rejections.expired(std::time::Instant::now()) {
+                        requests::record_suppressed(&summary, &sides);
+                    }
+                }
+            }
+        }
+    })
 }
 
 fn record(sides: &Sides, action: &str, fields: Map<String, Value>) {

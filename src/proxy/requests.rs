@@ -5,13 +5,14 @@
 //! the shell identity) find their frontend.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::{Map, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::startup::Activity;
-use super::{Sides, refusal};
+use super::{Sides, refusal, rejections};
 use crate::audit::{Direction, needs_write_ahead};
 use crate::cli::OnAuditFailure;
 use crate::connection::Channel;
@@ -127,30 +128,63 @@ async fn admit(
     }
 }
 
+/// Why a message is not relayed.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub(crate) enum RejectReason {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A request that can run code, whose content the audit cannot parse: the kernel's
+    /// own parser may still read code from it (Python's json accepts NaN, lone
+    /// surrogates, deeper nesting, and Jupyter decodes bad UTF-8 as U+FFFD), which would
+    /// run code that is not on the record.
+    #[error(
+        "content is not JSON the audit can read ({0}); not relayed, it could run code off the record"
+    )]
+    UnreadableContent(String),
+}
+
 /// A message that is not relayed, with what is known about it for the diagnostic.
 #[derive(Debug)]
 pub(super) struct Rejection {
     pub from: &'static str,
-    pub error: WireError,
+    pub error: RejectReason,
     pub msg_id: Option<String>,
     pub msg_type: Option<String>,
 }
 
 impl Rejection {
-    fn new(from: &'static str, error: WireError, message: Option<&WireMessage>) -> Self {
+    pub(super) fn new(
+        from: &'static str,
+        error: impl Into<RejectReason>,
+        message: Option<&WireMessage>,
+    ) -> Self {
         // Best effort: the header of a rejected message is untrusted, but its msg_id
         // is what lets someone find the message in the frontend's own logs.
         let header = message.and_then(|message| message.header().ok());
         Self {
             from,
-            error,
+            error: error.into(),
             msg_id: header.as_ref().map(|header| header.msg_id.clone()),
             msg_type: header.map(|header| header.msg_type),
         }
     }
 
-    /// Logs the rejection and puts it on the record.
+    /// Logs the rejection and puts it on the record, within the rate limit: past it,
+    /// the rejection is counted in the window's `rejections_suppressed` record instead.
     pub(super) fn report(&self, channel: Channel, sides: &Sides) {
+        let verdict = sides.rejections.admit(
+            channel,
+            self.from,
+            rejections::reason_kind(&self.error),
+            Instant::now(),
+        );
+        if let Some(closed) = verdict.closed {
+            record_suppressed(&closed, sides);
+        }
+        if !verdict.record {
+            tracing::debug!(%channel, from = self.from, reason = %self.error, "message rejected (counted)");
+            return;
+        }
         self.log(channel);
         if let Some(auditor) = &sides.auditor {
             let mut fields = Map::new();
@@ -172,6 +206,14 @@ impl Rejection {
             msg_type = self.msg_type.as_deref().unwrap_or("unknown"),
             "message rejected"
         );
+    }
+}
+
+/// Logs and records the summary of a closed window of rejections.
+pub(super) fn record_suppressed(summary: &rejections::Suppressed, sides: &Sides) {
+    summary.log();
+    if let Some(auditor) = &sides.auditor {
+        auditor.event("rejections_suppressed", summary.fields());
     }
 }
 
@@ -197,6 +239,28 @@ pub(super) fn accept_from_frontend(
         return Err(Rejection::new(
             "frontend",
             WireError::Replayed,
+            Some(&message),
+        ));
+    }
+    if sides.auditor.is_some() {
+        // The record is built from the header read as JSON: a header that only the
+        // relay's lenient reading accepts (too deeply nested, invalid UTF-8 in a field
+        // the relay skips) would be recorded without its msg_type and msg_id.
+        if let Err(error) = serde_json::from_slice::<serde_json::Value>(&message.header) {
+            return Err(Rejection::new(
+                "frontend",
+                WireError::BadHeader(error.to_string()),
+                Some(&message),
+            ));
+        }
+    }
+    if sides.auditor.is_some()
+        && needs_write_ahead(&header.msg_type)
+        && let Err(error) = serde_json::from_slice::<serde_json::Value>(&message.content)
+    {
+        return Err(Rejection::new(
+            "frontend",
+            RejectReason::UnreadableContent(error.to_string()),
             Some(&message),
         ));
     }
@@ -237,6 +301,7 @@ mod tests {
             max_message_bytes: limit,
             session: "test".into(),
             auditor: None,
+            rejections: Default::default(),
         }
     }
 
@@ -259,7 +324,7 @@ mod tests {
         assert_eq!(header.msg_type, "execute_request");
         assert_eq!(accepted.routing, vec![Bytes::from_static(b"client")]);
         let replay = accept_from_frontend(frames, &sides).expect_err("replay");
-        assert_eq!(replay.error, WireError::Replayed);
+        assert_eq!(replay.error, WireError::Replayed.into());
         assert!(replay.msg_id.is_some(), "diagnostic names the msg_id");
     }
 
@@ -268,13 +333,16 @@ mod tests {
         let sides = sides(10_000);
         let forged = signed_request(&Signer::new(b"guessed", SignatureScheme::Sha256));
         let rejection = accept_from_frontend(forged, &sides).expect_err("forged");
-        assert_eq!(rejection.error, WireError::BadSignature);
+        assert_eq!(rejection.error, WireError::BadSignature.into());
         assert_eq!(rejection.msg_type.as_deref(), Some("execute_request"));
 
         let mut big = signed_request(&sides.frontend);
         big.push(Bytes::from(vec![0u8; 20_000]));
         let rejection = accept_from_frontend(big, &sides).expect_err("oversized");
-        assert!(matches!(rejection.error, WireError::Oversized { .. }));
+        assert!(matches!(
+            rejection.error,
+            RejectReason::Wire(WireError::Oversized { .. })
+        ));
     }
 
     #[test]
@@ -289,7 +357,7 @@ mod tests {
             accept_from_frontend(forged, &sides)
                 .expect_err("forged")
                 .error,
-            WireError::BadSignature
+            WireError::BadSignature.into()
         );
         accept_from_frontend(genuine, &sides).expect("genuine still accepted");
     }
@@ -300,6 +368,6 @@ mod tests {
         accept_from_kernel(signed_request(&sides.kernel), &sides).expect("kernel-signed");
         let rejection =
             accept_from_kernel(signed_request(&sides.frontend), &sides).expect_err("wrong key");
-        assert_eq!(rejection.error, WireError::BadSignature);
+        assert_eq!(rejection.error, WireError::BadSignature.into());
     }
 }

@@ -44,7 +44,24 @@ pub struct FrontendLinks {
     pub stdin: Link,
     pub iopub: Publisher,
     pub heartbeat: Link,
+    /// Messages skipped for their size on any channel, for the proxy to report.
+    pub oversized: mpsc::Receiver<Oversized>,
 }
+
+/// A frontend message skipped as it arrived because it was over the size limit: only
+/// what came before the limit was crossed is known of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oversized {
+    pub channel: Channel,
+    /// The size announced by its frames, as far as they were read.
+    pub size: u64,
+    pub limit: usize,
+    pub msg_id: Option<String>,
+    pub msg_type: Option<String>,
+}
+
+/// How many oversized notices may wait for the proxy; past it the peer's reading waits.
+const OVERSIZED_CAPACITY: usize = 64;
 
 /// The proxy's connections to the real kernel.
 #[derive(Debug)]
@@ -79,13 +96,17 @@ pub async fn bind_frontend(
     info: &ConnectionInfo,
     limit: usize,
 ) -> Result<FrontendLinks, TransportError> {
-    let router = |listener, channel| zmtp::spawn_router(listener, channel, limit, LINK_CAPACITY);
+    let (notices, oversized) = mpsc::channel(OVERSIZED_CAPACITY);
+    let router = |listener, channel| {
+        zmtp::spawn_router(listener, channel, limit, LINK_CAPACITY, notices.clone())
+    };
     Ok(FrontendLinks {
         shell: router(listen(info, Channel::Shell).await?, Channel::Shell),
         control: router(listen(info, Channel::Control).await?, Channel::Control),
         stdin: router(listen(info, Channel::Stdin).await?, Channel::Stdin),
         iopub: zmtp::spawn_publisher(listen(info, Channel::Iopub).await?, limit, LINK_CAPACITY),
         heartbeat: router(listen(info, Channel::Heartbeat).await?, Channel::Heartbeat),
+        oversized,
     })
 }
 

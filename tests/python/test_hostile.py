@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
+import stat
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import zmq
 
 from helpers import (
+    AUDITED,
     DELIMITER,
     TIMEOUT,
     Signer,
     channel_url,
     connection_info,
+    proxy_argv,
     run_ok,
     unique_marker,
 )
@@ -185,4 +191,342 @@ def test_garbage_does_not_crash(kernels, kernel_name, channel):
     finally:
         fe.close()
     # Ordinary clients are unaffected.
+    assert run_ok(kc, "print('ok')") == "ok\n"
+
+
+# --- floods, oversized and malformed content, other local users (audited kernel) -------
+
+from test_audit import (  # noqa: E402  (the audit tests' store readers and users)
+    NOTEBOOK_USER,
+    LoggedKernel,
+    action,
+    as_user,
+    describe,
+    field,
+    system_user,
+    wait_for_records,
+    write_kernelspec,
+)
+
+FLOOD_GARBAGE = 100_000
+FLOOD_FORGED = 10_000
+# Generous: the proxy idles at ~9 MiB; a flood must not make it hold what it rejects.
+RSS_BOUND_MIB = 200
+# Liveness only: how long the proxy may take to work through a flood.
+FLOOD_TIMEOUT = 120
+# What the proxy writes as `reason` for each kind (rejections_suppressed counts by kind).
+REASON_KINDS = {
+    "no <IDS|MSG> delimiter frame": "missing_delimiter",
+    "frames after the delimiter": "too_few_frames",
+    "signature does not match": "bad_signature",
+    "over the limit of": "oversized",
+    "header is not valid JSON": "bad_header",
+    "content is not JSON the audit can read": "unreadable_content",
+}
+
+
+def reason_kind(record: dict) -> str:
+    reason = field(record, "jupyter.reason", "")
+    return next((kind for text, kind in REASON_KINDS.items() if text in reason), reason)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def session_start(store: Path, km) -> dict:
+    """The session_start record of the kernel km runs (matched by connection file)."""
+
+    def mine(r: dict) -> bool:
+        return (action(r) == "session_start"
+                and field(r, "jupyter.connection_file") == str(km.connection_file))
+
+    records = wait_for_records(store, lambda rs: any(map(mine, rs)),
+                               f"session_start of {km.connection_file}")
+    return next(filter(mine, records))
+
+
+def session_records(store: Path, session: str) -> list[dict]:
+    from test_audit import read_store
+
+    return [r for r in read_store(store) if field(r, "jupyter.session_id") == session]
+
+
+def rejection_counts(records: list[dict], channel: str = "shell") -> dict[str, int]:
+    """Rejected frontend messages on channel by kind: one per message_rejected record,
+    plus the counts of rejections_suppressed records."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if field(r, "jupyter.channel") != channel or field(r, "jupyter.from") != "frontend":
+            continue
+        if action(r) == "message_rejected":
+            counts[reason_kind(r)] = counts.get(reason_kind(r), 0) + 1
+        elif action(r) == "rejections_suppressed":
+            reasons = field(r, "jupyter.reasons")
+            assert sum(reasons.values()) == field(r, "jupyter.rejected_count"), r
+            for kind, n in reasons.items():
+                counts[kind] = counts.get(kind, 0) + n
+    return counts
+
+
+def test_flood_of_garbage_and_forgeries_is_survived_and_counted_not_stored(
+    kernels, suite_store, tmp_dir
+):
+    kernel = LoggedKernel(kernels, AUDITED, tmp_dir)
+    km, kc = kernel.km, kernel.kc
+    start = session_start(suite_store, km)
+    session, proxy_pid = field(start, "jupyter.session_id"), field(start, "jupyter.proxy_pid")
+    fe = RawFrontend(km)
+    fe.sock.sndhwm = 0  # no drops on our side: every message sent is one the proxy gets
+    marker = unique_marker(tmp_dir, "flood")
+    _, parts = fe.signer.parts("execute_request",
+                               Signer.execute_content(f"open({str(marker)!r}, 'w').close()"))
+    forged = hmac.new(b"not the key", digestmod=fe.signer.digest)
+    for p in parts:
+        forged.update(p)
+    forged_sig = forged.hexdigest().encode()
+    peak = rss_mib(proxy_pid)
+    try:
+        for i in range(FLOOD_GARBAGE):
+            if i % 2:
+                fe.send([b"junk %d" % i, b"\x00\xff" * 8])  # no delimiter
+            else:
+                fe.send([DELIMITER, b"%064d" % i])  # too few frames
+            if i % 5000 == 0:
+                peak = max(peak, rss_mib(proxy_pid))
+        for i in range(FLOOD_FORGED):
+            fe.send([DELIMITER, forged_sig, *parts])
+            if i % 2000 == 0:
+                peak = max(peak, rss_mib(proxy_pid))
+        # Shell requests are handled in order: this reply comes after the whole flood.
+        msg_id, frames = fe.signer.execute_request("print('after the flood')")
+        fe.send(frames)
+        deadline = time.monotonic() + FLOOD_TIMEOUT
+        while time.monotonic() < deadline:
+            peak = max(peak, rss_mib(proxy_pid))
+            if fe.sock.poll(500):
+                reply, _ = fe.reply_to(msg_id, timeout=FLOOD_TIMEOUT)
+                break
+        else:
+            pytest.fail(f"no reply after the flood\n{kernel.log()}")
+        assert reply["content"]["status"] == "ok", reply
+    finally:
+        fe.close()
+    assert km.is_alive()
+    assert run_ok(kc, "print('ok')") == "ok\n"
+    assert not marker.exists(), "a forged request ran"
+    assert peak < RSS_BOUND_MIB, f"proxy RSS peaked at {peak:.0f} MiB during the flood"
+
+    sent = {"missing_delimiter": FLOOD_GARBAGE // 2, "too_few_frames": FLOOD_GARBAGE // 2,
+            "bad_signature": FLOOD_FORGED}
+    records = wait_for_records(
+        suite_store,
+        lambda rs: rejection_counts([r for r in rs if field(r, "jupyter.session_id") == session])
+        == sent,
+        f"{sum(sent.values())} rejections accounted for", kernel.log())
+    mine = [r for r in records if field(r, "jupyter.session_id") == session]
+    summaries = [r for r in mine if action(r) == "rejections_suppressed"]
+    assert summaries, describe(mine)
+    # The flood is on the record as counts: a handful of records, not one per message.
+    assert len(mine) < 1000, describe(mine)
+    assert not [r for r in mine if action(r) == "audit_gap"], describe(mine)
+    # And the proxy's stderr is not flooded either.
+    warnings = kernel.log_path.read_text().count("message rejected")
+    assert warnings < 1000, f"{warnings} 'message rejected' lines on stderr"
+
+
+OVERSIZE_LIMIT = 1 << 20
+
+
+def limited_kernelspec() -> str:
+    ipykernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    return write_kernelspec(
+        proxy_argv(None, "--max-message-bytes", str(OVERSIZE_LIMIT)) + ipykernel,
+        prefix="ja-hostile-limit")
+
+
+def test_oversized_messages_are_rejected_on_the_record_and_smaller_ones_relayed(
+    kernels, suite_store, tmp_dir
+):
+    km, kc = kernels.start(limited_kernelspec())
+    session = field(session_start(suite_store, km), "jupyter.session_id")
+    fe = RawFrontend(km)
+    marker = unique_marker(tmp_dir, "oversized")
+    try:
+        # One huge frame, and many frames that are only too big together; both signed.
+        code = f"open({str(marker)!r}, 'w').close()  # " + "x" * (2 * OVERSIZE_LIMIT)
+        big_id, big = fe.signer.execute_request(code)
+        fe.send(big)
+        many_id, parts = fe.signer.parts("comm_info_request", {})
+        fe.send([DELIMITER, fe.signer.sign(parts), *parts, *([b"b" * 65536] * 20)])
+        # Just under the limit, with buffers: relayed, and runs.
+        fits = "x = " + repr("y" * (OVERSIZE_LIMIT // 2)) + "\nprint(len(x))"
+        fits_id, frames = fe.signer.execute_request(fits)
+        fe.send([*frames, b"z" * (OVERSIZE_LIMIT // 4)])
+        reply, others = fe.reply_to(fits_id)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        assert not [m for m in others if m["parent_header"].get("msg_id") == many_id], others
+        assert fe.execute_ok("pass") is not None
+    finally:
+        fe.close()
+    assert not marker.exists(), "an oversized request ran"
+    assert run_ok(kc, "print('ok')") == "ok\n"
+
+    def rejected(rs: list[dict], msg_id: str) -> list[dict]:
+        return [r for r in rs if field(r, "jupyter.session_id") == session
+                and action(r) == "message_rejected" and field(r, "jupyter.msg_id") == msg_id]
+
+    records = wait_for_records(
+        suite_store, lambda rs: rejected(rs, big_id) and rejected(rs, many_id),
+        "both oversized messages rejected on the record")
+    big_record, many_record = rejected(records, big_id)[0], rejected(records, many_id)[0]
+    assert field(big_record, "jupyter.rejected_msg_type") == "execute_request"
+    assert field(many_record, "jupyter.rejected_msg_type") == "comm_info_request"
+    for r in (big_record, many_record):
+        assert reason_kind(r) == "oversized", r
+        assert f"limit of {OVERSIZE_LIMIT} bytes" in field(r, "jupyter.reason"), r
+        assert field(r, "jupyter.channel") == "shell" and field(r, "jupyter.from") == "frontend"
+    relayed = [r for r in records if field(r, "jupyter.msg_id") == fits_id
+               and action(r) == "execute_request"]
+    assert relayed and field(relayed[0], "jupyter.code") == fits, "the request that fits"
+    assert not [r for r in records if field(r, "jupyter.msg_id") == big_id
+                and action(r) != "message_rejected"], "the oversized request was recorded as run"
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def test_content_the_audit_cannot_read_never_runs(kernels, suite_store, tmp_dir):
+    """Content that Python's json reads but the audit's parser does not (nesting deeper
+    than serde_json's limit, NaN, a lone surrogate, invalid UTF-8, which Jupyter decodes
+    as U+FFFD) must not run code that is not on the record: it is rejected, on the record.
+    Found by this test: such requests were relayed with only `content_error` recorded,
+    and ipykernel ran their code."""
+    km, kc = kernels.start(AUDITED)
+    session = field(session_start(suite_store, km), "jupyter.session_id")
+    fe = RawFrontend(km)
+    markers = {}
+    sent = {}
+
+    def content_with(label: str, extra: bytes) -> bytes:
+        marker = markers[label] = unique_marker(tmp_dir, label.replace(" ", "-"))
+        code = json.dumps(f"open({str(marker)!r}, 'w').close()")
+        return (b'{"code": ' + code.encode() + b', "silent": false, "store_history": false, '
+                b'"user_expressions": {}, "allow_stdin": false, "stop_on_error": true'
+                + extra + b"}")
+
+    cases = {
+        "deep nesting 200": b', "x": ' + nested(200),
+        "deep nesting 100000": b', "x": ' + nested(100_000),
+        "NaN": b', "x": NaN',
+        "lone surrogate": b', "x": "\\ud800"',
+        "invalid UTF-8": b', "x": "\xff\xfe"',
+    }
+    try:
+        for label, extra in cases.items():
+            msg_id, parts = fe.signer.parts("execute_request", {})
+            parts[3] = content_with(label, extra)
+            sent[label] = msg_id
+            fe.send([DELIMITER, fe.signer.sign(parts), *parts])
+        # Deep nesting and bad UTF-8 where the audit must parse: the header.
+        header_id, parts = fe.signer.parts("kernel_info_request", {})
+        header = json.loads(parts[0])
+        parts[0] = json.dumps(header).encode()[:-1] + b', "x": ' + nested(100_000) + b"}"
+        fe.send([DELIMITER, fe.signer.sign(parts), *parts])
+        utf8_id, parts = fe.signer.parts("kernel_info_request", {})
+        parts[0] = parts[0][:-1] + b', "x": "\xff"}'
+        fe.send([DELIMITER, fe.signer.sign(parts), *parts])
+        # Deep nesting in a request that runs no code is relayed and recorded as such.
+        info_id, parts = fe.signer.parts("kernel_info_request", {})
+        parts[3] = b'{"x": ' + nested(100_000) + b"}"
+        fe.send([DELIMITER, fe.signer.sign(parts), *parts])
+        fe.execute_ok("pass")
+    finally:
+        fe.close()
+    ran = [label for label, marker in markers.items() if marker.exists()]
+    assert not ran, f"code off the record ran: {ran}"
+    assert run_ok(kc, "print('ok')") == "ok\n"
+
+    def mine(rs: list[dict]) -> list[dict]:
+        return [r for r in rs if field(r, "jupyter.session_id") == session]
+
+    wanted = {*sent.values(), header_id, utf8_id}
+    records = mine(wait_for_records(
+        suite_store,
+        lambda rs: wanted <= {field(r, "jupyter.msg_id") for r in mine(rs)
+                              if action(r) == "message_rejected"}
+        and any(field(r, "jupyter.msg_id") == info_id for r in mine(rs)),
+        "every unreadable request rejected on the record"))
+    for label, msg_id in sent.items():
+        got = [r for r in records if field(r, "jupyter.msg_id") == msg_id]
+        assert [action(r) for r in got] == ["message_rejected"], (label, describe(got))
+        assert reason_kind(got[0]) == "unreadable_content", (label, got[0])
+        assert field(got[0], "jupyter.rejected_msg_type") == "execute_request"
+    for msg_id in (header_id, utf8_id):
+        got = [r for r in records if field(r, "jupyter.msg_id") == msg_id]
+        assert [reason_kind(r) for r in got] == ["bad_header"], describe(got)
+    info = [r for r in records if field(r, "jupyter.msg_id") == info_id]
+    assert [action(r) for r in info] == ["kernel_info_request"], describe(info)
+    assert "recursion limit" in field(info[0], "jupyter.content_error", ""), info[0]
+
+
+def test_huge_buffers_are_relayed(kernels, suite_store):
+    """Buffers are not signed and not parsed: a comm message with 64 MiB of them reaches
+    the kernel whole, and its record says which comm it was."""
+    km, kc = kernels.start(AUDITED)
+    session = field(session_start(suite_store, km), "jupyter.session_id")
+    run_ok(kc, "import comm\nseen = []\n"
+               "def target(c, msg):\n"
+               "    c.on_msg(lambda m: seen.append([len(b) for b in m['buffers']]))\n"
+               "comm.get_comm_manager().register_target('sizes', target)")
+    fe = RawFrontend(km)
+    try:
+        comm_id = uuid.uuid4().hex
+        _, open_ = fe.signer.message("comm_open", {"comm_id": comm_id, "target_name": "sizes",
+                                                   "data": {}})
+        fe.send(open_)
+        buffers = [bytes([i]) * (16 << 20) for i in range(4)] + [b""] * 1000
+        msg_id, frames = fe.signer.message("comm_msg", {"comm_id": comm_id, "data": {"n": 1}})
+        fe.send([*frames, *buffers])
+        fe.execute_ok("pass")
+    finally:
+        fe.close()
+    out = run_ok(kc, "print(seen)")
+    assert out == repr([[16 << 20] * 4 + [0] * 1000]) + "\n"
+    records = wait_for_records(
+        suite_store, lambda rs: any(field(r, "jupyter.msg_id") == msg_id for r in rs),
+        "the comm_msg with buffers")
+    record = next(r for r in records if field(r, "jupyter.msg_id") == msg_id)
+    assert action(record) == "comm_msg" and field(record, "jupyter.comm_id") == comm_id, record
+    assert field(record, "jupyter.session_id") == session
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: runs a second local user "
+                    "(jupyter-audit-nbuser) against a kernel that root owns")
+def test_another_local_user_cannot_reach_the_private_kernel_side(kernels, suite_store):
+    km, kc = kernels.start(AUDITED)
+    start = session_start(suite_store, km)
+    argv = field(start, "jupyter.kernel_argv")
+    private_file = Path(argv[argv.index("-f") + 1])
+    private_dir = private_file.parent
+    info = private_dir.stat()
+    assert info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o700, oct(info.st_mode)
+    sockets = [p for p in private_dir.iterdir() if stat.S_ISSOCK(p.stat().st_mode)]
+    assert len(sockets) == 5, sockets
+    system_user(NOTEBOOK_USER)
+    for argv in (["ls", str(private_dir)], ["cat", str(private_file)],
+                 ["cat", str(sockets[0])]):
+        result = as_user(NOTEBOOK_USER, *argv)
+        assert result.returncode != 0 and "Permission denied" in result.stderr, result
+    probe = ("import socket, sys\nfor path in sys.argv[1:]:\n"
+             "    s = socket.socket(socket.AF_UNIX)\n"
+             "    try:\n        s.connect(path)\n        print('connected', path)\n"
+             "    except PermissionError:\n        print('denied')\n")
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    result = as_user(NOTEBOOK_USER, python, "-c", probe, *map(str, sockets))
+    assert result.stdout == "denied\n" * len(sockets), result
     assert run_ok(kc, "print('ok')") == "ok\n"

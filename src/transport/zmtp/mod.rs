@@ -32,16 +32,14 @@ fn generated_identity() -> Bytes {
     id.freeze()
 }
 
-/// The Jupyter msg_id in the frames that arrived before an oversized message was cut
-/// off, when the header was among them; for the diagnostic only.
-fn msg_id_of(head: &[Bytes]) -> Option<String> {
+/// The Jupyter msg_id and msg_type in the frames that arrived before an oversized
+/// message was cut off, when the header was among them; for the diagnostic only.
+fn header_of(head: &[Bytes]) -> Option<crate::wire::Header> {
     let delimiter = head
         .iter()
         .position(|frame| frame.as_ref() == crate::wire::DELIMITER)?;
     let header = head.get(delimiter + 2)?;
-    serde_json::from_slice::<crate::wire::Header>(header)
-        .ok()
-        .map(|header| header.msg_id)
+    serde_json::from_slice::<crate::wire::Header>(header).ok()
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@ use tokio::sync::mpsc;
 
 use super::codec::Incoming;
 use super::connection::{Listener, PeerSender, QueueError, handshake};
-use super::{generated_identity, msg_id_of};
+use super::{generated_identity, header_of};
 use crate::connection::Channel;
-use crate::transport::{Frames, Link};
+use crate::transport::{Frames, Link, Oversized};
 
 /// Connected peers by routing id; the serial tells connections with one id apart.
 type Peers = Arc<Mutex<HashMap<Bytes, (u64, PeerSender)>>>;
@@ -24,6 +24,7 @@ pub(in crate::transport) fn spawn_router(
     channel: Channel,
     limit: usize,
     capacity: usize,
+    oversized: mpsc::Sender<Oversized>,
 ) -> Link {
     let (outgoing, mut to_send) = mpsc::channel::<Frames>(capacity);
     let (received, incoming) = mpsc::channel::<Frames>(capacity);
@@ -50,6 +51,7 @@ pub(in crate::transport) fn spawn_router(
                 serial,
                 accept_peers.clone(),
                 received.clone(),
+                oversized.clone(),
             ));
         }
     });
@@ -82,6 +84,7 @@ fn lock(peers: &Peers) -> std::sync::MutexGuard<'_, HashMap<Bytes, (u64, PeerSen
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+#[allow(clippy::too_many_arguments)] // one peer's task: what it serves and where it reports
 async fn serve_peer(
     read: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
     write: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
@@ -90,6 +93,7 @@ async fn serve_peer(
     serial: u64,
     peers: Peers,
     received: mpsc::Sender<Frames>,
+    oversized: mpsc::Sender<Oversized>,
 ) {
     let (info, mut reader, write) = match handshake(read, write, "ROUTER", PEER_TYPES, limit).await
     {
@@ -112,13 +116,26 @@ async fn serve_peer(
                 }
             }
             Ok(Some(Incoming::Oversized { size, head })) => {
-                tracing::warn!(
-                    %channel,
-                    from = "frontend",
-                    reason = %format!("message of {size} bytes is over the limit of {limit} bytes"),
-                    msg_id = msg_id_of(&head).as_deref().unwrap_or("unknown"),
-                    "message rejected"
-                );
+                let header = header_of(&head);
+                let notice = Oversized {
+                    channel,
+                    size,
+                    limit,
+                    msg_type: header.as_ref().map(|header| header.msg_type.clone()),
+                    msg_id: header.map(|header| header.msg_id),
+                };
+                // The proxy logs and records it (rate-limited); waiting for room holds up
+                // only this peer's reading, and with no proxy to tell, the log says it.
+                if let Err(unsent) = oversized.send(notice).await {
+                    let notice = unsent.0;
+                    tracing::warn!(
+                        %channel,
+                        from = "frontend",
+                        reason = %format!("message of {} bytes is over the limit of {limit} bytes", notice.size),
+                        msg_id = notice.msg_id.as_deref().unwrap_or("unknown"),
+                        "message rejected"
+                    );
+                }
             }
             Ok(Some(Incoming::Command(_))) => {}
             Ok(None) => break,

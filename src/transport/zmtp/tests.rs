@@ -11,7 +11,7 @@ use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, SubSoc
 use super::codec;
 use super::{Listener, spawn_publisher, spawn_router};
 use crate::connection::Channel;
-use crate::transport::Frames;
+use crate::transport::{Frames, Oversized};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -35,7 +35,7 @@ fn message(frames: &[&[u8]]) -> ZmqMessage {
 #[tokio::test]
 async fn router_delivers_by_identity_both_ways() {
     let (listener, port) = tcp_listener().await;
-    let mut link = spawn_router(listener, Channel::Shell, 1 << 20, 16);
+    let mut link = spawn_router(listener, Channel::Shell, 1 << 20, 16, notices().0);
     let mut options = SocketOptions::default();
     options.peer_identity(
         Bytes::from_static(b"session-1")
@@ -79,7 +79,8 @@ fn frames(parts: &[&[u8]]) -> Frames {
 #[tokio::test]
 async fn oversized_message_is_dropped_and_the_connection_keeps_working() {
     let (listener, port) = tcp_listener().await;
-    let mut link = spawn_router(listener, Channel::Shell, 1000, 16);
+    let (notices, mut oversized) = notices();
+    let mut link = spawn_router(listener, Channel::Shell, 1000, 16, notices);
     let mut dealer = DealerSocket::new();
     dealer
         .connect(&format!("tcp://127.0.0.1:{port}"))
@@ -98,6 +99,23 @@ async fn oversized_message_is_dropped_and_the_connection_keeps_working() {
         .expect("in time")
         .expect("open");
     assert_eq!(received[1..], frames(&[b"<IDS|MSG>", b"small"])[..]);
+    // The proxy hears of the skipped message, to report it.
+    let notice = tokio::time::timeout(WAIT, oversized.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!(notice.channel, Channel::Shell);
+    assert_eq!(notice.limit, 1000);
+    assert!(notice.size > 1000, "{notice:?}");
+    assert_eq!(notice.msg_id, None, "no header among the frames");
+}
+
+/// A queue for oversized notices; the receiver may be dropped (the router then logs).
+fn notices() -> (
+    tokio::sync::mpsc::Sender<Oversized>,
+    tokio::sync::mpsc::Receiver<Oversized>,
+) {
+    tokio::sync::mpsc::channel(16)
 }
 
 /// Connects a raw TCP peer that completes the handshake as a SUB and subscribes to
@@ -225,7 +243,7 @@ async fn direct_message_reaches_only_its_subscriber() {
 #[tokio::test]
 async fn garbage_and_wrong_socket_types_are_refused_without_harm() {
     let (listener, port) = tcp_listener().await;
-    let mut link = spawn_router(listener, Channel::Control, 1 << 20, 16);
+    let mut link = spawn_router(listener, Channel::Control, 1 << 20, 16, notices().0);
     let mut garbage = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");

@@ -1,0 +1,266 @@
+//! Rejected messages on the record, without letting a flood of them flood the store.
+//!
+//! Per channel and side, the first [`RECORDED_PER_WINDOW`] rejections of a window of
+//! [`WINDOW`] get a `message_rejected` record (and a WARN line) each; the rest are
+//! counted, and the window closes with one `rejections_suppressed` record that says how
+//! many there were and why. Every rejection is accounted for, and a hostile frontend
+//! costs the store a few records per window however fast it sends.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+
+use super::requests::RejectReason;
+use crate::audit::now_rfc3339;
+use crate::connection::Channel;
+use crate::wire::WireError;
+
+/// How long a window of rejections lasts.
+pub(crate) const WINDOW: Duration = Duration::from_secs(5);
+/// How many rejections per channel and side get a record of their own in one window.
+pub(crate) const RECORDED_PER_WINDOW: u32 = 10;
+
+/// A short, stable name of why a message was rejected: the key of a summary's counts
+/// (the error's text carries sizes and parser messages, which would make every key new).
+pub(crate) fn reason_kind(reason: &RejectReason) -> &'static str {
+    let error = match reason {
+        RejectReason::Wire(error) => error,
+        RejectReason::UnreadableContent(_) => return "unreadable_content",
+    };
+    match error {
+        WireError::Empty => "empty",
+        WireError::MissingDelimiter => "missing_delimiter",
+        WireError::TooFewFrames(_) => "too_few_frames",
+        WireError::Oversized { .. } => "oversized",
+        WireError::BadHeader(_) => "bad_header",
+        WireError::MissingSignature => "missing_signature",
+        WireError::BadSignature => "bad_signature",
+        WireError::Replayed => "replayed",
+        WireError::UnsupportedScheme(_) => "unsupported_scheme",
+    }
+}
+
+/// Rejections of one window past the individually recorded ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Suppressed {
+    pub channel: Channel,
+    pub from: &'static str,
+    pub count: u64,
+    pub reasons: BTreeMap<&'static str, u64>,
+    /// When the first and the last of them arrived (proxy clock).
+    pub first_at: String,
+    pub last_at: String,
+}
+
+impl Suppressed {
+    /// The `rejections_suppressed` record's fields.
+    pub(crate) fn fields(&self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        fields.insert("channel".into(), json!(self.channel.name()));
+        fields.insert("from".into(), json!(self.from));
+        fields.insert("rejected_count".into(), json!(self.count));
+        fields.insert("reasons".into(), json!(self.reasons));
+        fields.insert("first_rejected_at".into(), json!(self.first_at));
+        fields.insert("last_rejected_at".into(), json!(self.last_at));
+        fields.insert(
+            "reason".into(),
+            json!(format!(
+                "more than {RECORDED_PER_WINDOW} messages rejected within {} s: counted, not recorded one by one",
+                WINDOW.as_secs()
+            )),
+        );
+        fields
+    }
+
+    pub(crate) fn log(&self) {
+        tracing::warn!(
+            channel = %self.channel,
+            from = self.from,
+            count = self.count,
+            reasons = ?self.reasons,
+            "more messages rejected (counted, not logged one by one)"
+        );
+    }
+}
+
+#[derive(Debug)]
+struct Window {
+    opened: Instant,
+    recorded: u32,
+    suppressed: Option<Suppressed>,
+}
+
+/// Decides which rejections are recorded one by one; shared by all relays.
+#[derive(Debug, Default)]
+pub(crate) struct RejectionLimiter {
+    windows: Mutex<HashMap<(Channel, &'static str), Window>>,
+}
+
+/// What to do with one rejection.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// Record (and log) this rejection on its own.
+    pub record: bool,
+    /// The summary of the window that this rejection closed, to record first.
+    pub closed: Option<Suppressed>,
+}
+
+impl RejectionLimiter {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(Channel, &'static str), Window>> {
+        self.windows
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts one rejection at `now`.
+    pub(crate) fn admit(
+        &self,
+        channel: Channel,
+        from: &'static str,
+        reason: &'static str,
+        now: Instant,
+    ) -> Verdict {
+        let mut windows = self.lock();
+        let window = windows.entry((channel, from)).or_insert(Window {
+            opened: now,
+            recorded: 0,
+            suppressed: None,
+        });
+        let mut closed = None;
+        if now.duration_since(window.opened) >= WINDOW {
+            closed = window.suppressed.take();
+            window.opened = now;
+            window.recorded = 0;
+        }
+        if window.recorded < RECORDED_PER_WINDOW {
+            window.recorded += 1;
+            return Verdict {
+                record: true,
+                closed,
+            };
+        }
+        let stamp = now_rfc3339();
+        let suppressed = window.suppressed.get_or_insert_with(|| Suppressed {
+            channel,
+            from,
+            count: 0,
+            reasons: BTreeMap::new(),
+            first_at: stamp.clone(),
+            last_at: stamp.clone(),
+        });
+        suppressed.count += 1;
+        *suppressed.reasons.entry(reason).or_default() += 1;
+        suppressed.last_at = stamp;
+        Verdict {
+            record: false,
+            closed,
+        }
+    }
+
+    /// Closes the windows that are over at `now`; returns their summaries.
+    pub(crate) fn expired(&self, now: Instant) -> Vec<Suppressed> {
+        let mut windows = self.lock();
+        let mut closed = Vec::new();
+        windows.retain(|_, window| {
+            if now.duration_since(window.opened) < WINDOW {
+                return true;
+            }
+            closed.extend(window.suppressed.take());
+            false
+        });
+        closed
+    }
+
+    /// Closes every window (the session ends); returns their summaries.
+    pub(crate) fn drain(&self) -> Vec<Suppressed> {
+        let mut windows = self.lock();
+        windows
+            .drain()
+            .filter_map(|(_, window)| window.suppressed)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_rejections_are_recorded_the_rest_counted_and_summed_up() {
+        let limiter = RejectionLimiter::default();
+        let start = Instant::now();
+        let mut recorded = 0;
+        for i in 0..1000u32 {
+            let reason = if i % 2 == 0 {
+                "bad_signature"
+            } else {
+                "missing_delimiter"
+            };
+            let verdict = limiter.admit(Channel::Shell, "frontend", reason, start);
+            assert_eq!(verdict.closed, None);
+            recorded += u32::from(verdict.record);
+        }
+        assert_eq!(recorded, RECORDED_PER_WINDOW);
+        // Another channel has a window of its own.
+        assert!(
+            limiter
+                .admit(Channel::Control, "frontend", "empty", start)
+                .record
+        );
+        assert!(limiter.expired(start).is_empty(), "the window is not over");
+        let summaries = limiter.expired(start + WINDOW);
+        assert_eq!(summaries.len(), 1, "control had nothing suppressed");
+        let summary = &summaries[0];
+        assert_eq!(summary.channel, Channel::Shell);
+        assert_eq!(summary.count, 1000 - u64::from(RECORDED_PER_WINDOW));
+        assert_eq!(summary.reasons.values().sum::<u64>(), summary.count);
+        assert_eq!(summary.reasons["bad_signature"], 495);
+        // A new window records again.
+        assert!(
+            limiter
+                .admit(Channel::Shell, "frontend", "empty", start + WINDOW)
+                .record
+        );
+    }
+
+    #[test]
+    fn a_rejection_after_the_window_closes_it_and_draining_returns_the_rest() {
+        let limiter = RejectionLimiter::default();
+        let start = Instant::now();
+        for _ in 0..=RECORDED_PER_WINDOW {
+            limiter.admit(Channel::Stdin, "kernel", "bad_signature", start);
+        }
+        let later = limiter.admit(Channel::Stdin, "kernel", "replayed", start + WINDOW * 2);
+        assert!(later.record);
+        assert_eq!(later.closed.map(|summary| summary.count), Some(1));
+        for _ in 0..RECORDED_PER_WINDOW {
+            limiter.admit(Channel::Stdin, "kernel", "replayed", start + WINDOW * 2);
+        }
+        let rest = limiter.drain();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].count, 1);
+        assert_eq!(rest[0].reasons["replayed"], 1);
+        assert!(limiter.drain().is_empty());
+    }
+
+    #[test]
+    fn every_wire_error_has_a_reason_kind() {
+        let errors = [
+            WireError::Empty,
+            WireError::MissingDelimiter,
+            WireError::TooFewFrames(1),
+            WireError::Oversized { size: 2, limit: 1 },
+            WireError::BadHeader("x".into()),
+            WireError::MissingSignature,
+            WireError::BadSignature,
+            WireError::Replayed,
+            WireError::UnsupportedScheme("x".into()),
+        ];
+        let mut reasons: Vec<RejectReason> = errors.into_iter().map(RejectReason::from).collect();
+        reasons.push(RejectReason::UnreadableContent("x".into()));
+        let kinds: std::collections::BTreeSet<_> = reasons.iter().map(reason_kind).collect();
+        assert_eq!(kinds.len(), reasons.len());
+    }
+}
