@@ -596,7 +596,10 @@ def test_non_reading_subscriber_memory_stays_bounded(collectors, tmp_dir):
                 received += len(text)
             elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 break
-        assert received == chunk * count, f"the reader got {received} of {chunk * count}"
+        # The reader counts as stalled (and loses messages) only if it took nothing for
+        # 5 s; the proxy's log says so if that happened.
+        assert received == chunk * count, \
+            f"the reader got {received} of {chunk * count}\n{kernel.log()}"
         assert reply_for(kc.get_shell_msg, msg_id)["content"]["status"] == "ok"
         assert run_ok(kc, "print('still responsive')") == "still responsive\n"
         peak = peak_rss_mib(proxy_pid)
