@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite in one command, from anywhere: formatting, lints, Rust unit tests,
-# the release build, and the Python integration tests against real kernels.
+# a short bounded fuzzing run, the release build, and the Python integration tests
+# against real kernels.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k interrupt -x).
 set -euo pipefail
 
@@ -21,6 +22,9 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test"
 cargo test
+
+step "fuzz: replay the corpora, then each target 20 s (scripts/fuzz.sh)"
+FUZZ_SECONDS=20 bash scripts/fuzz.sh
 
 step "cargo build --release"
 cargo build --release

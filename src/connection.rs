@@ -136,7 +136,9 @@ impl ConnectionInfo {
         })
     }
 
-    fn parse(text: &[u8]) -> Result<Self, ParseError> {
+    /// Parses and checks the text of a connection file: the entry point for anything
+    /// that reads one (and for the fuzzer).
+    pub fn parse(text: &[u8]) -> Result<Self, ParseError> {
         let info: Self = serde_json::from_slice(text).map_err(ParseError::Json)?;
         info.signature_scheme()
             .map_err(|error| ParseError::Invalid(error.to_string()))?;
@@ -204,8 +206,12 @@ impl ConnectionInfo {
     }
 }
 
-enum ParseError {
+/// Why the text of a connection file was refused ([`ConnectionError`] adds the path).
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error(transparent)]
     Json(serde_json::Error),
+    #[error("{0}")]
     Invalid(String),
 }
 
@@ -223,9 +229,7 @@ mod tests {
 
     #[test]
     fn reads_what_jupyter_writes() {
-        let info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes())
-            .ok()
-            .expect("valid");
+        let info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes()).expect("valid");
         assert_eq!(info.endpoint(Channel::Shell), "tcp://127.0.0.1:50001");
         assert_eq!(info.endpoint(Channel::Heartbeat), "tcp://127.0.0.1:50005");
         assert_eq!(info.signature_scheme(), Ok(SignatureScheme::Sha256));
@@ -234,9 +238,7 @@ mod tests {
 
     #[test]
     fn ipc_endpoints_use_path_dash_port() {
-        let mut info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes())
-            .ok()
-            .expect("valid");
+        let mut info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes()).expect("valid");
         info.transport = Transport::Ipc;
         info.ip = "/run/user/1000/kernel-x".into();
         info.iopub_port = 2;
@@ -270,9 +272,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_key() {
-        let info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes())
-            .ok()
-            .expect("valid");
+        let info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes()).expect("valid");
         assert!(!format!("{info:?}").contains("a0436f6c"));
     }
 
@@ -281,9 +281,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("kernel.json");
-        let info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes())
-            .ok()
-            .expect("valid");
+        let info = ConnectionInfo::parse(JUPYTER_WRITTEN.as_bytes()).expect("valid");
         info.write(&path).expect("written");
         let mode = std::fs::metadata(&path)
             .expect("exists")

@@ -84,7 +84,7 @@ use crate::config::{ConfigFile, DEFAULT_CONFIG_PATH};
 
 pub use flags::{AuditFlags, flag_value, is_unaudited, proxy_flags};
 pub use search::{SearchEnv, resolve_spec_dir, split_path_list, user_data_dir};
-pub use spec::{METADATA_KEY, SourceSpec, read_spec, unwrap_spec};
+pub use spec::{METADATA_KEY, SourceSpec, parse_spec, read_spec, unwrap_spec};
 pub use wrap::{DisplayName, TEMPLATE, build_wrapped_spec, is_bare_python, resolve_interpreter};
 pub use write::{
     copy_resources, destination_dir, is_valid_kernel_name, replace_spec_file, write_new_spec,

@@ -18,7 +18,13 @@ pub fn read_spec(dir: &Path) -> Result<Map<String, Value>> {
         path: path.clone(),
         error,
     })?;
-    match serde_json::from_str(&text) {
+    parse_spec(&text, path)
+}
+
+/// Parses the text of a `kernel.json` read from `path` (named in errors): the parsing
+/// entry point of [`read_spec`], public for the fuzzer.
+pub fn parse_spec(text: &str, path: PathBuf) -> Result<Map<String, Value>> {
+    match serde_json::from_str(text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(KernelspecError::InvalidSpec {
             path,

@@ -1,0 +1,83 @@
+//! Jupyter wire parsing and signature checking, as the proxy does for every frontend
+//! message: split the frames, read the header, verify the HMAC, catch replays, re-sign.
+//!
+//! Input: `[scheme byte][key length byte][key][frame]0xff[frame]0xff…`. 0xff never
+//! occurs in UTF-8, hex or JSON, so real messages split cleanly (see `seeds/`).
+#![no_main]
+
+use bytes::Bytes;
+use jupyter_audit::wire::{ReplayGuard, SignatureScheme, Signer, WireError, WireMessage};
+use libfuzzer_sys::fuzz_target;
+
+const SCHEMES: [&str; 7] = [
+    "hmac-md5",
+    "hmac-sha1",
+    "hmac-sha224",
+    "hmac-sha256",
+    "hmac-sha384",
+    "hmac-sha512",
+    "",
+];
+
+fuzz_target!(|data: &[u8]| {
+    let [selector, key_len, rest @ ..] = data else {
+        return;
+    };
+    let key_len = usize::from(*key_len).min(rest.len());
+    let (key, body) = rest.split_at(key_len);
+    let scheme = SignatureScheme::parse(SCHEMES[usize::from(*selector) % SCHEMES.len()])
+        .expect("every listed scheme parses");
+    assert_eq!(SignatureScheme::parse(scheme.name()), Ok(scheme));
+    let signer = Signer::new(key, scheme);
+
+    let frames: Vec<Bytes> = body
+        .split(|&b| b == 0xff)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let total: usize = frames.iter().map(Bytes::len).sum();
+    // A limit somewhere around the message's size exercises the size check both ways.
+    let limit = total.saturating_sub(usize::from(*selector >> 4));
+    let message = match WireMessage::from_frames(frames.clone(), limit) {
+        Ok(message) => message,
+        Err(WireError::Oversized { size, limit: cap }) => {
+            assert!(size > cap);
+            return;
+        }
+        Err(_) => return,
+    };
+    assert_eq!(message.size(), total);
+    if let Ok(header) = message.header() {
+        // The fields the audit reads must come out of the header as JSON text.
+        let _ = (header.msg_id.len(), header.msg_type.len());
+    }
+
+    let verified = message.verify(&signer);
+    if !signer.is_signing() {
+        assert_eq!(verified, Ok(()), "an empty key checks nothing");
+    }
+
+    let mut guard = ReplayGuard::new(4);
+    assert!(guard.first_use(&message.signature));
+    assert_eq!(
+        guard.first_use(&message.signature),
+        message.signature.is_empty(),
+        "a second use is a replay unless unsigned"
+    );
+
+    // What the proxy does next: re-sign for the other side, whose check must pass,
+    // and forward the frames with only the signature changed.
+    let other = Signer::new(b"the kernel side's key", scheme);
+    let mut forwarded = message.clone();
+    forwarded.resign(&other);
+    assert_eq!(forwarded.verify(&other), Ok(()));
+    if verified.is_ok() && signer.is_signing() {
+        let mut again = message.clone();
+        again.resign(&signer);
+        assert!(again.signature.eq_ignore_ascii_case(&message.signature));
+    }
+    let mut expected = frames;
+    let delimiter = message.routing.len();
+    expected[delimiter + 1] = forwarded.signature.clone();
+    assert_eq!(forwarded.into_frames(), expected);
+    assert_eq!(message.into_frames().len(), expected.len());
+});
