@@ -8,7 +8,7 @@
 #                                      fuzz/grown/TARGET (not committed) for the next run
 #   scripts/fuzz.sh seeds              rewrite the seed corpora (fuzz/corpus/*/seed-*)
 #
-# Targets: wire, files, collector, store. A crash stops the run with the input saved in
+# Targets: wire, files, collector, store, zmtp. A crash stops the run with the input saved in
 # fuzz/artifacts/TARGET/; fix it, add a unit test, and copy the input into
 # fuzz/corpus/TARGET/ so every later run replays it.
 set -euo pipefail
@@ -16,12 +16,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 root="$PWD"
-targets=(wire files collector store)
+targets=(wire files collector store zmtp)
 
 if [[ "${1:-}" == seeds ]]; then
     # A plain build beside the main crate's, so its dependencies are reused.
     cd fuzz/seeds
     CARGO_TARGET_DIR="$root/target" cargo run --quiet -- "$root/fuzz/corpus"
+    # The zmtp seeds are what real frontends send: pyzmq and jupyter_client from .venv.
+    bash "$root/scripts/python-env.sh" >/dev/null
+    "$root/.venv/bin/python" capture_zmtp.py "$root/fuzz/corpus"
     exit 0
 fi
 

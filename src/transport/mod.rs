@@ -11,7 +11,7 @@
 mod actor;
 mod zmtp;
 
-pub use zmtp::{Publisher, Subscription};
+pub use zmtp::{DecodedItem, Publisher, Subscription, ZmtpError, decode_frontend_bytes};
 
 use std::time::Duration;
 

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+pub use codec::ProtocolError as ZmtpError;
 pub(super) use connection::Listener;
 pub use publisher::{Publisher, Subscription};
 pub(super) use router::spawn_router;
@@ -40,6 +41,61 @@ fn header_of(head: &[Bytes]) -> Option<crate::wire::Header> {
         .position(|frame| frame.as_ref() == crate::wire::DELIMITER)?;
     let header = head.get(delimiter + 2)?;
     serde_json::from_slice::<crate::wire::Header>(header).ok()
+}
+
+/// What a frontend's bytes decode to, for [`decode_frontend_bytes`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodedItem {
+    Message(Vec<Bytes>),
+    /// A command, with its properties when they parse (READY's form).
+    Command {
+        name: String,
+        properties: Option<Vec<(String, Bytes)>>,
+    },
+    /// A message over the size limit, skipped: its announced size.
+    Oversized {
+        size: u64,
+    },
+}
+
+/// Runs the frame decoder the frontend side uses over `pieces`, fed one after the other
+/// as they might arrive from the network, with `limit` as the message size limit: what
+/// came out, and the error that would close the connection, if any. `greeting`, when
+/// given, is checked first as a peer's 64-byte greeting. This is the entry point for
+/// fuzzing the first parser a frontend's bytes meet.
+pub fn decode_frontend_bytes(
+    greeting: Option<&[u8; 64]>,
+    pieces: &[&[u8]],
+    limit: usize,
+) -> (Vec<DecodedItem>, Option<codec::ProtocolError>) {
+    let mut items = Vec::new();
+    if let Some(greeting) = greeting
+        && let Err(error) = codec::check_greeting(greeting)
+    {
+        return (items, Some(error));
+    }
+    let mut decoder = codec::Decoder::new(limit);
+    let mut buffer = BytesMut::new();
+    for piece in pieces {
+        buffer.extend_from_slice(piece);
+        loop {
+            match decoder.decode(&mut buffer) {
+                Ok(Some(codec::Incoming::Message(frames))) => {
+                    items.push(DecodedItem::Message(frames))
+                }
+                Ok(Some(codec::Incoming::Command(command))) => items.push(DecodedItem::Command {
+                    properties: command.properties().ok(),
+                    name: command.name,
+                }),
+                Ok(Some(codec::Incoming::Oversized { size, .. })) => {
+                    items.push(DecodedItem::Oversized { size })
+                }
+                Ok(None) => break,
+                Err(error) => return (items, Some(error)),
+            }
+        }
+    }
+    (items, None)
 }
 
 #[cfg(test)]

@@ -272,3 +272,40 @@ async fn garbage_and_wrong_socket_types_are_refused_without_harm() {
         "generated identities start with a zero byte"
     );
 }
+
+#[test]
+fn frontend_bytes_decode_the_same_however_they_are_cut() {
+    // A two-frame message, a message over the limit, then READY: in one piece and
+    // one byte at a time.
+    let mut stream = Vec::new();
+    stream.extend_from_slice(&[0x01, 3]);
+    stream.extend_from_slice(b"abc");
+    stream.extend_from_slice(&[0x00, 2]);
+    stream.extend_from_slice(b"de");
+    stream.extend_from_slice(&[0x00, 200]);
+    stream.extend_from_slice(&[b'x'; 200]);
+    stream.extend_from_slice(&codec::ready_command(&[("Socket-Type", b"DEALER")]));
+    let whole = super::decode_frontend_bytes(None, &[&stream], 100);
+    let bytewise: Vec<&[u8]> = stream.chunks(1).collect();
+    assert_eq!(whole, super::decode_frontend_bytes(None, &bytewise, 100));
+    let (items, error) = whole;
+    assert_eq!(error, None);
+    assert_eq!(
+        items,
+        vec![
+            super::DecodedItem::Message(vec![
+                Bytes::from_static(b"abc"),
+                Bytes::from_static(b"de")
+            ]),
+            super::DecodedItem::Oversized { size: 200 },
+            super::DecodedItem::Command {
+                name: "READY".into(),
+                properties: Some(vec![("Socket-Type".into(), Bytes::from_static(b"DEALER"))]),
+            },
+        ]
+    );
+    let mut bad_greeting = codec::greeting();
+    bad_greeting[0] = 0;
+    let (_, error) = super::decode_frontend_bytes(Some(&bad_greeting), &[&stream], 100);
+    assert_eq!(error, Some(codec::ProtocolError::BadSignature));
+}
