@@ -209,12 +209,18 @@ pub fn verify(
     public_key: Option<&Path>,
 ) -> Result<VerifyReport> {
     let segments_dir = dir.join(layout::SEGMENTS_DIR);
-    if !segments_dir.is_dir() {
-        return Err(StoreError::io(
-            "open store",
-            dir,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no segments/ directory in it"),
-        ));
+    // metadata(), not is_dir(): a reader without permission must be told so, not that
+    // the store has no segments.
+    let no_segments = || {
+        let missing =
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no segments/ directory in it");
+        StoreError::io("open store", dir, missing)
+    };
+    match std::fs::metadata(&segments_dir) {
+        Ok(metadata) if metadata.is_dir() => {}
+        Ok(_) => return Err(no_segments()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(no_segments()),
+        Err(error) => return Err(StoreError::io("open store", &segments_dir, error)),
     }
     let checkpoint_file: PathBuf =
         checkpoint.map_or_else(|| dir.join(CHECKPOINTS_FILE), Path::to_path_buf);

@@ -1014,6 +1014,8 @@ def test_collector_and_kernel_as_separate_users(collectors):
             assert "Permission denied" in result.stderr, result
         unable = verify(store, user=NOTEBOOK_USER)
         assert unable.returncode == 2, verify_output(unable)
+        # Told why, not that there is no store.
+        assert "Permission denied" in verify_output(unable), verify_output(unable)
 
         records = wait_for_records(
             store,
