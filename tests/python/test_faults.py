@@ -554,8 +554,10 @@ def peak_rss_mib(pid: int) -> float:
 
 # The proxy's buffers are bounded by design (16 MiB per frontend queue, 32 MiB of
 # records not yet stored, bounded kernel-side queues of messages up to 1 MiB here); its
-# peak levels off (measured: 77 MiB after 64 MiB, 166 after 256, 183 after 1 GiB).
-# Unbounded buffering would reach the volume passed (1 GiB).
+# peak levels off (measured: 68-113 MiB after 1 GiB). Unbounded buffering would reach
+# the volume passed (1 GiB). The reader must get every byte: while the proxy waited 5 s
+# for the frontend that never reads, the kernel's iopub socket overflowed and dropped
+# output for everyone (up to 36 of the 1024 messages); the wait is now 250 ms.
 RSS_BOUND_MIB = 256
 
 
@@ -597,7 +599,7 @@ def test_non_reading_subscriber_memory_stays_bounded(collectors, tmp_dir):
             elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 break
         # The reader counts as stalled (and loses messages) only if it took nothing for
-        # 5 s; the proxy's log says so if that happened.
+        # 250 ms; the proxy's log says so if that happened.
         assert received == chunk * count, \
             f"the reader got {received} of {chunk * count}\n{kernel.log()}"
         assert reply_for(kc.get_shell_msg, msg_id)["content"]["status"] == "ok"

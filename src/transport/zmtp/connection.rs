@@ -229,6 +229,11 @@ impl PeerSender {
             .map_err(|_| QueueError::Closed)
     }
 
+    /// Whether the peer has worked its queue down to half or less.
+    pub fn half_empty(&self) -> bool {
+        self.room.available_permits() >= PEER_QUEUE_BYTES / 2
+    }
+
     /// Queues a message, waiting up to `patience` for the peer to make room.
     pub async fn send(&self, frames: Frames, patience: Duration) -> Result<(), QueueError> {
         let waiting = Arc::clone(&self.room).acquire_many_owned(cost(&frames));

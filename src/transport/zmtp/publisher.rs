@@ -104,8 +104,13 @@ pub(in crate::transport) fn spawn_publisher(
 }
 
 /// How long one subscriber may hold up the others before it counts as stalled: from
-/// then on it loses messages while its queue is full, until it catches up.
-const STALL_PATIENCE: Duration = Duration::from_secs(5);
+/// then on it loses messages until it has worked its queue down to half.
+/// While the proxy waits, the real kernel's iopub socket holds what it publishes, about
+/// 1000 messages (ZeroMQ's default high-water mark), and then drops them for the proxy,
+/// so for every frontend and for the record: the wait must end before the kernel can
+/// publish that many (1 MiB messages come about one per millisecond). A frontend that
+/// is reading empties its socket into its own ZeroMQ queue far sooner.
+const STALL_PATIENCE: Duration = Duration::from_millis(250);
 
 /// Sends a message to every matching subscriber. A subscriber that is slow but
 /// reading gets everything (the others wait for room in its queue, as the kernel
@@ -125,7 +130,13 @@ async fn fan_out(subscribers: &Subscribers, frames: &Frames) {
         .collect();
     for (peer, sender, stalled) in targets {
         let result = if stalled {
-            sender.try_send(frames.clone())
+            // Back to lossless only with room to spare: a peer that drains slowly must
+            // not make everyone wait out the patience again at every message.
+            if sender.half_empty() {
+                sender.try_send(frames.clone())
+            } else {
+                Err(QueueError::Full)
+            }
         } else {
             sender.send(frames.clone(), STALL_PATIENCE).await
         };
