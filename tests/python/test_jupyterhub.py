@@ -224,6 +224,9 @@ c.JupyterHub.spawner_class = "localprocess"
 c.Spawner.cmd = [{str(python)!r}, "-m", "jupyterhub.singleuser"]
 c.Spawner.default_url = "/lab"
 c.Spawner.notebook_dir = "~"
+# Ignore what the user controls in their home: ~/.jupyter config files, kernelspecs and
+# extensions under ~/.local/share/jupyter, ~/.local Python packages.
+c.Spawner.disable_user_config = True
 c.Spawner.start_timeout = 90
 c.Spawner.http_timeout = 90
 # README "JupyterHub": command-line options outrank the user's own config files.
@@ -371,11 +374,12 @@ class Lab:
             box.fill(stdin)
             box.press("Enter")
         prompt = cell.locator(".jp-InputArea-prompt")
-        started = wait_until(lambda: prompt.inner_text().strip() != "[ ]:", 20, 0.2)
-        assert started, f"JupyterLab did not send the cell: {code!r}"
         if refused:
+            # A refused cell keeps its empty prompt; it shows the refusal instead.
             cell.locator(".jp-OutputArea-output", has_text=REFUSAL).wait_for()
         else:
+            started = wait_until(lambda: prompt.inner_text().strip() != "[ ]:", 20, 0.2)
+            assert started, f"JupyterLab did not send the cell: {code!r}"
             deadline = time.monotonic() + CELL_TIMEOUT / 1000
             while not re.fullmatch(r"\[\d+\]:", prompt.inner_text().strip()):
                 assert time.monotonic() < deadline, f"cell did not finish: {code!r}"
@@ -755,6 +759,35 @@ def test_a_user_cannot_reach_the_store_or_the_other_users_work(hub_env, work):
     assert hub_env.collector.process.poll() is None
 
 
+def test_a_kernelspec_of_the_users_own_is_not_offered(hub_env, work):
+    """A user who writes an unaudited `python3` (and another spec) into their own data
+    dir, and a config file that would allow everything, still gets only the audited one;
+    and there are no terminals."""
+    lab = lab_for(hub_env, ALICE)
+    rogue = {"argv": [str(hub_env.python), "-m", "ipykernel_launcher", "-f",
+                      "{connection_file}"], "display_name": "rogue", "language": "python"}
+    code = (
+        "import json, os\n"
+        "data = os.path.expanduser('~/.local/share/jupyter/kernels')\n"
+        "for name in ('python3', 'rogue'):\n"
+        "    os.makedirs(os.path.join(data, name), exist_ok=True)\n"
+        "    with open(os.path.join(data, name, 'kernel.json'), 'w') as f:\n"
+        f"        json.dump({rogue!r}, f)\n"
+        "os.makedirs(os.path.expanduser('~/.jupyter'), exist_ok=True)\n"
+        "with open(os.path.expanduser('~/.jupyter/jupyter_server_config.json'), 'w') as f:\n"
+        "    json.dump({'KernelSpecManager': {'allowed_kernelspecs': []}}, f)\n"
+        "print(sorted(os.listdir(data)))"
+    )
+    cell = lab.run_cell(code)
+    assert "['python3', 'rogue']" in cell.locator(".jp-OutputArea").inner_text()
+    specs = lab.api("/api/kernelspecs")
+    assert set(specs["kernelspecs"]) == {"python3"}, specs
+    spec = specs["kernelspecs"]["python3"]["spec"]
+    assert spec["display_name"] != "rogue" and "jupyter_audit" in spec["metadata"], spec
+    terminals = lab.context.request.get(f"{hub_env.hub.url}/user/{ALICE}/api/terminals")
+    assert terminals.status == 404, terminals.status
+
+
 def test_collector_down_refuses_the_cell_and_it_runs_once_back(hub_env, work):
     collector = hub_env.collector
     lab = lab_for(hub_env, ALICE)
@@ -779,3 +812,7 @@ def test_collector_down_refuses_the_cell_and_it_runs_once_back(hub_env, work):
     output = cell.locator(".jp-OutputArea").inner_text()
     lab.screenshot(f"{ALICE}-resumed")
     assert "resumed False" in output, output
+
+    # The trail of the whole module is intact.
+    verified = run(str(BIN), "verify", "--store", str(collector.store), check=False)
+    assert verified.returncode == 0, f"{verified.stdout}\n{verified.stderr}"
