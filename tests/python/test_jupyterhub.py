@@ -217,7 +217,9 @@ c.JupyterHub.pid_file = "{base}/hub/jupyterhub.pid"
 
 c.JupyterHub.authenticator_class = "pam"
 c.Authenticator.allowed_users = {{{ALICE!r}, {BOB!r}}}
-# No PAM session (pam_systemd would want a logind here); authentication is PAM's.
+# Authentication is PAM's ("login" service, pam_unix). No PAM session: without a logind
+# (containers, CI) opening one fails; the Hub would log "Failed to open PAM session" and
+# disable sessions by itself, so this only keeps the log clean.
 c.PAMAuthenticator.open_sessions = False
 
 c.JupyterHub.spawner_class = "localprocess"
