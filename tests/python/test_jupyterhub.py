@@ -470,6 +470,7 @@ def hub_env():
     if not (BIN.is_file() and os.access(BIN, os.X_OK)):
         pytest.fail(f"jupyter-audit binary not found at {BIN}")
 
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # no screenshot of an earlier run
     env = Env()
     env.base = Path(tempfile.mkdtemp(prefix="ja-hub-"))
     env.base.chmod(0o755)
