@@ -10,8 +10,9 @@ that user). What runs, all real:
   python3 kernelspec in a dedicated prefix that only the users' servers see
   (JUPYTER_PATH in the spawner's environment), so the suite's other tests keep theirs;
 - JupyterHub (PAMAuthenticator, LocalProcessSpawner) on 127.0.0.1 behind
-  configurable-http-proxy (npm, in .node/), with the README's Spawner.args, for two
-  system users `jupyter-audit-alice` and `jupyter-audit-bob` (passwords set by chpasswd);
+  configurable-http-proxy (npm, in .node/), with the README's Spawner.args plus
+  `disable_user_config`, for two system users `jupyter-audit-alice` and
+  `jupyter-audit-bob` (passwords set by chpasswd, homes 0700);
 - Debian's chromium driven by Playwright: each user logs in on the Hub's login page,
   creates a notebook from the JupyterLab launcher and runs cells that print, show a
   matplotlib figure, raise, read input() (answered in the UI) and write a file.
@@ -20,8 +21,14 @@ Then the trail is read as root with the review tools (`log --json`, `sessions --
 `replay`): each user's cells under that user's verified name, with the notebook path,
 JupyterLab's cell ids, code and outputs in order; replay rebuilds each notebook. From a
 cell, alice can neither read nor write the store or the collector's files, nor find bob's
-records. With the collector stopped, a cell does not run and the notebook shows the
-refusal; once it is back, the next cell runs.
+records; a python3 kernelspec and a config file she writes into her home change nothing
+(still only the audited python3, no terminals). With the collector stopped, a cell does
+not run and the notebook shows the refusal; once it is back, the next cell runs, and
+`verify` passes on the whole store.
+
+When the users cannot run the venv's interpreter (pyenv's Python under /root, say), their
+servers and kernels run the system's same-version Python in a small venv that loads the
+project venv's packages (see users_python).
 
 Screenshots go to test-artifacts/jupyterhub/ at the repo root (paths are printed).
 The tools come from scripts/python-env.sh (Python packages) and scripts/hub-env.sh
