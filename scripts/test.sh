@@ -14,6 +14,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "python environment (.venv)"
 bash scripts/python-env.sh
 
+step "JupyterHub test tools (.node/configurable-http-proxy, chromium; root only)"
+bash scripts/hub-env.sh
+
 step "cargo fmt --check"
 cargo fmt --check
 
