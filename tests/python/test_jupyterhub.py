@@ -771,8 +771,8 @@ def test_a_user_cannot_reach_the_store_or_the_other_users_work(hub_env, work):
 
 def test_a_kernelspec_of_the_users_own_is_not_offered(hub_env, work):
     """A user who writes an unaudited `python3` (and another spec) into their own data
-    dir, and a config file that would allow everything, still gets only the audited one;
-    and there are no terminals."""
+    dir, and a config file that would allow everything, still gets only the audited one,
+    cannot start the other one by name, and has no terminals."""
     lab = lab_for(hub_env, ALICE)
     rogue = {"argv": [str(hub_env.python), "-m", "ipykernel_launcher", "-f",
                       "{connection_file}"], "display_name": "rogue", "language": "python"}
@@ -796,6 +796,25 @@ def test_a_kernelspec_of_the_users_own_is_not_offered(hub_env, work):
     assert spec["display_name"] != "rogue" and "jupyter_audit" in spec["metadata"], spec
     terminals = lab.context.request.get(f"{hub_env.hub.url}/user/{ALICE}/api/terminals")
     assert terminals.status == 404, terminals.status
+    # Asked for by name (as a script in the browser could), it does not start either.
+    started = lab.page.evaluate(
+        """async (url) => {
+            const xsrf = (document.cookie.match(/_xsrf=([^;]+)/) || [])[1] || "";
+            const response = await fetch(url, {
+                method: "POST",
+                headers: {"X-XSRFToken": decodeURIComponent(xsrf),
+                          "Content-Type": "application/json"},
+                body: JSON.stringify({name: "rogue"}),
+            });
+            return [response.status, await response.text()];
+        }""",
+        f"/user/{ALICE}/api/kernels",
+    )
+    # The server answers a bare 500 and logs why.
+    assert started[0] >= 400, started
+    assert wait_until(lambda: "No such kernel named rogue" in hub_env.hub.log(10_000), 10), \
+        hub_env.hub.log()
+    assert len(lab.api("/api/kernels")) == 1, lab.api("/api/kernels")
 
 
 def test_collector_down_refuses_the_cell_and_it_runs_once_back(hub_env, work):
