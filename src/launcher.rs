@@ -26,6 +26,16 @@ pub struct KernelProcess {
     pid: Pid,
 }
 
+/// Keeps code that runs in the kernel from attaching to the proxy (ptrace) or reading
+/// its memory and environment through /proc: both run as the same user, and a kernel
+/// that could reach into the proxy could keep its own cells off the record. The kernel
+/// itself is not affected (exec makes a process dumpable again).
+pub fn shield_proxy_from_kernel() {
+    if let Err(error) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(%error, "cannot make the proxy non-dumpable; same-user processes may attach to it");
+    }
+}
+
 /// Points the kernel's argv at the private connection file. Jupyter has already put
 /// the frontend's connection file where the kernelspec said `{connection_file}`, so
 /// both that path and a literal `{connection_file}` are replaced.

@@ -88,6 +88,7 @@ pub(crate) struct Sides {
 
 /// Runs the proxy until the kernel exits; returns the kernel's exit status.
 pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
+    launcher::shield_proxy_from_kernel();
     let frontend_info = ConnectionInfo::read(&config.connection_file)?;
     let mut signals = Signals::install()?;
     let links = transport::bind_frontend(&frontend_info, config.max_message_bytes).await?;

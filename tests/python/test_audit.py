@@ -992,6 +992,9 @@ def test_collector_and_kernel_as_separate_users(collectors):
             "create": f"open({str(store / 'segments' / 'x.jsonl')!r}, 'w')",
             "remove": f"os.remove({str(segment)!r})",
             "signal": f"os.kill({collector.process.pid}, signal.SIGTERM)",
+            # The proxy (the kernel's parent, same user) cannot be reached into either.
+            "proxy memory": "open('/proc/%d/mem' % os.getppid(), 'rb')",
+            "proxy environment": "open('/proc/%d/environ' % os.getppid(), 'rb').read()",
         }
         code = "import os, signal\nresults = {}\n"
         for label, attempt in attempts.items():
