@@ -7,6 +7,9 @@ import hashlib
 import hmac
 import json
 import os
+import pwd
+import shutil
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -175,6 +178,14 @@ def process_gone(pid: int) -> bool:
     return False
 
 
+def proc_status_mib(pid: int, key: str) -> float:
+    """A memory figure of pid's /proc status in MiB (key "VmRSS", "VmHWM" for the peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {key} for {pid}")
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -260,3 +271,33 @@ class Signer:
 
 def unique_marker(directory: Path, name: str) -> Path:
     return directory / f"{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+# --- system users (root-only tests) --------------------------------------------------------
+
+
+def system_user(name: str, home: Path | None = None) -> pwd.struct_passwd:
+    """The system user `name`, created if missing (with `home`, made afresh, mode 0700)."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        argv = ["useradd", "--system", "--user-group"]
+        if home is None:
+            argv += ["--no-create-home", "--shell", "/usr/sbin/nologin"]
+        else:
+            argv += ["--home-dir", str(home), "--shell", "/bin/bash"]
+        subprocess.run([*argv, name], check=True, capture_output=True, timeout=60)
+    user = pwd.getpwnam(name)
+    if home is not None:
+        # A fresh home each run (leftover notebooks would rename the new ones), and
+        # private: Debian's default home mode is 0755, readable by every other user.
+        shutil.rmtree(user.pw_dir, ignore_errors=True)
+        os.makedirs(user.pw_dir, mode=0o700)
+        os.chown(user.pw_dir, user.pw_uid, user.pw_gid)
+        os.chmod(user.pw_dir, 0o700)
+    return user
+
+
+def as_user(user: str, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True,
+                          timeout=120)

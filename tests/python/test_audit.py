@@ -46,12 +46,14 @@ from helpers import (
     BIN,
     TIMEOUT,
     KernelPool,
+    as_user,
     execute,
     iopub_for,
     proxy_argv,
     reply_for,
     run_ok,
     stdout_of,
+    system_user,
     unique_marker,
     wait_until,
 )
@@ -240,14 +242,15 @@ def audited_kernelspec(socket: Path, *flags: str) -> str:
 
 
 class LoggedKernel:
-    """A kernel started through a KernelPool with the proxy's stderr in a file."""
+    """A kernel started through a KernelPool with the proxy's stderr in a file (kept
+    open: km.restart_kernel launches again with the same stderr)."""
 
     def __init__(self, pool: KernelPool, name: str, log_dir: Path, **km_kwargs: Any) -> None:
         self.log_path = log_dir / f"proxy-{uuid.uuid4().hex[:6]}.log"
+        self.log_file = open(self.log_path, "ab")
         self.km = KernelManager(kernel_name=name, **km_kwargs)
         pool.managers.append(self.km)
-        with open(self.log_path, "ab") as log:
-            self.km.start_kernel(stderr=log)
+        self.km.start_kernel(stderr=self.log_file)
         self.kc = pool.client(self.km)
 
     def log(self) -> str:
@@ -887,22 +890,6 @@ def test_identity_is_the_os_user_not_the_claimed_one(kernels, suite_store):
 
 COLLECTOR_USER = "jupyter-audit-collector"
 NOTEBOOK_USER = "jupyter-audit-nbuser"
-
-
-def system_user(name: str) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-            check=True, capture_output=True, timeout=60,
-        )
-        return pwd.getpwnam(name)
-
-
-def as_user(user: str, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True,
-                          timeout=60)
 
 
 def python_for(user: str) -> tuple[str, dict]:

@@ -32,21 +32,21 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from queue import Empty
 
 import pytest
 import zmq
-from jupyter_client import KernelManager
 
 from helpers import (
     BIN,
-    TIMEOUT,
     KernelPool,
     channel_url,
     connection_info,
     execute,
+    iopub_for,
+    kernel_pid,
+    proc_status_mib,
     process_gone,
     reply_for,
     run_ok,
@@ -139,22 +139,12 @@ def stored_text(records: list[dict], parent: str) -> str:
     return "".join(text)
 
 
-def read_until_idle(kc, msg_id: str, timeout: float = TIMEOUT) -> str:
-    """The stdout request msg_id caused, read from iopub up to its idle status."""
-    deadline = time.monotonic() + timeout
-    text = []
-    while time.monotonic() < deadline:
-        try:
-            msg = kc.get_iopub_msg(timeout=1)
-        except Empty:
-            continue
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
-            text.append(msg["content"]["text"])
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            return "".join(text)
-    raise TimeoutError(f"no idle for {msg_id}; got {len(''.join(text))} characters")
+def wait_for_first_outputs(collector: Collector, kernel: LoggedKernel, streaming_id: str) -> None:
+    """Until the first outputs of STREAMING_CELL (request streaming_id) are stored."""
+    wait_for_records(
+        collector.store,
+        lambda rs: len([r for r in children(rs, streaming_id) if action(r) == "stream"]) >= 10,
+        "the first outputs of the streaming cell", logs(collector, kernel))
 
 
 def stop_and_verify(collector: Collector) -> None:
@@ -195,10 +185,7 @@ def test_collector_sigkill_while_output_streams(collectors, tmp_dir):
         kernel = LoggedKernel(pool, audited_kernelspec(collector.socket), tmp_dir)
         kc = kernel.kc
         streaming_id = kc.execute(STREAMING_CELL)
-        wait_for_records(
-            collector.store,
-            lambda rs: len([r for r in children(rs, streaming_id) if action(r) == "stream"]) >= 10,
-            "the first outputs of the streaming cell", logs(collector, kernel))
+        wait_for_first_outputs(collector, kernel, streaming_id)
         collector.process.send_signal(signal.SIGKILL)
         collector.process.wait(timeout=DEATH_TIMEOUT)
         # What was on disk when it died: everything acknowledged is in here.
@@ -207,7 +194,7 @@ def test_collector_sigkill_while_output_streams(collectors, tmp_dir):
             len(d) for d in before.values())
 
         # The cell goes on (its outputs are held by the proxy) and the frontend sees all.
-        shown = read_until_idle(kc, streaming_id, timeout=60)
+        shown = stdout_of(iopub_for(kc, streaming_id, timeout=60))
         assert shown == EXPECTED_STREAM, f"{len(shown)} characters shown\n{kernel.log()}"
         reply_for(kc.get_shell_msg, streaming_id)
 
@@ -254,7 +241,7 @@ def test_partial_last_line_is_cut_off_on_restart(collectors, tmp_dir):
         kernel = LoggedKernel(pool, audited_kernelspec(collector.socket), tmp_dir)
         kc = kernel.kc
         first = kc.execute("print('stored before the crash')")
-        read_until_idle(kc, first)
+        iopub_for(kc, first)
         wait_for_records(collector.store,
                          lambda rs: any(action(r) == "execute_reply" for r in children(rs, first)),
                          "the first cell", logs(collector, kernel))
@@ -315,14 +302,11 @@ def test_proxy_sigkill_while_cell_prints(collectors, tmp_dir):
     try:
         kernel = LoggedKernel(pool, audited_kernelspec(collector.socket), tmp_dir)
         kc = kernel.kc
-        pid = int(run_ok(kc, "import os; print(os.getpid())"))
+        pid = kernel_pid(kc)
         proxy = kernel.km.provisioner.process
         assert pid != proxy.pid
         streaming_id = kc.execute(STREAMING_CELL)
-        wait_for_records(
-            collector.store,
-            lambda rs: len([r for r in children(rs, streaming_id) if action(r) == "stream"]) >= 10,
-            "the first outputs of the streaming cell", logs(collector, kernel))
+        wait_for_first_outputs(collector, kernel, streaming_id)
         proxy.kill()
         proxy.wait(timeout=DEATH_TIMEOUT)
         assert wait_until(lambda: process_gone(pid), DEATH_TIMEOUT), f"kernel {pid} outlived its proxy"
@@ -343,32 +327,16 @@ def test_proxy_sigkill_while_cell_prints(collectors, tmp_dir):
 # --- 3. the real kernel SIGKILLed mid-cell ------------------------------------------------
 
 
-class KeptLogKernel(LoggedKernel):
-    """LoggedKernel whose log file stays open: restart_kernel launches again with the
-    same stderr."""
-
-    def __init__(self, pool: KernelPool, name: str, log_dir: Path) -> None:
-        self.log_path = log_dir / f"proxy-{uuid.uuid4().hex[:6]}.log"
-        self.log_file = open(self.log_path, "ab")
-        self.km = KernelManager(kernel_name=name)
-        pool.managers.append(self.km)
-        self.km.start_kernel(stderr=self.log_file)
-        self.kc = pool.client(self.km)
-
-
 def test_kernel_sigkill_mid_cell_and_restart(collectors, tmp_dir):
     collector = own_collector(collectors, tmp_dir)
     pool = KernelPool()
     try:
-        kernel = KeptLogKernel(pool, audited_kernelspec(collector.socket), tmp_dir)
+        kernel = LoggedKernel(pool, audited_kernelspec(collector.socket), tmp_dir)
         km, kc = kernel.km, kernel.kc
-        pid = int(run_ok(kc, "import os; print(os.getpid())"))
+        pid = kernel_pid(kc)
         first_proxy = km.provisioner.process
         streaming_id = kc.execute(STREAMING_CELL)
-        wait_for_records(
-            collector.store,
-            lambda rs: len([r for r in children(rs, streaming_id) if action(r) == "stream"]) >= 10,
-            "the first outputs of the streaming cell", logs(collector, kernel))
+        wait_for_first_outputs(collector, kernel, streaming_id)
         os.kill(pid, signal.SIGKILL)
         assert wait_until(lambda: first_proxy.poll() is not None, DEATH_TIMEOUT), \
             f"the proxy outlived its kernel\n{kernel.log()}"
@@ -545,13 +513,6 @@ def test_checkpoint_cut_short_by_a_full_disk_leaves_no_torn_line(collectors, tmp
 # --- 5. a frontend that never reads -------------------------------------------------------
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 # The proxy's buffers are bounded by design (16 MiB per frontend queue, 32 MiB of
 # records not yet stored, bounded kernel-side queues of messages up to 1 MiB here); its
 # peak levels off (measured: 68-113 MiB after 1 GiB). Unbounded buffering would reach
@@ -604,7 +565,7 @@ def test_non_reading_subscriber_memory_stays_bounded(collectors, tmp_dir):
             f"the reader got {received} of {chunk * count}\n{kernel.log()}"
         assert reply_for(kc.get_shell_msg, msg_id)["content"]["status"] == "ok"
         assert run_ok(kc, "print('still responsive')") == "still responsive\n"
-        peak = peak_rss_mib(proxy_pid)
+        peak = proc_status_mib(proxy_pid, "VmHWM")
         assert peak < RSS_BOUND_MIB, f"proxy peak RSS {peak:.0f} MiB\n{kernel.log()}"
         print(f"proxy peak RSS {peak:.0f} MiB while {count} MiB passed")
     finally:

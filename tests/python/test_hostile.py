@@ -23,11 +23,23 @@ from helpers import (
     DELIMITER,
     TIMEOUT,
     Signer,
+    as_user,
     channel_url,
     connection_info,
+    proc_status_mib,
     proxy_argv,
     run_ok,
+    system_user,
     unique_marker,
+)
+from test_audit import (  # the audit tests' store readers and kernelspecs
+    NOTEBOOK_USER,
+    LoggedKernel,
+    action,
+    describe,
+    field,
+    wait_for_records,
+    write_kernelspec,
 )
 
 
@@ -196,18 +208,6 @@ def test_garbage_does_not_crash(kernels, kernel_name, channel):
 
 # --- floods, oversized and malformed content, other local users (audited kernel) -------
 
-from test_audit import (  # noqa: E402  (the audit tests' store readers and users)
-    NOTEBOOK_USER,
-    LoggedKernel,
-    action,
-    as_user,
-    describe,
-    field,
-    system_user,
-    wait_for_records,
-    write_kernelspec,
-)
-
 FLOOD_GARBAGE = 100_000
 FLOOD_FORGED = 10_000
 # Generous: the proxy idles at ~9 MiB; a flood must not make it hold what it rejects.
@@ -230,13 +230,6 @@ def reason_kind(record: dict) -> str:
     return next((kind for text, kind in REASON_KINDS.items() if text in reason), reason)
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def session_start(store: Path, km) -> dict:
     """The session_start record of the kernel km runs (matched by connection file)."""
 
@@ -247,12 +240,6 @@ def session_start(store: Path, km) -> dict:
     records = wait_for_records(store, lambda rs: any(map(mine, rs)),
                                f"session_start of {km.connection_file}")
     return next(filter(mine, records))
-
-
-def session_records(store: Path, session: str) -> list[dict]:
-    from test_audit import read_store
-
-    return [r for r in read_store(store) if field(r, "jupyter.session_id") == session]
 
 
 def rejection_counts(records: list[dict], channel: str = "shell") -> dict[str, int]:
@@ -288,7 +275,7 @@ def test_flood_of_garbage_and_forgeries_is_survived_and_counted_not_stored(
     for p in parts:
         forged.update(p)
     forged_sig = forged.hexdigest().encode()
-    peak = rss_mib(proxy_pid)
+    peak = proc_status_mib(proxy_pid, "VmRSS")
     try:
         for i in range(FLOOD_GARBAGE):
             if i % 2:
@@ -296,17 +283,17 @@ def test_flood_of_garbage_and_forgeries_is_survived_and_counted_not_stored(
             else:
                 fe.send([DELIMITER, b"%064d" % i])  # too few frames
             if i % 5000 == 0:
-                peak = max(peak, rss_mib(proxy_pid))
+                peak = max(peak, proc_status_mib(proxy_pid, "VmRSS"))
         for i in range(FLOOD_FORGED):
             fe.send([DELIMITER, forged_sig, *parts])
             if i % 2000 == 0:
-                peak = max(peak, rss_mib(proxy_pid))
+                peak = max(peak, proc_status_mib(proxy_pid, "VmRSS"))
         # Shell requests are handled in order: this reply comes after the whole flood.
         msg_id, frames = fe.signer.execute_request("print('after the flood')")
         fe.send(frames)
         deadline = time.monotonic() + FLOOD_TIMEOUT
         while time.monotonic() < deadline:
-            peak = max(peak, rss_mib(proxy_pid))
+            peak = max(peak, proc_status_mib(proxy_pid, "VmRSS"))
             if fe.sock.poll(500):
                 reply, _ = fe.reply_to(msg_id, timeout=FLOOD_TIMEOUT)
                 break

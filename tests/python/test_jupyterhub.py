@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import secrets
 import shutil
@@ -57,7 +56,8 @@ from typing import Any
 
 import pytest
 
-from helpers import BIN, wait_until
+from helpers import BIN, REPO, as_user, system_user, wait_until
+from test_audit import Collector, field
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and runs "
@@ -65,7 +65,6 @@ pytestmark = [
     pytest.mark.timeout(600),
 ]
 
-REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 CHP = REPO / ".node" / "node_modules" / ".bin" / "configurable-http-proxy"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -101,76 +100,20 @@ def run(*argv: str, check: bool = True, **kwargs: Any) -> subprocess.CompletedPr
     return result
 
 
-def as_user(user: str, *argv: str) -> subprocess.CompletedProcess:
-    return run("runuser", "-u", user, "--", *argv, check=False)
-
-
-def system_user(name: str, home: Path | None = None) -> pwd.struct_passwd:
-    """The system user `name`, created if missing (with `home`, made afresh, mode 0700)."""
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        argv = ["useradd", "--system", "--user-group"]
-        if home is None:
-            argv += ["--no-create-home", "--shell", "/usr/sbin/nologin"]
-        else:
-            argv += ["--home-dir", str(home), "--shell", "/bin/bash"]
-        run(*argv, name)
-    user = pwd.getpwnam(name)
-    if home is not None:
-        # A fresh home each run (leftover notebooks would rename the new ones), and
-        # private: Debian's default home mode is 0755, readable by every other user.
-        shutil.rmtree(user.pw_dir, ignore_errors=True)
-        os.makedirs(user.pw_dir, mode=0o700)
-        os.chown(user.pw_dir, user.pw_uid, user.pw_gid)
-        os.chmod(user.pw_dir, 0o700)
-    return user
-
-
 # --- the collector, as its own user ---------------------------------------------------------
 
 
-class Collector:
-    def __init__(self, base: Path) -> None:
-        self.user = system_user(COLLECTOR_USER)
-        state, runtime = base / "collector", base / "run"
-        for path in (state, runtime):
-            path.mkdir(mode=0o755)
-            os.chown(path, self.user.pw_uid, self.user.pw_gid)
-        state.chmod(0o700)
-        self.store = state / "store"
-        self.socket = runtime / "collector.sock"
-        self.log_path = base / "collector.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        argv = ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}",
-                "--clear-groups", "--", str(BIN), "collector", "--store", str(self.store),
-                "--socket", str(self.socket)]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env={**os.environ, "RUST_LOG": "jupyter_audit=info"},
-            )
-        if not wait_until(lambda: self.socket.exists() or self.process.poll() is not None, 20):
-            raise AssertionError(f"the collector did not start\n{self.log()}")
-        assert self.process.poll() is None, f"the collector exited\n{self.log()}"
-
-    def stop(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        assert self.process.wait(timeout=20) == 0, self.log()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def log(self) -> str:
-        try:
-            return "collector log:\n" + self.log_path.read_text()[-4000:]
-        except OSError:
-            return "collector log: none"
+def hub_collector(base: Path) -> Collector:
+    """test_audit's Collector, run as its own system user, with its store and socket in
+    directories of that user's (they pass its unsafe-path checks); not started."""
+    user = system_user(COLLECTOR_USER)
+    state, runtime = base / "collector", base / "run"
+    for path in (state, runtime):
+        path.mkdir(mode=0o755)
+        os.chown(path, user.pw_uid, user.pw_gid)
+    state.chmod(0o700)
+    return Collector(base, store=state / "store", socket=runtime / "collector.sock",
+                     run_as=(user.pw_uid, user.pw_gid))
 
 
 # --- the review tools -----------------------------------------------------------------------
@@ -183,15 +126,6 @@ def review(*argv: str) -> str:
 def records(store: Path, *filters: str) -> list[dict]:
     out = review("log", "--store", str(store), "--json", *filters)
     return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def field(record: dict, dotted: str, default: Any = None) -> Any:
-    value: Any = record
-    for key in dotted.split("."):
-        if not isinstance(value, dict) or key not in value:
-            return default
-        value = value[key]
-    return value
 
 
 def describe(recs: list[dict], limit: int = 80) -> str:
@@ -497,7 +431,7 @@ def hub_env():
                 pytest.skip(f"{name} cannot run {BIN} (the repo must be in directories "
                             "other users can enter)")
 
-        collector = env.collector = Collector(env.base)
+        collector = env.collector = hub_collector(env.base)
         collector.start()
 
         # The audited kernel, installed as the README says, on a copy of the venv's python3
@@ -535,7 +469,10 @@ def hub_env():
             collector.kill()
         # The logs go with the screenshots (the directory itself is removed).
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for log in (env.base / "hub" / "jupyterhub.log", env.base / "collector.log"):
+        logs = [env.base / "hub" / "jupyterhub.log"]
+        if collector is not None:
+            logs.append(collector.log_path)
+        for log in logs:
             if log.exists():
                 shutil.copy(log, ARTIFACTS / log.name)
         for name in (ALICE, BOB):

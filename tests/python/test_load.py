@@ -7,6 +7,7 @@ and each session's records are in the order its cells ran. No timings are assert
 from __future__ import annotations
 
 import threading
+
 from helpers import KernelPool, run_ok
 from test_audit import (  # noqa: F401  (collectors is a fixture)
     LoggedKernel,
@@ -17,6 +18,7 @@ from test_audit import (  # noqa: F401  (collectors is a fixture)
     field,
     own_collector,
     read_store,
+    seq,
     verify,
     verify_output,
     wait_for_records,
@@ -63,7 +65,7 @@ def test_concurrent_kernels_lose_nothing_and_keep_order(collectors, tmp_dir):
             kernel.kc.stop_channels()
             kernel.km.shutdown_kernel()
 
-        records = wait_for_records(
+        wait_for_records(
             collector.store,
             lambda rs: sum(action(r) == "session_end" for r in rs) == KERNELS,
             f"{KERNELS} sessions ended", collector.log())
@@ -117,8 +119,8 @@ def test_concurrent_kernels_lose_nothing_and_keep_order(collectors, tmp_dir):
         assert got == expected, f"session {session} (kernel {k}):\n{describe(mine, 200)}"
         assert [action(r) for r in mine if action(r) == "session_end"] == ["session_end"]
         # The store's sequence is the order of arrival: strictly increasing.
-        sequences = [field(r, "event.sequence") for r in mine]
+        sequences = [seq(r) for r in mine]
         assert sequences == sorted(sequences)
-    assert [field(r, "event.sequence") for r in records] == list(range(1, len(records) + 1))
+    assert [seq(r) for r in records] == list(range(1, len(records) + 1))
     result = verify(collector.store)
     assert result.returncode == 0, verify_output(result)
