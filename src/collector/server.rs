@@ -65,18 +65,8 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, CollectorError> {
     // Refuses a socket path someone else could redirect (a link, an unsafe directory).
     match crate::store::layout::check_location("socket", path)? {
         Some(metadata) if metadata.file_type().is_socket() => {
-            use std::os::unix::fs::MetadataExt;
             // A socket another user left there: theirs to remove, and maybe a trap.
-            if metadata.uid() != 0 && metadata.uid() != nix::unistd::geteuid().as_raw() {
-                return Err(CollectorError::Store(StoreError::UnsafePath {
-                    what: "socket",
-                    detail: format!(
-                        "{} is a socket owned by user {}",
-                        path.display(),
-                        metadata.uid()
-                    ),
-                }));
-            }
+            crate::store::layout::check_owner("socket", path, &metadata, "a socket ", "")?;
             std::fs::remove_file(path).map_err(listen_error)?
         }
         Some(_) => {

@@ -116,9 +116,16 @@ pub(crate) fn append(dir: &Path, access: Access, checkpoint: &Checkpoint) -> Res
         .mode(access.writable_mode())
         .open(&path)
         .map_err(|e| StoreError::io("open", &path, e))?;
-    file.write_all(&line)
-        .and_then(|()| file.sync_data())
-        .map_err(|e| StoreError::io("write", &path, e))?;
+    let before = file.metadata().map(|m| m.len());
+    if let Err(error) = file.write_all(&line).and_then(|()| file.sync_data()) {
+        // A full disk can take part of the line: cut it off, or the next checkpoint
+        // would be appended to the torn one.
+        let cut = before.and_then(|len| file.set_len(len).and_then(|()| file.sync_all()));
+        if let Err(cut_error) = cut {
+            tracing::error!(error = %cut_error, "cannot cut a torn checkpoint line off");
+        }
+        return Err(StoreError::io("write", &path, error));
+    }
     if created {
         access.apply(&path, access.writable_mode())?;
         layout::sync_dir(dir)?;

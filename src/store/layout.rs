@@ -135,29 +135,35 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| StoreError::io("sync directory", dir, e))
 }
 
-/// Whether `uid` may own something on the way to the store: root or this process's user.
-fn trusted_owner(uid: u32) -> bool {
-    uid == 0 || uid == nix::unistd::geteuid().as_raw()
-}
-
 fn unsafe_path(what: &'static str, detail: String) -> StoreError {
     StoreError::UnsafePath { what, detail }
+}
+
+/// Refuses `path` on the way to `what` unless root or this process's user owns it;
+/// `kind` (`"a socket "`, or empty) and `why` complete the message.
+pub(crate) fn check_owner(
+    what: &'static str,
+    path: &Path,
+    metadata: &fs::Metadata,
+    kind: &str,
+    why: &str,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = metadata.uid();
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
+        return Ok(());
+    }
+    Err(unsafe_path(
+        what,
+        format!("{} is {kind}owned by user {uid}{why}", path.display()),
+    ))
 }
 
 /// Refuses a directory on the way to `what` that someone else could use to swap it:
 /// owned by another user, or writable by group or others without the sticky bit.
 fn check_ancestor(what: &'static str, dir: &Path, metadata: &fs::Metadata) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    if !trusted_owner(metadata.uid()) {
-        return Err(unsafe_path(
-            what,
-            format!(
-                "{} is owned by user {}, who could replace what is in it",
-                dir.display(),
-                metadata.uid()
-            ),
-        ));
-    }
+    check_owner(what, dir, metadata, "", ", who could replace what is in it")?;
     let mode = metadata.mode();
     // Sticky (like /tmp): others may add entries but not rename or remove ours.
     if mode & 0o022 != 0 && mode & 0o1000 == 0 {
@@ -202,17 +208,7 @@ pub fn check_location(what: &'static str, path: &Path) -> Result<Option<fs::Meta
         prefix.push(component);
         match fs::symlink_metadata(&prefix) {
             Ok(metadata) if metadata.file_type().is_symlink() => {
-                use std::os::unix::fs::MetadataExt;
-                if !trusted_owner(metadata.uid()) {
-                    return Err(unsafe_path(
-                        what,
-                        format!(
-                            "{} is a symbolic link owned by user {}",
-                            prefix.display(),
-                            metadata.uid()
-                        ),
-                    ));
-                }
+                check_owner(what, &prefix, &metadata, "a symbolic link ", "")?;
             }
             Ok(_) => {}
             // Missing directories are created by the collector, as its own.
@@ -236,7 +232,6 @@ pub fn check_location(what: &'static str, path: &Path) -> Result<Option<fs::Meta
 /// symbolic links or foreign files among the store's own entries (a link in the store
 /// would make the collector write or sign wherever it points).
 pub(crate) fn check_store_entries(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
     const WHAT: &str = "store";
     let metadata = match fs::symlink_metadata(dir) {
         Ok(metadata) => metadata,
@@ -282,12 +277,7 @@ pub(crate) fn check_store_entries(dir: &Path) -> Result<()> {
                 format!("{} is a symbolic link", entry.display()),
             ));
         }
-        if !trusted_owner(metadata.uid()) {
-            return Err(unsafe_path(
-                WHAT,
-                format!("{} is owned by user {}", entry.display(), metadata.uid()),
-            ));
-        }
+        check_owner(WHAT, &entry, &metadata, "", "")?;
     }
     Ok(())
 }

@@ -74,36 +74,16 @@ pub fn prepare(mut record: Map<String, Value>) -> Result<Prepared, String> {
     };
     event.remove("sequence");
     let mut out = JsonObject::new(Vec::with_capacity(512));
-    let mut sequence_at = None;
-    let mut write_event = |out: &mut JsonObject| -> Result<(), String> {
+    let sequence_at = out.entries_around(&record, "event", |out| {
         out.key("event")?;
         let mut inner = JsonObject::new(std::mem::take(&mut out.bytes));
-        for (key, value) in &event {
-            if sequence_at.is_none() && key.as_str() > "sequence" {
-                inner.key("sequence")?;
-                sequence_at = Some(inner.bytes.len());
-            }
-            inner.entry(key, value)?;
-        }
-        if sequence_at.is_none() {
+        let sequence_at = inner.entries_around(&event, "sequence", |inner| {
             inner.key("sequence")?;
-            sequence_at = Some(inner.bytes.len());
-        }
+            Ok(inner.bytes.len())
+        })?;
         out.bytes = inner.finish();
-        Ok(())
-    };
-    let mut event_written = false;
-    for (key, value) in &record {
-        if !event_written && key.as_str() > "event" {
-            write_event(&mut out)?;
-            event_written = true;
-        }
-        out.entry(key, value)?;
-    }
-    if !event_written {
-        write_event(&mut out)?;
-    }
-    let sequence_at = sequence_at.ok_or("event.sequence has no place")?;
+        Ok(sequence_at)
+    })?;
     Ok(Prepared {
         bytes: out.finish(),
         sequence_at,
@@ -135,6 +115,25 @@ impl JsonObject {
     fn entry(&mut self, key: &str, value: &Value) -> Result<(), String> {
         self.key(key)?;
         serde_json::to_writer(&mut self.bytes, value).map_err(|e| e.to_string())
+    }
+
+    /// Writes the entries of `map` (which has no `key`), calling `middle` where the
+    /// sorted order puts `key`; returns what `middle` returned.
+    fn entries_around<T>(
+        &mut self,
+        map: &Map<String, Value>,
+        key: &str,
+        middle: impl FnOnce(&mut Self) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let mut entries = map.iter().peekable();
+        while let Some((k, value)) = entries.next_if(|(k, _)| k.as_str() < key) {
+            self.entry(k, value)?;
+        }
+        let result = middle(self)?;
+        for (k, value) in entries {
+            self.entry(k, value)?;
+        }
+        Ok(result)
     }
 
     fn finish(mut self) -> Vec<u8> {

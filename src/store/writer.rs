@@ -290,23 +290,7 @@ impl Writer {
         };
         let sequence = self.last_sequence();
         let checkpoint = Checkpoint::sign(&self.key, sequence, &self.head.hash, segment);
-        let path = self.dir.join(super::layout::CHECKPOINTS_FILE);
-        let before = std::fs::metadata(&path).map(|m| m.len()).ok();
-        if let Err(error) = checkpoint::append(&self.dir, self.access, &checkpoint) {
-            // A full disk can take part of the line: cut it off, or the next checkpoint
-            // would be appended to the torn one.
-            let cut = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_len(before.unwrap_or(0)).and_then(|()| f.sync_all()));
-            match cut {
-                Err(cut_error) if cut_error.kind() != std::io::ErrorKind::NotFound => {
-                    tracing::error!(error = %cut_error, "cannot cut a torn checkpoint line off");
-                }
-                _ => {}
-            }
-            return Err(error);
-        }
+        checkpoint::append(&self.dir, self.access, &checkpoint)?;
         self.checkpointed = sequence;
         self.last_checkpoint = Instant::now();
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
