@@ -111,7 +111,6 @@ def main() -> int:
             break
         time.sleep(0.5)
     cells = len(kms) * args.cells
-    # Each cell must leave its request, execute_input, at least one stream and its reply.
     requests = {r["jupyter"]["msg_id"] for r in mine if r["event"]["action"] == "execute_request"
                 and "line" in r["jupyter"].get("code", "")}
     by_parent: dict[str, set[str]] = {}

@@ -26,6 +26,9 @@ while [ $# -gt 0 ]; do
     shift
 done
 relay_only="$(tr ',' '\n' <<<"$only" | grep -vxE 'collector|load' | paste -sd, || true)"
+# Whether --only names figure $1 (a pattern match: `… | grep -q` under pipefail can fail
+# on its writer's SIGPIPE).
+only_has() { [[ ",$only," == *",$1,"* ]]; }
 
 cargo build --release --quiet
 bash scripts/python-env.sh
@@ -60,12 +63,12 @@ if [ -z "$only" ] || [ -n "$relay_only" ]; then
         ${relay_only:+--only "$relay_only"}
 fi
 
-if tr ',' '\n' <<<"$only" | grep -qx load; then
+if only_has load; then
     echo "=== load figures: concurrent audited kernels, one durable collector"
     "$py" benches/load.py --store "$store" --kernels "${LOAD_KERNELS:-0}" $quick
 fi
 
-if [ -n "$only" ] && ! tr ',' '\n' <<<"$only" | grep -qx collector; then
+if [ -n "$only" ] && ! only_has collector; then
     exit 0
 fi
 echo

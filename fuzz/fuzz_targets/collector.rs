@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use jupyter_audit::collector::protocol::{ProtocolError, ToCollector, read_frame};
+use jupyter_audit::collector::protocol::{ToCollector, read_frame};
 use jupyter_audit::collector::server::{PeerIdentity, stamp};
 use jupyter_audit::store::record::{GENESIS, prepare, seal_into, sequence_of, unseal};
 use libfuzzer_sys::fuzz_target;
@@ -33,12 +33,7 @@ fuzz_target!(|data: &[u8]| {
     for sequence in 1..=64u64 {
         let frame = match ready(read_frame::<_, ToCollector>(&mut reader)) {
             Ok(Some(frame)) => frame,
-            Ok(None) => return,
-            Err(ProtocolError::Oversized(length)) => {
-                assert!(length > jupyter_audit::collector::protocol::MAX_FRAME_BYTES);
-                return;
-            }
-            Err(_) => return,
+            Ok(None) | Err(_) => return,
         };
         let ToCollector::Record { record, .. } = frame else {
             continue;
@@ -51,7 +46,6 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(stamped["user"]["name"], "alice");
         assert_eq!(stamped["host"]["name"], "audit-host");
         assert!(stamped.get("chain").is_none());
-        assert!(stamped["event"]["action"].is_string());
 
         // Every record the collector accepts becomes a line that `verify` and the
         // reader accept.

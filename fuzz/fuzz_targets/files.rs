@@ -3,7 +3,7 @@
 //! then the file's bytes.
 #![no_main]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use jupyter_audit::connection::{Channel, ConnectionInfo};
 use jupyter_audit::kernelspec::{
@@ -89,7 +89,7 @@ fn kernelspec(text: &str) {
         Path::new(PROXY),
         &flags,
         &DisplayName::Suffixed,
-        &PathBuf::from(dir),
+        dir,
         None,
     )
     .expect("wraps again");
@@ -101,11 +101,9 @@ fn kernelspec(text: &str) {
 fn comparable(spec: &Map<String, Value>) -> Map<String, Value> {
     let mut spec = spec.clone();
     spec.remove("display_name");
-    if matches!(spec.get("metadata"), Some(Value::Null))
-        || spec
-            .get("metadata")
-            .and_then(Value::as_object)
-            .is_some_and(Map::is_empty)
+    if spec
+        .get("metadata")
+        .is_some_and(|m| m.is_null() || m.as_object().is_some_and(Map::is_empty))
     {
         spec.remove("metadata");
     }

@@ -13,8 +13,9 @@ use jupyter_audit::collector::protocol::{PROTOCOL_VERSION, RecordFrame, ToCollec
 use jupyter_audit::collector::server::{PeerIdentity, stamp};
 use jupyter_audit::connection::Channel;
 use jupyter_audit::kernelspec::{DisplayName, build_wrapped_spec, unwrap_spec};
+use jupyter_audit::store::layout::list_segments;
 use jupyter_audit::store::{StoreConfig, open};
-use jupyter_audit::wire::{DELIMITER, SignatureScheme, Signer, WireMessage};
+use jupyter_audit::wire::{SignatureScheme, Signer, WireMessage};
 use serde_json::{Value, json};
 
 const KEY: &[u8] = b"a0436f6c-1916-498b-8eb9-e81ab9368e84";
@@ -144,7 +145,7 @@ fn wire_seeds(corpus: &Path) {
             &wire_input(3, b"", message.into_frames()),
         );
     }
-    // A replayed message and one with a wrong signature are what the proxy must refuse.
+    // A wrong signature and a missing delimiter are what the proxy must refuse.
     let (_, message) = &messages()[0];
     let mut frames = message.clone().into_frames();
     frames[2] =
@@ -160,7 +161,6 @@ fn wire_seeds(corpus: &Path) {
             vec![Bytes::from_static(b"id"), Bytes::from_static(b"sig")],
         ),
     );
-    let _ = DELIMITER;
 }
 
 fn files_seeds(corpus: &Path) {
@@ -270,7 +270,7 @@ fn collector_seeds(corpus: &Path) {
         .build()
         .expect("runtime");
     let mut stream: Vec<u8> = Vec::new();
-    runtime.block_on(async {
+    let hello_only = runtime.block_on(async {
         write_frame(
             &mut stream,
             &ToCollector::Hello {
@@ -279,6 +279,7 @@ fn collector_seeds(corpus: &Path) {
         )
         .await
         .expect("hello");
+        let hello_only = stream.len();
         for (id, record) in records().iter().enumerate() {
             let frame = RecordFrame {
                 id: id as u64 + 1,
@@ -287,9 +288,9 @@ fn collector_seeds(corpus: &Path) {
             };
             write_frame(&mut stream, &frame).await.expect("record");
         }
+        hello_only
     });
     write(corpus, "collector", "session", &stream);
-    let hello_only = 4 + u32::from_be_bytes(stream[..4].try_into().expect("4 bytes")) as usize;
     write(corpus, "collector", "hello", &stream[..hello_only]);
 }
 
@@ -325,17 +326,10 @@ fn store_image(store: &Path) -> Vec<u8> {
     let mut image = std::fs::read(store.join("checkpoints.jsonl")).unwrap_or_default();
     image.push(SEPARATOR);
     image.extend(std::fs::read(store.join("checkpoint.pub")).expect("public key"));
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(store.join("segments"))
-        .expect("segments")
-        .map(|entry| entry.expect("entry").path())
-        .collect();
-    segments.sort();
-    for segment in segments {
-        let stem = segment.file_stem().and_then(|s| s.to_str()).expect("named");
-        let first: u64 = stem.parse().expect("segment names are numbers");
+    for segment in list_segments(store).expect("segments") {
         image.push(SEPARATOR);
-        image.extend(format!("{first}\n").bytes());
-        image.extend(std::fs::read(&segment).expect("segment"));
+        image.extend(format!("{}\n", segment.first).bytes());
+        image.extend(std::fs::read(&segment.path).expect("segment"));
     }
     image
 }
