@@ -11,28 +11,34 @@ mod record;
 
 pub use policy::SizePolicy;
 pub use record::{
-    Direction, Observation, RecordBuilder, SessionContext, event_record, now_rfc3339,
+    Direction, OUTPUT_RECORD_BUDGET, Observation, ParsedMessage, RecordBuilder, SessionContext,
+    UnreadablePart, event_record, now_rfc3339,
 };
 
 /// One audit record as the proxy hands it to the collector.
 pub type Record = serde_json::Map<String, serde_json::Value>;
 
-/// Whether a message must be on the record before the kernel may see it: everything
-/// that can make the kernel run code. Requests known to only read kernel state are
-/// recorded too, but without waiting.
-pub fn needs_write_ahead(msg_type: &str) -> bool {
-    !matches!(
+/// Frontend messages larger than this are recorded before the kernel sees them, whatever
+/// their type: the inert request types are tiny in every real client, and a large one
+/// is either hostile or new to this version.
+pub const INERT_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Whether a frontend message must be on the record, whole, before the kernel may see
+/// it: everything the kernel may act on in a way that runs code, which is every type
+/// but the few whose content the kernel only reads to describe itself or to stop. Code
+/// completion, inspection and `is_complete` are write-ahead too: the kernel evaluates
+/// names and runs input transformers for them; so is `input_reply`, whose value a cell
+/// may `exec`. `size` is the message's size on the wire.
+pub fn needs_write_ahead(msg_type: &str, size: usize) -> bool {
+    let inert = matches!(
         msg_type,
         "kernel_info_request"
-            | "complete_request"
-            | "inspect_request"
-            | "history_request"
-            | "is_complete_request"
             | "comm_info_request"
+            | "history_request"
             | "interrupt_request"
             | "shutdown_request"
-            | "input_reply"
-    )
+    );
+    !inert || size > INERT_MESSAGE_BYTES
 }
 
 #[cfg(test)]
@@ -47,17 +53,26 @@ mod tests {
             "comm_open",
             "debug_request",
             "create_subshell_request",
+            "complete_request",
+            "inspect_request",
+            "is_complete_request",
+            "input_reply",
             "something_new",
         ] {
-            assert!(needs_write_ahead(msg_type), "{msg_type}");
+            assert!(needs_write_ahead(msg_type, 100), "{msg_type}");
         }
         for msg_type in [
             "kernel_info_request",
-            "complete_request",
-            "input_reply",
+            "comm_info_request",
+            "history_request",
+            "interrupt_request",
             "shutdown_request",
         ] {
-            assert!(!needs_write_ahead(msg_type), "{msg_type}");
+            assert!(!needs_write_ahead(msg_type, 100), "{msg_type}");
+            assert!(
+                needs_write_ahead(msg_type, INERT_MESSAGE_BYTES + 1),
+                "a large {msg_type} is not inert"
+            );
         }
     }
 }

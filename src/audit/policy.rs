@@ -81,6 +81,26 @@ impl SizePolicy {
         kept
     }
 
+    /// A buffer (the binary frames after a message's content): its size and SHA-256,
+    /// and the bytes themselves (base64) when `in_full` or when the policy keeps
+    /// binaries. Buffers of frontend requests are kept in full: the kernel acts on them.
+    pub fn buffer(&self, bytes: &[u8], in_full: bool) -> Value {
+        let mut kept = json!({ "sha256": sha256_hex(bytes), "size": bytes.len() });
+        if in_full || self.keep_binary {
+            kept["base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+        kept
+    }
+
+    /// A stricter policy for an output whose record would not fit the record budget:
+    /// an eighth of the text cap and no binaries kept; None once the cap is zero.
+    pub fn tighter(&self) -> Option<Self> {
+        (self.text_cap > 0).then(|| Self {
+            text_cap: self.text_cap / 8,
+            keep_binary: false,
+        })
+    }
+
     /// A MIME bundle (`data` of display_data and execute_result) as kept.
     pub fn mime_bundle(&self, bundle: &Value) -> Value {
         let Some(entries) = bundle.as_object() else {

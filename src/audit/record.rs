@@ -1,4 +1,12 @@
 //! Building records: from an observed Jupyter message, or for a lifecycle event.
+//!
+//! A frontend message's record holds the message whole — header, parent_header,
+//! metadata and content as sent, and its buffers in full — under `jupyter.request`,
+//! besides the fields reviewers read (`code`, `cell_id`, …): whatever the kernel may
+//! act on is on the record, including fields this version does not know. The one
+//! exception is the answer to a password prompt, which is never stored. Kernel
+//! messages (outputs) are kept within the size policy, and their record within the
+//! output record budget.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -27,12 +35,51 @@ impl Direction {
     }
 }
 
+/// The four JSON parts of a message, read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedMessage {
+    pub header: Value,
+    pub parent_header: Value,
+    pub metadata: Value,
+    pub content: Value,
+}
+
+/// A part of a message that is not JSON the audit can read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{part}: {error}")]
+pub struct UnreadablePart {
+    /// `header`, `parent_header`, `metadata` or `content`.
+    pub part: &'static str,
+    pub error: String,
+}
+
+impl ParsedMessage {
+    /// Reads all four parts; the error names the first one that is not JSON.
+    pub fn read(message: &WireMessage) -> Result<Self, UnreadablePart> {
+        let read = |part: &'static str, bytes: &[u8]| {
+            serde_json::from_slice(bytes).map_err(|error| UnreadablePart {
+                part,
+                error: error.to_string(),
+            })
+        };
+        Ok(Self {
+            header: read("header", &message.header)?,
+            parent_header: read("parent_header", &message.parent_header)?,
+            metadata: read("metadata", &message.metadata)?,
+            content: read("content", &message.content)?,
+        })
+    }
+}
+
 /// A message the proxy relayed (or refused), as the audit sees it.
 #[derive(Debug, Clone)]
 pub struct Observation {
     pub channel: Channel,
     pub direction: Direction,
     pub message: WireMessage,
+    /// The message's parts as the relay already read them (frontend requests), so
+    /// they are not read twice.
+    pub parsed: Option<ParsedMessage>,
 }
 
 /// What every record of one proxy run carries.
@@ -69,16 +116,25 @@ pub fn event_record(context: &SessionContext, action: &str, fields: Map<String, 
 /// Bookkeeping kept between messages is capped; past this it starts afresh.
 const MAX_TRACKED: usize = 10_000;
 
+/// The most an output's record may take once serialised. Far below the collector's
+/// frame limit, so that an output the user saw always leaves a record: past it the
+/// record is rebuilt with a tighter size policy (each MIME entry, text and buffer still
+/// with its size and SHA-256).
+pub const OUTPUT_RECORD_BUDGET: usize = 16 * 1024 * 1024;
+/// Kernel messages smaller than this cannot make a record near the budget (JSON
+/// escaping grows a text at most sixfold), so their record is not measured.
+const MEASURE_ABOVE_BYTES: usize = OUTPUT_RECORD_BUDGET / 8;
+
 /// Turns observations into records, remembering what later messages need: which
-/// input prompts were for passwords, and when each execution started.
+/// input prompt the kernel waits on, and when each execution started.
 #[derive(Debug)]
 pub struct RecordBuilder {
     context: SessionContext,
     policy: SizePolicy,
-    password_prompts: HashMap<String, bool>,
-    /// Whether the latest prompt asked for a password: some clients (jupyter_client's
-    /// `input()`, hence `jupyter console`) answer without a parent header.
-    latest_prompt_password: Option<bool>,
+    /// Whether the prompt the kernel waits on now asks for a password. The kernel
+    /// takes the next `input_reply` as the answer, whatever its parent header or
+    /// sender says, so that is what decides whether a reply's value is kept.
+    open_prompt: Option<bool>,
     started: HashMap<String, Instant>,
 }
 
@@ -96,13 +152,21 @@ fn remember<V>(map: &mut HashMap<String, V>, key: String, value: V) {
     map.insert(key, value);
 }
 
+/// What the builder learned from a message before describing it.
+#[derive(Debug, Default)]
+struct Tracked {
+    /// execute_reply: how long since its request.
+    duration_ms: Option<f64>,
+    /// input_reply: the prompt it answers asked for a password.
+    password_answer: bool,
+}
+
 impl RecordBuilder {
     pub fn new(context: SessionContext, policy: SizePolicy) -> Self {
         Self {
             context,
             policy,
-            password_prompts: HashMap::new(),
-            latest_prompt_password: None,
+            open_prompt: None,
             started: HashMap::new(),
         }
     }
@@ -113,47 +177,85 @@ impl RecordBuilder {
     }
 
     /// The record of a message, or None for messages not worth one (status).
-    pub fn message(&mut self, observation: &Observation) -> Option<Record> {
-        let message = &observation.message;
-        let header: Value = serde_json::from_slice(&message.header).unwrap_or(Value::Null);
+    pub fn message(&mut self, observation: Observation) -> Option<Record> {
+        let Observation {
+            channel,
+            direction,
+            message,
+            parsed,
+        } = observation;
+        let parsed = match parsed {
+            Some(parsed) => Ok(parsed),
+            None => ParsedMessage::read(&message),
+        };
+        let header = match &parsed {
+            Ok(parsed) => parsed.header.clone(),
+            Err(_) => serde_json::from_slice(&message.header).unwrap_or(Value::Null),
+        };
         let msg_type = header["msg_type"].as_str().unwrap_or("unknown").to_owned();
         if msg_type == "status" || msg_type == "iopub_welcome" {
             return None;
         }
         let msg_id = header["msg_id"].as_str().unwrap_or_default().to_owned();
-        let parent: Value = serde_json::from_slice(&message.parent_header).unwrap_or(Value::Null);
-        let parent_msg_id = parent["msg_id"].as_str().map(str::to_owned);
+        let parent_msg_id = match &parsed {
+            Ok(parsed) => parsed.parent_header["msg_id"].as_str().map(str::to_owned),
+            Err(_) => serde_json::from_slice::<Value>(&message.parent_header)
+                .ok()
+                .and_then(|parent| parent["msg_id"].as_str().map(str::to_owned)),
+        };
 
         let mut fields = Map::new();
         fields.insert("msg_id".into(), json!(msg_id));
         if let Some(parent_msg_id) = &parent_msg_id {
             fields.insert("parent_msg_id".into(), json!(parent_msg_id));
         }
-        fields.insert("channel".into(), json!(observation.channel.name()));
-        fields.insert("from".into(), json!(observation.direction.name()));
-        if observation.direction == Direction::FromFrontend {
+        fields.insert("channel".into(), json!(channel.name()));
+        fields.insert("from".into(), json!(direction.name()));
+        if direction == Direction::FromFrontend {
             // Set by the client: a claim, never an identity.
             fields.insert("claimed_username".into(), header["username"].clone());
             fields.insert("client_session".into(), header["session"].clone());
         }
 
-        let content: Value = match serde_json::from_slice(&message.content) {
-            Ok(content) => content,
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
             Err(error) => {
+                // Only kernel messages and unaudited types get here: the relay refuses
+                // frontend requests the audit cannot read.
                 fields.insert("content_error".into(), json!(error.to_string()));
                 return Some(self.event(&msg_type, fields));
             }
         };
+        let tracked = self.track(&msg_type, &msg_id, parent_msg_id.as_deref(), &parsed);
         let mut outcome = None;
-        self.describe(
-            &msg_type,
-            &msg_id,
-            parent_msg_id.as_deref(),
-            message,
-            &content,
-            &mut fields,
-            &mut outcome,
-        );
+        if direction == Direction::FromFrontend {
+            describe_request(&msg_type, &parsed, tracked.password_answer, &mut fields);
+            fields.insert(
+                "request".into(),
+                whole_request(parsed, &message, tracked.password_answer, self.policy),
+            );
+        } else {
+            let base = fields;
+            let mut policy = self.policy;
+            fields = loop {
+                let mut fields = base.clone();
+                describe_output(&msg_type, &parsed.content, &message, &tracked, policy, &mut fields, &mut outcome);
+                if message.size() < MEASURE_ABOVE_BYTES {
+                    break fields;
+                }
+                let size = serde_json::to_vec(&fields).map_or(usize::MAX, |bytes| bytes.len());
+                if size <= OUTPUT_RECORD_BUDGET {
+                    if policy != self.policy {
+                        fields.insert("text_cap_applied".into(), json!(policy.text_cap));
+                    }
+                    break fields;
+                }
+                match policy.tighter() {
+                    Some(tighter) => policy = tighter,
+                    None => break over_budget(base, &message),
+                }
+            };
+        }
         let mut record = self.event(&msg_type, fields);
         if let (Some(outcome), Some(Value::Object(event))) = (outcome, record.get_mut("event")) {
             event.insert("outcome".into(), json!(outcome));
@@ -161,115 +263,230 @@ impl RecordBuilder {
         Some(record)
     }
 
-    /// The type-specific part of a message's record.
-    #[allow(clippy::too_many_arguments)]
-    fn describe(
+    /// Updates what later messages need to know, once per message.
+    fn track(
         &mut self,
         msg_type: &str,
         msg_id: &str,
         parent_msg_id: Option<&str>,
-        message: &WireMessage,
-        content: &Value,
-        fields: &mut Map<String, Value>,
-        outcome: &mut Option<&'static str>,
-    ) {
-        let policy = self.policy;
-        let mut put = |key: &str, value: Value| {
-            if !value.is_null() {
-                fields.insert(key.to_owned(), value);
-            }
-        };
+        parsed: &ParsedMessage,
+    ) -> Tracked {
+        let mut tracked = Tracked::default();
         match msg_type {
-            "execute_request" => {
-                remember(&mut self.started, msg_id.to_owned(), Instant::now());
-                put("code", json!(content["code"].as_str().unwrap_or_default()));
-                for key in ["silent", "store_history", "allow_stdin", "stop_on_error"] {
-                    put(key, content[key].clone());
-                }
-                let metadata: Value =
-                    serde_json::from_slice(&message.metadata).unwrap_or(Value::Null);
-                // JupyterLab sends the cell's id as `cellId`.
-                let cell_id = metadata
-                    .get("cellId")
-                    .or_else(|| metadata.get("cell_id"))
-                    .cloned();
-                put("cell_id", cell_id.unwrap_or(Value::Null));
-            }
-            "execute_input" => {
-                put("code", json!(content["code"].as_str().unwrap_or_default()));
-                put("execution_count", content["execution_count"].clone());
-            }
+            "execute_request" => remember(&mut self.started, msg_id.to_owned(), Instant::now()),
             "execute_reply" => {
-                let status = content["status"].as_str().unwrap_or("unknown");
-                *outcome = Some(if status == "ok" { "success" } else { "failure" });
-                put("status", json!(status));
-                put("execution_count", content["execution_count"].clone());
-                put("ename", content["ename"].clone());
-                put("evalue", content["evalue"].clone());
-                if let Some(started) = parent_msg_id.and_then(|id| self.started.remove(id)) {
-                    put(
-                        "duration_ms",
-                        json!(started.elapsed().as_secs_f64() * 1000.0),
-                    );
-                }
+                tracked.duration_ms = parent_msg_id
+                    .and_then(|id| self.started.remove(id))
+                    .map(|started| started.elapsed().as_secs_f64() * 1000.0);
             }
-            "stream" => {
-                put("stream", json!(content["name"]));
-                put(
-                    "text",
-                    policy.text(content["text"].as_str().unwrap_or_default()),
-                );
-            }
-            "display_data" | "execute_result" | "update_display_data" => {
-                put("data", policy.mime_bundle(&content["data"]));
-                put("execution_count", content["execution_count"].clone());
-                put("display_id", content["transient"]["display_id"].clone());
-            }
-            "error" => {
-                put("ename", content["ename"].clone());
-                put("evalue", content["evalue"].clone());
-                let traceback: Vec<&str> = content["traceback"]
-                    .as_array()
-                    .map(|lines| lines.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                put("traceback", policy.text(&traceback.join("\n")));
-            }
-            "clear_output" => put("wait", content["wait"].clone()),
             "input_request" => {
-                let password = content["password"].as_bool().unwrap_or(false);
-                remember(&mut self.password_prompts, msg_id.to_owned(), password);
-                self.latest_prompt_password = Some(password);
-                put("prompt", content["prompt"].clone());
-                put("password", json!(password));
+                self.open_prompt = Some(parsed.content["password"].as_bool().unwrap_or(false));
             }
             "input_reply" => {
-                // A reply without its prompt answers the latest one (a kernel asks one
-                // question at a time); with no prompt at all it counts as a password.
-                let password = parent_msg_id
-                    .and_then(|id| self.password_prompts.remove(id))
-                    .or(self.latest_prompt_password.take())
-                    .unwrap_or(true);
-                if password {
-                    put("value_dropped", json!(true));
-                } else {
-                    put(
-                        "value",
-                        policy.text(content["value"].as_str().unwrap_or_default()),
-                    );
-                }
+                // The kernel takes this reply as the answer to the prompt it waits on,
+                // whatever prompt the reply names; with no prompt open it is kept.
+                tracked.password_answer = self.open_prompt.take().unwrap_or(false);
             }
-            "comm_open" | "comm_msg" | "comm_close" => {
-                put("comm_id", content["comm_id"].clone());
-                put("target_name", content["target_name"].clone());
-                put("data", policy.json(&content["data"]));
-            }
-            reply if reply.ends_with("_reply") => {
-                let status = content["status"].as_str().unwrap_or("unknown");
-                put("status", json!(status));
-            }
-            _ => put("content", policy.json(content)),
+            _ => {}
         }
+        tracked
     }
+}
+
+/// The fields reviewers read of a frontend request; the request itself is kept whole
+/// beside them.
+fn describe_request(
+    msg_type: &str,
+    parsed: &ParsedMessage,
+    password_answer: bool,
+    fields: &mut Map<String, Value>,
+) {
+    let content = &parsed.content;
+    let mut put = |key: &str, value: &Value| {
+        if !value.is_null() {
+            fields.insert(key.to_owned(), value.clone());
+        }
+    };
+    match msg_type {
+        "execute_request" => {
+            put("code", &json!(content["code"].as_str().unwrap_or_default()));
+            for key in ["silent", "store_history", "allow_stdin", "stop_on_error"] {
+                put(key, &content[key]);
+            }
+            // JupyterLab sends the cell's id as `cellId`.
+            let metadata = &parsed.metadata;
+            put(
+                "cell_id",
+                metadata
+                    .get("cellId")
+                    .or_else(|| metadata.get("cell_id"))
+                    .unwrap_or(&Value::Null),
+            );
+        }
+        "input_reply" if password_answer => put("value_dropped", &json!(true)),
+        "input_reply" => put("value", &content["value"]),
+        "comm_open" | "comm_msg" | "comm_close" => {
+            put("comm_id", &content["comm_id"]);
+            put("target_name", &content["target_name"]);
+        }
+        _ => {}
+    }
+}
+
+/// A frontend request as the kernel will see it: its four parts as sent and its
+/// buffers in full. The answer to a password prompt leaves out the value.
+fn whole_request(
+    parsed: ParsedMessage,
+    message: &WireMessage,
+    password_answer: bool,
+    policy: SizePolicy,
+) -> Value {
+    let ParsedMessage {
+        header,
+        parent_header,
+        metadata,
+        mut content,
+    } = parsed;
+    if password_answer && let Value::Object(content) = &mut content {
+        content.remove("value");
+    }
+    let mut request = Map::new();
+    request.insert("header".into(), header);
+    request.insert("parent_header".into(), parent_header);
+    request.insert("metadata".into(), metadata);
+    request.insert("content".into(), content);
+    if !message.buffers.is_empty() {
+        let buffers = message
+            .buffers
+            .iter()
+            .map(|buffer| policy.buffer(buffer, true))
+            .collect();
+        request.insert("buffers".into(), Value::Array(buffers));
+    }
+    Value::Object(request)
+}
+
+/// The type-specific part of a kernel message's record, within `policy`.
+#[allow(clippy::too_many_arguments)]
+fn describe_output(
+    msg_type: &str,
+    content: &Value,
+    message: &WireMessage,
+    tracked: &Tracked,
+    policy: SizePolicy,
+    fields: &mut Map<String, Value>,
+    outcome: &mut Option<&'static str>,
+) {
+    let text_of = |value: &Value| policy.text(value.as_str().unwrap_or_default());
+    let mut put = |key: &str, value: Value| {
+        if !value.is_null() {
+            fields.insert(key.to_owned(), value);
+        }
+    };
+    match msg_type {
+        "execute_input" => {
+            put("code", text_of(&content["code"]));
+            put(
+                "execution_count",
+                optional_text(policy, &content["execution_count"]),
+            );
+        }
+        "execute_reply" => {
+            *outcome = Some(if content["status"] == "ok" {
+                "success"
+            } else {
+                "failure"
+            });
+            put("status", status_of(policy, content));
+            put(
+                "execution_count",
+                optional_text(policy, &content["execution_count"]),
+            );
+            put("ename", optional_text(policy, &content["ename"]));
+            put("evalue", optional_text(policy, &content["evalue"]));
+            put("duration_ms", json!(tracked.duration_ms));
+        }
+        "stream" => {
+            put("stream", optional_text(policy, &content["name"]));
+            put("text", text_of(&content["text"]));
+        }
+        "display_data" | "execute_result" | "update_display_data" => {
+            put("data", policy.mime_bundle(&content["data"]));
+            put(
+                "execution_count",
+                optional_text(policy, &content["execution_count"]),
+            );
+            put(
+                "display_id",
+                optional_text(policy, &content["transient"]["display_id"]),
+            );
+        }
+        "error" => {
+            put("ename", optional_text(policy, &content["ename"]));
+            put("evalue", optional_text(policy, &content["evalue"]));
+            let traceback: Vec<&str> = content["traceback"]
+                .as_array()
+                .map(|lines| lines.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            put("traceback", policy.text(&traceback.join("\n")));
+        }
+        "clear_output" => put("wait", optional_text(policy, &content["wait"])),
+        "input_request" => {
+            put("prompt", optional_text(policy, &content["prompt"]));
+            put(
+                "password",
+                json!(content["password"].as_bool().unwrap_or(false)),
+            );
+        }
+        "comm_open" | "comm_msg" | "comm_close" => {
+            put("comm_id", optional_text(policy, &content["comm_id"]));
+            put("target_name", optional_text(policy, &content["target_name"]));
+            put("data", policy.json(&content["data"]));
+        }
+        reply if reply.ends_with("_reply") => put("status", status_of(policy, content)),
+        _ => put("content", policy.json(content)),
+    }
+    if !message.buffers.is_empty() {
+        let buffers = message
+            .buffers
+            .iter()
+            .map(|buffer| policy.buffer(buffer, false))
+            .collect();
+        put("buffers", Value::Array(buffers));
+    }
+}
+
+/// A string field of an output within the policy; other values as they are (small),
+/// null when missing.
+fn optional_text(policy: SizePolicy, value: &Value) -> Value {
+    match value {
+        Value::String(text) => policy.text(text),
+        Value::Null => Value::Null,
+        other => policy.json(other),
+    }
+}
+
+/// A reply's status within the policy; `unknown` when it has none.
+fn status_of(policy: SizePolicy, content: &Value) -> Value {
+    match &content["status"] {
+        Value::Null => json!("unknown"),
+        status => optional_text(policy, status),
+    }
+}
+
+/// An output whose record exceeds the budget even with nothing kept of its texts
+/// (thousands of MIME entries, giant keys): its content's size and SHA-256.
+fn over_budget(mut fields: Map<String, Value>, message: &WireMessage) -> Map<String, Value> {
+    fields.insert(
+        "content_digest".into(),
+        SizePolicy {
+            text_cap: 0,
+            keep_binary: false,
+        }
+        .buffer(&message.content, false),
+    );
+    fields.insert("text_cap_applied".into(), json!(0));
+    fields
 }
 
 #[cfg(test)]
@@ -305,6 +522,7 @@ mod tests {
         Observation {
             channel,
             direction,
+            parsed: None,
             message: WireMessage::new(
                 vec![],
                 Bytes::from(header.to_string()),
@@ -319,7 +537,7 @@ mod tests {
     fn execute_request_keeps_code_cell_id_and_claimed_user() {
         let mut builder = builder();
         let record = builder
-            .message(&observe(
+            .message(observe(
                 Direction::FromFrontend,
                 Channel::Shell,
                 "execute_request",
@@ -348,7 +566,7 @@ mod tests {
     #[test]
     fn execute_reply_has_outcome_and_duration() {
         let mut builder = builder();
-        builder.message(&observe(
+        builder.message(observe(
             Direction::FromFrontend,
             Channel::Shell,
             "execute_request",
@@ -357,7 +575,7 @@ mod tests {
             json!({"code": "1/0"}),
         ));
         let record = builder
-            .message(&observe(Direction::FromKernel, Channel::Shell, "execute_reply", "r1", Some("m1"), json!({"status": "error", "execution_count": 3, "ename": "ZeroDivisionError", "evalue": "division by zero"})))
+            .message(observe(Direction::FromKernel, Channel::Shell, "execute_reply", "r1", Some("m1"), json!({"status": "error", "execution_count": 3, "ename": "ZeroDivisionError", "evalue": "division by zero"})))
             .expect("recorded");
         assert_eq!(record["event"]["outcome"], "failure");
         assert_eq!(record["jupyter"]["parent_msg_id"], "m1");
@@ -368,7 +586,7 @@ mod tests {
     #[test]
     fn long_stream_text_is_capped_per_policy() {
         let record = builder()
-            .message(&observe(
+            .message(observe(
                 Direction::FromKernel,
                 Channel::Iopub,
                 "stream",
@@ -381,91 +599,157 @@ mod tests {
         assert_eq!(record["jupyter"]["stream"], "stdout");
     }
 
-    #[test]
-    fn password_replies_are_never_stored() {
-        let mut builder = builder();
-        builder.message(&observe(
+    fn prompt(builder: &mut RecordBuilder, id: &str, password: bool) {
+        builder.message(observe(
             Direction::FromKernel,
             Channel::Stdin,
             "input_request",
-            "q1",
+            id,
             Some("m1"),
-            json!({"prompt": "Password: ", "password": true}),
+            json!({"prompt": "? ", "password": password}),
         ));
-        let reply = builder
-            .message(&observe(
+    }
+
+    fn answer(builder: &mut RecordBuilder, parent: Option<&str>, value: &str) -> Record {
+        builder
+            .message(observe(
                 Direction::FromFrontend,
                 Channel::Stdin,
                 "input_reply",
-                "a1",
-                Some("q1"),
-                json!({"value": "hunter2"}),
+                "a",
+                parent,
+                json!({"value": value}),
             ))
-            .expect("recorded");
+            .expect("recorded")
+    }
+
+    #[test]
+    fn password_answers_are_never_stored_and_other_answers_are_kept_whole() {
+        let mut builder = builder();
+        prompt(&mut builder, "q1", true);
+        let reply = answer(&mut builder, Some("q1"), "hunter2");
         assert!(!reply.to_string_lossy().contains("hunter2"));
         assert_eq!(reply["jupyter"]["value_dropped"], true);
+        assert!(reply["jupyter"]["request"]["content"].get("value").is_none());
 
-        builder.message(&observe(
-            Direction::FromKernel,
-            Channel::Stdin,
-            "input_request",
-            "q2",
-            Some("m1"),
-            json!({"prompt": "Name: ", "password": false}),
-        ));
-        let reply = builder
-            .message(&observe(
-                Direction::FromFrontend,
-                Channel::Stdin,
-                "input_reply",
-                "a2",
-                Some("q2"),
-                json!({"value": "Ada"}),
-            ))
-            .expect("recorded");
-        assert_eq!(reply["jupyter"]["value"], "Ada");
-
-        let orphan = builder
-            .message(&observe(
-                Direction::FromFrontend,
-                Channel::Stdin,
-                "input_reply",
-                "a3",
-                Some("unknown"),
-                json!({"value": "secret"}),
-            ))
-            .expect("recorded");
-        assert!(
-            !orphan.to_string_lossy().contains("secret"),
-            "unknown prompt: dropped"
+        prompt(&mut builder, "q2", false);
+        let long_answer = "x".repeat(100);
+        let reply = answer(&mut builder, Some("q2"), &long_answer);
+        assert_eq!(reply["jupyter"]["value"], long_answer.as_str(), "not capped");
+        assert_eq!(
+            reply["jupyter"]["request"]["content"]["value"],
+            long_answer.as_str()
         );
     }
 
     #[test]
-    fn replies_without_a_parent_answer_the_latest_prompt() {
-        // jupyter_client's input() (jupyter console) sends no parent header.
+    fn a_reply_answers_the_open_prompt_whatever_parent_it_names() {
+        // A password prompt left unanswered, then a plain one: a reply naming the old
+        // password prompt still answers the plain one in the kernel, so it is kept.
         let mut builder = builder();
-        for (password, value, kept) in [(false, "Ada", true), (true, "hunter2", false)] {
-            builder.message(&observe(
+        prompt(&mut builder, "old-password", true);
+        prompt(&mut builder, "plain", false);
+        let reply = answer(&mut builder, Some("old-password"), "exec-me");
+        assert_eq!(reply["jupyter"]["value"], "exec-me");
+        // No prompt open at all: nothing to protect, kept.
+        let reply = answer(&mut builder, Some("nothing"), "stray");
+        assert_eq!(reply["jupyter"]["value"], "stray");
+        // jupyter_client's input() (jupyter console) sends no parent header.
+        prompt(&mut builder, "q", true);
+        let reply = answer(&mut builder, None, "hunter2");
+        assert!(!reply.to_string_lossy().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_request_is_recorded_whole_with_fields_this_version_does_not_know() {
+        let mut observation = observe(
+            Direction::FromFrontend,
+            Channel::Shell,
+            "execute_request",
+            "m1",
+            None,
+            json!({"code": "", "silent": true,
+                   "user_expressions": {"x": "__import__('os').getpid()"},
+                   "future_field": ["y".repeat(64)]}),
+        );
+        observation
+            .message
+            .buffers
+            .push(bytes::Bytes::from_static(b"exec('buffer code')"));
+        let record = builder().message(observation).expect("recorded");
+        let request = &record["jupyter"]["request"];
+        assert_eq!(
+            request["content"]["user_expressions"]["x"],
+            "__import__('os').getpid()"
+        );
+        assert_eq!(request["content"]["future_field"][0], "y".repeat(64));
+        assert_eq!(request["metadata"]["cellId"], "cell-7");
+        assert_eq!(request["header"]["msg_id"], "m1");
+        assert_eq!(request["parent_header"], json!({}));
+        assert_eq!(
+            request["buffers"][0]["base64"],
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                b"exec('buffer code')"
+            )
+        );
+        assert_eq!(request["buffers"][0]["size"], 19);
+    }
+
+    #[test]
+    fn request_fields_are_never_capped() {
+        let code = "1\n".repeat(1000);
+        let record = builder()
+            .message(observe(
+                Direction::FromFrontend,
+                Channel::Control,
+                "debug_request",
+                "d1",
+                None,
+                json!({"command": "evaluate", "arguments": {"expression": code}}),
+            ))
+            .expect("recorded");
+        assert_eq!(
+            record["jupyter"]["request"]["content"]["arguments"]["expression"],
+            code.as_str()
+        );
+    }
+
+    #[test]
+    fn outputs_over_the_record_budget_keep_size_and_hash_per_mime_type() {
+        let mut builder = RecordBuilder::new(builder().context, SizePolicy::default());
+        let entries: Map<String, Value> = (0..20)
+            .map(|index| (format!("text/x-{index}"), json!("z".repeat(1_100_000))))
+            .collect();
+        let record = builder
+            .message(observe(
                 Direction::FromKernel,
-                Channel::Stdin,
-                "input_request",
-                "q",
+                Channel::Iopub,
+                "display_data",
+                "o1",
                 Some("m1"),
-                json!({"prompt": "? ", "password": password}),
-            ));
-            let reply = builder
-                .message(&observe(
-                    Direction::FromFrontend,
-                    Channel::Stdin,
-                    "input_reply",
-                    "a",
-                    None,
-                    json!({"value": value}),
-                ))
-                .expect("recorded");
-            assert_eq!(reply.to_string_lossy().contains(value), kept, "{value}");
-        }
+                json!({"data": entries, "metadata": {}}),
+            ))
+            .expect("recorded");
+        let size = Value::Object(record.clone()).to_string().len();
+        assert!(size <= OUTPUT_RECORD_BUDGET, "{size}");
+        let kept = &record["jupyter"]["data"]["text/x-7"];
+        assert_eq!(kept["size"], 1_100_000);
+        assert_eq!(kept["truncated"], true);
+        assert!(kept["head"].as_str().is_some_and(|head| head.starts_with('z')));
+        assert!(record["jupyter"]["text_cap_applied"].as_u64() < Some(1_048_576));
+
+        let huge_error = builder
+            .message(observe(
+                Direction::FromKernel,
+                Channel::Iopub,
+                "error",
+                "o2",
+                Some("m1"),
+                json!({"ename": "E", "evalue": "v".repeat(3_000_000), "traceback": []}),
+            ))
+            .expect("recorded");
+        assert_eq!(huge_error["jupyter"]["evalue"]["size"], 3_000_000);
     }
 
     #[test]
@@ -473,7 +757,7 @@ mod tests {
         let mut builder = builder();
         assert!(
             builder
-                .message(&observe(
+                .message(observe(
                     Direction::FromKernel,
                     Channel::Iopub,
                     "status",
@@ -492,7 +776,8 @@ mod tests {
             json!({}),
         );
         bad.message.content = Bytes::from_static(b"{not json");
-        let record = builder.message(&bad).expect("recorded");
+        bad.direction = Direction::FromKernel;
+        let record = builder.message(bad).expect("recorded");
         assert!(record["jupyter"]["content_error"].is_string());
     }
 

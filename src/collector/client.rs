@@ -23,8 +23,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::protocol::{
-    FromCollector, PROTOCOL_VERSION, ProtocolError, RecordFrame, ToCollector, read_frame,
-    write_frame,
+    FromCollector, MAX_FRAME_BYTES, PROTOCOL_VERSION, ProtocolError, RecordFrame, ToCollector,
+    read_frame, write_frame,
 };
 use crate::audit::{Record, SessionContext, event_record};
 
@@ -45,6 +45,12 @@ pub enum AuditError {
     Timeout(Duration),
     #[error("the audit client has stopped")]
     Stopped,
+    /// The request's record would not fit one frame to the collector; a record is never
+    /// shortened for what the kernel would act on, so the request is refused.
+    #[error(
+        "the request is too large to be put on the audit record ({size} bytes; a record may have {limit} bytes)"
+    )]
+    TooLarge { size: usize, limit: usize },
 }
 
 enum Submission {
@@ -191,6 +197,8 @@ struct Pending {
     record: Record,
     ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
     written: bool,
+    /// A write-ahead record too large to send: its request was refused, it is dropped.
+    refused: bool,
     /// Released when the record is stored (or given up).
     _room: Option<OwnedSemaphorePermit>,
 }
@@ -349,6 +357,7 @@ impl ClientTask {
             record,
             ack,
             written: false,
+            refused: false,
             _room: room,
         });
         if self.connection.is_some() {
@@ -393,11 +402,24 @@ impl ClientTask {
             return;
         };
         let mut result = Ok(());
+        let mut refused = false;
         for pending in self.pending.iter_mut().filter(|pending| !pending.written) {
             result = write_record(&mut connection.writer, pending).await;
             if let Err(ProtocolError::Oversized(size)) = result {
-                // Nothing was written; a record too large to send would block every
-                // record after it, so its place is kept by a stub that says so.
+                // Nothing was written. A write-ahead record is never shortened: its
+                // request is refused and the record dropped (the refusal is recorded).
+                // Any other record too large to send would block every record after
+                // it, so its place is kept by a stub that says so.
+                if let Some(ack) = pending.ack.take() {
+                    let _ = ack.send(Err(AuditError::TooLarge {
+                        size,
+                        limit: MAX_FRAME_BYTES,
+                    }));
+                    pending.refused = true;
+                    refused = true;
+                    result = Ok(());
+                    continue;
+                }
                 pending.record = too_large_stub(&pending.record, size);
                 result = write_record(&mut connection.writer, pending).await;
             }
@@ -410,6 +432,10 @@ impl ClientTask {
             result = tokio::io::AsyncWriteExt::flush(&mut connection.writer)
                 .await
                 .map_err(Into::into);
+        }
+        if refused {
+            self.pending.retain(|pending| !pending.refused);
+            self.release_flushes();
         }
         if let Err(error) = result {
             self.disconnected(error.to_string());

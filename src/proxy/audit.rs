@@ -10,9 +10,12 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
-use crate::audit::{Direction, Observation, RecordBuilder, SessionContext, SizePolicy};
+use crate::audit::{
+    Direction, Observation, ParsedMessage, RecordBuilder, SessionContext, SizePolicy,
+};
 use crate::cli::OnAuditFailure;
 use crate::collector::client::{AuditClient, AuditError, Ticket};
+use crate::collector::protocol::MAX_FRAME_BYTES;
 use crate::connection::Channel;
 use crate::wire::WireMessage;
 
@@ -69,13 +72,13 @@ impl Auditor {
             while let Some(job) = pending.recv().await {
                 match job {
                     Job::Observe(observation, room) => {
-                        if let Some(record) = builder.message(&observation) {
+                        if let Some(record) = builder.message(observation) {
                             task_client.record_holding(record, Some(room));
                         }
                     }
                     Job::WriteAhead(observation, ticket) => {
                         let record = builder
-                            .message(&observation)
+                            .message(observation)
                             .unwrap_or_else(|| builder.event("unknown", Map::new()));
                         let _ = ticket.send(task_client.submit_durable(record));
                     }
@@ -103,6 +106,7 @@ impl Auditor {
         channel: Channel,
         direction: Direction,
         message: &WireMessage,
+        parsed: Option<ParsedMessage>,
     ) {
         let cost = (message.size() + MESSAGE_OVERHEAD).min(BUDGET_BYTES);
         let cost = u32::try_from(cost).unwrap_or(u32::MAX);
@@ -124,6 +128,7 @@ impl Auditor {
                 channel,
                 direction,
                 message: message.clone(),
+                parsed,
             },
             room,
         );
@@ -132,18 +137,32 @@ impl Auditor {
         }
     }
 
-    /// Records a frontend request and waits until it is on disk.
+    /// Records a frontend request, whole, and waits until it is on disk. A request
+    /// whose record cannot be one frame to the collector is refused: a record holds all
+    /// of what the kernel would act on, or the kernel does not get it.
     pub(crate) async fn write_ahead(
         &self,
         channel: Channel,
         message: &WireMessage,
+        parsed: ParsedMessage,
     ) -> Result<u64, AuditError> {
+        // Every byte of the JSON parts goes into the record, and buffers as base64: a
+        // request larger than the frame in these terms cannot fit, whatever its escaping.
+        let buffers: usize = message.buffers.iter().map(|buffer| buffer.len()).sum();
+        let least_record_size = message.size() - buffers + buffers / 3 * 4;
+        if least_record_size > MAX_FRAME_BYTES {
+            return Err(AuditError::TooLarge {
+                size: least_record_size,
+                limit: MAX_FRAME_BYTES,
+            });
+        }
         let (ticket, ticketed) = oneshot::channel();
         let job = Job::WriteAhead(
             Observation {
                 channel,
                 direction: Direction::FromFrontend,
                 message: message.clone(),
+                parsed: Some(parsed),
             },
             ticket,
         );

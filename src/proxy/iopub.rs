@@ -48,7 +48,7 @@ pub(super) fn spawn_relay(
             }
             if let Some(auditor) = &sides.auditor {
                 auditor
-                    .observe(Channel::Iopub, Direction::FromKernel, &message)
+                    .observe(Channel::Iopub, Direction::FromKernel, &message, None)
                     .await;
             }
             message.resign(&sides.frontend);

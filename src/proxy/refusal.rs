@@ -10,14 +10,38 @@ use crate::collector::client::AuditError;
 use crate::transport::Frames;
 use crate::wire::{WireMessage, compose_reply};
 
-/// The exception name frontends show.
-pub(crate) const REFUSED_ENAME: &str = "AuditLogUnavailable";
+/// The exception name frontends show when the collector cannot take the record.
+pub(crate) const UNAVAILABLE_ENAME: &str = "AuditLogUnavailable";
+/// The exception name frontends show when the request itself cannot be recorded.
+pub(crate) const NOT_RECORDABLE_ENAME: &str = "AuditRecordRefused";
 
-pub(crate) fn refusal_text(reason: &AuditError) -> String {
-    format!(
-        "Execution refused: the audit log is unavailable, so nothing was run ({reason}). \
-         Try again in a moment; if this persists, contact your administrator."
-    )
+/// The exception name and text a user sees for a refused request.
+pub(crate) fn refusal(reason: &AuditError) -> (&'static str, String) {
+    match reason {
+        AuditError::TooLarge { .. } => (
+            NOT_RECORDABLE_ENAME,
+            format!(
+                "Execution refused: this request cannot be put on the audit record, so \
+                 nothing was run ({reason}). Sending it again will not help; make it \
+                 smaller."
+            ),
+        ),
+        AuditError::NotStored(_) => (
+            NOT_RECORDABLE_ENAME,
+            format!(
+                "Execution refused: the audit collector did not store this request, so \
+                 nothing was run ({reason}). If this persists, contact your administrator."
+            ),
+        ),
+        AuditError::Unavailable(_) | AuditError::Timeout(_) | AuditError::Stopped => (
+            UNAVAILABLE_ENAME,
+            format!(
+                "Execution refused: the audit log is unavailable, so nothing was run \
+                 ({reason}). Try again in a moment; if this persists, contact your \
+                 administrator."
+            ),
+        ),
+    }
 }
 
 /// Answers `request` with an error, on its channel and (for executions) on iopub.
@@ -29,11 +53,11 @@ pub(super) async fn refuse(
     to_frontend: &mpsc::Sender<Frames>,
     iopub: &mpsc::Sender<Frames>,
 ) {
-    let text = refusal_text(reason);
+    let (ename, text) = refusal(reason);
     let error = json!({
-        "ename": REFUSED_ENAME,
+        "ename": ename,
         "evalue": text,
-        "traceback": [format!("{REFUSED_ENAME}: {text}")],
+        "traceback": [format!("{ename}: {text}")],
     });
     let Some(reply_type) = msg_type
         .strip_suffix("_request")

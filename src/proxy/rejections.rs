@@ -27,7 +27,7 @@ pub(crate) const RECORDED_PER_WINDOW: u32 = 10;
 pub(crate) fn reason_kind(reason: &RejectReason) -> &'static str {
     let error = match reason {
         RejectReason::Wire(error) => error,
-        RejectReason::UnreadableContent(_) => return "unreadable_content",
+        RejectReason::UnreadableContent { .. } => return "unreadable_content",
     };
     match error {
         WireError::Empty => "empty",
@@ -259,7 +259,10 @@ mod tests {
             WireError::UnsupportedScheme("x".into()),
         ];
         let mut reasons: Vec<RejectReason> = errors.into_iter().map(RejectReason::from).collect();
-        reasons.push(RejectReason::UnreadableContent("x".into()));
+        reasons.push(RejectReason::UnreadableContent {
+            part: "content",
+            error: "x".into(),
+        });
         let kinds: std::collections::BTreeSet<_> = reasons.iter().map(reason_kind).collect();
         assert_eq!(kinds.len(), reasons.len());
     }

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::startup::Activity;
 use super::{Sides, refusal, rejections};
-use crate::audit::{Direction, needs_write_ahead};
+use crate::audit::{Direction, ParsedMessage, needs_write_ahead};
 use crate::cli::OnAuditFailure;
 use crate::connection::Channel;
 use crate::transport::{Frames, Link};
@@ -40,11 +40,12 @@ pub(super) fn spawn(
     let requests = async move {
         while let Some(frames) = from_frontend.recv().await {
             match accept_from_frontend(frames, &requests_sides) {
-                Ok((mut message, header)) => {
+                Ok((mut message, header, parsed)) => {
                     if !admit(
                         channel,
                         &message,
                         &header,
+                        parsed,
                         &requests_sides,
                         &refusals_to,
                         &iopub,
@@ -69,7 +70,7 @@ pub(super) fn spawn(
                 Ok(mut message) => {
                     if let Some(auditor) = &sides.auditor {
                         auditor
-                            .observe(channel, Direction::FromKernel, &message)
+                            .observe(channel, Direction::FromKernel, &message, None)
                             .await;
                     }
                     message.resign(&sides.frontend);
@@ -92,20 +93,21 @@ async fn admit(
     channel: Channel,
     message: &WireMessage,
     header: &Header,
+    parsed: Option<ParsedMessage>,
     sides: &Sides,
     to_frontend: &mpsc::Sender<Frames>,
     iopub: &mpsc::Sender<Frames>,
 ) -> bool {
-    let Some(auditor) = &sides.auditor else {
+    let (Some(auditor), Some(parsed)) = (&sides.auditor, parsed) else {
         return true;
     };
-    if !needs_write_ahead(&header.msg_type) {
+    if !needs_write_ahead(&header.msg_type, message.size()) {
         auditor
-            .observe(channel, Direction::FromFrontend, message)
+            .observe(channel, Direction::FromFrontend, message, Some(parsed))
             .await;
         return true;
     }
-    let Err(error) = auditor.write_ahead(channel, message).await else {
+    let Err(error) = auditor.write_ahead(channel, message, parsed).await else {
         return true;
     };
     let mut fields = Map::new();
@@ -133,14 +135,14 @@ async fn admit(
 pub(crate) enum RejectReason {
     #[error(transparent)]
     Wire(#[from] WireError),
-    /// A request that can run code, whose content the audit cannot parse: the kernel's
-    /// own parser may still read code from it (Python's json accepts NaN, lone
-    /// surrogates, deeper nesting, and Jupyter decodes bad UTF-8 as U+FFFD), which would
-    /// run code that is not on the record.
+    /// A part of a request that the audit cannot parse: the kernel's own parser may
+    /// still read code from it (Python's json accepts NaN, lone surrogates, deeper
+    /// nesting, and Jupyter decodes bad UTF-8 as U+FFFD), which would run code that is
+    /// not on the record.
     #[error(
-        "content is not JSON the audit can read ({0}); not relayed, it could run code off the record"
+        "{part} is not JSON the audit can read ({error}); not relayed, it could run code off the record"
     )]
-    UnreadableContent(String),
+    UnreadableContent { part: &'static str, error: String },
 }
 
 /// A message that is not relayed, with what is known about it for the diagnostic.
@@ -217,12 +219,12 @@ pub(super) fn record_suppressed(summary: &rejections::Suppressed, sides: &Sides)
     }
 }
 
-/// Checks a frontend message: size, framing, signature, header, replay.
-/// Returns the message and its parsed header.
+/// Checks a frontend message: size, framing, signature, header, replay; and, when
+/// auditing, that all four JSON parts can be read, returned so they are read once.
 pub(super) fn accept_from_frontend(
     frames: Frames,
     sides: &Sides,
-) -> Result<(WireMessage, Header), Rejection> {
+) -> Result<(WireMessage, Header, Option<ParsedMessage>), Rejection> {
     let message = WireMessage::from_frames(frames, sides.max_message_bytes)
         .map_err(|error| Rejection::new("frontend", error, None))?;
     if let Err(error) = message.verify(&sides.frontend) {
@@ -242,29 +244,28 @@ pub(super) fn accept_from_frontend(
             Some(&message),
         ));
     }
-    if sides.auditor.is_some() {
-        // The record is built from the header read as JSON: a header that only the
-        // relay's lenient reading accepts (too deeply nested, invalid UTF-8 in a field
-        // the relay skips) would be recorded without its msg_type and msg_id.
-        if let Err(error) = serde_json::from_slice::<serde_json::Value>(&message.header) {
-            return Err(Rejection::new(
-                "frontend",
-                WireError::BadHeader(error.to_string()),
-                Some(&message),
-            ));
-        }
+    if sides.auditor.is_none() {
+        return Ok((message, header, None));
     }
-    if sides.auditor.is_some()
-        && needs_write_ahead(&header.msg_type)
-        && let Err(error) = serde_json::from_slice::<serde_json::Value>(&message.content)
-    {
-        return Err(Rejection::new(
+    // The record holds the message as the audit's JSON parser reads it: a part only the
+    // kernel's more lenient parser reads (too deeply nested, NaN, invalid UTF-8) could
+    // carry code the record does not show, so such a message never reaches the kernel.
+    match ParsedMessage::read(&message) {
+        Ok(parsed) => Ok((message, header, Some(parsed))),
+        Err(unreadable) if unreadable.part == "header" => Err(Rejection::new(
             "frontend",
-            RejectReason::UnreadableContent(error.to_string()),
+            WireError::BadHeader(unreadable.error),
             Some(&message),
-        ));
+        )),
+        Err(unreadable) => Err(Rejection::new(
+            "frontend",
+            RejectReason::UnreadableContent {
+                part: unreadable.part,
+                error: unreadable.error,
+            },
+            Some(&message),
+        )),
     }
-    Ok((message, header))
 }
 
 /// Checks a kernel message: framing and the private key's signature.
@@ -320,7 +321,8 @@ mod tests {
     fn a_properly_signed_request_passes_once_and_its_replay_is_rejected() {
         let sides = sides(usize::MAX);
         let frames = signed_request(&sides.frontend);
-        let (accepted, header) = accept_from_frontend(frames.clone(), &sides).expect("accepted");
+        let (accepted, header, _) =
+            accept_from_frontend(frames.clone(), &sides).expect("accepted");
         assert_eq!(header.msg_type, "execute_request");
         assert_eq!(accepted.routing, vec![Bytes::from_static(b"client")]);
         let replay = accept_from_frontend(frames, &sides).expect_err("replay");
