@@ -6,6 +6,7 @@ proxy down. Each case runs against ipykernel too: it must behave the same.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import os
@@ -427,7 +428,8 @@ def test_content_the_audit_cannot_read_never_runs(kernels, suite_store, tmp_dir)
         utf8_id, parts = fe.signer.parts("kernel_info_request", {})
         parts[0] = parts[0][:-1] + b', "x": "\xff"}'
         fe.send([DELIMITER, fe.signer.sign(parts), *parts])
-        # Deep nesting in a request that runs no code is relayed and recorded as such.
+        # Deep nesting in a request that runs no code: not relayed either, since the
+        # record of every request holds it whole.
         info_id, parts = fe.signer.parts("kernel_info_request", {})
         parts[3] = b'{"x": ' + nested(100_000) + b"}"
         fe.send([DELIMITER, fe.signer.sign(parts), *parts])
@@ -441,29 +443,28 @@ def test_content_the_audit_cannot_read_never_runs(kernels, suite_store, tmp_dir)
     def mine(rs: list[dict]) -> list[dict]:
         return [r for r in rs if field(r, "jupyter.session_id") == session]
 
-    wanted = {*sent.values(), header_id, utf8_id}
+    wanted = {*sent.values(), header_id, utf8_id, info_id}
     records = mine(wait_for_records(
         suite_store,
         lambda rs: wanted <= {field(r, "jupyter.msg_id") for r in mine(rs)
-                              if action(r) == "message_rejected"}
-        and any(field(r, "jupyter.msg_id") == info_id for r in mine(rs)),
+                              if action(r) == "message_rejected"},
         "every unreadable request rejected on the record"))
+    sent["kernel_info_request deep nesting"] = info_id
     for label, msg_id in sent.items():
         got = [r for r in records if field(r, "jupyter.msg_id") == msg_id]
         assert [action(r) for r in got] == ["message_rejected"], (label, describe(got))
         assert reason_kind(got[0]) == "unreadable_content", (label, got[0])
-        assert field(got[0], "jupyter.rejected_msg_type") == "execute_request"
+        expected_type = label.split()[0] if label.startswith("kernel_info") else "execute_request"
+        assert field(got[0], "jupyter.rejected_msg_type") == expected_type, got[0]
     for msg_id in (header_id, utf8_id):
         got = [r for r in records if field(r, "jupyter.msg_id") == msg_id]
         assert [reason_kind(r) for r in got] == ["bad_header"], describe(got)
-    info = [r for r in records if field(r, "jupyter.msg_id") == info_id]
-    assert [action(r) for r in info] == ["kernel_info_request"], describe(info)
-    assert "recursion limit" in field(info[0], "jupyter.content_error", ""), info[0]
 
 
-def test_huge_buffers_are_relayed(kernels, suite_store):
-    """Buffers are not signed and not parsed: a comm message with 64 MiB of them reaches
-    the kernel whole, and its record says which comm it was."""
+def test_buffers_are_relayed_whole_or_refused(kernels, suite_store):
+    """Buffers are not signed, and the kernel acts on them: a comm message with 24 MiB of
+    them reaches the kernel whole and its record holds them (size, SHA-256, the bytes);
+    one with 64 MiB cannot be one record, so it is refused and never reaches the comm."""
     km, kc = kernels.start(AUDITED)
     session = field(session_start(suite_store, km), "jupyter.session_id")
     run_ok(kc, "import comm\nseen = []\n"
@@ -476,20 +477,33 @@ def test_huge_buffers_are_relayed(kernels, suite_store):
         _, open_ = fe.signer.message("comm_open", {"comm_id": comm_id, "target_name": "sizes",
                                                    "data": {}})
         fe.send(open_)
-        buffers = [bytes([i]) * (16 << 20) for i in range(4)] + [b""] * 1000
+        fitting = [bytes([i]) * (8 << 20) for i in range(3)] + [b""] * 1000
         msg_id, frames = fe.signer.message("comm_msg", {"comm_id": comm_id, "data": {"n": 1}})
-        fe.send([*frames, *buffers])
+        fe.send([*frames, *fitting])
+        too_large = [bytes([i]) * (16 << 20) for i in range(4)]
+        refused_id, frames = fe.signer.message("comm_msg", {"comm_id": comm_id, "data": {}})
+        fe.send([*frames, *too_large])
         fe.execute_ok("pass")
     finally:
         fe.close()
     out = run_ok(kc, "print(seen)")
-    assert out == repr([[16 << 20] * 4 + [0] * 1000]) + "\n"
-    records = wait_for_records(
-        suite_store, lambda rs: any(field(r, "jupyter.msg_id") == msg_id for r in rs),
-        "the comm_msg with buffers")
+    assert out == repr([[8 << 20] * 3 + [0] * 1000]) + "\n", "only the fitting one arrived"
+
+    def mine(rs: list[dict]) -> list[dict]:
+        return [r for r in rs if field(r, "jupyter.session_id") == session]
+
+    records = mine(wait_for_records(
+        suite_store,
+        lambda rs: {msg_id, refused_id} <= {field(r, "jupyter.msg_id") for r in mine(rs)},
+        "the comm_msg with buffers and the refusal of the one too large"))
     record = next(r for r in records if field(r, "jupyter.msg_id") == msg_id)
     assert action(record) == "comm_msg" and field(record, "jupyter.comm_id") == comm_id, record
-    assert field(record, "jupyter.session_id") == session
+    buffers = field(record, "jupyter.request.buffers")
+    assert [b["size"] for b in buffers] == [8 << 20] * 3 + [0] * 1000
+    assert base64.b64decode(buffers[2]["base64"]) == fitting[2]
+    refusal = [r for r in records if field(r, "jupyter.msg_id") == refused_id]
+    assert [action(r) for r in refusal] == ["execution_refused"], describe(refusal)
+    assert "too large" in field(refusal[0], "jupyter.reason")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: runs a second local user "

@@ -176,7 +176,7 @@ def test_every_kind_of_record_matches_the_schema(kernels, collector, validator):
     km.interrupt_kernel()
     assert reply_for(kc.get_shell_msg, msg_id)["content"]["status"] == "error"
 
-    # A forged signature (rejected) and content that is not JSON (recorded as such).
+    # A forged signature and content that is not JSON: both rejected, on the record.
     signer = Signer(connection_info(km))
     _, parts = signer.parts("execute_request", Signer.execute_content("print('forged')"))
     send_raw(km, [DELIMITER, b"0" * 64, *parts])
@@ -218,7 +218,11 @@ def test_every_kind_of_record_matches_the_schema(kernels, collector, validator):
     assert any("base64" in j.get("data", {}).get("image/png", {}) for j in jupyter
                if isinstance(j.get("data"), dict)), "a binary kept in full"
     assert any(j.get("write_ahead_failed") for j in jupyter), "a late write-ahead record"
-    assert any("content_error" in j for j in jupyter), "content that is not JSON"
+    assert any(j.get("rejected_msg_type") == "comm_info_request"
+               and "not JSON" in j.get("reason", "") for j in jupyter), "content that is not JSON"
+    assert any(isinstance(j.get("request", {}).get("buffers"), list) or
+               "user_expressions" in j.get("request", {}).get("content", {})
+               for j in jupyter), "a request recorded whole"
     assert any(j.get("value_dropped") for j in jupyter), "a password reply"
     assert not any("hunter2" in json.dumps(r) for r in records)
 
