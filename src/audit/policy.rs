@@ -95,7 +95,7 @@ impl SizePolicy {
     /// A stricter policy for an output whose record would not fit the record budget:
     /// an eighth of the text cap and no binaries kept; None once the cap is zero.
     pub fn tighter(&self) -> Option<Self> {
-        (self.text_cap > 0).then(|| Self {
+        (self.text_cap > 0).then_some(Self {
             text_cap: self.text_cap / 8,
             keep_binary: false,
         })

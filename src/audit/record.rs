@@ -131,10 +131,10 @@ const MEASURE_ABOVE_BYTES: usize = OUTPUT_RECORD_BUDGET / 8;
 pub struct RecordBuilder {
     context: SessionContext,
     policy: SizePolicy,
-    /// Whether the prompt the kernel waits on now asks for a password. The kernel
-    /// takes the next `input_reply` as the answer, whatever its parent header or
-    /// sender says, so that is what decides whether a reply's value is kept.
-    open_prompt: Option<bool>,
+    /// The prompt the kernel waits on now, if any. The kernel takes the next
+    /// `input_reply` as the answer, whatever its parent header or sender says, so this
+    /// prompt decides whether a reply's value is kept.
+    open_prompt: Option<OpenPrompt>,
     started: HashMap<String, Instant>,
 }
 
@@ -150,6 +150,14 @@ fn remember<V>(map: &mut HashMap<String, V>, key: String, value: V) {
         map.clear();
     }
     map.insert(key, value);
+}
+
+/// An input prompt the kernel waits on.
+#[derive(Debug)]
+struct OpenPrompt {
+    password: bool,
+    /// The request whose execution asked; the kernel stops waiting when it ends.
+    parent_msg_id: Option<String>,
 }
 
 /// What the builder learned from a message before describing it.
@@ -239,7 +247,15 @@ impl RecordBuilder {
             let mut policy = self.policy;
             fields = loop {
                 let mut fields = base.clone();
-                describe_output(&msg_type, &parsed.content, &message, &tracked, policy, &mut fields, &mut outcome);
+                describe_output(
+                    &msg_type,
+                    &parsed.content,
+                    &message,
+                    &tracked,
+                    policy,
+                    &mut fields,
+                    &mut outcome,
+                );
                 if message.size() < MEASURE_ABOVE_BYTES {
                     break fields;
                 }
@@ -278,14 +294,28 @@ impl RecordBuilder {
                 tracked.duration_ms = parent_msg_id
                     .and_then(|id| self.started.remove(id))
                     .map(|started| started.elapsed().as_secs_f64() * 1000.0);
+                // An execution that ends (an interrupted getpass, say) no longer waits:
+                // a later reply cannot be that prompt's answer.
+                if self.open_prompt.as_ref().is_some_and(|prompt| {
+                    prompt.parent_msg_id.is_some()
+                        && prompt.parent_msg_id.as_deref() == parent_msg_id
+                }) {
+                    self.open_prompt = None;
+                }
             }
             "input_request" => {
-                self.open_prompt = Some(parsed.content["password"].as_bool().unwrap_or(false));
+                self.open_prompt = Some(OpenPrompt {
+                    password: parsed.content["password"].as_bool().unwrap_or(false),
+                    parent_msg_id: parent_msg_id.map(str::to_owned),
+                });
             }
             "input_reply" => {
                 // The kernel takes this reply as the answer to the prompt it waits on,
                 // whatever prompt the reply names; with no prompt open it is kept.
-                tracked.password_answer = self.open_prompt.take().unwrap_or(false);
+                tracked.password_answer = self
+                    .open_prompt
+                    .take()
+                    .is_some_and(|prompt| prompt.password);
             }
             _ => {}
         }
@@ -440,7 +470,10 @@ fn describe_output(
         }
         "comm_open" | "comm_msg" | "comm_close" => {
             put("comm_id", optional_text(policy, &content["comm_id"]));
-            put("target_name", optional_text(policy, &content["target_name"]));
+            put(
+                "target_name",
+                optional_text(policy, &content["target_name"]),
+            );
             put("data", policy.json(&content["data"]));
         }
         reply if reply.ends_with("_reply") => put("status", status_of(policy, content)),
@@ -630,12 +663,20 @@ mod tests {
         let reply = answer(&mut builder, Some("q1"), "hunter2");
         assert!(!reply.to_string_lossy().contains("hunter2"));
         assert_eq!(reply["jupyter"]["value_dropped"], true);
-        assert!(reply["jupyter"]["request"]["content"].get("value").is_none());
+        assert!(
+            reply["jupyter"]["request"]["content"]
+                .get("value")
+                .is_none()
+        );
 
         prompt(&mut builder, "q2", false);
         let long_answer = "x".repeat(100);
         let reply = answer(&mut builder, Some("q2"), &long_answer);
-        assert_eq!(reply["jupyter"]["value"], long_answer.as_str(), "not capped");
+        assert_eq!(
+            reply["jupyter"]["value"],
+            long_answer.as_str(),
+            "not capped"
+        );
         assert_eq!(
             reply["jupyter"]["request"]["content"]["value"],
             long_answer.as_str()
@@ -651,6 +692,18 @@ mod tests {
         prompt(&mut builder, "plain", false);
         let reply = answer(&mut builder, Some("old-password"), "exec-me");
         assert_eq!(reply["jupyter"]["value"], "exec-me");
+        // A password prompt whose execution ended (interrupted) no longer waits.
+        prompt(&mut builder, "ended", true);
+        builder.message(observe(
+            Direction::FromKernel,
+            Channel::Shell,
+            "execute_reply",
+            "r1",
+            Some("m1"),
+            json!({"status": "error"}),
+        ));
+        let reply = answer(&mut builder, Some("ended"), "after-the-end");
+        assert_eq!(reply["jupyter"]["value"], "after-the-end");
         // No prompt open at all: nothing to protect, kept.
         let reply = answer(&mut builder, Some("nothing"), "stray");
         assert_eq!(reply["jupyter"]["value"], "stray");
@@ -736,7 +789,11 @@ mod tests {
         let kept = &record["jupyter"]["data"]["text/x-7"];
         assert_eq!(kept["size"], 1_100_000);
         assert_eq!(kept["truncated"], true);
-        assert!(kept["head"].as_str().is_some_and(|head| head.starts_with('z')));
+        assert!(
+            kept["head"]
+                .as_str()
+                .is_some_and(|head| head.starts_with('z'))
+        );
         assert!(record["jupyter"]["text_cap_applied"].as_u64() < Some(1_048_576));
 
         let huge_error = builder

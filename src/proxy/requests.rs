@@ -321,8 +321,7 @@ mod tests {
     fn a_properly_signed_request_passes_once_and_its_replay_is_rejected() {
         let sides = sides(usize::MAX);
         let frames = signed_request(&sides.frontend);
-        let (accepted, header, _) =
-            accept_from_frontend(frames.clone(), &sides).expect("accepted");
+        let (accepted, header, _) = accept_from_frontend(frames.clone(), &sides).expect("accepted");
         assert_eq!(header.msg_type, "execute_request");
         assert_eq!(accepted.routing, vec![Bytes::from_static(b"client")]);
         let replay = accept_from_frontend(frames, &sides).expect_err("replay");
