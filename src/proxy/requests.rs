@@ -161,7 +161,7 @@ pub(super) struct Rejection {
 }
 
 /// On the records of rejected frontend messages: whose name `user.*` is.
-pub(super) const IDENTITY_NOTE: &str = "user.* is the account running this kernel (the proxy's owner), not the sender of the rejected message; jupyter.sender is what the proxy could learn of the sender";
+pub(super) const IDENTITY_NOTE: &str = "user.* is the account running this kernel (the proxy's owner), not the sender of the rejected messages; jupyter.sender (senders) is what the proxy could learn of the sender";
 
 impl Rejection {
     pub(super) fn new(

@@ -94,6 +94,48 @@ async fn router_delivers_by_identity_both_ways() {
     );
 }
 
+#[tokio::test]
+async fn an_ipc_peer_is_listed_with_its_credentials() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shell");
+    let listener = Listener::bind_unix(path.clone()).expect("bind");
+    let directory = PeerDirectory::default();
+    let mut link = spawn_router(
+        listener,
+        Channel::Stdin,
+        1 << 20,
+        16,
+        notices().0,
+        Some(directory.clone()),
+    );
+    let mut options = SocketOptions::default();
+    options.peer_identity(Bytes::from_static(b"ipc-1").try_into().expect("identity"));
+    let mut dealer = DealerSocket::with_options(options);
+    dealer
+        .connect(&format!("ipc://{}", path.display()))
+        .await
+        .expect("connect");
+    dealer
+        .send(message(&[b"<IDS|MSG>", b"hello"]))
+        .await
+        .expect("send");
+    tokio::time::timeout(WAIT, link.incoming.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    let sender = directory
+        .find(Channel::Stdin, &Bytes::from_static(b"ipc-1"))
+        .expect("listed")
+        .describe()
+        .await;
+    assert_eq!((sender.transport, sender.local), ("ipc", true));
+    assert_eq!(sender.uid, Some(nix::unistd::getuid().as_raw()));
+    assert_eq!(
+        sender.pid.and_then(|pid| u32::try_from(pid).ok()),
+        Some(std::process::id())
+    );
+}
+
 fn frames(parts: &[&[u8]]) -> Frames {
     parts
         .iter()
