@@ -32,12 +32,16 @@ pub(super) fn spawn_relay(
             let mut message = match WireMessage::from_frames(frames, usize::MAX) {
                 Ok(message) => message,
                 Err(error) => {
-                    Rejection::new("kernel", error, None).report(Channel::Iopub, &sides);
+                    Rejection::new("kernel", error, None)
+                        .report(Channel::Iopub, &sides)
+                        .await;
                     continue;
                 }
             };
             if let Err(error) = message.verify(&sides.kernel) {
-                Rejection::new("kernel", error, Some(&message)).report(Channel::Iopub, &sides);
+                Rejection::new("kernel", error, Some(&message))
+                    .report(Channel::Iopub, &sides)
+                    .await;
                 continue;
             }
             if message
@@ -109,6 +113,7 @@ mod tests {
             session: "proxy-session".into(),
             auditor: None,
             rejections: Default::default(),
+            peers: Default::default(),
         };
         let welcome = welcome_message("", &sides);
         welcome

@@ -84,6 +84,8 @@ pub(crate) struct Sides {
     pub auditor: Option<Arc<Auditor>>,
     /// Which rejected messages get a record of their own (the rest are counted).
     pub rejections: rejections::RejectionLimiter,
+    /// Frontend connections by routing id: who sent a rejected message.
+    pub peers: transport::PeerDirectory,
 }
 
 /// Runs the proxy until the kernel exits; returns the kernel's exit status.
@@ -118,6 +120,7 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
         session,
         auditor,
         rejections: rejections::RejectionLimiter::default(),
+        peers: links.peers.clone(),
     });
     let reporting = spawn_rejection_reports(links.oversized, sides.clone());
 
@@ -238,7 +241,7 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
     reporting.abort();
     // Rejections counted in windows that are still open are on the record too.
     for summary in sides.rejections.drain() {
-        requests::record_suppressed(&summary, &sides);
+        requests::record_suppressed(&summary, &sides).await;
     }
     if let Some(auditor) = &sides.auditor {
         auditor.event("session_end", session_end_fields(status, orphaned));
@@ -276,12 +279,14 @@ fn spawn_rejection_reports(
                         .into(),
                         msg_id: notice.msg_id,
                         msg_type: notice.msg_type,
+                        sender: sides.peers.find(notice.channel, &notice.routing_id),
                     }
-                    .report(notice.channel, &sides);
+                    .report(notice.channel, &sides)
+                    .await;
                 }
                 _ = ticks.tick() => {
                     for summary in sides.rejections.expired(std::time::Instant::now()) {
-                        requests::record_suppressed(&summary, &sides);
+                        requests::record_suppressed(&summary, &sides).await;
                     }
                 }
             }

@@ -3,11 +3,12 @@
 //! Per channel and side, the first [`RECORDED_PER_WINDOW`] rejections of a window of
 //! [`WINDOW`] get a `message_rejected` record (and a WARN line) each; the rest are
 //! counted, and the window closes with one `rejections_suppressed` record that says how
-//! many there were and why. Every rejection is accounted for, and a hostile frontend
-//! costs the store a few records per window however fast it sends.
+//! many there were, why, and from which connections (the first [`SENDERS_KEPT`]). Every
+//! rejection is accounted for, and a hostile frontend costs the store a few records per
+//! window however fast it sends.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
@@ -15,12 +16,15 @@ use serde_json::{Map, Value, json};
 use super::requests::RejectReason;
 use crate::audit::now_rfc3339;
 use crate::connection::Channel;
+use crate::transport::{Peer, SenderInfo};
 use crate::wire::WireError;
 
 /// How long a window of rejections lasts.
 pub(crate) const WINDOW: Duration = Duration::from_secs(5);
 /// How many rejections per channel and side get a record of their own in one window.
 pub(crate) const RECORDED_PER_WINDOW: u32 = 10;
+/// How many distinct senders a summary names.
+pub(crate) const SENDERS_KEPT: usize = 8;
 
 /// A short, stable name of why a message was rejected: the key of a summary's counts
 /// (the error's text carries sizes and parser messages, which would make every key new).
@@ -38,6 +42,7 @@ pub(crate) fn reason_kind(reason: &RejectReason) -> &'static str {
         WireError::MissingSignature => "missing_signature",
         WireError::BadSignature => "bad_signature",
         WireError::Replayed => "replayed",
+        WireError::NonCanonicalSignature => "non_canonical_signature",
         WireError::UnsupportedScheme(_) => "unsupported_scheme",
     }
 }
@@ -52,11 +57,15 @@ pub(crate) struct Suppressed {
     /// When the first and the last of them arrived (proxy clock).
     pub first_at: String,
     pub last_at: String,
+    /// The first distinct connections they came from, when known.
+    pub senders: Vec<Arc<Peer>>,
+    /// They came from more connections than `senders` names.
+    pub more_senders: bool,
 }
 
 impl Suppressed {
-    /// The `rejections_suppressed` record's fields.
-    pub(crate) fn fields(&self) -> Map<String, Value> {
+    /// The `rejections_suppressed` record's fields; `senders` describes `self.senders`.
+    pub(crate) fn fields(&self, senders: &[SenderInfo]) -> Map<String, Value> {
         let mut fields = Map::new();
         fields.insert("channel".into(), json!(self.channel.name()));
         fields.insert("from".into(), json!(self.from));
@@ -71,15 +80,26 @@ impl Suppressed {
                 WINDOW.as_secs()
             )),
         );
+        if !senders.is_empty() {
+            fields.insert("senders".into(), json!(senders));
+        }
+        if self.more_senders {
+            fields.insert("more_senders".into(), json!(true));
+        }
         fields
     }
 
-    pub(crate) fn log(&self) {
+    pub(crate) fn log(&self, senders: &[SenderInfo]) {
+        let mut named: Vec<String> = senders.iter().map(SenderInfo::to_string).collect();
+        if self.more_senders {
+            named.push("…".into());
+        }
         tracing::warn!(
             channel = %self.channel,
             from = self.from,
             count = self.count,
             reasons = ?self.reasons,
+            senders = %named.join(", "),
             "more messages rejected (counted, not logged one by one)"
         );
     }
@@ -114,12 +134,13 @@ impl RejectionLimiter {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Counts one rejection at `now`.
+    /// Counts one rejection at `now`, of a message from `sender` when known.
     pub(crate) fn admit(
         &self,
         channel: Channel,
         from: &'static str,
         reason: &'static str,
+        sender: Option<&Arc<Peer>>,
         now: Instant,
     ) -> Verdict {
         let mut windows = self.lock();
@@ -149,7 +170,18 @@ impl RejectionLimiter {
             reasons: BTreeMap::new(),
             first_at: stamp.clone(),
             last_at: stamp.clone(),
+            senders: Vec::new(),
+            more_senders: false,
         });
+        if let Some(sender) = sender
+            && !suppressed.senders.contains(sender)
+        {
+            if suppressed.senders.len() < SENDERS_KEPT {
+                suppressed.senders.push(Arc::clone(sender));
+            } else {
+                suppressed.more_senders = true;
+            }
+        }
         suppressed.count += 1;
         *suppressed.reasons.entry(reason).or_default() += 1;
         suppressed.last_at = stamp;
@@ -186,6 +218,7 @@ impl RejectionLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::{Endpoint, PeerDirectory};
 
     #[test]
     fn the_first_rejections_are_recorded_the_rest_counted_and_summed_up() {
@@ -198,7 +231,7 @@ mod tests {
             } else {
                 "missing_delimiter"
             };
-            let verdict = limiter.admit(Channel::Shell, "frontend", reason, start);
+            let verdict = limiter.admit(Channel::Shell, "frontend", reason, None, start);
             assert_eq!(verdict.closed, None);
             recorded += u32::from(verdict.record);
         }
@@ -206,7 +239,7 @@ mod tests {
         // Another channel has a window of its own.
         assert!(
             limiter
-                .admit(Channel::Control, "frontend", "empty", start)
+                .admit(Channel::Control, "frontend", "empty", None, start)
                 .record
         );
         assert!(limiter.expired(start).is_empty(), "the window is not over");
@@ -220,7 +253,7 @@ mod tests {
         // A new window records again.
         assert!(
             limiter
-                .admit(Channel::Shell, "frontend", "empty", start + WINDOW)
+                .admit(Channel::Shell, "frontend", "empty", None, start + WINDOW)
                 .record
         );
     }
@@ -230,19 +263,62 @@ mod tests {
         let limiter = RejectionLimiter::default();
         let start = Instant::now();
         for _ in 0..=RECORDED_PER_WINDOW {
-            limiter.admit(Channel::Stdin, "kernel", "bad_signature", start);
+            limiter.admit(Channel::Stdin, "kernel", "bad_signature", None, start);
         }
-        let later = limiter.admit(Channel::Stdin, "kernel", "replayed", start + WINDOW * 2);
+        let later = limiter.admit(
+            Channel::Stdin,
+            "kernel",
+            "replayed",
+            None,
+            start + WINDOW * 2,
+        );
         assert!(later.record);
         assert_eq!(later.closed.map(|summary| summary.count), Some(1));
         for _ in 0..RECORDED_PER_WINDOW {
-            limiter.admit(Channel::Stdin, "kernel", "replayed", start + WINDOW * 2);
+            limiter.admit(
+                Channel::Stdin,
+                "kernel",
+                "replayed",
+                None,
+                start + WINDOW * 2,
+            );
         }
         let rest = limiter.drain();
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].count, 1);
         assert_eq!(rest[0].reasons["replayed"], 1);
         assert!(limiter.drain().is_empty());
+    }
+
+    #[test]
+    fn a_summary_names_its_first_distinct_senders() {
+        let limiter = RejectionLimiter::default();
+        let directory = PeerDirectory::default();
+        let peers: Vec<_> = (0..SENDERS_KEPT + 2)
+            .map(|_| Peer::accepted(Endpoint::Ipc { owner: None }, &directory))
+            .collect();
+        let start = Instant::now();
+        for peer in std::iter::repeat_n(&peers[0], RECORDED_PER_WINDOW as usize)
+            .chain(&peers)
+            .chain(&peers)
+        {
+            limiter.admit(
+                Channel::Shell,
+                "frontend",
+                "bad_signature",
+                Some(peer),
+                start,
+            );
+        }
+        let summaries = limiter.drain();
+        let [summary] = &summaries[..] else {
+            panic!("one summary: {summaries:?}");
+        };
+        assert_eq!(summary.senders[..], peers[..SENDERS_KEPT]);
+        assert!(summary.more_senders);
+        let fields = summary.fields(&[]);
+        assert_eq!(fields["more_senders"], true);
+        assert!(!fields.contains_key("senders"), "none described");
     }
 
     #[test]
@@ -256,6 +332,7 @@ mod tests {
             WireError::MissingSignature,
             WireError::BadSignature,
             WireError::Replayed,
+            WireError::NonCanonicalSignature,
             WireError::UnsupportedScheme("x".into()),
         ];
         let mut reasons: Vec<RejectReason> = errors.into_iter().map(RejectReason::from).collect();

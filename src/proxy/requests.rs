@@ -16,7 +16,7 @@ use super::{Sides, refusal, rejections};
 use crate::audit::{Direction, ParsedMessage, needs_write_ahead};
 use crate::cli::OnAuditFailure;
 use crate::connection::Channel;
-use crate::transport::{Frames, Link};
+use crate::transport::{Frames, Link, Peer, SenderInfo};
 use crate::wire::{Header, WireError, WireMessage};
 
 pub(super) fn spawn(
@@ -39,6 +39,8 @@ pub(super) fn spawn(
     let refusals_to = to_frontend.clone();
     let requests = async move {
         while let Some(frames) = from_frontend.recv().await {
+            // The router's first frame names the connection, should the message be rejected.
+            let routing_id = frames.first().cloned();
             match accept_from_frontend(frames, &requests_sides) {
                 Ok((mut message, header, parsed)) => {
                     if !admit(
@@ -59,7 +61,11 @@ pub(super) fn spawn(
                         break;
                     }
                 }
-                Err(rejection) => rejection.report(channel, &requests_sides),
+                Err(mut rejection) => {
+                    rejection.sender =
+                        routing_id.and_then(|id| requests_sides.peers.find(channel, &id));
+                    rejection.report(channel, &requests_sides).await
+                }
             }
         }
     };
@@ -78,7 +84,7 @@ pub(super) fn spawn(
                         break;
                     }
                 }
-                Err(rejection) => rejection.report(channel, &sides),
+                Err(rejection) => rejection.report(channel, &sides).await,
             }
         }
     };
@@ -152,7 +158,12 @@ pub(super) struct Rejection {
     pub error: RejectReason,
     pub msg_id: Option<String>,
     pub msg_type: Option<String>,
+    /// The frontend connection it came from, when the router listed it.
+    pub sender: Option<Arc<Peer>>,
 }
+
+/// On the records of rejected frontend messages: whose name `user.*` is.
+pub(super) const IDENTITY_NOTE: &str = "user.* is the account running this kernel (the proxy's owner), not the sender of the rejected messages; jupyter.sender (senders) is what the proxy could learn of the sender";
 
 impl Rejection {
     pub(super) fn new(
@@ -168,26 +179,33 @@ impl Rejection {
             error: error.into(),
             msg_id: header.as_ref().map(|header| header.msg_id.clone()),
             msg_type: header.map(|header| header.msg_type),
+            sender: None,
         }
     }
 
     /// Logs the rejection and puts it on the record, within the rate limit: past it,
     /// the rejection is counted in the window's `rejections_suppressed` record instead.
-    pub(super) fn report(&self, channel: Channel, sides: &Sides) {
+    /// Only a rejection on the record waits for what is known of its sender.
+    pub(super) async fn report(&self, channel: Channel, sides: &Sides) {
         let verdict = sides.rejections.admit(
             channel,
             self.from,
             rejections::reason_kind(&self.error),
+            self.sender.as_ref(),
             Instant::now(),
         );
         if let Some(closed) = verdict.closed {
-            record_suppressed(&closed, sides);
+            record_suppressed(&closed, sides).await;
         }
         if !verdict.record {
             tracing::debug!(%channel, from = self.from, reason = %self.error, "message rejected (counted)");
             return;
         }
-        self.log(channel);
+        let sender = match &self.sender {
+            Some(peer) => Some(peer.describe().await),
+            None => None,
+        };
+        self.log(channel, sender.as_ref());
         if let Some(auditor) = &sides.auditor {
             let mut fields = Map::new();
             fields.insert("channel".into(), json!(channel.name()));
@@ -195,14 +213,21 @@ impl Rejection {
             fields.insert("reason".into(), json!(self.error.to_string()));
             fields.insert("msg_id".into(), json!(self.msg_id));
             fields.insert("rejected_msg_type".into(), json!(self.msg_type));
+            if let Some(sender) = &sender {
+                fields.insert("sender".into(), json!(sender));
+            }
+            if self.from == "frontend" {
+                fields.insert("identity_note".into(), json!(IDENTITY_NOTE));
+            }
             auditor.event("message_rejected", fields);
         }
     }
 
-    pub(super) fn log(&self, channel: Channel) {
+    pub(super) fn log(&self, channel: Channel, sender: Option<&SenderInfo>) {
         tracing::warn!(
             %channel,
             from = self.from,
+            sender = %sender.map_or_else(|| "unknown".to_owned(), SenderInfo::to_string),
             reason = %self.error,
             msg_id = self.msg_id.as_deref().unwrap_or("unknown"),
             msg_type = self.msg_type.as_deref().unwrap_or("unknown"),
@@ -212,10 +237,18 @@ impl Rejection {
 }
 
 /// Logs and records the summary of a closed window of rejections.
-pub(super) fn record_suppressed(summary: &rejections::Suppressed, sides: &Sides) {
-    summary.log();
+pub(super) async fn record_suppressed(summary: &rejections::Suppressed, sides: &Sides) {
+    let mut senders = Vec::with_capacity(summary.senders.len());
+    for peer in &summary.senders {
+        senders.push(peer.describe().await);
+    }
+    summary.log(&senders);
     if let Some(auditor) = &sides.auditor {
-        auditor.event("rejections_suppressed", summary.fields());
+        let mut fields = summary.fields(&senders);
+        if summary.from == "frontend" {
+            fields.insert("identity_note".into(), json!(IDENTITY_NOTE));
+        }
+        auditor.event("rejections_suppressed", fields);
     }
 }
 
@@ -233,16 +266,12 @@ pub(super) fn accept_from_frontend(
     let header = message
         .header()
         .map_err(|error| Rejection::new("frontend", error, None))?;
-    let first_use = match sides.replay.lock() {
-        Ok(mut guard) => guard.first_use(&message.signature),
-        Err(poisoned) => poisoned.into_inner().first_use(&message.signature),
+    let replay_check = match sides.replay.lock() {
+        Ok(mut guard) => guard.check(&message.signature),
+        Err(poisoned) => poisoned.into_inner().check(&message.signature),
     };
-    if !first_use {
-        return Err(Rejection::new(
-            "frontend",
-            WireError::Replayed,
-            Some(&message),
-        ));
+    if let Err(error) = replay_check {
+        return Err(Rejection::new("frontend", error, Some(&message)));
     }
     if sides.auditor.is_none() {
         return Ok((message, header, None));
@@ -303,6 +332,7 @@ mod tests {
             session: "test".into(),
             auditor: None,
             rejections: Default::default(),
+            peers: Default::default(),
         }
     }
 
@@ -327,6 +357,26 @@ mod tests {
         let replay = accept_from_frontend(frames, &sides).expect_err("replay");
         assert_eq!(replay.error, WireError::Replayed.into());
         assert!(replay.msg_id.is_some(), "diagnostic names the msg_id");
+    }
+
+    #[test]
+    fn a_recased_copy_of_a_signed_request_is_a_replay() {
+        let sides = sides(usize::MAX);
+        let frames = signed_request(&sides.frontend);
+        let signature_at = frames.len() - 5;
+        let recased = |frames: &Frames| {
+            let mut copy = frames.clone();
+            copy[signature_at] = Bytes::from(copy[signature_at].to_ascii_uppercase());
+            copy
+        };
+        accept_from_frontend(frames.clone(), &sides).expect("accepted");
+        let replay = accept_from_frontend(recased(&frames), &sides).expect_err("replay");
+        assert_eq!(replay.error, WireError::Replayed.into());
+        // Never seen, but not spelt as Jupyter spells signatures: refused, as ipykernel does.
+        let fresh = signed_request(&sides.frontend);
+        let refused = accept_from_frontend(recased(&fresh), &sides).expect_err("upper case");
+        assert_eq!(refused.error, WireError::NonCanonicalSignature.into());
+        accept_from_frontend(fresh, &sides).expect("the lowercase original still runs once");
     }
 
     #[test]

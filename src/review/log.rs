@@ -143,13 +143,50 @@ pub fn summary(value: &Value) -> String {
             text("msg_id"),
             text("reason")
         ),
-        "message_rejected" => format!(
-            "{} from {} on {}: {}",
-            fields::jupyter(value, "rejected_msg_type").unwrap_or("message"),
-            text("from"),
-            text("channel"),
-            text("reason")
-        ),
+        "message_rejected" => {
+            let rejected = fields::jupyter(value, "rejected_msg_type").unwrap_or("message");
+            match field("sender") {
+                Some(sender) => format!(
+                    "{rejected} on {} from {}: {}",
+                    text("channel"),
+                    sender_of(value, sender),
+                    text("reason")
+                ),
+                None => format!(
+                    "{rejected} from {} on {}: {}",
+                    text("from"),
+                    text("channel"),
+                    text("reason")
+                ),
+            }
+        }
+        "rejections_suppressed" => {
+            let reasons = field("reasons")
+                .and_then(Value::as_object)
+                .map(|reasons| {
+                    let counts: Vec<String> = reasons
+                        .iter()
+                        .map(|(kind, count)| format!("{kind} {count}"))
+                        .collect();
+                    counts.join(", ")
+                })
+                .unwrap_or_default();
+            let mut line = format!(
+                "{} more from {} on {} ({reasons})",
+                number("rejected_count").unwrap_or_default(),
+                text("from"),
+                text("channel")
+            );
+            let senders = field("senders").and_then(Value::as_array);
+            for (n, sender) in senders.into_iter().flatten().enumerate() {
+                line.push_str(if n == 0 { "; senders " } else { "; " });
+                line.push_str(&sender_of(value, sender));
+            }
+            if field("more_senders") == Some(&Value::Bool(true)) {
+                line.push_str("; more senders");
+            }
+            line
+        }
         "audit_gap" => format!(
             "{} records lost since {}: {}",
             number("lost_records").unwrap_or_default(),
@@ -192,6 +229,37 @@ pub fn summary(value: &Value) -> String {
         summary.push_str(" (resent)");
     }
     summary.trim().to_owned()
+}
+
+/// A rejected message's `jupyter.sender` (`127.0.0.1:40312 uid 1001 (mallory)`), and
+/// whether it is the proxy's user, whose name the record's `user.*` is.
+fn sender_of(record: &Value, sender: &Value) -> String {
+    let part = |key: &str| sender.get(key);
+    let mut line = part("address")
+        .or_else(|| part("transport"))
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_owned();
+    let uid = part("uid").and_then(Value::as_u64);
+    if let Some(uid) = uid {
+        line.push_str(&format!(" uid {uid}"));
+    }
+    if let Some(name) = part("user_name").and_then(Value::as_str) {
+        line.push_str(&format!(" ({name})"));
+    }
+    if let Some(pid) = part("pid").and_then(Value::as_u64) {
+        line.push_str(&format!(" pid {pid}"));
+    }
+    if part("local") == Some(&Value::Bool(false)) {
+        line.push_str(" (another host)");
+    }
+    let proxy_uid = fields::str_at(record, &["user", "id"]).and_then(|id| id.parse::<u64>().ok());
+    line.push_str(match uid {
+        Some(uid) if Some(uid) == proxy_uid => ", the proxy's user",
+        Some(_) => ", not the proxy's user",
+        None => ", not necessarily the proxy's user",
+    });
+    line
 }
 
 fn execute_reply(value: &Value) -> String {
@@ -362,6 +430,13 @@ mod tests {
             "execute_request m1: the audit collector is unavailable"
         );
         assert_eq!(
+            summary_of(
+                "message_rejected",
+                json!({"rejected_msg_type": "execute_request", "from": "frontend", "channel": "shell", "reason": "signature does not match"})
+            ),
+            "execute_request from frontend on shell: signature does not match"
+        );
+        assert_eq!(
             summary_of("kernel_info_reply", json!({"status": "ok"})),
             "ok"
         );
@@ -371,6 +446,47 @@ mod tests {
                 json!({"code": "1", "write_ahead_failed": true})
             ),
             "1 (stored late: write-ahead failed)"
+        );
+    }
+
+    #[test]
+    fn rejections_name_the_sender_and_whether_it_is_the_proxys_user() {
+        let rejected = |sender: Value| {
+            summary(&json!({
+                "event": {"action": "message_rejected"},
+                "user": {"id": "1000", "name": "alice"},
+                "jupyter": {"rejected_msg_type": "execute_request", "from": "frontend",
+                            "channel": "shell", "reason": "signature does not match",
+                            "sender": sender}
+            }))
+        };
+        assert_eq!(
+            rejected(
+                json!({"transport": "tcp", "address": "127.0.0.1:40312", "local": true,
+                            "uid": 1001, "user_name": "mallory"})
+            ),
+            "execute_request on shell from 127.0.0.1:40312 uid 1001 (mallory), not the proxy's user: signature does not match"
+        );
+        assert_eq!(
+            rejected(json!({"transport": "ipc", "local": true, "uid": 1000, "pid": 42})),
+            "execute_request on shell from ipc uid 1000 pid 42, the proxy's user: signature does not match"
+        );
+        assert_eq!(
+            rejected(json!({"transport": "tcp", "address": "192.0.2.7:1", "local": false})),
+            "execute_request on shell from 192.0.2.7:1 (another host), not necessarily the proxy's user: signature does not match"
+        );
+        let summary = summary(&json!({
+            "event": {"action": "rejections_suppressed"},
+            "user": {"id": "1000"},
+            "jupyter": {"from": "frontend", "channel": "shell", "rejected_count": 12,
+                        "reasons": {"bad_signature": 10, "replayed": 2},
+                        "senders": [{"transport": "tcp", "address": "127.0.0.1:2",
+                                     "local": true, "uid": 1001}],
+                        "more_senders": true}
+        }));
+        assert_eq!(
+            summary,
+            "12 more from frontend on shell (bad_signature 10, replayed 2); senders 127.0.0.1:2 uid 1001, not the proxy's user; more senders"
         );
     }
 

@@ -9,8 +9,12 @@
 //! stops reading and the peer's own queues fill, as between two ZeroMQ peers.
 
 mod actor;
+mod peers;
 mod zmtp;
 
+#[cfg(test)]
+pub(crate) use peers::Endpoint;
+pub use peers::{Peer, PeerDirectory, SenderInfo};
 pub use zmtp::{DecodedItem, Publisher, Subscription, ZmtpError, decode_frontend_bytes};
 
 use std::time::Duration;
@@ -46,6 +50,8 @@ pub struct FrontendLinks {
     pub heartbeat: Link,
     /// Messages skipped for their size on any channel, for the proxy to report.
     pub oversized: mpsc::Receiver<Oversized>,
+    /// The connections of shell, control and stdin by routing id: who sent a message.
+    pub peers: PeerDirectory,
 }
 
 /// A frontend message skipped as it arrived because it was over the size limit: only
@@ -53,6 +59,8 @@ pub struct FrontendLinks {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Oversized {
     pub channel: Channel,
+    /// The routing id of the connection it came from (see [`PeerDirectory`]).
+    pub routing_id: Bytes,
     /// The size announced by its frames, as far as they were read.
     pub size: u64,
     pub limit: usize,
@@ -97,8 +105,18 @@ pub async fn bind_frontend(
     limit: usize,
 ) -> Result<FrontendLinks, TransportError> {
     let (notices, oversized) = mpsc::channel(OVERSIZED_CAPACITY);
+    let peers = PeerDirectory::default();
+    // Heartbeat pings are echoed, never rejected: nobody asks who sent them.
     let router = |listener, channel| {
-        zmtp::spawn_router(listener, channel, limit, LINK_CAPACITY, notices.clone())
+        let directory = (channel != Channel::Heartbeat).then(|| peers.clone());
+        zmtp::spawn_router(
+            listener,
+            channel,
+            limit,
+            LINK_CAPACITY,
+            notices.clone(),
+            directory,
+        )
     };
     Ok(FrontendLinks {
         shell: router(listen(info, Channel::Shell).await?, Channel::Shell),
@@ -107,6 +125,7 @@ pub async fn bind_frontend(
         iopub: zmtp::spawn_publisher(listen(info, Channel::Iopub).await?, limit, LINK_CAPACITY),
         heartbeat: router(listen(info, Channel::Heartbeat).await?, Channel::Heartbeat),
         oversized,
+        peers,
     })
 }
 

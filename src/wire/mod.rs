@@ -36,6 +36,9 @@ pub enum WireError {
     BadSignature,
     #[error("signature was already used (replayed message)")]
     Replayed,
+    /// Jupyter writes signatures in lowercase hex and refuses any other spelling.
+    #[error("signature is not lowercase hex as Jupyter writes it")]
+    NonCanonicalSignature,
     #[error("unsupported signature scheme {0:?}")]
     UnsupportedScheme(String),
 }

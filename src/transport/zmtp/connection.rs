@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 
 use super::codec::{self, Command, Decoder, Incoming, ProtocolError};
 use crate::transport::Frames;
+use crate::transport::peers::{Endpoint, Owner};
 
 /// How long a new peer may take to greet and say READY.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,18 +67,29 @@ impl Listener {
         Ok(Self::Unix(listener, path))
     }
 
-    pub async fn accept(&self) -> std::io::Result<(ReadHalf, WriteHalf)> {
+    /// The next connection, and where it came from.
+    pub async fn accept(&self) -> std::io::Result<(ReadHalf, WriteHalf, Endpoint)> {
         match self {
             Self::Tcp(listener) => {
-                let (stream, _) = listener.accept().await?;
+                let (stream, peer) = listener.accept().await?;
                 stream.set_nodelay(true)?;
+                let endpoint = Endpoint::Tcp {
+                    peer,
+                    local: stream.local_addr()?,
+                };
                 let (read, write) = stream.into_split();
-                Ok((Box::new(read), Box::new(write)))
+                Ok((Box::new(read), Box::new(write), endpoint))
             }
             Self::Unix(listener, _) => {
                 let (stream, _) = listener.accept().await?;
+                // Read now: the credentials are those of whoever connected, and cost one
+                // system call.
+                let owner = stream.peer_cred().ok().map(|credentials| Owner {
+                    uid: credentials.uid(),
+                    pid: credentials.pid(),
+                });
                 let (read, write) = stream.into_split();
-                Ok((Box::new(read), Box::new(write)))
+                Ok((Box::new(read), Box::new(write), Endpoint::Ipc { owner }))
             }
         }
     }

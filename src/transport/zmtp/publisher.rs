@@ -63,7 +63,7 @@ pub(in crate::transport) fn spawn_publisher(
     let accept_subscribers = subscribers.clone();
     tokio::spawn(async move {
         loop {
-            let (read, write) = match listener.accept().await {
+            let (read, write, _) = match listener.accept().await {
                 Ok(halves) => halves,
                 Err(error) => {
                     tracing::warn!(channel = %Channel::Iopub, %error, "accept failed");

@@ -1,6 +1,7 @@
 //! The ROUTER side: every connected peer gets a routing id (its own `Identity`, or a
 //! generated one), incoming messages carry it as their first frame, and outgoing
-//! messages are delivered by it.
+//! messages are delivered by it. With a [`PeerDirectory`], each connection is listed
+//! there under its routing id, so that the proxy can say who sent a message it rejects.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use super::codec::Incoming;
 use super::connection::{Listener, PeerSender, QueueError, handshake};
 use super::{generated_identity, header_of};
 use crate::connection::Channel;
+use crate::transport::peers::{Peer, PeerDirectory};
 use crate::transport::{Frames, Link, Oversized};
 
 /// Connected peers by routing id; the serial tells connections with one id apart.
@@ -25,6 +27,7 @@ pub(in crate::transport) fn spawn_router(
     limit: usize,
     capacity: usize,
     oversized: mpsc::Sender<Oversized>,
+    directory: Option<PeerDirectory>,
 ) -> Link {
     let (outgoing, mut to_send) = mpsc::channel::<Frames>(capacity);
     let (received, incoming) = mpsc::channel::<Frames>(capacity);
@@ -34,7 +37,7 @@ pub(in crate::transport) fn spawn_router(
     tokio::spawn(async move {
         let mut serial = 0u64;
         loop {
-            let (read, write) = match listener.accept().await {
+            let (read, write, endpoint) = match listener.accept().await {
                 Ok(halves) => halves,
                 Err(error) => {
                     tracing::warn!(%channel, %error, "accept failed");
@@ -43,6 +46,9 @@ pub(in crate::transport) fn spawn_router(
                 }
             };
             serial += 1;
+            let listed = directory
+                .as_ref()
+                .map(|directory| (Peer::accepted(endpoint, directory), directory.clone()));
             tokio::spawn(serve_peer(
                 read,
                 write,
@@ -52,6 +58,7 @@ pub(in crate::transport) fn spawn_router(
                 accept_peers.clone(),
                 received.clone(),
                 oversized.clone(),
+                listed,
             ));
         }
     });
@@ -94,7 +101,11 @@ async fn serve_peer(
     peers: Peers,
     received: mpsc::Sender<Frames>,
     oversized: mpsc::Sender<Oversized>,
+    listed: Option<(Arc<Peer>, PeerDirectory)>,
 ) {
+    if let Some((peer, _)) = &listed {
+        peer.look_up_owner().await;
+    }
     let (info, mut reader, write) = match handshake(read, write, "ROUTER", PEER_TYPES, limit).await
     {
         Ok(connected) => connected,
@@ -106,6 +117,9 @@ async fn serve_peer(
     let id = info.identity.unwrap_or_else(generated_identity);
     // A reconnecting frontend keeps its identity: the new connection takes it over.
     lock(&peers).insert(id.clone(), (serial, PeerSender::spawn(write)));
+    if let Some((peer, directory)) = &listed {
+        directory.connected(channel, id.clone(), peer.clone());
+    }
     tracing::debug!(%channel, peer_type = %info.socket_type, "frontend connected");
     loop {
         match reader.next().await {
@@ -119,6 +133,7 @@ async fn serve_peer(
                 let header = header_of(&head);
                 let notice = Oversized {
                     channel,
+                    routing_id: id.clone(),
                     size,
                     limit,
                     msg_type: header.as_ref().map(|header| header.msg_type.clone()),
@@ -144,6 +159,9 @@ async fn serve_peer(
                 break;
             }
         }
+    }
+    if let Some((peer, directory)) = &listed {
+        directory.disconnected(channel, id.clone(), peer);
     }
     let mut peers = lock(&peers);
     if peers

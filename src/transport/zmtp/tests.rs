@@ -11,7 +11,7 @@ use zeromq::{DealerSocket, Socket, SocketOptions, SocketRecv, SocketSend, SubSoc
 use super::codec;
 use super::{Listener, spawn_publisher, spawn_router};
 use crate::connection::Channel;
-use crate::transport::{Frames, Oversized};
+use crate::transport::{Frames, Oversized, PeerDirectory};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -35,7 +35,15 @@ fn message(frames: &[&[u8]]) -> ZmqMessage {
 #[tokio::test]
 async fn router_delivers_by_identity_both_ways() {
     let (listener, port) = tcp_listener().await;
-    let mut link = spawn_router(listener, Channel::Shell, 1 << 20, 16, notices().0);
+    let directory = PeerDirectory::default();
+    let mut link = spawn_router(
+        listener,
+        Channel::Shell,
+        1 << 20,
+        16,
+        notices().0,
+        Some(directory.clone()),
+    );
     let mut options = SocketOptions::default();
     options.peer_identity(
         Bytes::from_static(b"session-1")
@@ -67,6 +75,65 @@ async fn router_delivers_by_identity_both_ways() {
         .expect("in time")
         .expect("reply");
     assert_eq!(reply.into_vec(), frames(&[b"<IDS|MSG>", b"reply"]));
+
+    // The proxy can tell who holds the routing id: this process's user, on this host.
+    let peer = directory
+        .find(Channel::Shell, &Bytes::from_static(b"session-1"))
+        .expect("listed");
+    let sender = peer.describe().await;
+    assert_eq!((sender.transport, sender.local), ("tcp", true));
+    assert_eq!(sender.uid, Some(nix::unistd::getuid().as_raw()));
+    assert!(
+        sender
+            .address
+            .is_some_and(|address| address.starts_with("127.0.0.1:")),
+    );
+    assert_eq!(
+        directory.find(Channel::Control, &Bytes::from_static(b"session-1")),
+        None
+    );
+}
+
+#[tokio::test]
+async fn an_ipc_peer_is_listed_with_its_credentials() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("shell");
+    let listener = Listener::bind_unix(path.clone()).expect("bind");
+    let directory = PeerDirectory::default();
+    let mut link = spawn_router(
+        listener,
+        Channel::Stdin,
+        1 << 20,
+        16,
+        notices().0,
+        Some(directory.clone()),
+    );
+    let mut options = SocketOptions::default();
+    options.peer_identity(Bytes::from_static(b"ipc-1").try_into().expect("identity"));
+    let mut dealer = DealerSocket::with_options(options);
+    dealer
+        .connect(&format!("ipc://{}", path.display()))
+        .await
+        .expect("connect");
+    dealer
+        .send(message(&[b"<IDS|MSG>", b"hello"]))
+        .await
+        .expect("send");
+    tokio::time::timeout(WAIT, link.incoming.recv())
+        .await
+        .expect("in time")
+        .expect("open");
+    let sender = directory
+        .find(Channel::Stdin, &Bytes::from_static(b"ipc-1"))
+        .expect("listed")
+        .describe()
+        .await;
+    assert_eq!((sender.transport, sender.local), ("ipc", true));
+    assert_eq!(sender.uid, Some(nix::unistd::getuid().as_raw()));
+    assert_eq!(
+        sender.pid.and_then(|pid| u32::try_from(pid).ok()),
+        Some(std::process::id())
+    );
 }
 
 fn frames(parts: &[&[u8]]) -> Frames {
@@ -80,7 +147,7 @@ fn frames(parts: &[&[u8]]) -> Frames {
 async fn oversized_message_is_dropped_and_the_connection_keeps_working() {
     let (listener, port) = tcp_listener().await;
     let (notices, mut oversized) = notices();
-    let mut link = spawn_router(listener, Channel::Shell, 1000, 16, notices);
+    let mut link = spawn_router(listener, Channel::Shell, 1000, 16, notices, None);
     let mut dealer = DealerSocket::new();
     dealer
         .connect(&format!("tcp://127.0.0.1:{port}"))
@@ -243,7 +310,7 @@ async fn direct_message_reaches_only_its_subscriber() {
 #[tokio::test]
 async fn garbage_and_wrong_socket_types_are_refused_without_harm() {
     let (listener, port) = tcp_listener().await;
-    let mut link = spawn_router(listener, Channel::Control, 1 << 20, 16, notices().0);
+    let mut link = spawn_router(listener, Channel::Control, 1 << 20, 16, notices().0, None);
     let mut garbage = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
