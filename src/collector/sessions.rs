@@ -441,18 +441,27 @@ impl Shared {
         for (key, owner, order) in candidates {
             match owner.liveness() {
                 Liveness::Alive => {}
-                Liveness::Gone => gone.push(key),
+                Liveness::Gone => gone.push((order, key)),
                 Liveness::Unknown => unknown.push((order, key, owner.uid)),
             }
         }
         unknown.sort_unstable();
         let mut state = self.state();
-        for key in &gone {
-            state.mark_ended(*key);
+        // Only bindings still as they were checked: one may have been replaced meanwhile.
+        let unchanged = |state: &State, order: u64, key: u64| {
+            state.bindings.get(&key).is_some_and(|b| b.order == order)
+        };
+        for (order, key) in &gone {
+            if unchanged(&state, *order, *key) {
+                state.mark_ended(*key);
+            }
         }
         let low_water = self.limits.max_open_per_uid - self.limits.max_open_per_uid / 8;
-        for (_, key, owner_uid) in &unknown {
-            if *owner_uid == uid && state.open_of(uid) > low_water {
+        for (order, key, owner_uid) in &unknown {
+            if *owner_uid == uid
+                && state.open_of(uid) > low_water
+                && unchanged(&state, *order, *key)
+            {
                 state.remove(*key);
             }
         }
@@ -467,11 +476,11 @@ impl Shared {
                 .collect();
             ended.sort_unstable();
             let unknown_keys = unknown.iter().map(|(order, key, _)| (*order, *key));
-            for (_, key) in ended.into_iter().chain(unknown_keys) {
+            for (order, key) in ended.into_iter().chain(unknown_keys) {
                 if state.bindings.len() <= target {
                     break;
                 }
-                if state.bindings.contains_key(&key) {
+                if unchanged(&state, order, key) {
                     state.remove(key);
                     forgotten += 1;
                 }

@@ -311,3 +311,12 @@ def test_a_sender_writes_only_sender_fields(collectors, tmp_dir, validator):  # 
     result = verify(collector.store)
     assert result.returncode == 0, verify_output(result)
     assert_schema_valid(validator, collector.store)
+
+
+def test_the_suites_proxies_had_no_record_refused(suite_store):
+    """Everything the suite's audited kernels wrote so far was theirs to write: no record
+    of theirs was refused (a proxy that writes a field outside the sender's fields, or
+    for another session, would show here)."""
+    refusals = [r for r in read_store(suite_store)
+                if action(r) in ("forged_record", "record_refused", "refusals_suppressed")]
+    assert refusals == [], describe(refusals)
