@@ -94,10 +94,14 @@ pub async fn serve(
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
     let names = UserNames::default();
-    // Before the first connection: a forger must not claim a session whose proxy has
-    // not reconnected yet.
-    let sessions = SessionTable::load(store.dir()).await;
     tokio::pin!(shutdown);
+    // Before the first connection: a forger must not claim a session whose proxy has
+    // not reconnected yet. Meanwhile a stop request is heard (and its signal handler set).
+    let sessions = tokio::select! {
+        biased;
+        () = &mut shutdown => return,
+        sessions = SessionTable::load(store.dir()) => sessions,
+    };
     loop {
         tokio::select! {
             () = &mut shutdown => break,
