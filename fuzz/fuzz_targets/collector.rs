@@ -1,6 +1,7 @@
 //! The collector's side of the proxy ⇄ collector protocol: whatever a local process
-//! writes to the socket is read frame by frame, each record is stamped with the
-//! verified identity and turned into the line the store would write.
+//! writes to the socket is read frame by frame, each record's fields are checked (only
+//! sender fields pass), each record is stamped with the verified identity and turned
+//! into the line the store would write.
 //! Input: the bytes a peer sends on one connection.
 #![no_main]
 
@@ -8,6 +9,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
+use jupyter_audit::collector::fields;
 use jupyter_audit::collector::protocol::{ToCollector, read_frame};
 use jupyter_audit::collector::server::{PeerIdentity, stamp};
 use jupyter_audit::store::record::{GENESIS, prepare, seal_into, sequence_of, unseal};
@@ -38,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
         let ToCollector::Record { record, .. } = frame else {
             continue;
         };
+        let sender_fields_only = fields::check(&record).is_ok();
         let Ok(stamped) = stamp(record, &identity, "audit-host") else {
             continue;
         };
@@ -46,6 +49,20 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(stamped["user"]["name"], "alice");
         assert_eq!(stamped["host"]["name"], "audit-host");
         assert!(stamped.get("chain").is_none());
+        if sender_fields_only {
+            // What the collector stores of a sender: its event and jupyter, and the
+            // collector's stamp; nothing a SIEM could merge with the identity.
+            const STORED: &[&str] = &[
+                "event",
+                "jupyter",
+                "@timestamp",
+                "user",
+                "group",
+                "process",
+                "host",
+            ];
+            assert!(stamped.keys().all(|key| STORED.contains(&key.as_str())));
+        }
 
         // Every record the collector accepts becomes a line that `verify` and the
         // reader accept.

@@ -4,12 +4,18 @@
 //! whose peer credentials (uid, gid, pid, from the kernel) say who sent it; the
 //! sender cannot claim another identity.
 
+pub mod admission;
 pub mod client;
 pub mod daemon;
+pub mod fields;
 pub mod protocol;
+pub mod refusals;
 pub mod server;
+pub mod sessions;
 
 pub use client::{AuditClient, AuditError, Ticket};
 
+#[cfg(test)]
+mod forgery_tests;
 #[cfg(test)]
 mod tests;

@@ -13,9 +13,11 @@ use tokio::io::BufWriter;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use super::admission::{Admission, Verdict};
 use super::protocol::{
     FromCollector, PROTOCOL_VERSION, ProtocolError, ToCollector, read_frame, write_frame,
 };
+use super::sessions::SessionTable;
 use crate::audit::{Record, now_rfc3339};
 use crate::store::{StoreError, StoreHandle};
 
@@ -93,6 +95,13 @@ pub async fn serve(
         .unwrap_or_default();
     let names = UserNames::default();
     tokio::pin!(shutdown);
+    // Before the first connection: a forger must not claim a session whose proxy has
+    // not reconnected yet. Meanwhile a stop request is heard (and its signal handler set).
+    let sessions = tokio::select! {
+        biased;
+        () = &mut shutdown => return,
+        sessions = SessionTable::load(store.dir()) => sessions,
+    };
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -101,8 +110,9 @@ pub async fn serve(
                     let store = store.clone();
                     let host = host.clone();
                     let names = names.clone();
+                    let sessions = sessions.clone();
                     tokio::spawn(async move {
-                        match serve_connection(stream, store, host, names).await {
+                        match serve_connection(stream, store, host, names, sessions).await {
                             Ok(()) => {}
                             // A proxy killed mid-session; its records so far are stored.
                             Err(ProtocolError::Io(error)) if error.kind() == std::io::ErrorKind::ConnectionReset => {
@@ -157,6 +167,7 @@ async fn serve_connection(
     store: StoreHandle,
     host: String,
     names: UserNames,
+    sessions: SessionTable,
 ) -> Result<(), ProtocolError> {
     let credentials = stream.peer_cred()?;
     let identity = PeerIdentity {
@@ -191,6 +202,7 @@ async fn serve_connection(
     .await?;
     tokio::io::AsyncWriteExt::flush(&mut writer).await?;
     tracing::debug!(uid = identity.uid, pid = ?identity.pid, "proxy connected");
+    let mut admission = Admission::new(&identity, &host, &store, &sessions).await;
 
     // Acknowledgements go out in the order records came in, as the store finishes them.
     let (in_flight, mut finished) =
@@ -224,11 +236,17 @@ async fn serve_connection(
     let result = loop {
         match read_frame::<_, ToCollector>(&mut reader).await {
             Ok(Some(ToCollector::Record { id, record, urgent })) => {
-                let stored = match stamp(record, &identity, &host) {
+                let stamped = match admission.admit(record).await {
+                    Verdict::Accept(record) => {
+                        stamp(record, &identity, &host).map_err(StoreError::InvalidRecord)
+                    }
+                    Verdict::Refuse(error) => Err(error),
+                };
+                let stored = match stamped {
                     Ok(record) => store.submit(record, urgent).await,
-                    Err(reason) => {
+                    Err(error) => {
                         let (rejected, stored) = oneshot::channel();
-                        let _ = rejected.send(Err(StoreError::InvalidRecord(reason)));
+                        let _ = rejected.send(Err(error));
                         stored
                     }
                 };
@@ -241,13 +259,16 @@ async fn serve_connection(
             Err(error) => break Err(error),
         }
     };
+    admission.finish().await;
     drop(in_flight);
     let _ = acks.await;
     result
 }
 
-/// The record as stored: the sender's fields, with identity, time and host set by the
-/// collector (whatever the sender put there is dropped).
+/// The record as stored: its fields, with identity, time and host set by the collector.
+/// A sender's record reaches this only once [`fields::check`](super::fields::check) has
+/// found nothing of the collector's in it; the keys reserved to the collector are
+/// dropped all the same.
 pub fn stamp(mut record: Record, identity: &PeerIdentity, host: &str) -> Result<Record, String> {
     for key in RESERVED_KEYS {
         record.remove(*key);
@@ -290,22 +311,33 @@ mod tests {
 
     #[test]
     fn identity_comes_from_the_collector_not_the_sender() {
-        let record: Record = serde_json::from_value(json!({
+        let forged: Record = serde_json::from_value(json!({
             "event": {"action": "execute_request", "sequence": 99},
             "user": {"name": "root", "id": "0"},
             "host": {"name": "forged"},
             "chain": {"prev": "00", "hash": "00"},
             "@timestamp": "1970-01-01T00:00:00Z",
-            "jupyter": {"claimed_username": "root", "code": "1"}
+            "jupyter": {"session_id": "s", "claimed_username": "root", "code": "1"}
         }))
         .expect("object");
+        // A sender's record with the collector's fields is refused, not cleaned up.
+        let refused = super::super::fields::check(&forged).expect_err("refused");
+        for field in ["@timestamp", "chain", "host", "user", "event.sequence"] {
+            assert!(refused.fields.iter().any(|f| f == field), "{refused:?}");
+        }
+        let record: Record = serde_json::from_value(json!({
+            "event": {"action": "execute_request"},
+            "jupyter": {"session_id": "s", "claimed_username": "root", "code": "1"}
+        }))
+        .expect("object");
+        super::super::fields::check(&record).expect("a sender's fields only");
         let stamped = stamp(record, &identity(), "audit-host").expect("valid");
         assert_eq!(stamped["user"], json!({"id": "1000", "name": "alice"}));
         assert_eq!(stamped["host"]["name"], "audit-host");
         assert_eq!(stamped["process"]["pid"], 42);
         assert!(stamped.get("chain").is_none());
         assert!(stamped["event"].get("sequence").is_none());
-        assert_ne!(stamped["@timestamp"], "1970-01-01T00:00:00Z");
+        assert!(stamped["@timestamp"].is_string());
         assert_eq!(
             stamped["jupyter"]["claimed_username"], "root",
             "the claim is kept as a claim"

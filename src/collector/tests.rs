@@ -128,18 +128,32 @@ async fn a_sender_cannot_claim_another_identity() {
     let mut forged = execute_request("x");
     forged.insert("user".into(), json!({"id": "0", "name": "root"}));
     forged.insert("chain".into(), json!({"prev": "0", "hash": "0"}));
-    client
+    let refused = client
         .submit_durable(forged)
+        .wait(Duration::from_secs(10))
+        .await;
+    assert!(
+        matches!(&refused, Err(AuditError::NotStored(error)) if error.contains("user")),
+        "{refused:?}"
+    );
+    client
+        .submit_durable(execute_request("y"))
         .wait(Duration::from_secs(10))
         .await
         .expect("stored");
     store.shutdown().await.expect("closed");
     let records = stored(dir.path());
+    let uid = json!(nix::unistd::getuid().as_raw().to_string());
+    // The refusal is on the record, under the sender's verified identity.
+    assert_eq!(records[0]["event"]["action"], "record_refused");
+    assert_eq!(records[0]["user"]["id"], uid);
     assert_eq!(
-        records[0]["user"]["id"],
-        json!(nix::unistd::getuid().as_raw().to_string())
+        records[0]["collector"]["refused"]["fields"],
+        json!(["chain", "user"])
     );
-    assert_ne!(records[0]["chain"]["prev"], "0");
+    assert_eq!(records[1]["jupyter"]["code"], "y");
+    assert_eq!(records[1]["user"]["id"], uid);
+    assert_eq!(records.len(), 2);
 }
 
 #[tokio::test]

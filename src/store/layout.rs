@@ -8,6 +8,8 @@
 //!   checkpoint.pub              0400 (0440)
 //!   keys/                       0700, owner only
 //!     checkpoint.key            0600, owner only
+//!   sessions.jsonl              0600: which process owns each session (the collector's
+//!                               session bindings; sessions.jsonl.new while rewritten)
 //! ```
 
 use std::fs::{self, File, Permissions};
@@ -22,6 +24,8 @@ pub(crate) const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
 pub(crate) const PUBLIC_KEY_FILE: &str = "checkpoint.pub";
 pub(crate) const KEYS_DIR: &str = "keys";
 pub(crate) const SIGNING_KEY_FILE: &str = "checkpoint.key";
+pub(crate) const SESSIONS_FILE: &str = "sessions.jsonl";
+pub(crate) const SESSIONS_REWRITE_FILE: &str = "sessions.jsonl.new";
 const SEGMENT_SUFFIX: &str = ".jsonl";
 const SEQUENCE_DIGITS: usize = 20;
 
@@ -253,6 +257,8 @@ pub(crate) fn check_store_entries(dir: &Path) -> Result<()> {
         dir.join(CHECKPOINTS_FILE),
         dir.join(PUBLIC_KEY_FILE),
         keys.join(SIGNING_KEY_FILE),
+        dir.join(SESSIONS_FILE),
+        dir.join(SESSIONS_REWRITE_FILE),
     ];
     if let Ok(listing) = fs::read_dir(&segments)
         && fs::symlink_metadata(&segments).is_ok_and(|m| m.is_dir())

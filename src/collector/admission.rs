@@ -1,0 +1,178 @@
+//! What the collector lets into the store from one connection: records that hold only
+//! sender fields ([`fields`](super::fields)) for a session the sending process owns
+//! ([`sessions`](super::sessions)). Every refusal is answered (not retried) and, within
+//! a rate limit per connection, recorded under the sender's verified identity.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+
+use super::fields::{self, FieldRefusal, capped};
+use super::refusals::{RECORD_REFUSED, RefusalLimiter, refusal_record};
+use super::server::{PeerIdentity, stamp};
+use super::sessions::{Claim, FORGED_RECORD, Owner, SessionTable};
+use crate::audit::Record;
+use crate::store::{StoreError, StoreHandle};
+
+/// Sessions one connection remembers as its own (a proxy writes one).
+const GRANTED_REMEMBERED: usize = 8;
+
+/// The collector's decision about one record.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Store it (stamp it first).
+    Accept(Record),
+    /// Answer with this error; `InvalidRecord` is final, others may be retried.
+    Refuse(StoreError),
+}
+
+/// One connection's gate to the store.
+pub struct Admission {
+    identity: PeerIdentity,
+    owner: Owner,
+    host: String,
+    store: StoreHandle,
+    sessions: SessionTable,
+    limiter: RefusalLimiter,
+    /// Sessions granted to this connection already (on disk).
+    granted: VecDeque<String>,
+}
+
+impl Admission {
+    pub async fn new(
+        identity: &PeerIdentity,
+        host: &str,
+        store: &StoreHandle,
+        sessions: &SessionTable,
+    ) -> Self {
+        Admission {
+            owner: Owner::of(identity).await,
+            identity: identity.clone(),
+            host: host.to_owned(),
+            store: store.clone(),
+            sessions: sessions.clone(),
+            limiter: RefusalLimiter::default(),
+            granted: VecDeque::new(),
+        }
+    }
+
+    /// Decides about `record`; a refusal is recorded (rate limited) before this returns.
+    pub async fn admit(&mut self, record: Record) -> Verdict {
+        let session = match fields::check(&record) {
+            // The common case, one record after another of the connection's session.
+            Ok(session) if self.granted.iter().any(|granted| granted == session) => {
+                return Verdict::Accept(record);
+            }
+            Ok(session) => session.to_owned(),
+            Err(FieldRefusal { reason, fields }) => {
+                let mut details = Map::new();
+                details.insert("reason".into(), json!(reason));
+                let mut refused = claimed(&record);
+                refused.insert("fields".into(), json!(fields));
+                details.insert("refused".into(), Value::Object(refused));
+                self.record_refusal(RECORD_REFUSED, details).await;
+                return refuse(format!("record refused: {reason}"));
+            }
+        };
+        match self.sessions.claim(&session, self.owner).await {
+            Claim::Granted => {
+                if self.granted.len() == GRANTED_REMEMBERED {
+                    self.granted.pop_front();
+                }
+                self.granted.push_back(session);
+                Verdict::Accept(record)
+            }
+            Claim::Forged { owner } => {
+                let reason = format!(
+                    "session {} belongs to another process; a session's records come from its proxy",
+                    capped(&session)
+                );
+                let mut bound = Map::new();
+                bound.insert("user_id".into(), json!(owner.uid.to_string()));
+                if owner.pid != 0 {
+                    bound.insert("pid".into(), json!(owner.pid));
+                }
+                let mut details = Map::new();
+                details.insert("reason".into(), json!(reason));
+                details.insert("refused".into(), Value::Object(claimed(&record)));
+                details.insert("session_owner".into(), Value::Object(bound));
+                self.record_refusal(FORGED_RECORD, details).await;
+                tracing::warn!(
+                    uid = self.identity.uid,
+                    pid = ?self.identity.pid,
+                    owner_uid = owner.uid,
+                    owner_pid = owner.pid,
+                    "record for a session of another process refused"
+                );
+                refuse(format!("record refused: {reason}"))
+            }
+            Claim::Refused(reason) => {
+                let mut details = Map::new();
+                details.insert("reason".into(), json!(reason));
+                details.insert("refused".into(), Value::Object(claimed(&record)));
+                self.record_refusal(RECORD_REFUSED, details).await;
+                refuse(format!("record refused: {reason}"))
+            }
+            Claim::Unavailable(error) => Verdict::Refuse(error),
+        }
+    }
+
+    /// At the end of the connection: the count of refusals not recorded one by one.
+    pub async fn finish(&mut self) {
+        if let Some(summary) = self.limiter.summary() {
+            self.store_record(summary).await;
+        }
+    }
+
+    async fn record_refusal(&mut self, action: &'static str, details: Map<String, Value>) {
+        let (own, summary) = self.limiter.refused(action, Instant::now());
+        if let Some(summary) = summary {
+            self.store_record(summary).await;
+        }
+        if own {
+            self.store_record(refusal_record(action, details)).await;
+        }
+    }
+
+    /// Stamps a record of the collector's with the sender's identity and queues it.
+    async fn store_record(&self, mut record: Record) {
+        let details = record.remove("collector");
+        let mut stamped = match stamp(record, &self.identity, &self.host) {
+            Ok(stamped) => stamped,
+            Err(reason) => {
+                tracing::error!(%reason, "cannot stamp a refusal record");
+                return;
+            }
+        };
+        if let Some(details) = details {
+            stamped.insert("collector".into(), details);
+        }
+        let stored = self.store.submit(stamped, false).await;
+        tokio::spawn(async move {
+            if let Ok(Err(error)) = stored.await {
+                tracing::error!(%error, "cannot store a refusal record");
+            }
+        });
+    }
+}
+
+fn refuse(error: String) -> Verdict {
+    Verdict::Refuse(StoreError::InvalidRecord(error))
+}
+
+/// What a refused record claimed to be: its session, action and message (capped).
+fn claimed(record: &Record) -> Map<String, Value> {
+    let mut claimed = Map::new();
+    let text = |value: Option<&Value>| value.and_then(Value::as_str).map(capped);
+    if let Some(session) = text(record.get("jupyter").and_then(|j| j.get("session_id"))) {
+        claimed.insert("session_id".into(), json!(session));
+    }
+    if let Some(action) = text(record.get("event").and_then(|e| e.get("action"))) {
+        claimed.insert("action".into(), json!(action));
+    }
+    if let Some(msg_id) = text(record.get("jupyter").and_then(|j| j.get("msg_id"))) {
+        claimed.insert("msg_id".into(), json!(msg_id));
+    }
+    claimed
+}
