@@ -468,13 +468,7 @@ impl Shared {
         let mut forgotten = 0usize;
         if whole_table {
             let target = self.limits.max_bindings - self.limits.max_bindings / 8;
-            let mut ended: Vec<(u64, u64)> = state
-                .bindings
-                .iter()
-                .filter(|(_, b)| b.ended)
-                .map(|(key, b)| (b.order, *key))
-                .collect();
-            ended.sort_unstable();
+            let ended = ended_oldest_first(&state);
             let unknown_keys = unknown.iter().map(|(order, key, _)| (*order, *key));
             for (order, key) in ended.into_iter().chain(unknown_keys) {
                 if state.bindings.len() <= target {
@@ -654,16 +648,22 @@ fn load(dir: &Path, max_bindings: usize) -> io::Result<(State, BindingLog)> {
     Ok((state, BindingLog::new(file)?))
 }
 
-/// Forgets the oldest bindings known to have ended until at most `max` are left (at
-/// load, ended means from an earlier boot).
-fn forget_oldest_ended(state: &mut State, max: usize) {
+/// The bindings known to have ended, as (order, key), oldest first.
+fn ended_oldest_first(state: &State) -> Vec<(u64, u64)> {
     let mut ended: Vec<(u64, u64)> = state
         .bindings
         .iter()
-        .filter(|(_, b)| b.ended)
-        .map(|(key, b)| (b.order, *key))
+        .filter(|(_, binding)| binding.ended)
+        .map(|(key, binding)| (binding.order, *key))
         .collect();
     ended.sort_unstable();
+    ended
+}
+
+/// Forgets the oldest bindings known to have ended until at most `max` are left (at
+/// load, ended means from an earlier boot).
+fn forget_oldest_ended(state: &mut State, max: usize) {
+    let ended = ended_oldest_first(state);
     let excess = state.bindings.len().saturating_sub(max);
     for (_, key) in ended.into_iter().take(excess) {
         state.remove(key);
