@@ -6,6 +6,8 @@
 
 pub mod client;
 pub mod daemon;
+pub mod disk;
+pub mod limits;
 pub mod protocol;
 pub mod server;
 
