@@ -133,7 +133,8 @@ pub struct LimitArgs {
     pub storage_share_window_secs: Option<u64>,
 
     /// Free space on the store's filesystem kept for users within their share: the
-    /// larger of this and --disk-reserve-percent [default: 1073741824 = 1 GiB].
+    /// larger of this (at most a tenth of the filesystem) and --disk-reserve-percent
+    /// [default: 1073741824 = 1 GiB].
     #[arg(long, value_name = "BYTES")]
     pub disk_reserve_bytes: Option<u64>,
 

@@ -48,15 +48,29 @@ impl DiskSpace {
         }
     }
 
+    /// A filesystem that always has `space` (less what is accepted): for tests.
+    #[cfg(test)]
+    pub fn fixed(space: FreeSpace) -> Self {
+        Self {
+            dir: PathBuf::new(),
+            sample: Mutex::new(Some(Sample {
+                space,
+                accepted_before: 0,
+            })),
+            accepted: AtomicU64::new(0),
+        }
+    }
+
     /// Takes a sample now. Blocking (a system call on the store's filesystem): call it
     /// from a blocking thread.
     pub fn sample_blocking(&self) -> Result<FreeSpace, nix::Error> {
         let accepted_before = self.accepted.load(Ordering::Relaxed);
         let stats = nix::sys::statvfs::statvfs(&self.dir)?;
-        let unit = u64::from(stats.fragment_size());
+        // The libc types are u64 here, and u32 on some 32-bit systems.
+        let unit = stats.fragment_size() as u64;
         let space = FreeSpace {
-            available: u64::from(stats.blocks_available()).saturating_mul(unit),
-            total: u64::from(stats.blocks()).saturating_mul(unit),
+            available: (stats.blocks_available() as u64).saturating_mul(unit),
+            total: (stats.blocks() as u64).saturating_mul(unit),
         };
         *self
             .sample

@@ -87,7 +87,9 @@ pub struct Limits {
     /// its share when the disk is low.
     pub storage_share_bytes: u64,
     pub storage_share_window: Duration,
-    /// Free space kept for users within their share: the larger of these two.
+    /// Free space kept for users within their share: the larger of these two, the
+    /// bytes counting up to a tenth of the filesystem (so that the default does not
+    /// take a small store's whole disk).
     pub disk_reserve_bytes: u64,
     pub disk_reserve_percent: u8,
 }
@@ -163,8 +165,8 @@ impl Limits {
     /// The free space kept on a filesystem of `total` bytes.
     pub fn disk_reserve(&self, total: u64) -> u64 {
         let share = u128::from(total) * u128::from(self.disk_reserve_percent) / 100;
-        self.disk_reserve_bytes
-            .max(u64::try_from(share).unwrap_or(u64::MAX))
+        let share = u64::try_from(share).unwrap_or(u64::MAX);
+        self.disk_reserve_bytes.min(total / 10).max(share)
     }
 
     /// The limits as the collector_start record shows them.
@@ -431,8 +433,9 @@ pub struct Fairness {
 }
 
 impl Fairness {
-    /// `limits.max_connections` must be resolved (not 0) by now; `disk` is the store's
-    /// filesystem (None: no disk limits).
+    /// `limits.max_connections` 0 means no cap on all connections (the daemon resolves
+    /// it from the descriptor limit first); `disk` is the store's filesystem (None: no
+    /// disk limits).
     pub fn new(limits: Limits, disk: Option<Arc<DiskSpace>>) -> Arc<Self> {
         let in_flight = usize::try_from(limits.in_flight_bytes)
             .unwrap_or(Semaphore::MAX_PERMITS)
@@ -768,7 +771,8 @@ impl ConnectionSlot {
                 return Ok(None);
             }
         };
-        lock(&self.user.rate).charge(length as u64, Instant::now());
+        // Every frame counts, stored or not, with what a record costs besides its bytes.
+        lock(&self.user.rate).charge(length as u64 + RECORD_OVERHEAD, Instant::now());
         let cost = parse_cost(&body);
         if cost > self.fairness.limits.in_flight_bytes_per_user {
             // Refused on its id alone: admit_record says why.
@@ -867,6 +871,7 @@ impl ConnectionSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::disk::FreeSpace;
     use crate::collector::protocol::write_frame;
     use tokio::io::AsyncWriteExt;
 
@@ -901,6 +906,18 @@ mod tests {
         };
         assert_eq!(limits.disk_reserve(1000), 50);
         assert_eq!(limits.disk_reserve(100), 10);
+        assert_eq!(
+            limits.disk_reserve(50),
+            5,
+            "bytes up to a tenth of the disk"
+        );
+        let defaults = Limits::default();
+        assert_eq!(defaults.disk_reserve(8 * MIB), 8 * MIB / 10);
+        assert_eq!(defaults.disk_reserve(20 * 1024 * MIB), 1024 * MIB);
+        assert_eq!(
+            defaults.disk_reserve(1024 * 1024 * MIB),
+            1024 * 1024 * MIB / 50
+        );
     }
 
     #[test]
@@ -1251,13 +1268,15 @@ mod tests {
 
     #[tokio::test]
     async fn below_the_reserve_only_the_user_over_its_share_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let disk = Arc::new(DiskSpace::new(dir.path()));
-        let space = disk.sample_blocking().expect("statvfs");
+        let space = FreeSpace {
+            available: 50 * MIB,
+            total: 1000 * MIB,
+        };
+        let disk = Arc::new(DiskSpace::fixed(space));
         let fairness = Fairness::new(
             Limits {
-                // The reserve is all but 10 MiB of what is free now.
-                disk_reserve_bytes: space.available.saturating_sub(10 * MIB),
+                // 10 MiB above the reserve.
+                disk_reserve_bytes: 40 * MIB,
                 disk_reserve_percent: 0,
                 storage_share_bytes: 2 * MIB,
                 ..limits()

@@ -18,6 +18,7 @@ attacker's uid.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shlex
@@ -29,8 +30,17 @@ import uuid
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
-from helpers import KernelPool, proc_status_mib, proxy_argv, run_ok, system_user, wait_until
+from helpers import (
+    REPO,
+    KernelPool,
+    proc_status_mib,
+    proxy_argv,
+    run_ok,
+    system_user,
+    wait_until,
+)
 from test_audit import (
     COLLECTOR_USER,
     NOTEBOOK_USER,
@@ -285,6 +295,19 @@ def flood_nacks(path: Path) -> int:
     return int(lines[-1][3]) if lines else 0
 
 
+def stop_and_check(collector: Collector) -> None:
+    """Stops the collector; the store verifies and every record (the limit_exceeded
+    ones included) matches the schema."""
+    collector.stop()
+    result = verify(collector.store)
+    assert result.returncode == 0, verify_output(result)
+    schema = json.loads((REPO / "schema" / "audit-record.schema.json").read_text())
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    for record in read_store(collector.store):
+        errors = [error.message for error in validator.iter_errors(record)]
+        assert not errors, f"{errors}\n{json.dumps(record)[:2000]}"
+
+
 def attack_log(path: Path) -> str:
     try:
         return f"attacker output ({path}):\n{path.read_text()[-3000:]}"
@@ -320,11 +343,10 @@ def test_connection_flood_does_not_lock_out_another_user(collectors, setup):
     assert {field(r, "collector.peer.user_id") for r in refused} == {
         str(setup.attacker.pw_uid)}, describe(refused)
     assert all(field(r, "user.name") == COLLECTOR_USER for r in refused), describe(records)
+    print(f"collector descriptors with {opened} attacker connections opened: {held}")
     attack.stdin.close()
     setup.pool.shutdown_all()
-    collector.stop()
-    result = verify(collector.store)
-    assert result.returncode == 0, verify_output(result)
+    stop_and_check(collector)
 
 
 # --- item 7: memory -----------------------------------------------------------------------
@@ -353,7 +375,7 @@ def test_unfinished_huge_frames_do_not_grow_the_collector(collectors, setup):
     print(f"collector peak RSS under the memory attack: {peak:.0f} MiB")
     attack.kill()
     setup.pool.shutdown_all()
-    collector.stop()
+    stop_and_check(collector)
 
 
 # --- item 8: disk -------------------------------------------------------------------------
@@ -371,8 +393,8 @@ def test_a_flood_into_the_disk_reserve_refuses_the_flooder_only(collectors, setu
         config = setup.base / "collector.toml"
         config.write_text(
             "[limits]\n"
-            f"disk_reserve_bytes = {24 * MIB}\n"
-            "disk_reserve_percent = 0\n"
+            "disk_reserve_bytes = 0\n"
+            "disk_reserve_percent = 40\n"
             f"storage_share_bytes = {4 * MIB}\n")
         collector = setup.collector(collectors, "--config", str(config),
                                     store=store_root / "store")
@@ -396,9 +418,7 @@ def test_a_flood_into_the_disk_reserve_refuses_the_flooder_only(collectors, setu
         print(f"free space with the flood refused: {free_mib:.1f} MiB")
         attack.kill()
         setup.pool.shutdown_all()
-        collector.stop()
-        result = verify(collector.store)
-        assert result.returncode == 0, verify_output(result)
+        stop_and_check(collector)
     finally:
         for collector in collectors:
             collector.kill()
