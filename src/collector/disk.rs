@@ -1,10 +1,10 @@
 //! Free space on the store's filesystem, as the collector's fairness limits see it.
 //!
-//! `statvfs` is sampled a few times a second off the async threads; between samples,
-//! every record the collector accepts is taken off the last sample, so a flood that
-//! arrives between two samples is counted before it is on disk. (Records accepted but
-//! not yet written when a sample is taken are counted by neither: the estimate can be
-//! high by what the store has queued at that moment, which the in-flight budget bounds.)
+//! `statvfs` is sampled a few times a second off the async threads. Every record the
+//! collector accepts for the store is counted at once, and counted as settled when the
+//! store has answered for it; the estimate is the last sample less everything accepted
+//! and not yet settled when the sample was taken (the sample cannot show it). So a flood
+//! is counted before it is on disk, however far the store lags behind.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,8 +26,9 @@ pub struct FreeSpace {
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     space: FreeSpace,
-    /// The accepted-bytes counter just before the sample was taken.
-    accepted_before: u64,
+    /// The settled-bytes counter just before the sample was taken: whatever was settled
+    /// by then is in the sample.
+    settled_before: u64,
 }
 
 /// The estimate of free space on the filesystem of one directory.
@@ -36,6 +37,7 @@ pub struct DiskSpace {
     dir: PathBuf,
     sample: Mutex<Option<Sample>>,
     accepted: AtomicU64,
+    settled: AtomicU64,
 }
 
 impl DiskSpace {
@@ -45,6 +47,7 @@ impl DiskSpace {
             dir: dir.to_owned(),
             sample: Mutex::new(None),
             accepted: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
         }
     }
 
@@ -55,16 +58,17 @@ impl DiskSpace {
             dir: PathBuf::new(),
             sample: Mutex::new(Some(Sample {
                 space,
-                accepted_before: 0,
+                settled_before: 0,
             })),
             accepted: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
         }
     }
 
     /// Takes a sample now. Blocking (a system call on the store's filesystem): call it
     /// from a blocking thread.
     pub fn sample_blocking(&self) -> Result<FreeSpace, nix::Error> {
-        let accepted_before = self.accepted.load(Ordering::Relaxed);
+        let settled_before = self.settled.load(Ordering::Acquire);
         let stats = nix::sys::statvfs::statvfs(&self.dir)?;
         // The libc types are u64 here, and u32 on some 32-bit systems.
         let unit = stats.fragment_size() as u64;
@@ -77,7 +81,7 @@ impl DiskSpace {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Sample {
             space,
-            accepted_before,
+            settled_before,
         });
         Ok(space)
     }
@@ -101,11 +105,17 @@ impl DiskSpace {
 
     /// Counts `bytes` the collector has accepted for the store.
     pub fn accepted(&self, bytes: u64) {
-        self.accepted.fetch_add(bytes, Ordering::Relaxed);
+        self.accepted.fetch_add(bytes, Ordering::AcqRel);
     }
 
-    /// The free space now: the last sample less what was accepted since. None before
-    /// the first sample.
+    /// Counts `bytes` accepted earlier that the store has now answered for (written,
+    /// or failed).
+    pub fn settled(&self, bytes: u64) {
+        self.settled.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// The free space now: the last sample less what was accepted and not settled when
+    /// it was taken, and what was accepted since. None before the first sample.
     pub fn free(&self) -> Option<FreeSpace> {
         let sample = (*self
             .sample
@@ -113,8 +123,8 @@ impl DiskSpace {
             .unwrap_or_else(|poisoned| poisoned.into_inner()))?;
         let since = self
             .accepted
-            .load(Ordering::Relaxed)
-            .saturating_sub(sample.accepted_before);
+            .load(Ordering::Acquire)
+            .saturating_sub(sample.settled_before);
         Some(FreeSpace {
             available: sample.space.available.saturating_sub(since),
             total: sample.space.total,
@@ -127,7 +137,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepted_bytes_count_until_the_next_sample() {
+    fn accepted_bytes_count_until_a_sample_after_they_settled() {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = DiskSpace::new(dir.path());
         assert_eq!(disk.free(), None, "no estimate before a sample");
@@ -136,7 +146,14 @@ mod tests {
         disk.accepted(4096);
         let free = disk.free().expect("estimate");
         assert_eq!(free.available, sampled.available.saturating_sub(4096));
-        // A new sample starts from what the filesystem says (nothing was written).
+        // Not settled yet: a new sample cannot show it, so it still counts.
+        let resampled = disk.sample_blocking().expect("statvfs");
+        assert_eq!(
+            disk.free().expect("estimate").available,
+            resampled.available.saturating_sub(4096)
+        );
+        // Settled (on disk, or failed): the next sample shows whatever it took.
+        disk.settled(4096);
         let resampled = disk.sample_blocking().expect("statvfs");
         assert_eq!(disk.free().expect("estimate"), resampled);
     }

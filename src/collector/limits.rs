@@ -17,8 +17,11 @@
 //!   The proxy passes this on as back-pressure to the kernel's output; nothing is lost.
 //! - Disk: while the store's filesystem has less free space than the reserve, a uid
 //!   that stored more than its share (`storage_share_bytes` over the last
-//!   `storage_share_window`) is refused, without retry; in the last half of the
-//!   reserve, only write-ahead (urgent) records of users within their share are taken.
+//!   `storage_share_window`) is refused, without retry, urgent or not (the sender sets
+//!   that flag). The reserve is for users within their share: all of their records go
+//!   in until the disk is full. (Refusing their outputs to keep room for write-ahead
+//!   would lose records on a stale sample the moment space comes back, where a full
+//!   disk makes the proxy keep them and send them again.)
 //!
 //! Root and the collector's own uid get no exemption: the collector's own records do
 //! not come through the socket, and a root process is one more user here.
@@ -227,9 +230,6 @@ pub enum Limit {
     FrameTimeout,
     /// A record refused: the disk is below its reserve and the uid is over its share.
     StorageShare,
-    /// A record refused: the disk is in the last half of its reserve, kept for
-    /// write-ahead records.
-    DiskReserve,
     /// A record refused unparsed: parsed, it would take more memory than a user's
     /// in-flight budget.
     RecordTooComplex,
@@ -244,7 +244,6 @@ impl Limit {
             Self::HelloTimeout => "hello_timeout",
             Self::FrameTimeout => "frame_timeout",
             Self::StorageShare => "storage_share",
-            Self::DiskReserve => "disk_reserve",
             Self::RecordTooComplex => "record_too_complex",
         }
     }
@@ -598,10 +597,6 @@ impl Fairness {
                     limits.storage_share_window.as_secs_f64()
                 ),
             ),
-            Limit::DiskReserve => (
-                limits.disk_reserve_bytes,
-                "records refused: the store's disk is in the last half of its reserve, kept for write-ahead records".into(),
-            ),
             Limit::RecordTooComplex => (
                 limits.in_flight_bytes_per_user,
                 format!(
@@ -672,6 +667,9 @@ fn mib(bytes: u64) -> String {
 #[derive(Debug)]
 pub struct Room {
     bytes: usize,
+    /// Bytes counted as accepted on the store's disk, settled when the room is given
+    /// back (the store has answered).
+    on_disk: Option<(Arc<DiskSpace>, u64)>,
     _user: OwnedSemaphorePermit,
     _global: OwnedSemaphorePermit,
     /// The room a large parse took (kept until the store answers, like the rest).
@@ -684,6 +682,14 @@ impl Room {
     /// The frame's size.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        if let Some((disk, bytes)) = self.on_disk.take() {
+            disk.settled(bytes);
+        }
     }
 }
 
@@ -815,6 +821,7 @@ impl ConnectionSlot {
             .ok()?;
         Some(Room {
             bytes: length,
+            on_disk: None,
             _user: user,
             _global: global,
             _parsing: None,
@@ -822,10 +829,10 @@ impl ConnectionSlot {
         })
     }
 
-    /// Whether the store may take a record of this frame: Err(why) when the disk is
-    /// below its reserve and the uid is over its share, or in the last half of the
-    /// reserve and the record is not urgent (counted and reported).
-    pub fn admit_record(&self, room: &Room, urgent: bool) -> Result<(), String> {
+    /// Whether the store may take a record of this frame: Err(why) when it was too
+    /// complex to parse, or the disk is below its reserve and the uid is over its share
+    /// (counted and reported).
+    pub fn admit_record(&self, room: &mut Room) -> Result<(), String> {
         if let Some(refusal) = &room.refusal {
             return Err(refusal.clone());
         }
@@ -850,18 +857,12 @@ impl ConnectionSlot {
                             mib(reserve)
                         ));
                     }
-                    if !urgent && free.available < reserve / 2 {
-                        self.fairness.note(self.uid, Limit::DiskReserve, bytes);
-                        return Err(format!(
-                            "the store's disk is in the last half of its reserve ({} free, reserve {}), \
-                             kept for write-ahead records",
-                            mib(free.available),
-                            mib(reserve)
-                        ));
-                    }
                 }
             }
             disk.accepted(bytes);
+            if let Some((disk, earlier)) = room.on_disk.replace((Arc::clone(disk), bytes)) {
+                disk.settled(earlier);
+            }
         }
         lock(&self.user.volume).add(bytes, now);
         Ok(())
@@ -1085,13 +1086,13 @@ mod tests {
         write_frame(&mut victim_writer, &record_frame(1, "hello", true))
             .await
             .expect("written");
-        let (frame, room) = victim
+        let (frame, mut room) = victim
             .read_record(&mut victim_reader)
             .await
             .expect("read")
             .expect("a frame");
         assert!(matches!(frame, ToCollector::Record { id: 1, .. }));
-        victim.admit_record(&room, true).expect("admitted");
+        victim.admit_record(&mut room).expect("admitted");
         drop(stalled_writer);
         let (outcome, _attacker) = stalling.await.expect("joined");
         assert!(
@@ -1138,7 +1139,7 @@ mod tests {
             urgent: true,
         };
         write_frame(&mut writer, &frame).await.expect("written");
-        let (read, room) = slot
+        let (read, mut room) = slot
             .read_record(&mut reader)
             .await
             .expect("read")
@@ -1154,7 +1155,7 @@ mod tests {
             ),
             "{read:?}"
         );
-        let refusal = slot.admit_record(&room, true).expect_err("refused");
+        let refusal = slot.admit_record(&mut room).expect_err("refused");
         assert!(refusal.contains("once parsed"), "{refusal}");
         let reports = fairness.due_reports(false);
         assert_eq!(reports[0].limit, Limit::RecordTooComplex);
@@ -1165,13 +1166,13 @@ mod tests {
         write_frame(&mut writer, &record_frame(43, &text, false))
             .await
             .expect("written");
-        let (read, room) = slot
+        let (read, mut room) = slot
             .read_record(&mut reader)
             .await
             .expect("read")
             .expect("frame");
         assert!(matches!(read, ToCollector::Record { id: 43, .. }));
-        slot.admit_record(&room, false).expect("admitted");
+        slot.admit_record(&mut room).expect("admitted");
         assert!(
             fairness.parsing.available_permits() < per_user_permits(fairness.limits()),
             "a large parse holds room until the store answers"
@@ -1292,12 +1293,12 @@ mod tests {
             write_frame(&mut writer, &record_frame(id, &megabyte, id % 2 == 0))
                 .await
                 .expect("written");
-            let (_, room) = flooder
+            let (_, mut room) = flooder
                 .read_record(&mut reader)
                 .await
                 .expect("read")
                 .expect("frame");
-            if let Err(why) = flooder.admit_record(&room, id % 2 == 0) {
+            if let Err(why) = flooder.admit_record(&mut room) {
                 refused = Some((id, why));
                 break;
             }
@@ -1315,25 +1316,20 @@ mod tests {
         write_frame(&mut writer, &record_frame(1, "cell output", false))
             .await
             .expect("written");
-        let (_, room) = victim
+        let (_, mut room) = victim
             .read_record(&mut reader)
             .await
             .expect("read")
             .expect("frame");
-        victim.admit_record(&room, false).expect("within share");
+        victim.admit_record(&mut room).expect("within share");
         let reports = fairness.due_reports(false);
         assert_eq!(reports.len(), 1);
         assert_eq!(
             (reports[0].uid, reports[0].limit),
             (1001, Limit::StorageShare)
         );
-
-        // In the last half of the reserve only urgent records are taken.
-        disk.accepted(free.saturating_sub(1));
-        let err = victim
-            .admit_record(&room, false)
-            .expect_err("output refused");
-        assert!(err.contains("last half"), "{err}");
-        victim.admit_record(&room, true).expect("write-ahead taken");
+        // Down to the last byte of the reserve.
+        disk.accepted(disk.free().expect("estimate").available.saturating_sub(1));
+        victim.admit_record(&mut room).expect("still within share");
     }
 }

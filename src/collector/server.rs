@@ -250,13 +250,13 @@ async fn serve_connection(
     });
     let result = loop {
         match slot.read_record(&mut reader).await {
-            Ok(Some((ToCollector::Record { id, record, urgent }, room))) => {
+            Ok(Some((ToCollector::Record { id, record, urgent }, mut room))) => {
                 let refused = |error| {
                     let (rejected, stored) = oneshot::channel();
                     let _ = rejected.send(Err(error));
                     stored
                 };
-                let stored = match slot.admit_record(&room, urgent) {
+                let stored = match slot.admit_record(&mut room) {
                     Err(reason) => refused(StoreError::Refused(reason)),
                     Ok(()) => match stamp(record, &identity, &host) {
                         Ok(record) => store.submit(record, urgent).await,
