@@ -65,6 +65,82 @@ pub struct CollectorArgs {
     /// Write a signed checkpoint this often when records were added (seconds).
     #[arg(long, default_value_t = 60)]
     pub checkpoint_interval_secs: u64,
+
+    /// The admin config file; its [limits] section sets the fairness limits (the flags
+    /// below override it). A missing file is an empty one.
+    #[arg(long, default_value = crate::config::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What one user (the uid of the connecting process) may take of the collector. Each
+/// flag overrides the same setting in the config file's [limits] section; README
+/// "Known limits" gives the defaults and why.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Fairness limits (per user: per uid of the connecting process)")]
+pub struct LimitArgs {
+    /// Connections one user may hold at once; the excess is closed at once [default: 128].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_user: Option<usize>,
+
+    /// Connections in all [default: the descriptor limit, raised to its hard limit at
+    /// start, less 128].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Seconds a new connection may take to say hello [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub hello_timeout_secs: Option<u64>,
+
+    /// Close a connection that sends nothing this long; 0: never [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout_secs: Option<u64>,
+
+    /// Cut a connection whose frame, once admitted, does not arrive within this many
+    /// seconds [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub frame_timeout_secs: Option<u64>,
+
+    /// Bytes of one user's records in memory or waiting for the disk; at least 64 MiB,
+    /// the largest frame [default: 100663296 = 96 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub in_flight_bytes_per_user: Option<u64>,
+
+    /// Bytes of everyone's records in memory or waiting for the disk
+    /// [default: 1073741824 = 1 GiB].
+    #[arg(long, value_name = "BYTES")]
+    pub in_flight_bytes: Option<u64>,
+
+    /// Bytes per second one user may store in the long run; faster writers are slowed;
+    /// 0: unlimited [default: 33554432 = 32 MiB/s].
+    #[arg(long, value_name = "BYTES")]
+    pub storage_rate_bytes_per_sec: Option<u64>,
+
+    /// Bytes one user may store at full speed before its rate applies
+    /// [default: 536870912 = 512 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub storage_burst_bytes: Option<u64>,
+
+    /// A user that stored more than this within the share window is refused while the
+    /// disk is below its reserve [default: 1073741824 = 1 GiB].
+    #[arg(long, value_name = "BYTES")]
+    pub storage_share_bytes: Option<u64>,
+
+    /// The window of the storage share, in seconds (sliding) [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub storage_share_window_secs: Option<u64>,
+
+    /// Free space on the store's filesystem kept for users within their share: the
+    /// larger of this (at most a tenth of the filesystem) and --disk-reserve-percent
+    /// [default: 1073741824 = 1 GiB].
+    #[arg(long, value_name = "BYTES")]
+    pub disk_reserve_bytes: Option<u64>,
+
+    /// The disk reserve as a percentage of the filesystem [default: 2].
+    #[arg(long, value_name = "PERCENT")]
+    pub disk_reserve_percent: Option<u8>,
 }
 
 #[derive(Debug, Args)]

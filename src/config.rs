@@ -1,13 +1,18 @@
 //! The admin config file (`/etc/jupyter-audit/config.toml`) and how it combines with
 //! the kernelspec's command line: the file wins, because a kernelspec may be one the
 //! notebook user wrote. Nothing is read from the user's environment or home.
+//!
+//! The collector reads the same file for its fairness limits (`[limits]`); there its
+//! command line wins, since the administrator writes both.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::audit::SizePolicy;
 use crate::cli::{KernelArgs, OnAuditFailure};
+use crate::collector::limits::{InvalidLimit, Limits};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/jupyter-audit/config.toml";
 
@@ -18,6 +23,8 @@ pub struct ConfigFile {
     pub collector: CollectorSection,
     #[serde(default)]
     pub audit: AuditSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
@@ -32,6 +39,100 @@ pub struct CollectorSection {
 pub struct AuditSection {
     pub text_cap_bytes: Option<usize>,
     pub keep_binary: Option<bool>,
+}
+
+/// The collector's fairness limits; unset ones keep their defaults ([`Limits::default`]).
+/// Sizes are in bytes, times in seconds.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_connections_per_user: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub hello_timeout_secs: Option<u64>,
+    /// 0: never.
+    pub idle_timeout_secs: Option<u64>,
+    pub frame_timeout_secs: Option<u64>,
+    pub in_flight_bytes_per_user: Option<u64>,
+    pub in_flight_bytes: Option<u64>,
+    /// 0: unlimited.
+    pub storage_rate_bytes_per_sec: Option<u64>,
+    pub storage_burst_bytes: Option<u64>,
+    pub storage_share_bytes: Option<u64>,
+    pub storage_share_window_secs: Option<u64>,
+    pub disk_reserve_bytes: Option<u64>,
+    pub disk_reserve_percent: Option<u8>,
+}
+
+impl LimitsSection {
+    /// These settings, and `fallback`'s where these have none.
+    pub fn or(self, fallback: &LimitsSection) -> LimitsSection {
+        LimitsSection {
+            max_connections_per_user: self
+                .max_connections_per_user
+                .or(fallback.max_connections_per_user),
+            max_connections: self.max_connections.or(fallback.max_connections),
+            hello_timeout_secs: self.hello_timeout_secs.or(fallback.hello_timeout_secs),
+            idle_timeout_secs: self.idle_timeout_secs.or(fallback.idle_timeout_secs),
+            frame_timeout_secs: self.frame_timeout_secs.or(fallback.frame_timeout_secs),
+            in_flight_bytes_per_user: self
+                .in_flight_bytes_per_user
+                .or(fallback.in_flight_bytes_per_user),
+            in_flight_bytes: self.in_flight_bytes.or(fallback.in_flight_bytes),
+            storage_rate_bytes_per_sec: self
+                .storage_rate_bytes_per_sec
+                .or(fallback.storage_rate_bytes_per_sec),
+            storage_burst_bytes: self.storage_burst_bytes.or(fallback.storage_burst_bytes),
+            storage_share_bytes: self.storage_share_bytes.or(fallback.storage_share_bytes),
+            storage_share_window_secs: self
+                .storage_share_window_secs
+                .or(fallback.storage_share_window_secs),
+            disk_reserve_bytes: self.disk_reserve_bytes.or(fallback.disk_reserve_bytes),
+            disk_reserve_percent: self.disk_reserve_percent.or(fallback.disk_reserve_percent),
+        }
+    }
+
+    /// The limits: these settings over the defaults, checked.
+    pub fn resolve(&self) -> Result<Limits, InvalidLimit> {
+        let defaults = Limits::default();
+        let secs = Duration::from_secs;
+        let limits = Limits {
+            max_connections_per_user: self
+                .max_connections_per_user
+                .unwrap_or(defaults.max_connections_per_user),
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            hello_timeout: self.hello_timeout_secs.map_or(defaults.hello_timeout, secs),
+            idle_timeout: match self.idle_timeout_secs {
+                Some(0) => None,
+                Some(idle) => Some(secs(idle)),
+                None => defaults.idle_timeout,
+            },
+            frame_timeout: self.frame_timeout_secs.map_or(defaults.frame_timeout, secs),
+            in_flight_bytes_per_user: self
+                .in_flight_bytes_per_user
+                .unwrap_or(defaults.in_flight_bytes_per_user),
+            in_flight_bytes: self.in_flight_bytes.unwrap_or(defaults.in_flight_bytes),
+            storage_rate_bytes_per_sec: self
+                .storage_rate_bytes_per_sec
+                .unwrap_or(defaults.storage_rate_bytes_per_sec),
+            storage_burst_bytes: self
+                .storage_burst_bytes
+                .unwrap_or(defaults.storage_burst_bytes),
+            storage_share_bytes: self
+                .storage_share_bytes
+                .unwrap_or(defaults.storage_share_bytes),
+            storage_share_window: self
+                .storage_share_window_secs
+                .map_or(defaults.storage_share_window, secs),
+            disk_reserve_bytes: self
+                .disk_reserve_bytes
+                .unwrap_or(defaults.disk_reserve_bytes),
+            disk_reserve_percent: self
+                .disk_reserve_percent
+                .unwrap_or(defaults.disk_reserve_percent),
+        };
+        limits.check()?;
+        Ok(limits)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +305,34 @@ mod tests {
         );
         assert_eq!(settings.on_failure, OnAuditFailure::Block);
         assert_eq!(settings.size.text_cap, 4096);
+    }
+
+    #[test]
+    fn collector_limits_come_from_the_flags_then_the_file_then_the_defaults() {
+        let admin = file(
+            r#"
+            [limits]
+            max_connections_per_user = 16
+            idle_timeout_secs = 0
+            disk_reserve_bytes = 4096
+            "#,
+        );
+        let flags = LimitsSection {
+            max_connections_per_user: Some(8),
+            ..LimitsSection::default()
+        };
+        let limits = flags.or(&admin.limits).resolve().expect("valid");
+        assert_eq!(limits.max_connections_per_user, 8, "the flag wins");
+        assert_eq!(limits.idle_timeout, None, "0 is never");
+        assert_eq!(limits.disk_reserve_bytes, 4096, "from the file");
+        assert_eq!(
+            limits.frame_timeout,
+            Limits::default().frame_timeout,
+            "a default"
+        );
+        let too_small = file("[limits]\nin_flight_bytes_per_user = 1024");
+        assert!(too_small.limits.resolve().is_err());
+        assert!(toml::from_str::<ConfigFile>("[limits]\nmax_conections = 1").is_err());
     }
 
     #[test]

@@ -68,10 +68,13 @@ fn run_collector(args: jupyter_audit::cli::CollectorArgs) -> anyhow::Result<()> 
         .map(daemon::group_id)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    let file = jupyter_audit::config::ConfigFile::load(&args.config)?;
+    let limits = limit_settings(&args.limits).or(&file.limits).resolve()?;
     let config = DaemonConfig {
         store,
         socket: args.socket,
         socket_mode: args.socket_mode,
+        limits,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -79,6 +82,25 @@ fn run_collector(args: jupyter_audit::cli::CollectorArgs) -> anyhow::Result<()> 
         .context("cannot start the async runtime")?;
     runtime.block_on(daemon::run(config))?;
     Ok(())
+}
+
+/// The fairness limits given on the command line.
+fn limit_settings(args: &jupyter_audit::cli::LimitArgs) -> jupyter_audit::config::LimitsSection {
+    jupyter_audit::config::LimitsSection {
+        max_connections_per_user: args.max_connections_per_user,
+        max_connections: args.max_connections,
+        hello_timeout_secs: args.hello_timeout_secs,
+        idle_timeout_secs: args.idle_timeout_secs,
+        frame_timeout_secs: args.frame_timeout_secs,
+        in_flight_bytes_per_user: args.in_flight_bytes_per_user,
+        in_flight_bytes: args.in_flight_bytes,
+        storage_rate_bytes_per_sec: args.storage_rate_bytes_per_sec,
+        storage_burst_bytes: args.storage_burst_bytes,
+        storage_share_bytes: args.storage_share_bytes,
+        storage_share_window_secs: args.storage_share_window_secs,
+        disk_reserve_bytes: args.disk_reserve_bytes,
+        disk_reserve_percent: args.disk_reserve_percent,
+    }
 }
 
 /// Diagnostics go to stderr, which Jupyter shows in its log and `jupyter console` in

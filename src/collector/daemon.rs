@@ -1,12 +1,17 @@
 //! Running the collector: open the store, listen, serve until SIGTERM or SIGINT, then
 //! close the store with a final checkpoint. The collector records its own start (with
-//! what recovery found) and stop, under its own identity.
+//! what recovery found and the limits in force), the limits users exceeded
+//! (`limit_exceeded`, see [`super::limits`]) and its stop, under its own identity.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::disk::DiskSpace;
+use super::limits::{self, Fairness, LimitReport, Limits};
 use super::server::{self, CollectorError, PeerIdentity};
 use crate::audit::Record;
 use crate::store::{self, Recovery, StoreConfig, StoreHandle};
@@ -16,6 +21,8 @@ pub struct DaemonConfig {
     pub store: StoreConfig,
     pub socket: PathBuf,
     pub socket_mode: u32,
+    /// `max_connections` 0: derived from the descriptor limit at start.
+    pub limits: Limits,
 }
 
 /// Resolves a group name to its gid.
@@ -40,8 +47,13 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
         })??;
     let (store, recovery) = opened;
     let listener = server::bind(&config.socket, config.socket_mode)?;
-    record_own(&store, "collector_start", start_fields(&config, &recovery)).await;
+    let (fairness, descriptors) = fairness(&config).await;
+    let mut fields = start_fields(&config, &recovery);
+    fields.insert("limits".into(), fairness.limits().fields());
+    fields.insert("descriptor_limit".into(), json!(descriptors));
+    record_own(&store, "collector_start", fields).await;
     tracing::info!(socket = %config.socket.display(), store = %config.store.dir.display(), "collector listening");
+    let reporting = tokio::spawn(report_limits(store.clone(), Arc::clone(&fairness)));
 
     let shutdown = async {
         let (Ok(mut terminate), Ok(mut interrupt)) = (
@@ -55,9 +67,11 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
             _ = interrupt.recv() => {}
         }
     };
-    server::serve(listener, store.clone(), shutdown).await;
+    server::serve_fairly(listener, store.clone(), Arc::clone(&fairness), shutdown).await;
     tracing::info!("collector stopping");
     let _ = std::fs::remove_file(&config.socket);
+    reporting.abort();
+    write_reports(&store, fairness.due_reports(true)).await;
     record_own(&store, "collector_stop", Map::new()).await;
     let stats = store.stats();
     tracing::info!(
@@ -70,6 +84,78 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
     );
     store.shutdown().await?;
     Ok(())
+}
+
+/// The fairness limits in force: the descriptor limit raised to its hard limit, the
+/// connection cap below it, free space watched on the store's filesystem. Returns them
+/// with the descriptor limit.
+async fn fairness(config: &DaemonConfig) -> (Arc<Fairness>, u64) {
+    let descriptors = match limits::raise_descriptor_limit() {
+        Ok(soft) => soft,
+        Err((soft, error)) => {
+            tracing::warn!(%error, soft, "cannot raise the descriptor limit to its hard limit");
+            soft
+        }
+    };
+    let mut settings = config.limits.clone();
+    let configured = settings.max_connections;
+    settings.max_connections = limits::connection_cap(descriptors, configured);
+    if configured != 0 && settings.max_connections < configured {
+        tracing::warn!(
+            configured,
+            descriptors,
+            "max_connections lowered to fit the descriptor limit"
+        );
+    }
+    tracing::info!(
+        descriptors,
+        max_connections = settings.max_connections,
+        max_connections_per_user = settings.max_connections_per_user,
+        "descriptor limit"
+    );
+    let disk = Arc::new(DiskSpace::new(&config.store.dir));
+    let sampling = Arc::clone(&disk);
+    if let Ok(Err(error)) = tokio::task::spawn_blocking(move || sampling.sample_blocking()).await {
+        tracing::warn!(%error, "cannot read the store's free space");
+    }
+    // Stops with the runtime.
+    tokio::spawn(Arc::clone(&disk).watch());
+    (Fairness::new(settings, Some(disk)), descriptors)
+}
+
+/// Records what users exceeded, as it becomes due (once per user and limit every
+/// [`limits::REPORT_INTERVAL`]).
+async fn report_limits(store: StoreHandle, fairness: Arc<Fairness>) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticks.tick().await;
+        write_reports(&store, fairness.due_reports(false)).await;
+    }
+}
+
+async fn write_reports(store: &StoreHandle, reports: Vec<LimitReport>) {
+    for report in reports {
+        let uid = report.uid;
+        let name = tokio::task::spawn_blocking(move || {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|user| user.name)
+        })
+        .await
+        .ok()
+        .flatten();
+        tracing::warn!(
+            uid,
+            user = name.as_deref().unwrap_or(""),
+            limit = report.limit.name(),
+            count = report.count,
+            bytes = report.bytes,
+            "{}",
+            report.reason
+        );
+        record_own(store, "limit_exceeded", report.fields(name.as_deref())).await;
+    }
 }
 
 fn start_fields(config: &DaemonConfig, recovery: &Recovery) -> Map<String, Value> {

@@ -7,7 +7,9 @@
 pub mod admission;
 pub mod client;
 pub mod daemon;
+pub mod disk;
 pub mod fields;
+pub mod limits;
 pub mod protocol;
 pub mod refusals;
 pub mod server;

@@ -101,6 +101,19 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    match read_frame_length(reader).await? {
+        Some(length) => read_frame_body(reader, length).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads a frame's length (at most [`MAX_FRAME_BYTES`]); None when the peer closed the
+/// connection between frames. Nothing is allocated yet, so the caller can first wait
+/// for room for the body.
+pub async fn read_frame_length<R>(reader: &mut R) -> Result<Option<usize>, ProtocolError>
+where
+    R: AsyncRead + Unpin,
+{
     let mut length = [0u8; 4];
     match reader.read_exact(&mut length).await {
         Ok(_) => {}
@@ -111,6 +124,24 @@ where
     if length > MAX_FRAME_BYTES {
         return Err(ProtocolError::Oversized(length));
     }
+    Ok(Some(length))
+}
+
+/// Reads and parses the body of a frame whose length [`read_frame_length`] gave.
+pub async fn read_frame_body<R, T>(reader: &mut R, length: usize) -> Result<T, ProtocolError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let body = read_frame_bytes(reader, length).await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// Reads the body of a frame whose length [`read_frame_length`] gave, unparsed.
+pub async fn read_frame_bytes<R>(reader: &mut R, length: usize) -> Result<Vec<u8>, ProtocolError>
+where
+    R: AsyncRead + Unpin,
+{
     crate::memory::large_buffer_received(length);
     let mut body = vec![0u8; length];
     reader
@@ -120,7 +151,7 @@ where
             std::io::ErrorKind::UnexpectedEof => ProtocolError::Truncated,
             _ => ProtocolError::Io(error),
         })?;
-    Ok(Some(serde_json::from_slice(&body)?))
+    Ok(body)
 }
 
 #[cfg(test)]

@@ -14,9 +14,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{Admission, Verdict};
-use super::protocol::{
-    FromCollector, PROTOCOL_VERSION, ProtocolError, ToCollector, read_frame, write_frame,
-};
+use super::limits::{ConnectionSlot, Fairness, Limits, Room};
+use super::protocol::{FromCollector, PROTOCOL_VERSION, ProtocolError, ToCollector, write_frame};
 use super::sessions::SessionTable;
 use crate::audit::{Record, now_rfc3339};
 use crate::store::{StoreError, StoreHandle};
@@ -31,8 +30,6 @@ const RESERVED_KEYS: &[&str] = &[
     "chain",
     "collector",
 ];
-/// How long a new connection may take to say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Records of one connection waiting for their acknowledgement.
 const ACKS_IN_FLIGHT: usize = 4096;
 
@@ -83,10 +80,27 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, CollectorError> {
     Ok(listener)
 }
 
-/// Serves connections until `shutdown` resolves.
+/// Serves connections until `shutdown` resolves, with the default limits and no disk
+/// limits.
 pub async fn serve(
     listener: UnixListener,
     store: StoreHandle,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    serve_fairly(
+        listener,
+        store,
+        Fairness::new(Limits::default(), None),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves connections until `shutdown` resolves, each within its user's share.
+pub async fn serve_fairly(
+    listener: UnixListener,
+    store: StoreHandle,
+    fairness: Arc<Fairness>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let host = nix::unistd::gethostname()
@@ -107,12 +121,14 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    // Over its user's (or the global) cap, closed at once and counted.
+                    let Some(slot) = admit(&fairness, &stream) else { continue };
                     let store = store.clone();
                     let host = host.clone();
                     let names = names.clone();
                     let sessions = sessions.clone();
                     tokio::spawn(async move {
-                        match serve_connection(stream, store, host, names, sessions).await {
+                        match serve_connection(stream, slot, store, host, names, sessions).await {
                             Ok(()) => {}
                             // A proxy killed mid-session; its records so far are stored.
                             Err(ProtocolError::Io(error)) if error.kind() == std::io::ErrorKind::ConnectionReset => {
@@ -127,6 +143,17 @@ pub async fn serve(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+        }
+    }
+}
+
+/// The connection's place within its user's share; None when it is to be closed.
+fn admit(fairness: &Arc<Fairness>, stream: &UnixStream) -> Option<ConnectionSlot> {
+    match stream.peer_cred() {
+        Ok(credentials) => fairness.admit_connection(credentials.uid()),
+        Err(error) => {
+            tracing::warn!(%error, "no peer credentials; connection closed");
+            None
         }
     }
 }
@@ -164,6 +191,7 @@ impl UserNames {
 
 async fn serve_connection(
     stream: UnixStream,
+    slot: ConnectionSlot,
     store: StoreHandle,
     host: String,
     names: UserNames,
@@ -178,20 +206,16 @@ async fn serve_connection(
     };
     let (mut reader, writer) = stream.into_split();
     let mut writer = BufWriter::new(writer);
-    match tokio::time::timeout(HELLO_TIMEOUT, read_frame::<_, ToCollector>(&mut reader)).await {
-        Ok(Ok(Some(ToCollector::Hello {
+    // Said nothing (valid) in time: counted and reported by the slot.
+    match slot.read_hello::<_, ToCollector>(&mut reader).await? {
+        Some(ToCollector::Hello {
             version: PROTOCOL_VERSION,
-        }))) => {}
-        Ok(Ok(Some(other))) => {
+        }) => {}
+        Some(other) => {
             tracing::warn!(uid = identity.uid, frame = ?other, "connection did not start with a supported hello");
             return Ok(());
         }
-        Ok(Ok(None)) => return Ok(()),
-        Ok(Err(error)) => return Err(error),
-        Err(_) => {
-            tracing::warn!(uid = identity.uid, "connection said nothing; closed");
-            return Ok(());
-        }
+        None => return Ok(()),
     }
     write_frame(
         &mut writer,
@@ -205,15 +229,18 @@ async fn serve_connection(
     let mut admission = Admission::new(&identity, &host, &store, &sessions).await;
 
     // Acknowledgements go out in the order records came in, as the store finishes them.
+    // Each record's room in the in-flight budgets is given back once the store answers.
     let (in_flight, mut finished) =
-        mpsc::channel::<(u64, oneshot::Receiver<Result<u64, StoreError>>)>(ACKS_IN_FLIGHT);
+        mpsc::channel::<(u64, oneshot::Receiver<Result<u64, StoreError>>, Room)>(ACKS_IN_FLIGHT);
     let acks = tokio::spawn(async move {
-        while let Some((id, stored)) = finished.recv().await {
-            let answer = match stored.await {
+        while let Some((id, stored, room)) = finished.recv().await {
+            let stored = stored.await;
+            drop(room);
+            let answer = match stored {
                 Ok(Ok(sequence)) => FromCollector::Ack { id, sequence },
                 Ok(Err(error)) => FromCollector::Nack {
                     id,
-                    retry: !matches!(error, StoreError::InvalidRecord(_)),
+                    retry: !matches!(error, StoreError::InvalidRecord(_) | StoreError::Refused(_)),
                     error: error.to_string(),
                 },
                 Err(_) => FromCollector::Nack {
@@ -234,27 +261,30 @@ async fn serve_connection(
         }
     });
     let result = loop {
-        match read_frame::<_, ToCollector>(&mut reader).await {
-            Ok(Some(ToCollector::Record { id, record, urgent })) => {
-                let stamped = match admission.admit(record).await {
-                    Verdict::Accept(record) => {
-                        stamp(record, &identity, &host).map_err(StoreError::InvalidRecord)
-                    }
-                    Verdict::Refuse(error) => Err(error),
+        match slot.read_record(&mut reader).await {
+            Ok(Some((ToCollector::Record { id, record, urgent }, mut room))) => {
+                let refused = |error| {
+                    let (rejected, stored) = oneshot::channel();
+                    let _ = rejected.send(Err(error));
+                    stored
                 };
-                let stored = match stamped {
-                    Ok(record) => store.submit(record, urgent).await,
-                    Err(error) => {
-                        let (rejected, stored) = oneshot::channel();
-                        let _ = rejected.send(Err(error));
-                        stored
-                    }
+                // The user's share first (no parse of the record's sense for a user over
+                // it), then whether this sender may write this session's records.
+                let stored = match slot.admit_record(&mut room) {
+                    Err(reason) => refused(StoreError::Refused(reason)),
+                    Ok(()) => match admission.admit(record).await {
+                        Verdict::Accept(record) => match stamp(record, &identity, &host) {
+                            Ok(record) => store.submit(record, urgent).await,
+                            Err(reason) => refused(StoreError::InvalidRecord(reason)),
+                        },
+                        Verdict::Refuse(error) => refused(error),
+                    },
                 };
-                if in_flight.send((id, stored)).await.is_err() {
+                if in_flight.send((id, stored, room)).await.is_err() {
                     break Ok(());
                 }
             }
-            Ok(Some(ToCollector::Hello { .. })) => {}
+            Ok(Some((ToCollector::Hello { .. }, _))) => {}
             Ok(None) => break Ok(()),
             Err(error) => break Err(error),
         }

@@ -46,6 +46,10 @@ pub enum StoreError {
     /// The record cannot be stored as given (a bug in the caller, not a disk problem).
     #[error("invalid audit record: {0}")]
     InvalidRecord(String),
+    /// The collector refused the record under a fairness limit (the sender is over its
+    /// storage share while the disk is low); sending it again does not help.
+    #[error("refused by the collector: {0}")]
+    Refused(String),
     /// On open, the end of the store does not hold together; the store refuses to
     /// extend a chain it cannot vouch for.
     #[error("the store is damaged at {}: {detail} (run `jupyter-audit verify`)", path.display())]
