@@ -34,6 +34,10 @@ const QUEUE_CAPACITY: usize = 4096;
 const MAX_PENDING: usize = 65_536;
 /// Longest pause between reconnection attempts.
 const MAX_RETRY: Duration = Duration::from_secs(2);
+/// Records lost while connected (refused by the collector) are reported in an
+/// `audit_gap` at most this often, and at every flush: a gap record refused in turn is
+/// counted in the next one, so refusals cannot feed a loop.
+const GAP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuditError {
@@ -100,6 +104,8 @@ impl AuditClient {
                 retry_at: Instant::now(),
                 retry_delay: Duration::from_millis(50),
                 gap: None,
+                last_gap_report: Instant::now(),
+                reconnect_grace: false,
             }
             .run(),
         );
@@ -235,6 +241,11 @@ struct ClientTask {
     retry_at: Instant,
     retry_delay: Duration,
     gap: Option<Gap>,
+    last_gap_report: Instant,
+    /// The connection has stored records, so when it breaks (the collector closing an
+    /// idle connection, say) one reconnection is tried at once before anyone waiting
+    /// for a durable record is told it failed.
+    reconnect_grace: bool,
 }
 
 impl ClientTask {
@@ -256,6 +267,12 @@ impl ClientTask {
                     }
                 }, if connected => self.acknowledge(ack),
                 () = tokio::time::sleep_until(self.retry_at), if !connected => {}
+            }
+            if self.gap.is_some()
+                && self.connection.is_some()
+                && self.last_gap_report.elapsed() >= GAP_REPORT_INTERVAL
+            {
+                self.report_gap().await;
             }
         }
     }
@@ -281,6 +298,12 @@ impl ClientTask {
             tracing::warn!(socket = %self.socket.display(), %reason, "audit collector unavailable");
         }
         self.last_error = reason;
+        if std::mem::take(&mut self.reconnect_grace) {
+            // Whoever waits keeps waiting: the records go again on the new connection,
+            // and only if that fails are they told.
+            self.retry_at = Instant::now();
+            return;
+        }
         self.retry_at = Instant::now() + self.retry_delay;
         self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY);
         // Whoever waits for a durable record is told now; the record itself stays and
@@ -320,6 +343,9 @@ impl ClientTask {
                 }
             }
             Submission::Flush(done) => {
+                if self.connection.is_some() {
+                    self.report_gap().await;
+                }
                 if self.connection.is_none() && !self.pending.is_empty() {
                     let _ = done.send(Err(AuditError::Unavailable(self.last_error.clone())));
                     return;
@@ -375,6 +401,7 @@ impl ClientTask {
     }
 
     async fn report_gap(&mut self) {
+        self.last_gap_report = Instant::now();
         if let Some(gap) = self.gap.take() {
             let mut fields = serde_json::Map::new();
             fields.insert("lost_records".into(), json!(gap.lost));
@@ -444,7 +471,10 @@ impl ClientTask {
 
     fn acknowledge(&mut self, ack: Option<Result<FromCollector, ProtocolError>>) {
         let (id, outcome) = match ack {
-            Some(Ok(FromCollector::Ack { id, sequence })) => (id, Ok(sequence)),
+            Some(Ok(FromCollector::Ack { id, sequence })) => {
+                self.reconnect_grace = true;
+                (id, Ok(sequence))
+            }
             Some(Ok(FromCollector::Nack {
                 id,
                 error,
@@ -473,6 +503,7 @@ impl ClientTask {
             let Some(done) = self.pending.pop_front() else {
                 break;
             };
+            let awaited = done.ack.is_some();
             if let Some(ack) = done.ack {
                 let _ = ack.send(if done.id == id {
                     outcome.clone()
@@ -483,6 +514,11 @@ impl ClientTask {
             if done.id == id {
                 if let Err(error) = &outcome {
                     tracing::error!(%error, "the collector refused a record");
+                    // Nobody waits for it (an output): it is lost, and says so. (A
+                    // refused write-ahead record refuses its request instead.)
+                    if !awaited {
+                        self.note_lost(1, format!("the collector refused records: {error}"));
+                    }
                 }
                 break;
             }

@@ -157,6 +157,66 @@ async fn a_sender_cannot_claim_another_identity() {
 }
 
 #[tokio::test]
+async fn a_write_ahead_too_large_to_send_is_refused_and_not_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("collector.sock");
+    let (store, _stop) = start_collector(dir.path(), &socket);
+    let (client, _) = AuditClient::spawn(socket, context());
+    let huge = "x".repeat(super::protocol::MAX_FRAME_BYTES + 1);
+    let refused = client
+        .submit_durable(execute_request(&huge))
+        .wait(Duration::from_secs(30))
+        .await;
+    assert!(
+        matches!(refused, Err(AuditError::TooLarge { .. })),
+        "{refused:?}"
+    );
+    client
+        .submit_durable(execute_request("after"))
+        .wait(Duration::from_secs(30))
+        .await
+        .expect("stored");
+    store.shutdown().await.expect("closed");
+    let codes: Vec<_> = stored(dir.path())
+        .into_iter()
+        .map(|record| record["jupyter"]["code"].clone())
+        .collect();
+    assert_eq!(codes, vec![json!("after")], "no stub, nothing shortened");
+}
+
+#[tokio::test]
+async fn records_the_collector_refuses_are_counted_in_an_audit_gap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("collector.sock");
+    let (store, _stop) = start_collector(dir.path(), &socket);
+    let (client, _) = AuditClient::spawn(socket, context());
+    let mut refused = execute_request("x");
+    refused.insert("labels".into(), json!({"not": "a sender field"}));
+    client.record(refused);
+    client
+        .flush(Duration::from_secs(30))
+        .await
+        .expect("flushed");
+    client
+        .flush(Duration::from_secs(30))
+        .await
+        .expect("flushed");
+    store.shutdown().await.expect("closed");
+    let records = stored(dir.path());
+    let gap = records
+        .iter()
+        .find(|record| record["event"]["action"] == "audit_gap")
+        .expect("an audit_gap record");
+    assert_eq!(gap["jupyter"]["lost_records"], 1);
+    assert!(
+        gap["jupyter"]["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("refused")),
+        "{gap}"
+    );
+}
+
+#[tokio::test]
 async fn a_record_too_large_to_send_is_kept_as_a_stub_and_does_not_block_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("collector.sock");
