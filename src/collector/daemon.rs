@@ -38,6 +38,12 @@ pub fn group_id(name: &str) -> Result<u32, String> {
 pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
     // Before anything is created: an unsafe socket path must not leave a new store behind.
     crate::store::layout::check_location("socket", &config.socket)?;
+    // Handlers first: a stop request while the store opens ends the collector cleanly
+    // once it serves, instead of killing it mid-start.
+    let stop_signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
     let store_config = config.store.clone();
     let opened = tokio::task::spawn_blocking(move || store::open(store_config))
         .await
@@ -56,10 +62,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
     let reporting = tokio::spawn(report_limits(store.clone(), Arc::clone(&fairness)));
 
     let shutdown = async {
-        let (Ok(mut terminate), Ok(mut interrupt)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut terminate), Ok(mut interrupt)) = stop_signals else {
             return std::future::pending().await;
         };
         tokio::select! {
