@@ -228,10 +228,21 @@ struct Shared {
     state: Mutex<State>,
     /// The bindings file; locked only in blocking threads.
     log: Mutex<Option<BindingLog>>,
+    /// Binding lines waiting to be written: whoever holds the file next writes all of
+    /// them with one sync (group commit), so sessions that start together do not wait
+    /// for one sync each.
+    queue: Mutex<BindingQueue>,
     /// Why the bindings could not be read: every claim is then refused (retry).
     unavailable: Option<String>,
     path: PathBuf,
     limits: Limits,
+}
+
+/// Lines waiting for the bindings file, and the ticket of the last one queued.
+#[derive(Debug, Default)]
+struct BindingQueue {
+    lines: Vec<u8>,
+    last_ticket: u64,
 }
 
 /// The table's bounds (constants but in tests).
@@ -277,6 +288,7 @@ impl SessionTable {
         SessionTable(Arc::new(Shared {
             state: Mutex::new(state),
             log: Mutex::new(log),
+            queue: Mutex::default(),
             unavailable,
             path,
             limits,
@@ -363,12 +375,24 @@ impl SessionTable {
 
     async fn persist(&self, key: u64, owner: Owner) -> Claim {
         let shared = Arc::clone(&self.0);
+        let line = serde_json::to_vec(&binding_line(key, owner, false));
         let written = tokio::task::spawn_blocking(move || {
+            let mut line = line.map_err(io::Error::other)?;
+            line.push(b'\n');
+            let ticket = {
+                let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+                queue.lines.extend_from_slice(&line);
+                queue.last_ticket += 1;
+                queue.last_ticket
+            };
             let mut log = shared.log.lock().unwrap_or_else(|p| p.into_inner());
-            match log.as_mut() {
-                Some(log) => log.append(key, owner),
-                None => Err(io::Error::other("the bindings file is not open")),
-            }
+            let Some(log) = log.as_mut() else {
+                return Err(io::Error::other("the bindings file is not open"));
+            };
+            log.commit(ticket, || {
+                let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+                (std::mem::take(&mut queue.lines), queue.last_ticket)
+            })
         })
         .await
         .unwrap_or_else(|error| Err(io::Error::other(error)));
@@ -514,21 +538,69 @@ struct BindingLog {
     /// Bytes of whole lines: a failed append is cut back to this, so that the next
     /// line does not continue a partial one.
     length: u64,
+    /// Every line queued up to this ticket has been taken from the queue and written
+    /// (or failed); up to `synced`, written and synced.
+    taken: u64,
+    synced: u64,
+    /// Tickets of recent batches that failed, `(after, through]`.
+    failed: std::collections::VecDeque<(u64, u64)>,
 }
+
+/// Failed batches remembered: waiters are blocked on the file's lock, so they learn
+/// their batch's fate long before this many more batches have failed.
+const FAILED_BATCHES_REMEMBERED: usize = 64;
 
 impl BindingLog {
     fn new(file: File) -> io::Result<Self> {
         let length = file.metadata()?.len();
-        Ok(BindingLog { file, length })
+        Ok(BindingLog {
+            file,
+            length,
+            taken: 0,
+            synced: 0,
+            failed: std::collections::VecDeque::new(),
+        })
     }
 
-    fn append(&mut self, key: u64, owner: Owner) -> io::Result<()> {
-        let mut bytes =
-            serde_json::to_vec(&binding_line(key, owner, false)).map_err(io::Error::other)?;
-        bytes.push(b'\n');
+    /// Makes the line with `ticket` durable: it may be already (a batch written by an
+    /// earlier holder of the file), else this writes every queued line (`take`) and
+    /// syncs once.
+    fn commit(&mut self, ticket: u64, take: impl FnOnce() -> (Vec<u8>, u64)) -> io::Result<()> {
+        if let Some(failed) = self
+            .failed
+            .iter()
+            .find(|(after, through)| ticket > *after && ticket <= *through)
+        {
+            return Err(io::Error::other(format!(
+                "the batch of session bindings through {} could not be written",
+                failed.1
+            )));
+        }
+        if ticket <= self.synced {
+            return Ok(());
+        }
+        let (lines, through) = take();
+        let after = self.taken;
+        self.taken = through;
+        match self.append_bytes(&lines) {
+            Ok(()) => {
+                self.synced = through;
+                Ok(())
+            }
+            Err(error) => {
+                if self.failed.len() == FAILED_BATCHES_REMEMBERED {
+                    self.failed.pop_front();
+                }
+                self.failed.push_back((after, through));
+                Err(error)
+            }
+        }
+    }
+
+    fn append_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
         let written = self
             .file
-            .write_all(&bytes)
+            .write_all(bytes)
             .and_then(|()| self.file.sync_data());
         match written {
             Ok(()) => {
@@ -809,6 +881,37 @@ mod tests {
             std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
             0o600
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sessions_that_start_together_are_all_bound_durably() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proxy = owner(1000, 10, 500);
+        {
+            let table = SessionTable::load(dir.path()).await;
+            let claims: Vec<_> = (0..64)
+                .map(|index| {
+                    let table = table.clone();
+                    tokio::spawn(async move { table.claim(&format!("s{index}"), proxy).await })
+                })
+                .collect();
+            for claim in claims {
+                assert!(matches!(claim.await.expect("joined"), Claim::Granted));
+            }
+        }
+        let text = std::fs::read_to_string(dir.path().join(SESSIONS_FILE)).expect("read");
+        assert_eq!(
+            text.lines().filter(|l| l.contains("\"session\"")).count(),
+            64,
+            "one line per session, written in batches"
+        );
+        let table = SessionTable::load(dir.path()).await;
+        for index in 0..64 {
+            assert!(matches!(
+                table.claim(&format!("s{index}"), owner(1000, 11, 1)).await,
+                Claim::Forged { .. }
+            ));
+        }
     }
 
     #[tokio::test]
