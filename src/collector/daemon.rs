@@ -139,15 +139,7 @@ async fn report_limits(store: StoreHandle, fairness: Arc<Fairness>) {
 async fn write_reports(store: &StoreHandle, reports: Vec<LimitReport>) {
     for report in reports {
         let uid = report.uid;
-        let name = tokio::task::spawn_blocking(move || {
-            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                .ok()
-                .flatten()
-                .map(|user| user.name)
-        })
-        .await
-        .ok()
-        .flatten();
+        let name = server::user_name(uid).await;
         tracing::warn!(
             uid,
             user = name.as_deref().unwrap_or(""),
@@ -191,15 +183,9 @@ async fn record_own(store: &StoreHandle, action: &str, fields: Map<String, Value
         uid,
         gid: nix::unistd::getgid().as_raw(),
         pid: i32::try_from(std::process::id()).ok(),
-        user_name: nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .ok()
-            .flatten()
-            .map(|user| user.name),
+        user_name: server::user_name(uid).await,
     };
-    let host = nix::unistd::gethostname()
-        .ok()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let host = server::host_name();
     let mut record = Record::new();
     record.insert(
         "event".into(),

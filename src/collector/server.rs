@@ -103,10 +103,7 @@ pub async fn serve_fairly(
     fairness: Arc<Fairness>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let host = host_name();
     let names = UserNames::default();
     tokio::pin!(shutdown);
     // Before the first connection: a forger must not claim a session whose proxy has
@@ -158,6 +155,28 @@ fn admit(fairness: &Arc<Fairness>, stream: &UnixStream) -> Option<ConnectionSlot
     }
 }
 
+/// This host's name, as every record carries it.
+pub(super) fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The name of `uid` on this host, if it has one (looked up in a blocking thread: NSS
+/// may ask a directory server).
+pub(super) async fn user_name(uid: u32) -> Option<String> {
+    tokio::task::spawn_blocking(move || {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|user| user.name)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// Cache of uid → user name (the lookup may consult NSS, which can be slow).
 #[derive(Debug, Clone, Default)]
 struct UserNames(Arc<Mutex<HashMap<u32, Option<String>>>>);
@@ -172,15 +191,7 @@ impl UserNames {
         {
             return name.clone();
         }
-        let name = tokio::task::spawn_blocking(move || {
-            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                .ok()
-                .flatten()
-                .map(|user| user.name)
-        })
-        .await
-        .ok()
-        .flatten();
+        let name = user_name(uid).await;
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -41,6 +41,27 @@ fn start_collector(
     (handle, stop)
 }
 
+/// A collector on a store in a temporary directory, and a client connected to it.
+struct Running {
+    dir: tempfile::TempDir,
+    store: store::StoreHandle,
+    client: AuditClient,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn running() -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("collector.sock");
+    let (store, _stop) = start_collector(dir.path(), &socket);
+    let (client, _) = AuditClient::spawn(socket, context());
+    Running {
+        dir,
+        store,
+        client,
+        _stop,
+    }
+}
+
 fn stored(dir: &std::path::Path) -> Vec<serde_json::Value> {
     Reader::open(&dir.join("store"))
         .expect("readable")
@@ -50,10 +71,12 @@ fn stored(dir: &std::path::Path) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn durable_records_are_stored_in_order_with_the_senders_identity() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("collector.sock");
-    let (store, _stop) = start_collector(dir.path(), &socket);
-    let (client, _) = AuditClient::spawn(socket, context());
+    let Running {
+        dir,
+        store,
+        client,
+        _stop,
+    } = running();
     client.record(execute_request("first"));
     let sequence = client
         .submit_durable(execute_request("second"))
@@ -121,10 +144,12 @@ async fn without_a_collector_durable_fails_at_once_and_the_record_is_stored_late
 
 #[tokio::test]
 async fn a_sender_cannot_claim_another_identity() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("collector.sock");
-    let (store, _stop) = start_collector(dir.path(), &socket);
-    let (client, _) = AuditClient::spawn(socket, context());
+    let Running {
+        dir,
+        store,
+        client,
+        _stop,
+    } = running();
     let mut forged = execute_request("x");
     forged.insert("user".into(), json!({"id": "0", "name": "root"}));
     forged.insert("chain".into(), json!({"prev": "0", "hash": "0"}));
@@ -158,10 +183,12 @@ async fn a_sender_cannot_claim_another_identity() {
 
 #[tokio::test]
 async fn a_write_ahead_too_large_to_send_is_refused_and_not_stored() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("collector.sock");
-    let (store, _stop) = start_collector(dir.path(), &socket);
-    let (client, _) = AuditClient::spawn(socket, context());
+    let Running {
+        dir,
+        store,
+        client,
+        _stop,
+    } = running();
     let huge = "x".repeat(super::protocol::MAX_FRAME_BYTES + 1);
     let refused = client
         .submit_durable(execute_request(&huge))
@@ -186,10 +213,12 @@ async fn a_write_ahead_too_large_to_send_is_refused_and_not_stored() {
 
 #[tokio::test]
 async fn records_the_collector_refuses_are_counted_in_an_audit_gap() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("collector.sock");
-    let (store, _stop) = start_collector(dir.path(), &socket);
-    let (client, _) = AuditClient::spawn(socket, context());
+    let Running {
+        dir,
+        store,
+        client,
+        _stop,
+    } = running();
     let mut refused = execute_request("x");
     refused.insert("labels".into(), json!({"not": "a sender field"}));
     client.record(refused);
@@ -218,10 +247,12 @@ async fn records_the_collector_refuses_are_counted_in_an_audit_gap() {
 
 #[tokio::test]
 async fn a_record_too_large_to_send_is_kept_as_a_stub_and_does_not_block_the_rest() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("collector.sock");
-    let (store, _stop) = start_collector(dir.path(), &socket);
-    let (client, _) = AuditClient::spawn(socket, context());
+    let Running {
+        dir,
+        store,
+        client,
+        _stop,
+    } = running();
     let huge = "x".repeat(super::protocol::MAX_FRAME_BYTES + 1);
     client.record(execute_request(&huge));
     client
