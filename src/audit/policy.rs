@@ -85,11 +85,16 @@ impl SizePolicy {
     /// and the bytes themselves (base64) when `in_full` or when the policy keeps
     /// binaries. Buffers of frontend requests are kept in full: the kernel acts on them.
     pub fn buffer(&self, bytes: &[u8], in_full: bool) -> Value {
-        let mut kept = json!({ "sha256": sha256_hex(bytes), "size": bytes.len() });
+        let mut kept = Self::digest(bytes);
         if in_full || self.keep_binary {
             kept["base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
         }
         kept
+    }
+
+    /// The size and SHA-256 of some bytes, never the bytes themselves.
+    pub fn digest(bytes: &[u8]) -> Value {
+        json!({ "sha256": sha256_hex(bytes), "size": bytes.len() })
     }
 
     /// A stricter policy for an output whose record would not fit the record budget:
@@ -101,23 +106,33 @@ impl SizePolicy {
         })
     }
 
-    /// A MIME bundle (`data` of display_data and execute_result) as kept.
-    pub fn mime_bundle(&self, bundle: &Value) -> Value {
+    /// A MIME bundle (`data` of display_data and execute_result) as kept, and how many
+    /// of its entries were left out. A bundle keeps at most [`MAX_MIME_ENTRIES`]
+    /// entries, those frontends render first, so that padding a bundle with entries no
+    /// frontend shows cannot push the one it does show off the record; a MIME type
+    /// longer than any real one is kept as its head, size and hash.
+    pub fn mime_bundle(&self, bundle: &Value) -> (Value, usize) {
         let Some(entries) = bundle.as_object() else {
-            return self.json(bundle);
+            return (self.json(bundle), 0);
         };
-        let kept = entries
-            .iter()
+        let mut ranked: Vec<(&String, &Value)> = entries.iter().collect();
+        if ranked.len() > MAX_MIME_ENTRIES {
+            ranked.sort_by_key(|(mime, _)| (display_rank(mime), mime.len()));
+        }
+        let omitted = ranked.len().saturating_sub(MAX_MIME_ENTRIES);
+        let kept = ranked
+            .into_iter()
+            .take(MAX_MIME_ENTRIES)
             .map(|(mime, value)| {
                 let kept = match value {
                     Value::String(text) if is_binary_mime(mime) => self.binary(text),
                     Value::String(text) => self.text(text),
                     other => self.json(other),
                 };
-                (mime.clone(), kept)
+                (kept_mime_name(mime), kept)
             })
             .collect();
-        Value::Object(kept)
+        (Value::Object(kept), omitted)
     }
 
     /// Any JSON value, capped by its serialised size.
@@ -129,6 +144,55 @@ impl SizePolicy {
             self.text(&text)
         }
     }
+}
+
+/// Most entries a MIME bundle's record keeps (real bundles have a handful).
+pub const MAX_MIME_ENTRIES: usize = 256;
+/// Longest MIME type kept as it is (RFC 6838 allows 127 bytes per part).
+const MAX_MIME_NAME_BYTES: usize = 255;
+/// The MIME types JupyterLab and the classic notebook render, in their order of
+/// preference: these are what a user sees of a bundle.
+const DISPLAYED_MIME_TYPES: &[&str] = &[
+    "application/vnd.jupyter.widget-view+json",
+    "application/javascript",
+    "text/html",
+    "text/markdown",
+    "image/svg+xml",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/bmp",
+    "application/pdf",
+    "text/latex",
+    "application/json",
+    "text/plain",
+];
+
+/// Where a MIME type comes when a bundle is too large to keep whole: displayed types
+/// first, then the other `vnd.` renderers' types, then the rest.
+fn display_rank(mime: &str) -> usize {
+    DISPLAYED_MIME_TYPES
+        .iter()
+        .position(|displayed| *displayed == mime)
+        .unwrap_or(if mime.starts_with("application/vnd.") {
+            DISPLAYED_MIME_TYPES.len()
+        } else {
+            DISPLAYED_MIME_TYPES.len() + 1
+        })
+}
+
+/// A MIME type as a record's key: itself, or, when longer than any real one, its head
+/// with its size and SHA-256.
+fn kept_mime_name(mime: &str) -> String {
+    if mime.len() <= MAX_MIME_NAME_BYTES {
+        return mime.to_owned();
+    }
+    let head = &mime[..floor_boundary(mime, 64)];
+    format!(
+        "{head}… ({} bytes, sha256 {})",
+        mime.len(),
+        sha256_hex(mime.as_bytes())
+    )
 }
 
 /// MIME types whose data Jupyter sends base64-encoded.
@@ -184,7 +248,7 @@ mod tests {
     fn images_are_hashed_and_text_kept() {
         let policy = SizePolicy::default();
         let png = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG fake");
-        let kept = policy.mime_bundle(&json!({"image/png": png, "text/plain": "<Figure>"}));
+        let (kept, _) = policy.mime_bundle(&json!({"image/png": png, "text/plain": "<Figure>"}));
         assert_eq!(kept["image/png"]["size"], 9);
         assert_eq!(kept["image/png"]["sha256"], sha256_hex(b"\x89PNG fake"));
         assert!(kept["image/png"].get("base64").is_none());
@@ -195,7 +259,7 @@ mod tests {
             ..SizePolicy::default()
         };
         assert_eq!(
-            keep_all.mime_bundle(&json!({"image/png": png}))["image/png"]["base64"],
+            keep_all.mime_bundle(&json!({"image/png": png})).0["image/png"]["base64"],
             png
         );
     }
@@ -204,7 +268,8 @@ mod tests {
     fn json_mime_types_are_kept_as_json() {
         let policy = SizePolicy::default();
         let widget = json!({"model_id": "abc", "version_major": 2});
-        let kept = policy.mime_bundle(&json!({"application/vnd.jupyter.widget-view+json": widget}));
+        let (kept, _) =
+            policy.mime_bundle(&json!({"application/vnd.jupyter.widget-view+json": widget}));
         assert_eq!(kept["application/vnd.jupyter.widget-view+json"], widget);
     }
 
@@ -212,5 +277,21 @@ mod tests {
     fn invalid_base64_is_kept_as_text() {
         let kept = SizePolicy::default().binary("not base64 !!");
         assert_eq!(kept["invalid_base64"], "not base64 !!");
+    }
+
+    #[test]
+    fn padding_cannot_push_the_displayed_entry_off_the_record() {
+        let policy = SizePolicy::default();
+        let mut bundle: serde_json::Map<String, Value> = (0..1000)
+            .map(|index| (format!("text/x-pad{index}"), json!("a")))
+            .collect();
+        bundle.insert("text/plain".into(), json!("shown"));
+        bundle.insert("x".repeat(10_000), json!("junk"));
+        let (kept, omitted) = policy.mime_bundle(&Value::Object(bundle));
+        assert_eq!(kept["text/plain"], "shown");
+        assert_eq!(omitted, 1002 - MAX_MIME_ENTRIES);
+        let kept = kept.as_object().expect("object");
+        assert_eq!(kept.len(), MAX_MIME_ENTRIES);
+        assert!(kept.keys().all(|mime| mime.len() < 400));
     }
 }

@@ -243,34 +243,39 @@ impl RecordBuilder {
                 whole_request(parsed, &message, tracked.password_answer, self.policy),
             );
         } else {
-            let base = fields;
-            let mut policy = self.policy;
-            fields = loop {
-                let mut fields = base.clone();
+            let describe = |policy, fields: &mut Map<String, Value>, outcome: &mut _| {
                 describe_output(
                     &msg_type,
                     &parsed.content,
                     &message,
                     &tracked,
                     policy,
-                    &mut fields,
-                    &mut outcome,
-                );
-                if message.size() < MEASURE_ABOVE_BYTES {
-                    break fields;
-                }
-                let size = serde_json::to_vec(&fields).map_or(usize::MAX, |bytes| bytes.len());
-                if size <= OUTPUT_RECORD_BUDGET {
-                    if policy != self.policy {
-                        fields.insert("text_cap_applied".into(), json!(policy.text_cap));
-                    }
-                    break fields;
-                }
-                match policy.tighter() {
-                    Some(tighter) => policy = tighter,
-                    None => break over_budget(base, &message),
-                }
+                    fields,
+                    outcome,
+                )
             };
+            if message.size() < MEASURE_ABOVE_BYTES {
+                // Too small to come near the budget: described once, in place.
+                describe(self.policy, &mut fields, &mut outcome);
+            } else {
+                let base = fields;
+                let mut policy = self.policy;
+                fields = loop {
+                    let mut fields = base.clone();
+                    describe(policy, &mut fields, &mut outcome);
+                    let size = serde_json::to_vec(&fields).map_or(usize::MAX, |bytes| bytes.len());
+                    if size <= OUTPUT_RECORD_BUDGET {
+                        if policy != self.policy {
+                            fields.insert("text_cap_applied".into(), json!(policy.text_cap));
+                        }
+                        break fields;
+                    }
+                    match policy.tighter() {
+                        Some(tighter) => policy = tighter,
+                        None => break over_budget(base, &message),
+                    }
+                };
+            }
         }
         let mut record = self.event(&msg_type, fields);
         if let (Some(outcome), Some(Value::Object(event))) = (outcome, record.get_mut("event")) {
@@ -441,7 +446,12 @@ fn describe_output(
             put("text", text_of(&content["text"]));
         }
         "display_data" | "execute_result" | "update_display_data" => {
-            put("data", policy.mime_bundle(&content["data"]));
+            let (data, omitted) = policy.mime_bundle(&content["data"]);
+            put("data", data);
+            if omitted > 0 {
+                put("data_entries_omitted", json!(omitted));
+                put("content_digest", SizePolicy::digest(&message.content));
+            }
             put(
                 "execution_count",
                 optional_text(policy, &content["execution_count"]),
@@ -512,11 +522,7 @@ fn status_of(policy: SizePolicy, content: &Value) -> Value {
 fn over_budget(mut fields: Map<String, Value>, message: &WireMessage) -> Map<String, Value> {
     fields.insert(
         "content_digest".into(),
-        SizePolicy {
-            text_cap: 0,
-            keep_binary: false,
-        }
-        .buffer(&message.content, false),
+        SizePolicy::digest(&message.content),
     );
     fields.insert("text_cap_applied".into(), json!(0));
     fields

@@ -266,3 +266,31 @@ def test_an_answer_is_kept_unless_the_open_prompt_asks_for_a_password(audited, t
     assert secret not in json.dumps(records), "a password reached the store"
     answers = [r for r in records if action(r) == "input_reply"]
     assert field(answers[-1], "jupyter.value_dropped") is True, describe(records)
+
+
+def test_an_output_padded_past_the_budget_still_shows_what_the_notebook_showed(audited):
+    """A display whose bundle is padded with a million tiny MIME entries, or with a MIME
+    type whose name alone is 17 MB, still has on its record the entry the notebook
+    renders (text/plain), not only a digest of the whole content."""
+    token = uuid.uuid4().hex
+    cases = {
+        "a million tiny entries": "{**{f'text/x-pad{i}': 'a' for i in range(1_000_000)}}",
+        "a 17 MB MIME type name": "{'x' * 17_000_000: 'junk'}",
+    }
+    sent = {}
+    for label, padding in cases.items():
+        code = ("from IPython.display import publish_display_data\n"
+                f"publish_display_data({{'text/plain': {label!r} + ' {token}', **{padding}}})")
+        msg_id = audited.kc.execute(code)
+        outputs = iopub_for(audited.kc, msg_id, timeout=120)
+        assert any(m["msg_type"] == "display_data" for m in outputs), label
+        sent[label] = msg_id
+    records = audited.wait(
+        lambda rs: set(sent.values()) <= {field(r, "jupyter.parent_msg_id") for r in rs
+                                          if action(r) == "display_data"},
+        "both padded displays")
+    for label, msg_id in sent.items():
+        display = next(r for r in records if action(r) == "display_data"
+                       and field(r, "jupyter.parent_msg_id") == msg_id)
+        data = field(display, "jupyter.data") or {}
+        assert data.get("text/plain") == f"{label} {token}", (label, sorted(display["jupyter"]))
