@@ -5,6 +5,8 @@
 //! binary must be built first (`cargo build --release`) or named by `JUPYTER_AUDIT_BIN`.
 //! The store goes to a temporary directory under `JUPYTER_AUDIT_BENCH_DIR` (default:
 //! cargo's target tmp dir), so that its disk is the one measured.
+// A benchmark stops at its first failure, loudly: that is what expect() is for here.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Write};

@@ -1,5 +1,9 @@
 //! The real kernel's process: starting it so that it cannot outlive the proxy,
 //! passing signals on, and turning its exit into the proxy's own.
+//!
+//! One of the two modules allowed `unsafe` (with [`crate::memory`]): `pre_exec`, a
+//! signal handler and a signal disposition have no safe interface.
+#![allow(unsafe_code)]
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -70,15 +74,17 @@ impl KernelProcess {
         let parent = std::process::id();
         let mut command = tokio::process::Command::new(program);
         command.args(args).env("JPY_PARENT_PID", parent.to_string());
-        // SAFETY: the closure only makes async-signal-safe system calls.
+        // SAFETY: between fork and exec the closure only makes async-signal-safe system
+        // calls and builds its errors from errno values (no allocation, no locks).
         unsafe {
             command.pre_exec(move || {
                 nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
                     .map_err(std::io::Error::from)?;
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-                // The proxy may have died between fork and prctl.
+                // The proxy may have died between fork and prctl: the kernel would
+                // outlive it. ESRCH ("no such process") names the parent that is gone.
                 if nix::unistd::getppid().as_raw() as u32 != parent {
-                    return Err(std::io::Error::other("proxy exited during kernel start"));
+                    return Err(std::io::Error::from(nix::errno::Errno::ESRCH));
                 }
                 Ok(())
             });

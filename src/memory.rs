@@ -10,6 +10,10 @@
 //! ([`large_buffer_received`]), and a background thread returns free heap memory to the
 //! system (`malloc_trim`) once no large buffer came for a while: output keeps reusing
 //! its pages, a quiet process is small again within a second.
+//!
+//! One of the two modules allowed `unsafe` (with [`crate::launcher`]): glibc's allocator
+//! controls are C functions.
+#![allow(unsafe_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
