@@ -11,6 +11,7 @@
 //! - [`config`]: the admin config file and how it combines with the kernelspec's flags.
 //! - [`proxy`]: the relay between frontends and the real kernel.
 //! - [`memory`]: the process's allocator policy (large buffers reused, free memory returned).
+//! - [`sync`]: a poison-tolerant lock and an accept loop that backs off, shared.
 //! - [`launcher`]: starting, signalling and reaping the real kernel process.
 //! - [`kernelspec`]: writing audited kernelspecs (`install`).
 //! - [`cli`]: argument definitions.
@@ -26,5 +27,6 @@ pub mod memory;
 pub mod proxy;
 pub mod review;
 pub mod store;
+pub mod sync;
 pub mod transport;
 pub mod wire;

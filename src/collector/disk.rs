@@ -76,10 +76,7 @@ impl DiskSpace {
             available: (stats.blocks_available() as u64).saturating_mul(unit),
             total: (stats.blocks() as u64).saturating_mul(unit),
         };
-        *self
-            .sample
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Sample {
+        *crate::sync::lock(&self.sample) = Some(Sample {
             space,
             settled_before,
         });
@@ -117,10 +114,7 @@ impl DiskSpace {
     /// The free space now: the last sample less what was accepted and not settled when
     /// it was taken, and what was accepted since. None before the first sample.
     pub fn free(&self) -> Option<FreeSpace> {
-        let sample = (*self
-            .sample
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()))?;
+        let sample = (*crate::sync::lock(&self.sample))?;
         let since = self
             .accepted
             .load(Ordering::Acquire)

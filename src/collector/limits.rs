@@ -32,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -46,6 +46,7 @@ use super::protocol::{
     MAX_FRAME_BYTES, ProtocolError, ToCollector, read_frame_body, read_frame_bytes,
     read_frame_length,
 };
+use crate::sync::lock;
 
 const MIB: u64 = 1024 * 1024;
 /// The largest hello frame (a real one is about 30 bytes).
@@ -357,12 +358,6 @@ struct UserShare {
     in_flight: Arc<Semaphore>,
     rate: Mutex<RateBucket>,
     volume: Mutex<StoredVolume>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Refusals and cuts of one uid and limit since its last report.

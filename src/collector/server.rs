@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use tokio::io::BufWriter;
@@ -19,6 +18,7 @@ use super::protocol::{FromCollector, PROTOCOL_VERSION, ProtocolError, ToCollecto
 use super::sessions::SessionTable;
 use crate::audit::{Record, now_rfc3339};
 use crate::store::{StoreError, StoreHandle};
+use crate::sync::lock;
 
 /// Top-level keys only the collector and the store may set.
 const RESERVED_KEYS: &[&str] = &[
@@ -116,8 +116,8 @@ pub async fn serve_fairly(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+            (stream, _) = crate::sync::accept_retrying("collector socket", || listener.accept()) => {
+                {
                     // Over its user's (or the global) cap, closed at once and counted.
                     let Some(slot) = admit(&fairness, &stream) else { continue };
                     let store = store.clone();
@@ -135,11 +135,7 @@ pub async fn serve_fairly(
                         }
                     });
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+            }
         }
     }
 }
@@ -183,19 +179,11 @@ struct UserNames(Arc<Mutex<HashMap<u32, Option<String>>>>);
 
 impl UserNames {
     async fn lookup(&self, uid: u32) -> Option<String> {
-        if let Some(name) = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&uid)
-        {
+        if let Some(name) = lock(&self.0).get(&uid) {
             return name.clone();
         }
         let name = user_name(uid).await;
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(uid, name.clone());
+        lock(&self.0).insert(uid, name.clone());
         name
     }
 }

@@ -129,9 +129,7 @@ pub(crate) struct Verdict {
 
 impl RejectionLimiter {
     fn lock(&self) -> MutexGuard<'_, HashMap<(Channel, &'static str), Window>> {
-        self.windows
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.windows)
     }
 
     /// Counts one rejection at `now`, of a message from `sender` when known.

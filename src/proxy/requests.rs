@@ -266,10 +266,7 @@ pub(super) fn accept_from_frontend(
     let header = message
         .header()
         .map_err(|error| Rejection::new("frontend", error, None))?;
-    let replay_check = match sides.replay.lock() {
-        Ok(mut guard) => guard.check(&message.signature),
-        Err(poisoned) => poisoned.into_inner().check(&message.signature),
-    };
+    let replay_check = crate::sync::lock(&sides.replay).check(&message.signature);
     if let Err(error) = replay_check {
         return Err(Rejection::new("frontend", error, Some(&message)));
     }

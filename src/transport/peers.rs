@@ -233,10 +233,7 @@ struct Entries {
 
 impl PeerDirectory {
     fn entries(&self) -> MutexGuard<'_, Entries> {
-        self.inner
-            .entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.inner.entries)
     }
 
     fn lookups(&self) -> OwnerLookups {

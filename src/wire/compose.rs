@@ -9,7 +9,7 @@ use time::format_description::well_known::Rfc3339;
 use super::message::WireMessage;
 
 /// The protocol version the proxy speaks in the messages it writes.
-pub const PROTOCOL_VERSION: &str = "5.5";
+pub const JUPYTER_PROTOCOL_VERSION: &str = "5.5";
 
 #[derive(Serialize)]
 struct OwnHeader<'a> {
@@ -38,7 +38,7 @@ pub fn compose(
         username: "jupyter-audit",
         session,
         date,
-        version: PROTOCOL_VERSION,
+        version: JUPYTER_PROTOCOL_VERSION,
     };
     // Serialising plain strings and a JSON value cannot fail.
     let header = serde_json::to_vec(&header).unwrap_or_default();
@@ -82,7 +82,7 @@ mod tests {
         assert_eq!(header.msg_id.len(), 36);
         let full: serde_json::Value = serde_json::from_slice(&message.header).expect("json");
         assert_eq!(full["session"], "s1");
-        assert_eq!(full["version"], PROTOCOL_VERSION);
+        assert_eq!(full["version"], JUPYTER_PROTOCOL_VERSION);
         assert!(
             full["date"]
                 .as_str()

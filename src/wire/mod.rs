@@ -12,7 +12,7 @@ mod message;
 mod replay;
 mod signer;
 
-pub use compose::{PROTOCOL_VERSION, compose, compose_reply};
+pub use compose::{JUPYTER_PROTOCOL_VERSION, compose, compose_reply};
 pub use message::{DELIMITER, Header, WireMessage};
 pub use replay::ReplayGuard;
 pub use signer::{SignatureScheme, Signer};

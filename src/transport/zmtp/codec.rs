@@ -18,7 +18,7 @@ pub(super) fn greeting() -> [u8; 64] {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ProtocolError {
+pub enum ZmtpError {
     #[error("not a ZMTP peer (bad greeting signature)")]
     BadSignature,
     #[error("ZMTP version {0}.{1} is too old (3.0 or later needed)")]
@@ -34,12 +34,12 @@ pub enum ProtocolError {
 }
 
 /// Checks a peer's 64-byte greeting.
-pub(super) fn check_greeting(greeting: &[u8; 64]) -> Result<(), ProtocolError> {
+pub(super) fn check_greeting(greeting: &[u8; 64]) -> Result<(), ZmtpError> {
     if greeting[0] != 0xff || greeting[9] != 0x7f {
-        return Err(ProtocolError::BadSignature);
+        return Err(ZmtpError::BadSignature);
     }
     if greeting[10] < 3 {
-        return Err(ProtocolError::OldVersion(greeting[10], greeting[11]));
+        return Err(ZmtpError::OldVersion(greeting[10], greeting[11]));
     }
     let mechanism = &greeting[12..32];
     let end = mechanism
@@ -47,7 +47,7 @@ pub(super) fn check_greeting(greeting: &[u8; 64]) -> Result<(), ProtocolError> {
         .position(|&byte| byte == 0)
         .unwrap_or(mechanism.len());
     if &mechanism[..end] != b"NULL" {
-        return Err(ProtocolError::Mechanism(
+        return Err(ZmtpError::Mechanism(
             String::from_utf8_lossy(&mechanism[..end]).into_owned(),
         ));
     }
@@ -83,31 +83,31 @@ pub(super) struct Command {
 }
 
 impl Command {
-    fn parse(mut frame: Bytes) -> Result<Self, ProtocolError> {
+    fn parse(mut frame: Bytes) -> Result<Self, ZmtpError> {
         if frame.is_empty() {
-            return Err(ProtocolError::BadCommand);
+            return Err(ZmtpError::BadCommand);
         }
         let length = usize::from(frame.get_u8());
         if frame.len() < length {
-            return Err(ProtocolError::BadCommand);
+            return Err(ZmtpError::BadCommand);
         }
         let name = String::from_utf8_lossy(&frame.split_to(length)).into_owned();
         Ok(Self { name, body: frame })
     }
 
     /// The properties of a READY command (name, value).
-    pub fn properties(&self) -> Result<Vec<(String, Bytes)>, ProtocolError> {
+    pub fn properties(&self) -> Result<Vec<(String, Bytes)>, ZmtpError> {
         let mut body = self.body.clone();
         let mut properties = Vec::new();
         while body.has_remaining() {
             let name_length = usize::from(body.get_u8());
             if body.remaining() < name_length + 4 {
-                return Err(ProtocolError::BadCommand);
+                return Err(ZmtpError::BadCommand);
             }
             let name = String::from_utf8_lossy(&body.split_to(name_length)).into_owned();
             let value_length = body.get_u32() as usize;
             if body.remaining() < value_length {
-                return Err(ProtocolError::BadCommand);
+                return Err(ZmtpError::BadCommand);
             }
             properties.push((name, body.split_to(value_length)));
         }
@@ -209,7 +209,7 @@ impl Decoder {
     }
 
     /// Decodes the next item from `buffer`, or None when more bytes are needed.
-    pub fn decode(&mut self, buffer: &mut BytesMut) -> Result<Option<Incoming>, ProtocolError> {
+    pub fn decode(&mut self, buffer: &mut BytesMut) -> Result<Option<Incoming>, ZmtpError> {
         loop {
             match self.state {
                 State::Flags => {
@@ -233,7 +233,7 @@ impl Decoder {
                     let command = flags & FLAG_COMMAND != 0;
                     let total = self.size.saturating_add(length);
                     if command && length > 64 * 1024 {
-                        return Err(ProtocolError::BadCommand);
+                        return Err(ZmtpError::BadCommand);
                     }
                     if !command && (self.skipping || total > self.limit as u64) {
                         self.skipping = true;
@@ -326,12 +326,12 @@ mod tests {
         curve[12..17].copy_from_slice(b"CURVE");
         assert_eq!(
             check_greeting(&curve),
-            Err(ProtocolError::Mechanism("CURVE".into()))
+            Err(ZmtpError::Mechanism("CURVE".into()))
         );
         let mut old = greeting;
         old[10] = 2;
-        assert_eq!(check_greeting(&old), Err(ProtocolError::OldVersion(2, 0)));
-        assert_eq!(check_greeting(&[0u8; 64]), Err(ProtocolError::BadSignature));
+        assert_eq!(check_greeting(&old), Err(ZmtpError::OldVersion(2, 0)));
+        assert_eq!(check_greeting(&[0u8; 64]), Err(ZmtpError::BadSignature));
     }
 
     #[test]
@@ -423,12 +423,12 @@ mod tests {
         put_frame_header(&mut bytes, FLAG_COMMAND, 3);
         bytes.put_slice(&[10, b'R', b'E']);
         let mut decoder = Decoder::new(usize::MAX);
-        assert_eq!(decoder.decode(&mut bytes), Err(ProtocolError::BadCommand));
+        assert_eq!(decoder.decode(&mut bytes), Err(ZmtpError::BadCommand));
 
         let command = Command {
             name: "READY".into(),
             body: Bytes::from_static(&[11, b'S']),
         };
-        assert_eq!(command.properties(), Err(ProtocolError::BadCommand));
+        assert_eq!(command.properties(), Err(ZmtpError::BadCommand));
     }
 }

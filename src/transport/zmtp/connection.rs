@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 
-use super::codec::{self, Command, Decoder, Incoming, ProtocolError};
+use super::codec::{self, Command, Decoder, Incoming, ZmtpError};
 use crate::transport::Frames;
 use crate::transport::peers::{Endpoint, Owner};
 
@@ -31,7 +31,7 @@ pub enum PeerError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
-    Protocol(#[from] ProtocolError),
+    Protocol(#[from] ZmtpError),
     #[error("handshake timed out")]
     HandshakeTimeout,
     #[error("connection closed during the handshake")]
@@ -159,7 +159,7 @@ pub(super) async fn handshake(
         codec::check_greeting(&greeting)?;
         let ready = match reader.next().await? {
             Some(Incoming::Command(command)) => command,
-            Some(_) => return Err(ProtocolError::NotReady("a message".into()).into()),
+            Some(_) => return Err(ZmtpError::NotReady("a message".into()).into()),
             None => return Err(PeerError::ClosedEarly),
         };
         let info = peer_info(&ready, compatible)?;
@@ -171,9 +171,9 @@ pub(super) async fn handshake(
     Ok((info, reader, write))
 }
 
-fn peer_info(ready: &Command, compatible: &[&str]) -> Result<PeerInfo, ProtocolError> {
+fn peer_info(ready: &Command, compatible: &[&str]) -> Result<PeerInfo, ZmtpError> {
     if ready.name != "READY" {
-        return Err(ProtocolError::NotReady(ready.name.clone()));
+        return Err(ZmtpError::NotReady(ready.name.clone()));
     }
     let mut info = PeerInfo {
         socket_type: String::new(),
@@ -187,7 +187,7 @@ fn peer_info(ready: &Command, compatible: &[&str]) -> Result<PeerInfo, ProtocolE
         }
     }
     if !compatible.contains(&info.socket_type.as_str()) {
-        return Err(ProtocolError::IncompatibleSocket(info.socket_type));
+        return Err(ZmtpError::IncompatibleSocket(info.socket_type));
     }
     Ok(info)
 }
@@ -200,7 +200,7 @@ pub(super) enum QueueError {
 }
 
 /// The sending side of a connected peer: a queue bounded in bytes (every message
-/// counts at least [`MESSAGE_OVERHEAD`]), drained by a writer task that gives the
+/// counts at least [`QUEUED_MESSAGE_OVERHEAD`]), drained by a writer task that gives the
 /// room back once a message is written.
 #[derive(Clone)]
 pub(super) struct PeerSender {
@@ -210,11 +210,11 @@ pub(super) struct PeerSender {
 
 /// What a message costs in the queue besides its bytes, so that many tiny messages
 /// are bounded too.
-const MESSAGE_OVERHEAD: usize = PEER_QUEUE_BYTES / PEER_QUEUE_MESSAGES;
+const QUEUED_MESSAGE_OVERHEAD: usize = PEER_QUEUE_BYTES / PEER_QUEUE_MESSAGES;
 
 /// Room a message takes; one message larger than the whole queue takes all of it.
 fn cost(frames: &Frames) -> u32 {
-    let size: usize = frames.iter().map(Bytes::len).sum::<usize>() + MESSAGE_OVERHEAD;
+    let size: usize = frames.iter().map(Bytes::len).sum::<usize>() + QUEUED_MESSAGE_OVERHEAD;
     u32::try_from(size.min(PEER_QUEUE_BYTES)).unwrap_or(u32::MAX)
 }
 

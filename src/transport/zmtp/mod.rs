@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-pub use codec::ProtocolError as ZmtpError;
+pub use codec::ZmtpError;
 pub(super) use connection::Listener;
 pub use publisher::{Publisher, Subscription};
 pub(super) use router::spawn_router;
@@ -67,7 +67,7 @@ pub fn decode_frontend_bytes(
     greeting: Option<&[u8; 64]>,
     pieces: &[&[u8]],
     limit: usize,
-) -> (Vec<DecodedItem>, Option<codec::ProtocolError>) {
+) -> (Vec<DecodedItem>, Option<codec::ZmtpError>) {
     let mut items = Vec::new();
     if let Some(greeting) = greeting
         && let Err(error) = codec::check_greeting(greeting)

@@ -13,6 +13,7 @@ use super::codec::Incoming;
 use super::connection::{Listener, PeerSender, QueueError, handshake};
 use super::generated_identity;
 use crate::connection::Channel;
+use crate::sync::lock;
 use crate::transport::Frames;
 
 const PEER_TYPES: &[&str] = &["SUB", "XSUB"];
@@ -44,12 +45,6 @@ struct Subscriber {
 
 type Subscribers = Arc<Mutex<HashMap<Bytes, Subscriber>>>;
 
-fn lock(subscribers: &Subscribers) -> std::sync::MutexGuard<'_, HashMap<Bytes, Subscriber>> {
-    subscribers
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 pub(in crate::transport) fn spawn_publisher(
     listener: Listener,
     limit: usize,
@@ -63,14 +58,8 @@ pub(in crate::transport) fn spawn_publisher(
     let accept_subscribers = subscribers.clone();
     tokio::spawn(async move {
         loop {
-            let (read, write, _) = match listener.accept().await {
-                Ok(halves) => halves,
-                Err(error) => {
-                    tracing::warn!(channel = %Channel::Iopub, %error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (read, write, _) =
+                crate::sync::accept_retrying(Channel::Iopub, || listener.accept()).await;
             tokio::spawn(serve_subscriber(
                 read,
                 write,

@@ -13,6 +13,7 @@ use super::codec::Incoming;
 use super::connection::{Listener, PeerSender, QueueError, handshake};
 use super::{generated_identity, header_of};
 use crate::connection::Channel;
+use crate::sync::lock;
 use crate::transport::peers::{Peer, PeerDirectory};
 use crate::transport::{Frames, Link, Oversized};
 
@@ -37,14 +38,8 @@ pub(in crate::transport) fn spawn_router(
     tokio::spawn(async move {
         let mut serial = 0u64;
         loop {
-            let (read, write, endpoint) = match listener.accept().await {
-                Ok(halves) => halves,
-                Err(error) => {
-                    tracing::warn!(%channel, %error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (read, write, endpoint) =
+                crate::sync::accept_retrying(channel, || listener.accept()).await;
             serial += 1;
             let listed = directory
                 .as_ref()
@@ -83,12 +78,6 @@ pub(in crate::transport) fn spawn_router(
         }
     });
     Link { outgoing, incoming }
-}
-
-fn lock(peers: &Peers) -> std::sync::MutexGuard<'_, HashMap<Bytes, (u64, PeerSender)>> {
-    peers
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[allow(clippy::too_many_arguments)] // one peer's task: what it serves and where it reports

@@ -374,5 +374,5 @@ fn frontend_bytes_decode_the_same_however_they_are_cut() {
     let mut bad_greeting = codec::greeting();
     bad_greeting[0] = 0;
     let (_, error) = super::decode_frontend_bytes(Some(&bad_greeting), &[&stream], 100);
-    assert_eq!(error, Some(codec::ProtocolError::BadSignature));
+    assert_eq!(error, Some(codec::ZmtpError::BadSignature));
 }
