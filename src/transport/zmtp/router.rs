@@ -34,7 +34,13 @@ pub(in crate::transport) fn spawn_router(
     let (received, incoming) = mpsc::channel::<Frames>(capacity);
     let peers: Peers = Arc::default();
 
-    let accept_peers = peers.clone();
+    let router = RouterSide {
+        channel,
+        limit,
+        peers: peers.clone(),
+        received,
+        oversized,
+    };
     tokio::spawn(async move {
         let mut serial = 0u64;
         loop {
@@ -44,17 +50,13 @@ pub(in crate::transport) fn spawn_router(
             let listed = directory
                 .as_ref()
                 .map(|directory| (Peer::accepted(endpoint, directory), directory.clone()));
-            tokio::spawn(serve_peer(
+            let connection = PeerConnection {
                 read,
                 write,
-                channel,
-                limit,
                 serial,
-                accept_peers.clone(),
-                received.clone(),
-                oversized.clone(),
                 listed,
-            ));
+            };
+            tokio::spawn(serve_peer(router.clone(), connection));
         }
     });
 
@@ -80,18 +82,40 @@ pub(in crate::transport) fn spawn_router(
     Link { outgoing, incoming }
 }
 
-#[allow(clippy::too_many_arguments)] // one peer's task: what it serves and where it reports
-async fn serve_peer(
-    read: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-    write: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+/// What every peer task of one router shares: where it serves, and where it reports.
+#[derive(Clone)]
+struct RouterSide {
     channel: Channel,
     limit: usize,
-    serial: u64,
     peers: Peers,
     received: mpsc::Sender<Frames>,
     oversized: mpsc::Sender<Oversized>,
+}
+
+/// One accepted connection, before its handshake.
+struct PeerConnection {
+    read: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    write: Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+    /// Tells this connection from an earlier one with the same routing id.
+    serial: u64,
+    /// Its entry in the peer directory, when the router keeps one.
     listed: Option<(Arc<Peer>, PeerDirectory)>,
-) {
+}
+
+async fn serve_peer(router: RouterSide, connection: PeerConnection) {
+    let RouterSide {
+        channel,
+        limit,
+        peers,
+        received,
+        oversized,
+    } = router;
+    let PeerConnection {
+        read,
+        write,
+        serial,
+        listed,
+    } = connection;
     if let Some((peer, _)) = &listed {
         peer.look_up_owner().await;
     }
