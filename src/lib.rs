@@ -13,10 +13,13 @@
 //! - [`memory`]: the process's allocator policy (large buffers reused, free memory returned).
 //! - [`launcher`]: starting, signalling and reaping the real kernel process.
 //! - [`kernelspec`]: writing audited kernelspecs (`install`).
-//! - [`cli`]: argument definitions.
+//!
+//! The command line (`src/cli.rs`, clap) belongs to the binary (`src/main.rs`), which
+//! turns its arguments into the plain options of these modules
+//! ([`config::KernelAuditOptions`], [`kernelspec::InstallOptions`], [`review::log::LogOptions`],
+//! …); nothing in the library depends on it.
 
 pub mod audit;
-pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod connection;
