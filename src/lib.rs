@@ -26,6 +26,7 @@ pub mod connection;
 pub mod kernelspec;
 pub mod launcher;
 pub mod memory;
+pub mod path_safety;
 pub mod proxy;
 pub mod review;
 pub mod store;
