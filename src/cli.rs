@@ -1,11 +1,21 @@
-//! Command-line interface: the clap definitions of every subcommand.
+//! Command-line interface: the clap definitions of every subcommand, and their
+//! conversion into the plain option structs of the modules that do the work.
 //!
-//! This module only describes arguments; `main.rs` dispatches them to the modules
-//! that do the work.
+//! This is a module of the binary, not of the library: the library never sees clap's
+//! structs. `main.rs` dispatches the converted options.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use jupyter_audit::config::{
+    DEFAULT_CONFIG_PATH, KernelAuditOptions, LimitsSection, OnAuditFailure,
+};
+use jupyter_audit::connection::KernelTransport;
+use jupyter_audit::kernelspec::InstallOptions;
+use jupyter_audit::review::filter::{self, Filter};
+use jupyter_audit::review::log::LogOptions;
+use jupyter_audit::review::replay::ReplayOptions;
+use jupyter_audit::review::sessions::SessionsOptions;
 
 /// An audit trail for Jupyter kernels that the notebook user cannot switch off.
 #[derive(Debug, Parser)]
@@ -68,7 +78,7 @@ pub struct CollectorArgs {
 
     /// The admin config file; its [limits] section sets the fairness limits (the flags
     /// below override it). A missing file is an empty one.
-    #[arg(long, default_value = crate::config::DEFAULT_CONFIG_PATH)]
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 
     #[command(flatten)]
@@ -155,13 +165,22 @@ fn parse_octal(text: &str) -> Result<u32, String> {
         .map_err(|error| format!("not an octal mode: {error}"))
 }
 
-/// How the proxy reaches the real kernel.
+/// How the proxy reaches the real kernel: [`KernelTransport`] as a flag value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum KernelTransport {
+pub enum KernelTransportArg {
     /// Unix sockets in a private 0700 runtime directory (default).
     Ipc,
     /// TCP on 127.0.0.1 (for kernels that do not support ipc).
     Tcp,
+}
+
+impl From<KernelTransportArg> for KernelTransport {
+    fn from(arg: KernelTransportArg) -> Self {
+        match arg {
+            KernelTransportArg::Ipc => KernelTransport::Ipc,
+            KernelTransportArg::Tcp => KernelTransport::Tcp,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -171,8 +190,8 @@ pub struct KernelArgs {
     pub connection_file: PathBuf,
 
     /// Transport between the proxy and the real kernel.
-    #[arg(long, value_enum, default_value_t = KernelTransport::Ipc)]
-    pub kernel_transport: KernelTransport,
+    #[arg(long, value_enum, default_value_t = KernelTransportArg::Ipc)]
+    pub kernel_transport: KernelTransportArg,
 
     /// Largest accepted message from a frontend, in bytes (all frames together).
     /// Larger messages are rejected with a diagnostic and never reach the kernel.
@@ -192,7 +211,7 @@ pub struct KernelArgs {
     /// What happens when a request cannot be recorded before it runs: `block` refuses
     /// it (the default), `allow` runs it and records an audit gap.
     #[arg(long, value_enum)]
-    pub on_audit_failure: Option<OnAuditFailure>,
+    pub on_audit_failure: Option<OnAuditFailureArg>,
 
     /// Text outputs longer than this (bytes) keep only head and tail, size and SHA-256.
     #[arg(long)]
@@ -204,7 +223,7 @@ pub struct KernelArgs {
 
     /// The admin config file. Its settings override the command line, so a kernelspec
     /// cannot weaken them.
-    #[arg(long, default_value = crate::config::DEFAULT_CONFIG_PATH)]
+    #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 
     /// Relay without auditing (refused when the admin config names a collector).
@@ -217,14 +236,23 @@ pub struct KernelArgs {
     pub argv: Vec<String>,
 }
 
-/// The policy when the collector cannot take a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnAuditFailure {
+/// The policy when the collector cannot take a record: [`OnAuditFailure`] as a flag
+/// value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnAuditFailureArg {
     /// Refuse the request; the user gets an error saying why (fail-closed).
     Block,
     /// Run it anyway and write an audit gap record once the collector is back.
     Allow,
+}
+
+impl From<OnAuditFailureArg> for OnAuditFailure {
+    fn from(arg: OnAuditFailureArg) -> Self {
+        match arg {
+            OnAuditFailureArg::Block => OnAuditFailure::Block,
+            OnAuditFailureArg::Allow => OnAuditFailure::Allow,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -271,7 +299,7 @@ pub struct InstallArgs {
     /// The proxy's --on-audit-failure written into the kernelspec's argv (the proxy's
     /// default is block). Kept on re-install unless given again.
     #[arg(long, value_enum)]
-    pub on_audit_failure: Option<OnAuditFailure>,
+    pub on_audit_failure: Option<OnAuditFailureArg>,
 
     /// The admin config file the proxy reads (its --config; the proxy's default is
     /// /etc/jupyter-audit/config.toml). Kept on re-install unless given again.
@@ -312,11 +340,11 @@ pub struct FilterArgs {
     pub kernel: Option<String>,
 
     /// Records at or after T: RFC 3339 (2024-05-01T12:00:00Z) or a date (2024-05-01, UTC).
-    #[arg(long, value_name = "T", value_parser = crate::review::filter::parse_since)]
+    #[arg(long, value_name = "T", value_parser = filter::parse_since)]
     pub since: Option<time::OffsetDateTime>,
 
     /// Records at or before T: RFC 3339, or a date (up to its end, UTC).
-    #[arg(long, value_name = "T", value_parser = crate::review::filter::parse_until)]
+    #[arg(long, value_name = "T", value_parser = filter::parse_until)]
     pub until: Option<time::OffsetDateTime>,
 
     /// Records whose event.action is A (execute_request, stream, error, session_start,
@@ -325,7 +353,7 @@ pub struct FilterArgs {
     pub action: Vec<String>,
 
     /// Records whose stored line (compact JSON) matches this regular expression.
-    #[arg(long, value_name = "REGEX", value_parser = crate::review::filter::parse_regex)]
+    #[arg(long, value_name = "REGEX", value_parser = filter::parse_regex)]
     pub grep: Option<regex::Regex>,
 }
 
@@ -375,4 +403,224 @@ pub struct ReplayArgs {
     /// The notebook to write (`-`: stdout).
     #[arg(short = 'o', long = "output", value_name = "FILE.ipynb")]
     pub output: PathBuf,
+}
+
+impl KernelArgs {
+    /// The audit flags, for the admin config file to override.
+    pub fn audit_options(&self) -> KernelAuditOptions {
+        KernelAuditOptions {
+            config: self.config.clone(),
+            socket: self.socket.clone(),
+            on_audit_failure: self.on_audit_failure.map(OnAuditFailure::from),
+            text_cap_bytes: self.text_cap_bytes,
+            keep_binary: self.keep_binary,
+            no_audit: self.no_audit,
+        }
+    }
+}
+
+impl From<&LimitArgs> for LimitsSection {
+    fn from(args: &LimitArgs) -> Self {
+        LimitsSection {
+            max_connections_per_user: args.max_connections_per_user,
+            max_connections: args.max_connections,
+            hello_timeout_secs: args.hello_timeout_secs,
+            idle_timeout_secs: args.idle_timeout_secs,
+            frame_timeout_secs: args.frame_timeout_secs,
+            in_flight_bytes_per_user: args.in_flight_bytes_per_user,
+            in_flight_bytes: args.in_flight_bytes,
+            storage_rate_bytes_per_sec: args.storage_rate_bytes_per_sec,
+            storage_burst_bytes: args.storage_burst_bytes,
+            storage_share_bytes: args.storage_share_bytes,
+            storage_share_window_secs: args.storage_share_window_secs,
+            disk_reserve_bytes: args.disk_reserve_bytes,
+            disk_reserve_percent: args.disk_reserve_percent,
+        }
+    }
+}
+
+impl From<InstallArgs> for InstallOptions {
+    fn from(args: InstallArgs) -> Self {
+        InstallOptions {
+            wrap: args.wrap,
+            name: args.name,
+            display_name: args.display_name,
+            replace: args.replace,
+            user: args.user,
+            sys_prefix: args.sys_prefix,
+            prefix: args.prefix,
+            proxy_path: args.proxy_path,
+            socket: args.socket,
+            on_audit_failure: args.on_audit_failure.map(OnAuditFailure::from),
+            config: args.config,
+        }
+    }
+}
+
+impl From<FilterArgs> for Filter {
+    fn from(args: FilterArgs) -> Self {
+        Filter {
+            user: args.user,
+            session: args.session,
+            kernel: args.kernel,
+            since: args.since,
+            until: args.until,
+            actions: args.action,
+            grep: args.grep,
+        }
+    }
+}
+
+impl From<LogArgs> for LogOptions {
+    fn from(args: LogArgs) -> Self {
+        LogOptions {
+            store: args.store,
+            filter: args.filter.into(),
+            json: args.json,
+        }
+    }
+}
+
+impl From<SessionsArgs> for SessionsOptions {
+    fn from(args: SessionsArgs) -> Self {
+        SessionsOptions {
+            store: args.store,
+            filter: args.filter.into(),
+            json: args.json,
+        }
+    }
+}
+
+impl From<ReplayArgs> for ReplayOptions {
+    fn from(args: ReplayArgs) -> Self {
+        ReplayOptions {
+            store: args.store,
+            session: args.session,
+            user: args.user,
+            output: args.output,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(argv: &[&str]) -> Command {
+        let argv = std::iter::once("jupyter-audit").chain(argv.iter().copied());
+        Cli::try_parse_from(argv).expect("valid arguments").command
+    }
+
+    #[test]
+    fn kernel_flags_become_the_audit_options_the_config_file_overrides() {
+        let Command::Kernel(args) = command(&["kernel", "-f", "c.json", "--", "python"]) else {
+            panic!("not kernel");
+        };
+        assert_eq!(
+            args.audit_options().config,
+            PathBuf::from(DEFAULT_CONFIG_PATH)
+        );
+        assert_eq!(
+            KernelTransport::from(args.kernel_transport),
+            KernelTransport::Ipc
+        );
+        let Command::Kernel(args) = command(&[
+            "kernel",
+            "-f",
+            "c.json",
+            "--kernel-transport",
+            "tcp",
+            "--socket",
+            "/run/c.sock",
+            "--on-audit-failure",
+            "allow",
+            "--text-cap-bytes",
+            "1",
+            "--keep-binary",
+            "--no-audit",
+            "--config",
+            "/etc/ja.toml",
+            "--",
+            "python",
+        ]) else {
+            panic!("not kernel");
+        };
+        assert_eq!(
+            KernelTransport::from(args.kernel_transport),
+            KernelTransport::Tcp
+        );
+        assert_eq!(
+            args.audit_options(),
+            KernelAuditOptions {
+                config: PathBuf::from("/etc/ja.toml"),
+                socket: Some(PathBuf::from("/run/c.sock")),
+                on_audit_failure: Some(OnAuditFailure::Allow),
+                text_cap_bytes: Some(1),
+                keep_binary: true,
+                no_audit: true,
+            }
+        );
+    }
+
+    #[test]
+    fn install_flags_become_install_options() {
+        let Command::Install(args) = command(&[
+            "install",
+            "--wrap",
+            "python3",
+            "--replace",
+            "--on-audit-failure",
+            "block",
+            "--socket",
+            "/run/c.sock",
+        ]) else {
+            panic!("not install");
+        };
+        let options = InstallOptions::from(args);
+        assert_eq!(
+            options,
+            InstallOptions {
+                wrap: "python3".into(),
+                replace: true,
+                on_audit_failure: Some(OnAuditFailure::Block),
+                socket: Some(PathBuf::from("/run/c.sock")),
+                ..InstallOptions::default()
+            }
+        );
+    }
+
+    #[test]
+    fn log_filters_are_parsed_into_the_query() {
+        let Command::Log(args) = command(&[
+            "log",
+            "--store",
+            "/s",
+            "--json",
+            "--user",
+            "bob",
+            "--action",
+            "stream",
+            "--action",
+            "error",
+            "--since",
+            "2024-05-02",
+            "--until",
+            "2024-05-02",
+            "--grep",
+            "a+",
+        ]) else {
+            panic!("not log");
+        };
+        let options = LogOptions::from(args);
+        assert!(options.json);
+        assert_eq!(options.store, PathBuf::from("/s"));
+        let query = options.filter;
+        assert_eq!(query.user.as_deref(), Some("bob"));
+        assert_eq!(query.actions, ["stream", "error"]);
+        let day = |time: Option<time::OffsetDateTime>| time.map(|t| t.date().to_string());
+        assert_eq!(day(query.since), Some("2024-05-02".into()));
+        assert_eq!(day(query.until), Some("2024-05-02".into()));
+        assert!(query.until > query.since, "the whole day");
+        assert!(query.grep.is_some_and(|grep| grep.is_match("caab")));
+    }
 }

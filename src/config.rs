@@ -11,10 +11,45 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::audit::SizePolicy;
-use crate::cli::{KernelArgs, OnAuditFailure};
 use crate::collector::limits::{InvalidLimit, Limits};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/jupyter-audit/config.toml";
+
+/// The policy when the collector cannot take a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnAuditFailure {
+    /// Refuse the request; the user gets an error saying why (fail-closed).
+    Block,
+    /// Run it anyway and write an audit gap record once the collector is back.
+    Allow,
+}
+
+impl OnAuditFailure {
+    /// The name the config file and the proxy's `--on-audit-failure` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Allow => "allow",
+        }
+    }
+}
+
+/// The proxy's audit options from its own command line (the kernelspec's argv), before
+/// the admin config file overrides them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelAuditOptions {
+    /// The admin config file to read.
+    pub config: PathBuf,
+    /// The collector's socket.
+    pub socket: Option<PathBuf>,
+    /// None: not given (the file's, else block).
+    pub on_audit_failure: Option<OnAuditFailure>,
+    pub text_cap_bytes: Option<usize>,
+    pub keep_binary: bool,
+    /// Run unaudited, unless the config file names a collector.
+    pub no_audit: bool,
+}
 
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -186,12 +221,15 @@ impl ConfigFile {
 
 /// The audit settings of a proxy run, or None when it runs unaudited (`--no-audit`
 /// and no collector in the config file).
-pub fn audit_settings(args: &KernelArgs) -> Result<Option<AuditSettings>, ConfigError> {
+pub fn audit_settings(args: &KernelAuditOptions) -> Result<Option<AuditSettings>, ConfigError> {
     let file = ConfigFile::load(&args.config)?;
     resolve(&file, args)
 }
 
-fn resolve(file: &ConfigFile, args: &KernelArgs) -> Result<Option<AuditSettings>, ConfigError> {
+fn resolve(
+    file: &ConfigFile,
+    args: &KernelAuditOptions,
+) -> Result<Option<AuditSettings>, ConfigError> {
     let socket = file
         .collector
         .socket
@@ -226,25 +264,17 @@ fn resolve(file: &ConfigFile, args: &KernelArgs) -> Result<Option<AuditSettings>
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-    use crate::cli::{Cli, Command};
 
-    fn kernel_args(extra: &[&str]) -> KernelArgs {
-        let mut argv = vec![
-            "jupyter-audit",
-            "kernel",
-            "-f",
-            "c.json",
-            "--config",
-            "/nonexistent/config.toml",
-        ];
-        argv.extend_from_slice(extra);
-        argv.extend_from_slice(&["--", "python"]);
-        match Cli::parse_from(argv).command {
-            Command::Kernel(args) => args,
-            other => panic!("kernel args expected, got {other:?}"),
+    /// A kernelspec that gives none of the audit flags.
+    fn no_flags() -> KernelAuditOptions {
+        KernelAuditOptions {
+            config: PathBuf::from("/nonexistent/config.toml"),
+            socket: None,
+            on_audit_failure: None,
+            text_cap_bytes: None,
+            keep_binary: false,
+            no_audit: false,
         }
     }
 
@@ -255,11 +285,18 @@ mod tests {
     #[test]
     fn no_collector_anywhere_is_an_error_unless_explicitly_unaudited() {
         assert!(matches!(
-            resolve(&ConfigFile::default(), &kernel_args(&[])),
+            resolve(&ConfigFile::default(), &no_flags()),
             Err(ConfigError::NoCollector { .. })
         ));
         assert_eq!(
-            resolve(&ConfigFile::default(), &kernel_args(&["--no-audit"])).expect("ok"),
+            resolve(
+                &ConfigFile::default(),
+                &KernelAuditOptions {
+                    no_audit: true,
+                    ..no_flags()
+                }
+            )
+            .expect("ok"),
             None
         );
     }
@@ -268,7 +305,10 @@ mod tests {
     fn block_is_the_default() {
         let settings = resolve(
             &ConfigFile::default(),
-            &kernel_args(&["--socket", "/run/c.sock"]),
+            &KernelAuditOptions {
+                socket: Some(PathBuf::from("/run/c.sock")),
+                ..no_flags()
+            },
         )
         .expect("ok")
         .expect("audited");
@@ -287,15 +327,13 @@ mod tests {
             text_cap_bytes = 4096
             "#,
         );
-        let args = kernel_args(&[
-            "--socket",
-            "/tmp/mine.sock",
-            "--on-audit-failure",
-            "allow",
-            "--no-audit",
-            "--text-cap-bytes",
-            "1",
-        ]);
+        let args = KernelAuditOptions {
+            socket: Some(PathBuf::from("/tmp/mine.sock")),
+            on_audit_failure: Some(OnAuditFailure::Allow),
+            no_audit: true,
+            text_cap_bytes: Some(1),
+            ..no_flags()
+        };
         let settings = resolve(&admin, &args)
             .expect("ok")
             .expect("audited despite --no-audit");

@@ -1,5 +1,5 @@
 //! Connection files: reading the one Jupyter wrote for the frontend side, and writing
-//! the private one the real kernel is started with.
+//! the private one the real kernel is started with (over the [`KernelTransport`] chosen).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -50,6 +50,15 @@ impl std::fmt::Display for Channel {
 pub enum Transport {
     Tcp,
     Ipc,
+}
+
+/// How the proxy reaches the real kernel (the transport of its private connection file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelTransport {
+    /// Unix sockets in a private 0700 runtime directory (default).
+    Ipc,
+    /// TCP on 127.0.0.1 (for kernels that do not support ipc).
+    Tcp,
 }
 
 /// The contents of a Jupyter connection file.

@@ -1,12 +1,18 @@
 //! The `jupyter-audit` binary: parses the command line and runs a subcommand.
+//!
+//! The edge of the program: it turns the clap structs of [`cli`] into the library's plain
+//! options and configs (nothing in the library imports `cli`).
+
+mod cli;
 
 use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::Parser;
-use jupyter_audit::cli::{Cli, Command, KernelArgs};
+use cli::{Cli, CollectorArgs, Command, KernelArgs, VerifyArgs};
+use jupyter_audit::config::{self, ConfigFile, LimitsSection};
 use jupyter_audit::proxy::{self, ProxyConfig};
-use jupyter_audit::{kernelspec, launcher, memory, review};
+use jupyter_audit::{kernelspec, launcher, memory, review, store};
 
 fn main() {
     init_tracing();
@@ -40,25 +46,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Kernel(args) => run_kernel(args),
         Command::Install(args) => {
-            let dir = kernelspec::install(&args)?;
+            let dir = kernelspec::install(&args.into())?;
             println!("{}", dir.display());
             Ok(())
         }
         Command::Verify(args) => run_verify(&args),
         Command::Collector(args) => run_collector(args),
         Command::ExportKey(args) => {
-            println!("{}", jupyter_audit::store::export_public_key(&args.store)?);
+            println!("{}", store::export_public_key(&args.store)?);
             Ok(())
         }
-        Command::Log(args) => review::exit(review::log::run(&args)),
-        Command::Sessions(args) => review::exit(review::sessions::run(&args)),
-        Command::Replay(args) => review::exit(review::replay::run(&args)),
+        Command::Log(args) => review::exit(review::log::run(&args.into())),
+        Command::Sessions(args) => review::exit(review::sessions::run(&args.into())),
+        Command::Replay(args) => review::exit(review::replay::run(&args.into())),
     }
 }
 
-fn run_collector(args: jupyter_audit::cli::CollectorArgs) -> anyhow::Result<()> {
+fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     use jupyter_audit::collector::daemon::{self, DaemonConfig};
-    let mut store = jupyter_audit::store::StoreConfig::new(args.store);
+    let mut store = store::StoreConfig::new(args.store);
     store.segment_max_bytes = args.segment_max_bytes;
     store.segment_max_age = std::time::Duration::from_secs(args.segment_max_age_secs);
     store.checkpoint_interval = std::time::Duration::from_secs(args.checkpoint_interval_secs);
@@ -68,8 +74,10 @@ fn run_collector(args: jupyter_audit::cli::CollectorArgs) -> anyhow::Result<()> 
         .map(daemon::group_id)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let file = jupyter_audit::config::ConfigFile::load(&args.config)?;
-    let limits = limit_settings(&args.limits).or(&file.limits).resolve()?;
+    let file = ConfigFile::load(&args.config)?;
+    let limits = LimitsSection::from(&args.limits)
+        .or(&file.limits)
+        .resolve()?;
     let config = DaemonConfig {
         store,
         socket: args.socket,
@@ -82,25 +90,6 @@ fn run_collector(args: jupyter_audit::cli::CollectorArgs) -> anyhow::Result<()> 
         .context("cannot start the async runtime")?;
     runtime.block_on(daemon::run(config))?;
     Ok(())
-}
-
-/// The fairness limits given on the command line.
-fn limit_settings(args: &jupyter_audit::cli::LimitArgs) -> jupyter_audit::config::LimitsSection {
-    jupyter_audit::config::LimitsSection {
-        max_connections_per_user: args.max_connections_per_user,
-        max_connections: args.max_connections,
-        hello_timeout_secs: args.hello_timeout_secs,
-        idle_timeout_secs: args.idle_timeout_secs,
-        frame_timeout_secs: args.frame_timeout_secs,
-        in_flight_bytes_per_user: args.in_flight_bytes_per_user,
-        in_flight_bytes: args.in_flight_bytes,
-        storage_rate_bytes_per_sec: args.storage_rate_bytes_per_sec,
-        storage_burst_bytes: args.storage_burst_bytes,
-        storage_share_bytes: args.storage_share_bytes,
-        storage_share_window_secs: args.storage_share_window_secs,
-        disk_reserve_bytes: args.disk_reserve_bytes,
-        disk_reserve_percent: args.disk_reserve_percent,
-    }
 }
 
 /// Diagnostics go to stderr, which Jupyter shows in its log and `jupyter console` in
@@ -117,10 +106,10 @@ fn init_tracing() {
 }
 
 fn run_kernel(args: KernelArgs) -> anyhow::Result<()> {
-    let audit = jupyter_audit::config::audit_settings(&args)?;
+    let audit = config::audit_settings(&args.audit_options())?;
     let config = ProxyConfig {
         connection_file: args.connection_file,
-        kernel_transport: args.kernel_transport,
+        kernel_transport: args.kernel_transport.into(),
         max_message_bytes: args.max_message_bytes,
         runtime_dir: args.runtime_dir,
         audit,
@@ -139,9 +128,8 @@ fn run_kernel(args: KernelArgs) -> anyhow::Result<()> {
 }
 
 /// Prints the report; exits 0 when intact, 1 when tampered, 2 when it cannot check.
-fn run_verify(args: &jupyter_audit::cli::VerifyArgs) -> ! {
-    let checked =
-        jupyter_audit::store::verify(&args.store, args.checkpoint.as_deref(), args.key.as_deref());
+fn run_verify(args: &VerifyArgs) -> ! {
+    let checked = store::verify(&args.store, args.checkpoint.as_deref(), args.key.as_deref());
     match checked {
         Ok(report) => {
             print!("{report}");

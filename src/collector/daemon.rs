@@ -14,6 +14,7 @@ use super::disk::DiskSpace;
 use super::limits::{self, Fairness, LimitReport, Limits};
 use super::server::{self, CollectorError, PeerIdentity};
 use crate::audit::Record;
+use crate::path_safety::{self, PathRole};
 use crate::store::{self, Recovery, StoreConfig, StoreHandle};
 
 #[derive(Debug, Clone)]
@@ -37,7 +38,7 @@ pub fn group_id(name: &str) -> Result<u32, String> {
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
     // Before anything is created: an unsafe socket path must not leave a new store behind.
-    crate::store::layout::check_location("socket", &config.socket)?;
+    path_safety::check_location(PathRole::Socket, &config.socket)?;
     // Handlers first: a stop request while the store opens ends the collector cleanly
     // once it serves, instead of killing it mid-start.
     let stop_signals = (

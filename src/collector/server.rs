@@ -17,6 +17,7 @@ use super::limits::{ConnectionSlot, Fairness, Limits, Room};
 use super::protocol::{FromCollector, PROTOCOL_VERSION, ProtocolError, ToCollector, write_frame};
 use super::sessions::SessionTable;
 use crate::audit::{Record, now_rfc3339};
+use crate::path_safety::{self, PathCheckError, PathRole};
 use crate::store::{StoreError, StoreHandle};
 use crate::sync::lock;
 
@@ -44,6 +45,8 @@ pub enum CollectorError {
     NotASocket { path: PathBuf },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    SocketPath(#[from] PathCheckError),
 }
 
 /// Who is on the other end of a connection, as the kernel says (SO_PEERCRED).
@@ -62,10 +65,10 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, CollectorError> {
         source,
     };
     // Refuses a socket path someone else could redirect (a link, an unsafe directory).
-    match crate::store::layout::check_location("socket", path)? {
+    match path_safety::check_location(PathRole::Socket, path)? {
         Some(metadata) if metadata.file_type().is_socket() => {
             // A socket another user left there: theirs to remove, and maybe a trap.
-            crate::store::layout::check_owner("socket", path, &metadata, "a socket ", "")?;
+            path_safety::check_owner(PathRole::Socket, path, &metadata)?;
             std::fs::remove_file(path).map_err(listen_error)?
         }
         Some(_) => {

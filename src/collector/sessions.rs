@@ -42,8 +42,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::server::PeerIdentity;
-use crate::store::StoreError;
-use crate::store::layout::{SESSIONS_FILE, SESSIONS_REWRITE_FILE};
+use crate::store::{self, StoreError};
 
 /// The action of the record that says a record for a session came from a process that
 /// does not own it.
@@ -267,7 +266,7 @@ impl SessionTable {
 
     async fn load_with(dir: &Path, limits: Limits) -> SessionTable {
         let dir = dir.to_owned();
-        let path = dir.join(SESSIONS_FILE);
+        let path = store::sessions_file(&dir);
         let loaded = tokio::task::spawn_blocking(move || load(&dir, limits.max_bindings))
             .await
             .unwrap_or_else(|error| Err(io::Error::other(error)));
@@ -650,7 +649,7 @@ fn current_boot() -> String {
 /// Reads the bindings file in `dir` (blocking); returns the table and the file, open for
 /// appending, with the current boot marked.
 fn load(dir: &Path, max_bindings: usize) -> io::Result<(State, BindingLog)> {
-    let path = dir.join(SESSIONS_FILE);
+    let path = store::sessions_file(dir);
     let boot = current_boot();
     let mut file = open_options()
         .read(true)
@@ -745,8 +744,8 @@ fn forget_oldest_ended(state: &mut State, max: usize) {
 /// Writes the bindings in `state` to a fresh file that replaces the old one; returns it
 /// open for appending.
 fn rewrite(dir: &Path, state: &State, boot: &str) -> io::Result<File> {
-    let path = dir.join(SESSIONS_FILE);
-    let new_path = dir.join(SESSIONS_REWRITE_FILE);
+    let path = store::sessions_file(dir);
+    let new_path = store::sessions_rewrite_file(dir);
     let mut new = open_options()
         .write(true)
         .create(true)
@@ -857,7 +856,7 @@ mod tests {
             let table = SessionTable::load(dir.path()).await;
             assert!(matches!(table.claim("s1", proxy).await, Claim::Granted));
         }
-        let path = dir.path().join(SESSIONS_FILE);
+        let path = store::sessions_file(dir.path());
         let mut file = OpenOptions::new().append(true).open(&path).expect("open");
         file.write_all(b"{\"session\":\"00").expect("torn");
         drop(file);
@@ -899,7 +898,7 @@ mod tests {
                 assert!(matches!(claim.await.expect("joined"), Claim::Granted));
             }
         }
-        let text = std::fs::read_to_string(dir.path().join(SESSIONS_FILE)).expect("read");
+        let text = std::fs::read_to_string(store::sessions_file(dir.path())).expect("read");
         assert_eq!(
             text.lines().filter(|l| l.contains("\"session\"")).count(),
             64,
@@ -926,7 +925,7 @@ mod tests {
             .expect("json"),
             serde_json::to_string(&binding_line(key_of("old"), proxy, false)).expect("json"),
         );
-        std::fs::write(dir.path().join(SESSIONS_FILE), lines).expect("write");
+        std::fs::write(store::sessions_file(dir.path()), lines).expect("write");
         let table = SessionTable::load(dir.path()).await;
         // Same uid, pid and start time as before the reboot: still not the owner.
         assert!(matches!(
@@ -938,7 +937,7 @@ mod tests {
     #[tokio::test]
     async fn a_damaged_bindings_file_refuses_every_claim_with_retry() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join(SESSIONS_FILE), "not json\n").expect("write");
+        std::fs::write(store::sessions_file(dir.path()), "not json\n").expect("write");
         let table = SessionTable::load(dir.path()).await;
         assert!(matches!(
             table.claim("s1", owner(1000, 10, 500)).await,
@@ -1004,7 +1003,7 @@ mod tests {
     #[tokio::test]
     async fn a_long_bindings_file_is_rewritten_on_start() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join(SESSIONS_FILE);
+        let path = store::sessions_file(dir.path());
         let mut text = String::new();
         // The same session bound again and again: one binding, many lines.
         for _ in 0..3000 {
@@ -1017,7 +1016,7 @@ mod tests {
         assert_eq!(table.len(), 1);
         let kept = std::fs::read_to_string(&path).expect("read");
         assert_eq!(kept.lines().count(), 2, "{kept}");
-        assert!(!dir.path().join(SESSIONS_REWRITE_FILE).exists());
+        assert!(!store::sessions_rewrite_file(dir.path()).exists());
         assert!(matches!(
             table.claim("s", owner(1, 2, 3)).await,
             Claim::Granted

@@ -9,10 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::ValueEnum;
-
-use super::{KernelspecError, Result};
-use crate::cli::{InstallArgs, OnAuditFailure};
+use super::{InstallOptions, KernelspecError, Result};
+use crate::config::OnAuditFailure;
 
 pub(super) const SOCKET: &str = "--socket";
 const ON_AUDIT_FAILURE: &str = "--on-audit-failure";
@@ -37,7 +35,7 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 impl AuditFlags {
     /// The flags of `args`, with relative paths made absolute: the kernel is started
     /// from whatever directory the Jupyter server runs in.
-    pub fn from_args(args: &InstallArgs) -> Result<Self> {
+    pub fn from_args(args: &InstallOptions) -> Result<Self> {
         Ok(Self {
             socket: args.socket.as_deref().map(absolute).transpose()?,
             on_audit_failure: args.on_audit_failure,
@@ -51,11 +49,7 @@ impl AuditFlags {
             out.push((SOCKET, socket.to_string_lossy().into_owned()));
         }
         if let Some(policy) = self.on_audit_failure {
-            let name = policy
-                .to_possible_value()
-                .map(|v| v.get_name().to_owned())
-                .unwrap_or_default();
-            out.push((ON_AUDIT_FAILURE, name));
+            out.push((ON_AUDIT_FAILURE, policy.name().to_owned()));
         }
         if let Some(config) = &self.config {
             out.push((CONFIG, config.to_string_lossy().into_owned()));

@@ -79,8 +79,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::cli::InstallArgs;
-use crate::config::{ConfigFile, DEFAULT_CONFIG_PATH};
+use crate::config::{ConfigFile, DEFAULT_CONFIG_PATH, OnAuditFailure};
 
 pub use flags::{AuditFlags, flag_value, is_unaudited, proxy_flags};
 pub use search::{SearchEnv, resolve_spec_dir, split_path_list, user_data_dir};
@@ -93,6 +92,34 @@ pub use write::{
 use wrap::is_executable_file;
 
 const KERNEL_JSON: &str = "kernel.json";
+
+/// What `install` is asked to do (the flags of `jupyter-audit install`; see the module
+/// doc for each).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstallOptions {
+    /// The kernelspec to wrap: a kernel name or a directory holding kernel.json.
+    pub wrap: String,
+    /// The new kernelspec's name; not with `replace`.
+    pub name: Option<String>,
+    /// None: the original's with " (audited)", or unchanged with `replace`.
+    pub display_name: Option<String>,
+    /// Rewrite the wrapped kernelspec in place.
+    pub replace: bool,
+    /// Install into the user's Jupyter data dir.
+    pub user: bool,
+    /// Install into the active Python environment's prefix.
+    pub sys_prefix: bool,
+    /// Install into PREFIX/share/jupyter/kernels.
+    pub prefix: Option<PathBuf>,
+    /// The jupyter-audit binary the kernelspec runs; None: this one.
+    pub proxy_path: Option<PathBuf>,
+    /// The proxy's `--socket`; None: keep the spec's.
+    pub socket: Option<PathBuf>,
+    /// The proxy's `--on-audit-failure`; None: keep the spec's.
+    pub on_audit_failure: Option<OnAuditFailure>,
+    /// The proxy's `--config`; None: keep the spec's.
+    pub config: Option<PathBuf>,
+}
 
 /// Why `install` failed.
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +240,7 @@ fn warn_if_no_collector(proxy_flags: &[String]) {
 }
 
 /// Run `jupyter-audit install`; returns the directory of the written kernelspec.
-pub fn install(args: &InstallArgs) -> Result<PathBuf> {
+pub fn install(args: &InstallOptions) -> Result<PathBuf> {
     let proxy = proxy_path(args.proxy_path.as_deref())?;
     if !is_executable_file(&proxy) {
         tracing::warn!(proxy = %proxy.display(), "the proxy path is not an executable file");
@@ -222,7 +249,7 @@ pub fn install(args: &InstallArgs) -> Result<PathBuf> {
 }
 
 /// `install` with the environment and proxy path given explicitly.
-pub fn install_with(args: &InstallArgs, env: &SearchEnv, proxy: &Path) -> Result<PathBuf> {
+pub fn install_with(args: &InstallOptions, env: &SearchEnv, proxy: &Path) -> Result<PathBuf> {
     if args.replace {
         let mut conflicts = Vec::new();
         if args.name.is_some() {
@@ -499,7 +526,7 @@ mod tests {
         let mut a = args("py");
         a.replace = true;
         a.socket = Some(PathBuf::from("/run/jupyter-audit/collector.sock"));
-        a.on_audit_failure = Some(crate::cli::OnAuditFailure::Block);
+        a.on_audit_failure = Some(OnAuditFailure::Block);
         install_with(&a, &env, Path::new("/bin/jupyter-audit")).expect("replace");
         let block = [
             "--socket",
@@ -521,7 +548,7 @@ mod tests {
 
         // Flags given again replace the old values in place; a relative path is made
         // absolute (the kernel starts in the server's directory, not this one).
-        b.on_audit_failure = Some(crate::cli::OnAuditFailure::Allow);
+        b.on_audit_failure = Some(OnAuditFailure::Allow);
         b.config = Some(PathBuf::from("conf/ja.toml"));
         install_with(&b, &env, Path::new("/usr/bin/jupyter-audit")).expect("policy");
         let config = std::path::absolute("conf/ja.toml").expect("absolute");

@@ -5,8 +5,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use super::{KERNEL_JSON, SearchEnv};
-use crate::cli::InstallArgs;
+use super::{InstallOptions, KERNEL_JSON, SearchEnv};
 
 pub(super) fn write_spec(dir: &Path, spec: &Value) {
     fs::create_dir_all(dir).expect("mkdir");
@@ -30,19 +29,10 @@ pub(super) fn ipykernel_spec() -> Value {
     })
 }
 
-pub(super) fn args(wrap: &str) -> InstallArgs {
-    InstallArgs {
+pub(super) fn args(wrap: &str) -> InstallOptions {
+    InstallOptions {
         wrap: wrap.to_owned(),
-        name: None,
-        display_name: None,
-        replace: false,
-        user: false,
-        sys_prefix: false,
-        prefix: None,
-        proxy_path: None,
-        socket: None,
-        on_audit_failure: None,
-        config: None,
+        ..InstallOptions::default()
     }
 }
 

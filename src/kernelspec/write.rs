@@ -9,8 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use super::{KERNEL_JSON, KernelspecError, Result, SearchEnv};
-use crate::cli::InstallArgs;
+use super::{InstallOptions, KERNEL_JSON, KernelspecError, Result, SearchEnv};
 
 const MAX_COPY_DEPTH: usize = 32;
 
@@ -50,7 +49,7 @@ fn io_error(path: &Path, source: io::Error, hint: &str) -> KernelspecError {
 }
 
 /// The directory `install` writes to when not replacing.
-pub fn destination_dir(args: &InstallArgs, env: &SearchEnv, name: &str) -> Result<PathBuf> {
+pub fn destination_dir(args: &InstallOptions, env: &SearchEnv, name: &str) -> Result<PathBuf> {
     let base = if args.user {
         env.user_data_dir
             .clone()

@@ -13,9 +13,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use crate::audit::{
     Direction, Observation, ParsedMessage, RecordBuilder, SessionContext, SizePolicy,
 };
-use crate::cli::OnAuditFailure;
 use crate::collector::client::{AuditClient, AuditError, Ticket};
 use crate::collector::protocol::MAX_FRAME_BYTES;
+use crate::config::OnAuditFailure;
 use crate::connection::Channel;
 use crate::wire::WireMessage;
 

@@ -23,10 +23,10 @@ use serde_json::{Map, Value, json};
 
 use self::audit::Auditor;
 use crate::audit::SessionContext;
-use crate::cli::KernelTransport;
 use crate::collector::client::AuditClient;
 use crate::config::AuditSettings;
 use crate::connection::Channel;
+use crate::connection::KernelTransport;
 use crate::connection::{ConnectionError, ConnectionInfo};
 use crate::launcher::{self, KernelProcess, LaunchError};
 use crate::transport::{self, TransportError};

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::startup::Activity;
 use super::{Sides, refusal, rejections};
 use crate::audit::{Direction, ParsedMessage, needs_write_ahead};
-use crate::cli::OnAuditFailure;
+use crate::config::OnAuditFailure;
 use crate::connection::Channel;
 use crate::transport::{Frames, Link, Peer, SenderInfo};
 use crate::wire::{Header, WireError, WireMessage};

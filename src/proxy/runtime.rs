@@ -4,8 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::cli::KernelTransport;
-use crate::connection::{ConnectionError, ConnectionInfo, Transport};
+use crate::connection::{ConnectionError, ConnectionInfo, KernelTransport, Transport};
 use crate::wire::SignatureScheme;
 
 /// Longest path a Unix socket address can hold (sun_path, less the final NUL).

@@ -20,7 +20,6 @@ use serde_json::Value;
 use time::{Date, Duration, Month, OffsetDateTime};
 
 use super::fields;
-use crate::cli::FilterArgs;
 
 /// A query over records.
 #[derive(Debug, Clone, Default)]
@@ -35,20 +34,6 @@ pub struct Filter {
     /// Empty: any action.
     pub actions: Vec<String>,
     pub grep: Option<Regex>,
-}
-
-impl From<&FilterArgs> for Filter {
-    fn from(args: &FilterArgs) -> Self {
-        Filter {
-            user: args.user.clone(),
-            session: args.session.clone(),
-            kernel: args.kernel.clone(),
-            since: args.since,
-            until: args.until,
-            actions: args.action.clone(),
-            grep: args.grep.clone(),
-        }
-    }
 }
 
 impl Filter {

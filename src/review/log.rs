@@ -8,13 +8,13 @@
 //! record cannot rewrite the reviewer's terminal; `--json` is never changed.
 
 use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
 use super::filter::Filter;
 use super::scan::Scan;
 use super::{ReviewError, fields};
-use crate::cli::LogArgs;
 use crate::store::StoredRecord;
 
 /// Longest summary in the table (characters).
@@ -24,8 +24,18 @@ const ACTION_WIDTH: usize = 20;
 /// Characters of the session id the table shows.
 pub const SHORT_ID: usize = 8;
 
+/// What `log` lists, and how.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// The store directory (read only).
+    pub store: PathBuf,
+    pub filter: Filter,
+    /// The stored lines themselves instead of the table.
+    pub json: bool,
+}
+
 /// Runs `log` on stdout and stderr.
-pub fn run(args: &LogArgs) -> Result<(), ReviewError> {
+pub fn run(args: &LogOptions) -> Result<(), ReviewError> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     run_with(args, &mut out, &mut io::stderr())?;
@@ -34,11 +44,11 @@ pub fn run(args: &LogArgs) -> Result<(), ReviewError> {
 
 /// Runs `log`, writing the listing to `out` and warnings to `warnings`.
 pub fn run_with(
-    args: &LogArgs,
+    args: &LogOptions,
     out: &mut dyn Write,
     warnings: &mut dyn Write,
 ) -> Result<(), ReviewError> {
-    let filter = Filter::from(&args.filter);
+    let filter = &args.filter;
     let scan = Scan::open(&args.store)?;
     if !args.json {
         writeln!(out, "{}", header()).map_err(ReviewError::Output)?;
@@ -351,6 +361,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::review::filter::{parse_regex, parse_since, parse_until};
 
     fn summary_of(action: &str, jupyter: Value) -> String {
         summary(&json!({"event": {"action": action}, "jupyter": jupyter}))
@@ -530,20 +541,11 @@ mod tests {
         assert!(!row.contains('\u{1b}') && !row.contains('\n'));
     }
 
-    fn args(store: &std::path::Path, json: bool, extra: &[&str]) -> LogArgs {
-        use clap::Parser;
-        let store = store.display().to_string();
-        let mut argv = vec!["jupyter-audit", "log", "--store", &store];
-        if json {
-            argv.push("--json");
-        }
-        argv.extend(extra);
-        match crate::cli::Cli::try_parse_from(argv)
-            .expect("valid arguments")
-            .command
-        {
-            crate::cli::Command::Log(args) => args,
-            other => panic!("not log: {other:?}"),
+    fn args(store: &std::path::Path, json: bool, filter: Filter) -> LogOptions {
+        LogOptions {
+            store: store.to_owned(),
+            filter,
+            json,
         }
     }
 
@@ -566,7 +568,7 @@ mod tests {
         .to_string()
     }
 
-    fn run_log(args: &LogArgs) -> (Result<(), ReviewError>, String, String) {
+    fn run_log(args: &LogOptions) -> (Result<(), ReviewError>, String, String) {
         let (mut out, mut warnings) = (Vec::new(), Vec::new());
         let result = run_with(args, &mut out, &mut warnings);
         let text = |bytes| String::from_utf8(bytes).expect("utf-8");
@@ -582,7 +584,7 @@ mod tests {
             line(3, "execute_request", "bob")
         );
         let store = store_with(&format!("{stored}{{\"event\":{{\"seq"));
-        let (result, out, warnings) = run_log(&args(store.path(), true, &[]));
+        let (result, out, warnings) = run_log(&args(store.path(), true, Filter::default()));
         assert!(result.is_ok(), "{result:?}");
         assert_eq!(out, stored, "byte for byte");
         assert!(warnings.contains("incomplete last line"), "{warnings}");
@@ -591,30 +593,40 @@ mod tests {
         let (_, out, _) = run_log(&args(
             store.path(),
             true,
-            &[
-                "--user",
-                "bob",
-                "--action",
-                "execute_request",
-                "--grep",
-                "'spaced' \\)",
-            ],
+            Filter {
+                user: Some("bob".into()),
+                actions: vec!["execute_request".into()],
+                grep: Some(parse_regex("'spaced' \\)").expect("regex")),
+                ..Filter::default()
+            },
         ));
         assert_eq!(out, format!("{}\n", line(3, "execute_request", "bob")));
+        let day = "2024-05-02";
         let (_, out, _) = run_log(&args(
             store.path(),
             true,
-            &["--since", "2024-05-02", "--until", "2024-05-02"],
+            Filter {
+                since: Some(parse_since(day).expect("a date")),
+                until: Some(parse_until(day).expect("a date")),
+                ..Filter::default()
+            },
         ));
         assert_eq!(out, format!("{}\n", line(2, "stream", "bob")));
-        let (_, out, _) = run_log(&args(store.path(), true, &["--session", "session-3"]));
+        let (_, out, _) = run_log(&args(
+            store.path(),
+            true,
+            Filter {
+                session: Some("session-3".into()),
+                ..Filter::default()
+            },
+        ));
         assert_eq!(out.lines().count(), 1);
     }
 
     #[test]
     fn the_table_has_a_header_and_a_row_per_record() {
         let store = store_with(&format!("{}\n", line(1, "execute_request", "alice")));
-        let (result, out, warnings) = run_log(&args(store.path(), false, &[]));
+        let (result, out, warnings) = run_log(&args(store.path(), false, Filter::default()));
         assert!(
             result.is_ok() && warnings.is_empty(),
             "{result:?} {warnings}"
@@ -635,7 +647,7 @@ mod tests {
             line(1, "execute_request", "alice"),
             line(3, "stream", "alice")
         ));
-        let (result, out, warnings) = run_log(&args(store.path(), true, &[]));
+        let (result, out, warnings) = run_log(&args(store.path(), true, Filter::default()));
         assert!(
             matches!(result, Err(ReviewError::Unreadable { count: 1 })),
             "{result:?}"
@@ -647,13 +659,13 @@ mod tests {
     #[test]
     fn a_missing_or_foreign_directory_is_an_error_before_any_output() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (result, out, _) = run_log(&args(dir.path(), false, &[]));
+        let (result, out, _) = run_log(&args(dir.path(), false, Filter::default()));
         assert!(
             matches!(result, Err(ReviewError::NotAStore(_))),
             "{result:?}"
         );
         assert!(out.is_empty());
-        let (result, _, _) = run_log(&args(&dir.path().join("missing"), false, &[]));
+        let (result, _, _) = run_log(&args(&dir.path().join("missing"), false, Filter::default()));
         let error = result.expect_err("missing store");
         assert!(error.to_string().contains("No such file"), "{error}");
     }

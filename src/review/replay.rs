@@ -38,7 +38,6 @@ use serde_json::{Map, Value, json};
 use super::scan::{ScanReport, scan};
 use super::sessions::{Liveness, LocalProcesses, Session, SessionIndex, SessionKey};
 use super::{ReviewError, fields};
-use crate::cli::ReplayArgs;
 use crate::store::StoredRecord;
 
 /// The ename of the error output shown for a refused execution.
@@ -614,8 +613,21 @@ pub fn to_json(notebook: &Value) -> Result<Vec<u8>, ReviewError> {
     Ok(bytes)
 }
 
+/// Which session `replay` rebuilds, and where the notebook goes.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// The store directory (read only).
+    pub store: PathBuf,
+    /// The session id, or the start of it.
+    pub session: String,
+    /// The session's user (name or id), when several users' sessions share the id.
+    pub user: Option<String>,
+    /// The notebook to write (`-`: stdout).
+    pub output: PathBuf,
+}
+
 /// Runs `replay`: writes the notebook to `-o FILE` (`-`: stdout).
-pub fn run(args: &ReplayArgs) -> Result<(), ReviewError> {
+pub fn run(args: &ReplayOptions) -> Result<(), ReviewError> {
     let (notebook, report) = build(
         &args.store,
         &args.session,

@@ -5,8 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::ReviewError;
-use crate::store::layout::SEGMENTS_DIR;
-use crate::store::{ReadErrorKind, Reader, StoredRecord};
+use crate::store::{self, ReadErrorKind, Reader, StoredRecord};
 
 /// What a pass over the store met besides records.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +36,7 @@ impl Scan {
     pub fn open(dir: &Path) -> Result<Self, ReviewError> {
         // An existing directory without segments is not a store (an empty store has the
         // directory); any other problem is reported by the reader with its OS error.
-        if let Err(error) = std::fs::metadata(dir.join(SEGMENTS_DIR))
+        if let Err(error) = std::fs::metadata(store::segments_dir(dir))
             && error.kind() == std::io::ErrorKind::NotFound
             && dir.is_dir()
         {

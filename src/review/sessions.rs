@@ -24,6 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -33,7 +34,6 @@ use super::filter::Filter;
 use super::log::{SHORT_ID, end_description};
 use super::scan::scan;
 use super::{ReviewError, fields};
-use crate::cli::SessionsArgs;
 use crate::store::StoredRecord;
 
 /// How a session ended, as far as the store tells.
@@ -398,8 +398,19 @@ impl Tracker {
     }
 }
 
+/// What `sessions` lists, and how.
+#[derive(Debug, Clone)]
+pub struct SessionsOptions {
+    /// The store directory (read only).
+    pub store: PathBuf,
+    /// Sessions with at least one record that matches it.
+    pub filter: Filter,
+    /// One JSON object per session instead of the table.
+    pub json: bool,
+}
+
 /// Runs `sessions` on stdout and stderr.
-pub fn run(args: &SessionsArgs) -> Result<(), ReviewError> {
+pub fn run(args: &SessionsOptions) -> Result<(), ReviewError> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     run_with(
@@ -413,12 +424,12 @@ pub fn run(args: &SessionsArgs) -> Result<(), ReviewError> {
 
 /// Runs `sessions`, writing the listing to `out` and warnings to `warnings`.
 pub fn run_with(
-    args: &SessionsArgs,
+    args: &SessionsOptions,
     liveness: &dyn Liveness,
     out: &mut dyn Write,
     warnings: &mut dyn Write,
 ) -> Result<(), ReviewError> {
-    let filter = Filter::from(&args.filter);
+    let filter = &args.filter;
     let mut index = SessionIndex::new();
     let report = scan(&args.store, warnings, |record| {
         let matched = filter.matches(&record.raw, &record.value);

@@ -4,6 +4,8 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::path_safety::{PathCheckError, UnsafePath};
+
 /// Everything that can go wrong when opening, appending to, reading or verifying a store.
 ///
 /// OS errors are kept (behind an `Arc`, because one failed batch hands the same error
@@ -41,8 +43,8 @@ pub enum StoreError {
     /// The store or the collector's socket is somewhere another user could swap it or
     /// what leads to it (a symbolic link, a directory others can write to without the
     /// sticky bit, a directory owned by another user); the collector refuses to start.
-    #[error("refusing unsafe {what} path: {detail}")]
-    UnsafePath { what: &'static str, detail: String },
+    #[error(transparent)]
+    UnsafePath(#[from] UnsafePath),
     /// The record cannot be stored as given (a bug in the caller, not a disk problem).
     #[error("invalid audit record: {0}")]
     InvalidRecord(String),
@@ -78,6 +80,23 @@ impl StoreError {
                 source.raw_os_error()
             }
             _ => None,
+        }
+    }
+}
+
+impl From<PathCheckError> for StoreError {
+    fn from(error: PathCheckError) -> Self {
+        match error {
+            PathCheckError::Unsafe(refusal) => StoreError::UnsafePath(refusal),
+            PathCheckError::Io {
+                action,
+                path,
+                source,
+            } => StoreError::Io {
+                action,
+                path,
+                source,
+            },
         }
     }
 }

@@ -23,6 +23,7 @@ use super::record;
 use super::recovery::{self, Recovery};
 use super::segment::{self, Wrap};
 use super::writer::{Append, Command, Counters, Writer};
+use crate::path_safety::{self, PathRole};
 
 /// A running store. Clones share one writer thread; when the last clone is dropped the
 /// writer writes a final checkpoint and stops. Prefer [`StoreHandle::shutdown`], which
@@ -73,7 +74,7 @@ pub(crate) fn open_with(config: StoreConfig, wrap: Wrap) -> Result<(StoreHandle,
     let access = Access {
         reviewers_gid: config.reviewers_gid,
     };
-    layout::check_location("store", &dir)?;
+    path_safety::check_location(PathRole::Store, &dir)?;
     layout::check_store_entries(&dir)?;
     let created = layout::ensure_dir(&dir, access.dir_mode())?;
     access.apply(&dir, access.dir_mode())?;

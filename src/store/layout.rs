@@ -11,6 +11,9 @@
 //!   sessions.jsonl              0600: which process owns each session (the collector's
 //!                               session bindings; sessions.jsonl.new while rewritten)
 //! ```
+//!
+//! Before anything is created, the directory and these entries are checked with
+//! [`crate::path_safety`]: no symbolic links, nothing another user owns or can swap.
 
 use std::fs::{self, File, Permissions};
 use std::io;
@@ -18,16 +21,35 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::error::{Result, StoreError};
+use crate::path_safety::{self, PathRole, Problem, UnsafePath};
 
-pub(crate) const SEGMENTS_DIR: &str = "segments";
-pub(crate) const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
-pub(crate) const PUBLIC_KEY_FILE: &str = "checkpoint.pub";
-pub(crate) const KEYS_DIR: &str = "keys";
-pub(crate) const SIGNING_KEY_FILE: &str = "checkpoint.key";
-pub(crate) const SESSIONS_FILE: &str = "sessions.jsonl";
-pub(crate) const SESSIONS_REWRITE_FILE: &str = "sessions.jsonl.new";
+pub(super) const SEGMENTS_DIR: &str = "segments";
+pub(super) const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
+pub(super) const PUBLIC_KEY_FILE: &str = "checkpoint.pub";
+pub(super) const KEYS_DIR: &str = "keys";
+pub(super) const SIGNING_KEY_FILE: &str = "checkpoint.key";
+pub(super) const SESSIONS_FILE: &str = "sessions.jsonl";
+pub(super) const SESSIONS_REWRITE_FILE: &str = "sessions.jsonl.new";
 const SEGMENT_SUFFIX: &str = ".jsonl";
 const SEQUENCE_DIGITS: usize = 20;
+
+/// The directory of the segments of the store at `dir` (every store has it from its
+/// first open: a directory without it is not a store).
+pub fn segments_dir(dir: &Path) -> PathBuf {
+    dir.join(SEGMENTS_DIR)
+}
+
+/// The collector's session bindings (which process owns each session) in the store at
+/// `dir`; the store checks it like its own files but never reads it.
+pub fn sessions_file(dir: &Path) -> PathBuf {
+    dir.join(SESSIONS_FILE)
+}
+
+/// The session bindings while the collector rewrites them (renamed over
+/// [`sessions_file`]).
+pub fn sessions_rewrite_file(dir: &Path) -> PathBuf {
+    dir.join(SESSIONS_REWRITE_FILE)
+}
 
 /// The file name of the segment whose first record has sequence `first`.
 pub fn segment_name(first: u64) -> String {
@@ -139,116 +161,28 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| StoreError::io("sync directory", dir, e))
 }
 
-fn unsafe_path(what: &'static str, detail: String) -> StoreError {
-    StoreError::UnsafePath { what, detail }
-}
-
-/// Refuses `path` on the way to `what` unless root or this process's user owns it;
-/// `kind` (`"a socket "`, or empty) and `why` complete the message.
-pub(crate) fn check_owner(
-    what: &'static str,
-    path: &Path,
-    metadata: &fs::Metadata,
-    kind: &str,
-    why: &str,
-) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let uid = metadata.uid();
-    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
-        return Ok(());
-    }
-    Err(unsafe_path(
-        what,
-        format!("{} is {kind}owned by user {uid}{why}", path.display()),
-    ))
-}
-
-/// Refuses a directory on the way to `what` that someone else could use to swap it:
-/// owned by another user, or writable by group or others without the sticky bit.
-fn check_ancestor(what: &'static str, dir: &Path, metadata: &fs::Metadata) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    check_owner(what, dir, metadata, "", ", who could replace what is in it")?;
-    let mode = metadata.mode();
-    // Sticky (like /tmp): others may add entries but not rename or remove ours.
-    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-        return Err(unsafe_path(
-            what,
-            format!(
-                "{} is writable by others (mode {:o}) and has no sticky bit, so anyone could replace what is in it",
-                dir.display(),
-                mode & 0o7777
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks that nobody but this user and root can swap `path` for something else, now or
-/// later: `path` itself is not a symbolic link, and every directory leading to it (after
-/// resolving links, each link itself owned by root or this user) is owned by root or this
-/// user and not writable by others unless sticky. Checking the whole way down once is
-/// what makes later use of the path race-free: nobody else can change any step of it.
-/// Returns what `path` is now (`None`: it does not exist yet).
-pub fn check_location(what: &'static str, path: &Path) -> Result<Option<fs::Metadata>> {
-    let absolute = std::path::absolute(path).map_err(|e| StoreError::io("resolve", path, e))?;
-    let own = match fs::symlink_metadata(&absolute) {
-        Ok(metadata) if metadata.file_type().is_symlink() => {
-            return Err(unsafe_path(
-                what,
-                format!(
-                    "{} is a symbolic link (it could point anywhere; give the real path)",
-                    absolute.display()
-                ),
-            ));
-        }
-        Ok(metadata) => Some(metadata),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(StoreError::io("inspect", &absolute, e)),
-    };
-    // Links on the way (e.g. /var/run -> /run) are fine if they belong to root or us.
-    let mut prefix = PathBuf::new();
-    let parent = absolute.parent().unwrap_or(Path::new("/"));
-    for component in parent.components() {
-        prefix.push(component);
-        match fs::symlink_metadata(&prefix) {
-            Ok(metadata) if metadata.file_type().is_symlink() => {
-                check_owner(what, &prefix, &metadata, "a symbolic link ", "")?;
-            }
-            Ok(_) => {}
-            // Missing directories are created by the collector, as its own.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-            Err(e) => return Err(StoreError::io("inspect", &prefix, e)),
-        }
-    }
-    let mut existing = parent;
-    while !existing.exists() {
-        existing = existing.parent().unwrap_or(Path::new("/"));
-    }
-    let real = fs::canonicalize(existing).map_err(|e| StoreError::io("resolve", existing, e))?;
-    for dir in real.ancestors() {
-        let metadata = fs::metadata(dir).map_err(|e| StoreError::io("inspect", dir, e))?;
-        check_ancestor(what, dir, &metadata)?;
-    }
-    Ok(own)
-}
-
 /// Refuses an existing store directory that another user owns or others can write, and
 /// symbolic links or foreign files among the store's own entries (a link in the store
 /// would make the collector write or sign wherever it points).
 pub(crate) fn check_store_entries(dir: &Path) -> Result<()> {
-    const WHAT: &str = "store";
+    const ROLE: PathRole = PathRole::Store;
     let metadata = match fs::symlink_metadata(dir) {
         Ok(metadata) => metadata,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(StoreError::io("inspect", dir, e)),
     };
+    let refuse = |problem| {
+        StoreError::from(UnsafePath {
+            role: ROLE,
+            problem,
+        })
+    };
     if !metadata.is_dir() {
-        return Err(unsafe_path(
-            WHAT,
-            format!("{} is not a directory", dir.display()),
-        ));
+        return Err(refuse(Problem::NotADirectory {
+            path: dir.to_owned(),
+        }));
     }
-    check_ancestor(WHAT, dir, &metadata)?;
+    path_safety::check_directory(ROLE, dir, &metadata)?;
     let segments = dir.join(SEGMENTS_DIR);
     let keys = dir.join(KEYS_DIR);
     let mut entries = vec![
@@ -278,12 +212,9 @@ pub(crate) fn check_store_entries(dir: &Path) -> Result<()> {
             Err(e) => return Err(StoreError::io("inspect", &entry, e)),
         };
         if metadata.file_type().is_symlink() {
-            return Err(unsafe_path(
-                WHAT,
-                format!("{} is a symbolic link", entry.display()),
-            ));
+            return Err(refuse(Problem::EntryIsLink { path: entry }));
         }
-        check_owner(WHAT, &entry, &metadata, "", "")?;
+        path_safety::check_owner(ROLE, &entry, &metadata)?;
     }
     Ok(())
 }
@@ -314,42 +245,19 @@ mod tests {
 
     fn refusal(result: Result<impl std::fmt::Debug>) -> String {
         match result {
-            Err(error @ StoreError::UnsafePath { .. }) => error.to_string(),
+            Err(error @ StoreError::UnsafePath(_)) => error.to_string(),
             other => panic!("expected an unsafe path refusal, got {other:?}"),
         }
     }
 
     #[test]
-    fn a_store_or_socket_that_is_a_symlink_is_refused() {
+    fn a_store_directory_others_can_write_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let real = dir.path().join("real");
-        fs::create_dir(&real).unwrap();
-        let link = dir.path().join("store");
-        std::os::unix::fs::symlink(&real, &link).unwrap();
-        let message = refusal(check_location("store", &link));
-        assert!(message.contains("symbolic link"), "{message}");
-        // A dangling link is refused too: bind() would follow it.
-        let dangling = dir.path().join("c.sock");
-        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
-        refusal(check_location("socket", &dangling));
-    }
-
-    #[test]
-    fn a_directory_others_can_write_is_refused_unless_sticky() {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = dir.path().join("shared");
-        fs::create_dir(&shared).unwrap();
-        set_mode(&shared, 0o777).unwrap();
-        let store = shared.join("a").join("store");
-        let message = refusal(check_location("store", &store));
-        assert!(message.contains("writable by others"), "{message}");
-        set_mode(&shared, 0o1777).unwrap();
-        assert!(check_location("store", &store).unwrap().is_none());
-        // A group-writable store directory of our own is refused as well.
         let own = dir.path().join("own");
         fs::create_dir(&own).unwrap();
         set_mode(&own, 0o770).unwrap();
-        refusal(check_store_entries(&own));
+        let message = refusal(check_store_entries(&own));
+        assert!(message.contains("writable by others"), "{message}");
     }
 
     #[test]
@@ -364,7 +272,11 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, store.join(SEGMENTS_DIR).join(segment_name(1)))
             .unwrap();
         let message = refusal(check_store_entries(&store));
-        assert!(message.contains("symbolic link"), "{message}");
+        assert!(
+            message.starts_with("refusing unsafe store path: ")
+                && message.contains("symbolic link"),
+            "{message}"
+        );
     }
 
     #[test]
