@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::events::AuditEvent;
 use super::{Record, SizePolicy};
 use crate::connection::Channel;
 use crate::wire::WireMessage;
@@ -111,6 +112,11 @@ pub fn event_record(context: &SessionContext, action: &str, fields: Map<String, 
     );
     record.insert("jupyter".into(), Value::Object(jupyter));
     record
+}
+
+/// The record of an event that is not a message, with the session's context.
+pub fn record_event(context: &SessionContext, event: &impl AuditEvent) -> Record {
+    event_record(context, event.action().as_str(), event.fields())
 }
 
 /// Bookkeeping kept between messages is capped; past this it starts afresh.

@@ -13,18 +13,14 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::audit::Record;
+use crate::audit::events::Action;
 
 /// `event` keys a sender may write.
 const SENDER_EVENT_KEYS: &[&str] = &["action", "created", "kind", "outcome"];
 /// `event.outcome` values (ECS).
 const OUTCOMES: &[&str] = &["success", "failure"];
-/// Actions only the collector writes: a sender's record with one would read as the
-/// collector's word.
-pub const COLLECTOR_ACTIONS: &[&str] = &[
-    super::sessions::FORGED_RECORD,
-    super::refusals::RECORD_REFUSED,
-    super::refusals::REFUSALS_SUPPRESSED,
-];
+/// Actions only the collector writes ([`Action::is_collectors`]), and any that starts
+/// with this: a sender's record with one would read as the collector's word.
 const COLLECTOR_ACTION_PREFIX: &str = "collector_";
 /// Longest `jupyter` key.
 const MAX_KEY_CHARS: usize = 64;
@@ -117,7 +113,9 @@ fn check_event_values(event: &serde_json::Map<String, Value>) -> Result<(), Fiel
             ));
         }
     };
-    if action.starts_with(COLLECTOR_ACTION_PREFIX) || COLLECTOR_ACTIONS.contains(&action.as_str()) {
+    if action.starts_with(COLLECTOR_ACTION_PREFIX)
+        || Action::from_name(action).is_some_and(Action::is_collectors)
+    {
         return Err(FieldRefusal::of(
             format!(
                 "event.action {:?} is the collector's to write",

@@ -45,9 +45,6 @@ use super::server::PeerIdentity;
 use crate::store::StoreError;
 use crate::store::layout::{SESSIONS_FILE, SESSIONS_REWRITE_FILE};
 
-/// The action of the record that says a record for a session came from a process that
-/// does not own it.
-pub const FORGED_RECORD: &str = "forged_record";
 /// Bindings kept in memory.
 pub const MAX_BINDINGS: usize = 1 << 19;
 /// Sessions of one uid whose owning processes still run.
