@@ -233,6 +233,9 @@ mod tests {
             ("action", json!("collector_start")),
             ("action", json!("forged_record")),
             ("action", json!("record_refused")),
+            ("action", json!("refusals_suppressed")),
+            // A user over a fairness limit is the collector's word, never a sender's.
+            ("action", json!("limit_exceeded")),
             ("created", json!("yesterday")),
             ("kind", json!("alert")),
             ("outcome", json!("unknown")),
