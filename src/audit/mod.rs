@@ -12,7 +12,7 @@ pub mod events;
 mod policy;
 mod record;
 
-pub use policy::SizePolicy;
+pub use policy::{CutText, InvalidBase64, KeptBytes, KeptText, SizePolicy};
 pub use record::{
     Direction, OUTPUT_RECORD_BUDGET, Observation, ParsedMessage, RecordBuilder, SessionContext,
     UnreadablePart, event_record, now_rfc3339, record_event,

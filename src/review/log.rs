@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::filter::Filter;
 use super::scan::Scan;
 use super::{ReviewError, fields};
+use crate::audit::KeptBytes;
 use crate::cli::LogArgs;
 use crate::store::StoredRecord;
 
@@ -291,12 +292,10 @@ fn mime_bundle(data: Option<&Value>) -> String {
     let others: Vec<String> = bundle
         .iter()
         .filter(|(mime, _)| Some(mime.as_str()) != shown)
-        .map(
-            |(mime, kept)| match kept.get("size").and_then(Value::as_u64) {
-                Some(size) if kept.get("sha256").is_some() => format!("{mime} {size} bytes"),
-                _ => mime.clone(),
-            },
-        )
+        .map(|(mime, kept)| match KeptBytes::read(kept) {
+            Some(bytes) => format!("{mime} {} bytes", bytes.size),
+            None => mime.clone(),
+        })
         .collect();
     if !others.is_empty() {
         line.push_str(&format!(" [{}]", others.join(", ")));

@@ -38,6 +38,7 @@ use serde_json::{Map, Value, json};
 use super::scan::{ScanReport, scan};
 use super::sessions::{Liveness, LocalProcesses, Session, SessionIndex, SessionKey};
 use super::{ReviewError, fields};
+use crate::audit::{InvalidBase64, KeptBytes};
 use crate::cli::ReplayArgs;
 use crate::store::StoredRecord;
 
@@ -167,22 +168,20 @@ fn mime_bundle(stored: Option<&Value>) -> Map<String, Value> {
             bundle.insert(mime.clone(), Value::String(text.into_owned()));
             continue;
         }
-        if let Some(invalid) = kept.get("invalid_base64")
-            && let Some(text) = fields::stored_text(invalid)
-        {
-            bundle.insert(mime.clone(), Value::String(text.into_owned()));
+        if let Some(InvalidBase64 { invalid_base64 }) = InvalidBase64::read(kept) {
+            let text = fields::kept_text(invalid_base64).into_owned();
+            bundle.insert(mime.clone(), Value::String(text));
             continue;
         }
-        let hash = kept.get("sha256").and_then(Value::as_str);
-        let size = kept.get("size").and_then(Value::as_u64);
-        if let (Some(hash), Some(size), false) = (hash, size, is_json) {
-            match kept.get("base64").and_then(Value::as_str) {
+        if let (Some(bytes), false) = (KeptBytes::read(kept), is_json) {
+            match bytes.base64 {
                 Some(base64) => {
-                    bundle.insert(mime.clone(), Value::String(base64.to_owned()));
+                    bundle.insert(mime.clone(), Value::String(base64));
                 }
-                None => {
-                    placeholders.push(format!("<{mime}: {size} bytes, sha256 {hash}, not kept>"))
-                }
+                None => placeholders.push(format!(
+                    "<{mime}: {} bytes, sha256 {}, not kept>",
+                    bytes.size, bytes.sha256
+                )),
             }
             continue;
         }
