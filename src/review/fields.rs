@@ -7,6 +7,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::audit::events::AuditEvent;
 use crate::audit::{CutText, KeptText};
 
 /// The string at `path` (`["jupyter", "session_id"]`), if there is one.
@@ -27,6 +28,18 @@ pub fn jupyter<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
 /// `event.action` (empty when missing).
 pub fn action(value: &Value) -> &str {
     str_at(value, &["event", "action"]).unwrap_or_default()
+}
+
+/// The event a record of `E`'s action holds, read through its type from `jupyter`
+/// (proxy events) or `collector` (the collector's). Missing fields take their
+/// defaults; a record whose fields have the wrong types was not written by
+/// jupyter-audit and reads as the default event.
+pub fn event<E: AuditEvent + Default>(value: &Value) -> E {
+    value
+        .get("jupyter")
+        .or_else(|| value.get("collector"))
+        .and_then(E::read)
+        .unwrap_or_default()
 }
 
 /// The verified user: `user.name`, else `user.id`.
