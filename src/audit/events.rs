@@ -124,10 +124,80 @@ impl fmt::Display for Action {
     }
 }
 
+/// `event.kind`: always `event` (ECS).
+pub const EVENT_KIND: &str = "event";
+
+/// `event.outcome` (ECS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+impl Outcome {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+
+    /// The outcome named `name`, if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Success, Self::Failure]
+            .into_iter()
+            .find(|outcome| outcome.as_str() == name)
+    }
+}
+
+/// A record's `event` object as its writer (the proxy, or the collector for its own
+/// records) makes it; the store adds `sequence` and the collector `ingested`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventHeader<'a> {
+    /// An [`Action`], or a message's `msg_type`.
+    pub action: &'a str,
+    /// When the writer made the record (RFC 3339).
+    pub created: String,
+    pub kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+}
+
+impl<'a> EventHeader<'a> {
+    /// The header of a record of `action` made now.
+    pub fn new(action: &'a str) -> Self {
+        Self {
+            action,
+            created: super::now_rfc3339(),
+            kind: EVENT_KIND,
+            outcome: None,
+        }
+    }
+
+    /// As a record holds it.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
 /// One event's record fields, and its action. Proxy events go into `jupyter` (besides
 /// the session's context), the collector's into `collector`.
 pub trait AuditEvent: Serialize + DeserializeOwned {
     fn action(&self) -> Action;
+
+    /// `event.outcome`; only refusals have one.
+    fn outcome(&self) -> Option<Outcome> {
+        None
+    }
+
+    /// The record's `event` object, made now.
+    fn header(&self) -> EventHeader<'static> {
+        EventHeader {
+            outcome: self.outcome(),
+            ..EventHeader::new(self.action().as_str())
+        }
+    }
 
     /// The record's fields (`jupyter` or `collector`).
     fn fields(&self) -> Map<String, Value> {
@@ -151,6 +221,17 @@ macro_rules! event {
         impl AuditEvent for $type {
             fn action(&self) -> Action {
                 $action
+            }
+        }
+    };
+    ($type:ty => $action:expr, $outcome:expr) => {
+        impl AuditEvent for $type {
+            fn action(&self) -> Action {
+                $action
+            }
+
+            fn outcome(&self) -> Option<Outcome> {
+                Some($outcome)
             }
         }
     };
@@ -411,7 +492,7 @@ pub struct ForgedRecord {
     pub refused: RefusedClaim,
     pub session_owner: SessionOwner,
 }
-event!(ForgedRecord => Action::ForgedRecord);
+event!(ForgedRecord => Action::ForgedRecord, Outcome::Failure);
 
 /// `collector.session_owner` of `forged_record`: the process the session belongs to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -430,7 +511,7 @@ pub struct RecordRefused {
     pub reason: String,
     pub refused: RefusedClaim,
 }
-event!(RecordRefused => Action::RecordRefused);
+event!(RecordRefused => Action::RecordRefused, Outcome::Failure);
 
 /// `refusals_suppressed`: refusals of one connection past the rate limit, counted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -443,7 +524,7 @@ pub struct RefusalsSuppressed {
     pub last_refused_at: Option<String>,
     pub reason: String,
 }
-event!(RefusalsSuppressed => Action::RefusalsSuppressed);
+event!(RefusalsSuppressed => Action::RefusalsSuppressed, Outcome::Failure);
 
 #[cfg(test)]
 mod tests {
@@ -459,13 +540,24 @@ mod tests {
         serde_json::from_str(SCHEMA).expect("the schema is JSON")
     }
 
-    /// A record's fields with every optional field set, and whether reading them back
-    /// gives the event again.
-    fn sample<E: AuditEvent + PartialEq + fmt::Debug>(event: E) -> (Action, Map<String, Value>) {
+    /// What a record of an event holds: its action, outcome and fields.
+    struct Sample {
+        action: Action,
+        outcome: Option<Outcome>,
+        fields: Map<String, Value>,
+    }
+
+    /// A record's fields with every optional field set; reading them back gives the
+    /// event again.
+    fn sample<E: AuditEvent>(event: E) -> Sample {
         let fields = event.fields();
         let read = E::read(&Value::Object(fields.clone())).expect("readable");
         assert_eq!(read.fields(), fields, "{} reads back", event.action());
-        (event.action(), fields)
+        Sample {
+            action: event.action(),
+            outcome: event.outcome(),
+            fields,
+        }
     }
 
     fn sender() -> Sender {
@@ -489,7 +581,7 @@ mod tests {
     }
 
     /// One fully populated event of every action.
-    fn samples() -> Vec<(Action, Map<String, Value>)> {
+    fn samples() -> Vec<Sample> {
         let text = || "t".to_owned();
         let unrecorded = |bypassed| RequestUnrecorded {
             bypassed,
@@ -521,8 +613,8 @@ mod tests {
             sample(SignalPassed {
                 signal: "SIGTERM".into(),
             }),
-            (Action::ExecutionRefused, unrecorded(false).fields()),
-            (Action::AuditBypassed, unrecorded(true).fields()),
+            sample(unrecorded(false)),
+            sample(unrecorded(true)),
             sample(MessageRejected {
                 channel: text(),
                 from: text(),
@@ -643,7 +735,8 @@ mod tests {
     }
 
     /// The actions an `if` of the schema's `allOf` selects, and the fields its `then`
-    /// requires of `jupyter` or `collector`.
+    /// requires of `jupyter` or `collector` (and `event.outcome`'s const, as
+    /// `outcome=<value>`).
     fn required_by_action(schema: &Value) -> Vec<(String, Vec<String>)> {
         let mut rules = Vec::new();
         for rule in schema["allOf"].as_array().expect("allOf") {
@@ -656,13 +749,16 @@ mod tests {
             };
             let then = &rule["then"]["properties"];
             let required = [&then["jupyter"]["required"], &then["collector"]["required"]];
-            let required: Vec<String> = required
+            let mut required: Vec<String> = required
                 .into_iter()
                 .filter_map(Value::as_array)
                 .flatten()
                 .filter_map(Value::as_str)
                 .map(str::to_owned)
                 .collect();
+            if let Some(outcome) = then["event"]["properties"]["outcome"]["const"].as_str() {
+                required.push(format!("outcome={outcome}"));
+            }
             for action in actions.into_iter().filter_map(Value::as_str) {
                 rules.push((action.to_owned(), required.clone()));
             }
@@ -678,6 +774,10 @@ mod tests {
             assert_eq!(action.to_string(), action.as_str());
         }
         assert_eq!(Action::from_name("execute_request"), None);
+        for outcome in [Outcome::Success, Outcome::Failure] {
+            assert_eq!(json!(outcome), json!(outcome.as_str()));
+            assert_eq!(Outcome::from_name(outcome.as_str()), Some(outcome));
+        }
     }
 
     #[test]
@@ -708,9 +808,9 @@ mod tests {
     fn every_field_written_is_in_the_schema_and_every_required_one_is_written() {
         let schema = schema();
         let samples = samples();
-        let covered: BTreeSet<Action> = samples.iter().map(|(action, _)| *action).collect();
+        let covered: BTreeSet<Action> = samples.iter().map(|sample| sample.action).collect();
         assert_eq!(covered.len(), Action::ALL.len(), "a sample of every action");
-        for (action, fields) in &samples {
+        for Sample { action, fields, .. } in &samples {
             let (object, node) = if action.is_collectors() {
                 ("collector", &schema["properties"]["collector"])
             } else {
@@ -721,12 +821,15 @@ mod tests {
         let rules = required_by_action(&schema);
         assert!(rules.len() > 10, "the schema's rules were found");
         for (name, required) in rules {
-            let Some((action, fields)) = samples.iter().find(|(action, _)| action.as_str() == name)
-            else {
+            let Some(sample) = samples.iter().find(|sample| sample.action.as_str() == name) else {
                 continue; // a message type
             };
             for field in required {
-                assert!(fields.contains_key(&field), "{action} must write {field}");
+                let written = match field.strip_prefix("outcome=") {
+                    Some(outcome) => sample.outcome == Outcome::from_name(outcome),
+                    None => sample.fields.contains_key(&field),
+                };
+                assert!(written, "{} must write {field}", sample.action);
             }
         }
     }

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::events::AuditEvent;
+use super::events::{AuditEvent, EventHeader, Outcome};
 use super::{Record, SizePolicy};
 use crate::connection::Channel;
 use crate::wire::WireMessage;
@@ -96,6 +96,15 @@ pub struct SessionContext {
 /// A record with the fields every record has: `event.action`, `event.created`, and
 /// the session's `jupyter.*` context. `fields` go into `jupyter`.
 pub fn event_record(context: &SessionContext, action: &str, fields: Map<String, Value>) -> Record {
+    record_with(context, &EventHeader::new(action), fields)
+}
+
+/// A record with `event` and the session's context; `fields` go into `jupyter`.
+fn record_with(
+    context: &SessionContext,
+    event: &EventHeader,
+    fields: Map<String, Value>,
+) -> Record {
     let mut jupyter = Map::new();
     jupyter.insert("session_id".into(), json!(context.session_id));
     if let Some(kernel_id) = &context.kernel_id {
@@ -106,17 +115,14 @@ pub fn event_record(context: &SessionContext, action: &str, fields: Map<String, 
     }
     jupyter.extend(fields);
     let mut record = Record::new();
-    record.insert(
-        "event".into(),
-        json!({ "action": action, "created": now_rfc3339(), "kind": "event" }),
-    );
+    record.insert("event".into(), event.to_value());
     record.insert("jupyter".into(), Value::Object(jupyter));
     record
 }
 
 /// The record of an event that is not a message, with the session's context.
 pub fn record_event(context: &SessionContext, event: &impl AuditEvent) -> Record {
-    event_record(context, event.action().as_str(), event.fields())
+    record_with(context, &event.header(), event.fields())
 }
 
 /// Bookkeeping kept between messages is capped; past this it starts afresh.
@@ -283,11 +289,11 @@ impl RecordBuilder {
                 };
             }
         }
-        let mut record = self.event(&msg_type, fields);
-        if let (Some(outcome), Some(Value::Object(event))) = (outcome, record.get_mut("event")) {
-            event.insert("outcome".into(), json!(outcome));
-        }
-        Some(record)
+        let event = EventHeader {
+            outcome,
+            ..EventHeader::new(&msg_type)
+        };
+        Some(record_with(&self.context, &event, fields))
     }
 
     /// Updates what later messages need to know, once per message.
@@ -416,7 +422,7 @@ fn describe_output(
     tracked: &Tracked,
     policy: SizePolicy,
     fields: &mut Map<String, Value>,
-    outcome: &mut Option<&'static str>,
+    outcome: &mut Option<Outcome>,
 ) {
     let text_of = |value: &Value| policy.text(value.as_str().unwrap_or_default());
     let mut put = |key: &str, value: Value| {
@@ -434,9 +440,9 @@ fn describe_output(
         }
         "execute_reply" => {
             *outcome = Some(if content["status"] == "ok" {
-                "success"
+                Outcome::Success
             } else {
-                "failure"
+                Outcome::Failure
             });
             put("status", status_of(policy, content));
             put(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::disk::DiskSpace;
@@ -167,7 +167,7 @@ async fn write_reports(store: &StoreHandle, reports: Vec<LimitReport>) {
 
 /// Stores a record about the collector itself, stamped with the collector's identity.
 async fn record_own(store: &StoreHandle, event: &impl AuditEvent) {
-    let action = event.action().as_str();
+    let header = event.header();
     let uid = nix::unistd::getuid().as_raw();
     let identity = PeerIdentity {
         uid,
@@ -177,10 +177,7 @@ async fn record_own(store: &StoreHandle, event: &impl AuditEvent) {
     };
     let host = server::host_name();
     let mut record = Record::new();
-    record.insert(
-        "event".into(),
-        json!({ "action": action, "kind": "event", "created": crate::audit::now_rfc3339() }),
-    );
+    record.insert("event".into(), header.to_value());
     let stored = match server::stamp(record, &identity, &host) {
         Ok(mut record) => {
             // Only the collector itself writes a `collector` object (stamp drops any).
@@ -194,6 +191,6 @@ async fn record_own(store: &StoreHandle, event: &impl AuditEvent) {
         Err(reason) => Err(reason),
     };
     if let Err(error) = stored {
-        tracing::error!(%error, action, "cannot record the collector's own event");
+        tracing::error!(%error, action = header.action, "cannot record the collector's own event");
     }
 }

@@ -13,12 +13,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::audit::Record;
-use crate::audit::events::Action;
+use crate::audit::events::{Action, EVENT_KIND, Outcome};
 
 /// `event` keys a sender may write.
 const SENDER_EVENT_KEYS: &[&str] = &["action", "created", "kind", "outcome"];
-/// `event.outcome` values (ECS).
-const OUTCOMES: &[&str] = &["success", "failure"];
 /// Actions only the collector writes ([`Action::is_collectors`]), and any that starts
 /// with this: a sender's record with one would read as the collector's word.
 const COLLECTOR_ACTION_PREFIX: &str = "collector_";
@@ -135,14 +133,14 @@ fn check_event_values(event: &serde_json::Map<String, Value>) -> Result<(), Fiel
             ));
         }
     }
-    if event.get("kind").is_some_and(|kind| kind != "event") {
+    if event.get("kind").is_some_and(|kind| kind != EVENT_KIND) {
         return Err(FieldRefusal::of(
             "event.kind is not \"event\"",
             "event.kind",
         ));
     }
     if let Some(outcome) = event.get("outcome")
-        && !outcome.as_str().is_some_and(|o| OUTCOMES.contains(&o))
+        && outcome.as_str().and_then(Outcome::from_name).is_none()
     {
         return Err(FieldRefusal::of(
             "event.outcome is neither \"success\" nor \"failure\"",

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::audit::events::{Action, AuditEvent, RefusalsSuppressed};
 use crate::audit::{Record, now_rfc3339};
@@ -81,12 +81,8 @@ impl RefusalLimiter {
 /// `collector` object. Stamp it with the sender's identity, then insert `collector`
 /// (stamp drops it).
 pub fn refusal_record(event: &impl AuditEvent) -> Record {
-    let action = event.action().as_str();
     let mut record = Record::new();
-    record.insert(
-        "event".into(),
-        json!({"action": action, "kind": "event", "created": now_rfc3339(), "outcome": "failure"}),
-    );
+    record.insert("event".into(), event.header().to_value());
     record.insert("collector".into(), Value::Object(event.fields()));
     record
 }
