@@ -4,15 +4,18 @@
 //! a record (an ECS-style JSON object: `event.*`, `jupyter.*`) and applies the size
 //! policy. Identity (`user.*`, `process.*`, `host.*`), `@timestamp`, `event.sequence`
 //! and the hash chain are added by the collector and the store, never here: the proxy
-//! runs as the notebook user and cannot be trusted with them.
+//! runs as the notebook user and cannot be trusted with them. [`events`] is the
+//! vocabulary of records that are not messages, shared with the collector and the
+//! review tools.
 
+pub mod events;
 mod policy;
 mod record;
 
-pub use policy::SizePolicy;
+pub use policy::{CutText, InvalidBase64, KeptBytes, KeptText, SizePolicy};
 pub use record::{
     Direction, OUTPUT_RECORD_BUDGET, Observation, ParsedMessage, RecordBuilder, SessionContext,
-    UnreadablePart, event_record, now_rfc3339,
+    UnreadablePart, event_record, now_rfc3339, record_event,
 };
 
 /// One audit record as the proxy hands it to the collector.

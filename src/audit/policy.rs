@@ -1,10 +1,105 @@
 //! The size policy: text is kept in full up to a cap, beyond it head and tail with the
 //! full size and SHA-256; binary MIME types are kept as SHA-256 and size, optionally
-//! in full.
+//! in full. [`KeptText`] and [`KeptBytes`] are the shapes it writes, which the review
+//! tools read back.
+
+use std::borrow::Cow;
 
 use base64::Engine;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+/// A text as the size policy keeps it: whole, or cut to its head and tail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KeptText<'a> {
+    Whole(#[serde(borrow)] Cow<'a, str>),
+    Cut(#[serde(borrow)] CutText<'a>),
+}
+
+/// A text longer than the cap: its head and tail, and the size and SHA-256 of all of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutText<'a> {
+    /// Always true: tells a cut text from a JSON value kept as it is.
+    pub truncated: bool,
+    /// Bytes (UTF-8) of the whole text.
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default, borrow)]
+    pub sha256: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub head: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub tail: Cow<'a, str>,
+}
+
+impl<'a> KeptText<'a> {
+    /// A stored text, if `value` is one.
+    pub fn read(value: &'a Value) -> Option<Self> {
+        match Self::deserialize(value).ok()? {
+            Self::Cut(cut) if !cut.truncated => None,
+            kept => Some(kept),
+        }
+    }
+}
+
+/// Bytes as kept: their size and SHA-256, and the bytes themselves (base64) when kept.
+/// Binary MIME values, buffers and content digests have this shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptBytes {
+    pub sha256: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+}
+
+impl KeptBytes {
+    fn of(bytes: &[u8]) -> Self {
+        Self {
+            sha256: sha256_hex(bytes),
+            size: bytes.len() as u64,
+            base64: None,
+        }
+    }
+
+    /// Stored bytes, if `value` is some.
+    pub fn read(value: &Value) -> Option<Self> {
+        Self::deserialize(value).ok()
+    }
+
+    /// As a record holds it. The base64, which may be large, is moved, not copied.
+    pub fn into_value(mut self) -> Value {
+        let base64 = self.base64.take();
+        let mut value = to_json(&self);
+        if let (Some(base64), Value::Object(fields)) = (base64, &mut value) {
+            fields.insert(BASE64_FIELD.into(), Value::String(base64));
+        }
+        value
+    }
+}
+
+/// The name serde gives [`KeptBytes::base64`] (a test checks it).
+const BASE64_FIELD: &str = "base64";
+
+/// A binary MIME value that is not valid base64: kept as the text it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidBase64<'a> {
+    #[serde(borrow)]
+    pub invalid_base64: KeptText<'a>,
+}
+
+impl<'a> InvalidBase64<'a> {
+    /// A stored invalid binary value, if `value` is one.
+    pub fn read(value: &'a Value) -> Option<Self> {
+        Self::deserialize(value).ok()
+    }
+}
+
+/// `value` as JSON; the types here always serialise.
+fn to_json(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
 
 /// How much of each output is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,12 +140,12 @@ impl SizePolicy {
         let half = self.text_cap / 2;
         let head_end = floor_boundary(text, half);
         let tail_start = floor_boundary(text, text.len() - half);
-        json!({
-            "truncated": true,
-            "size": text.len(),
-            "sha256": sha256_hex(text.as_bytes()),
-            "head": &text[..head_end],
-            "tail": &text[tail_start..],
+        to_json(&CutText {
+            truncated: true,
+            size: text.len() as u64,
+            sha256: Cow::Owned(sha256_hex(text.as_bytes())),
+            head: Cow::Borrowed(&text[..head_end]),
+            tail: Cow::Borrowed(&text[tail_start..]),
         })
     }
 
@@ -72,29 +167,31 @@ impl SizePolicy {
         };
         let Some((bytes, compact)) = decoded else {
             // Not valid base64: keep it as the text it is.
-            return json!({ "invalid_base64": self.text(base64_text) });
+            let mut invalid = serde_json::Map::new();
+            invalid.insert("invalid_base64".into(), self.text(base64_text));
+            return Value::Object(invalid);
         };
-        let mut kept = json!({ "sha256": sha256_hex(&bytes), "size": bytes.len() });
+        let mut kept = KeptBytes::of(&bytes);
         if self.keep_binary {
-            kept["base64"] = Value::String(compact.into_owned());
+            kept.base64 = Some(compact.into_owned());
         }
-        kept
+        kept.into_value()
     }
 
     /// A buffer (the binary frames after a message's content): its size and SHA-256,
     /// and the bytes themselves (base64) when `in_full` or when the policy keeps
     /// binaries. Buffers of frontend requests are kept in full: the kernel acts on them.
     pub fn buffer(&self, bytes: &[u8], in_full: bool) -> Value {
-        let mut kept = Self::digest(bytes);
+        let mut kept = KeptBytes::of(bytes);
         if in_full || self.keep_binary {
-            kept["base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+            kept.base64 = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
         }
-        kept
+        kept.into_value()
     }
 
     /// The size and SHA-256 of some bytes, never the bytes themselves.
     pub fn digest(bytes: &[u8]) -> Value {
-        json!({ "sha256": sha256_hex(bytes), "size": bytes.len() })
+        KeptBytes::of(bytes).into_value()
     }
 
     /// A stricter policy for an output whose record would not fit the record budget:
@@ -207,7 +304,74 @@ fn is_binary_mime(mime: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    #[test]
+    fn kept_shapes_are_the_schemas() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../schema/audit-record.schema.json"))
+                .expect("the schema is JSON");
+        let keys = |value: Value| -> Vec<String> {
+            value.as_object().expect("object").keys().cloned().collect()
+        };
+        let policy = SizePolicy {
+            text_cap: 4,
+            keep_binary: true,
+        };
+        let defs = &schema["$defs"];
+        let binary = &defs["binary"]["oneOf"];
+        for (written, declared) in [
+            (policy.text("long enough"), &defs["truncated_text"]),
+            (policy.buffer(b"x", true), &defs["buffer"]),
+            (policy.binary("AAEC"), &binary[0]),
+            (policy.binary("!!"), &binary[1]),
+        ] {
+            assert_eq!(keys(written), keys(declared["properties"].clone()));
+        }
+    }
+
+    #[test]
+    fn kept_shapes_read_back_as_written() {
+        let policy = SizePolicy {
+            text_cap: 10,
+            keep_binary: true,
+        };
+        let cut = policy.text("0123456789abcdefghij");
+        let Some(KeptText::Cut(read)) = KeptText::read(&cut) else {
+            panic!("a cut text: {cut}");
+        };
+        assert_eq!(
+            (read.size, &*read.head, &*read.tail),
+            (20, "01234", "fghij")
+        );
+        assert_eq!(
+            KeptText::read(&json!("short")),
+            Some(KeptText::Whole("short".into()))
+        );
+        assert_eq!(
+            KeptText::read(&json!({"truncated": false, "head": "x"})),
+            None
+        );
+        assert_eq!(KeptText::read(&json!({"a": 1})), None);
+
+        let bytes = KeptBytes {
+            base64: Some("AAEC".into()),
+            ..KeptBytes::of(b"\x00\x01\x02")
+        };
+        assert_eq!(
+            bytes.clone().into_value(),
+            to_json(&bytes),
+            "base64 field name"
+        );
+        assert_eq!(
+            KeptBytes::read(&policy.buffer(b"\x00\x01\x02", false)),
+            Some(bytes)
+        );
+        let invalid = policy.binary("not base64 !!");
+        assert!(InvalidBase64::read(&invalid).is_some());
+    }
 
     #[test]
     fn short_text_is_kept_as_is() {

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::events::{AuditEvent, EventHeader, Outcome};
 use super::{Record, SizePolicy};
 use crate::connection::Channel;
 use crate::wire::WireMessage;
@@ -95,6 +96,15 @@ pub struct SessionContext {
 /// A record with the fields every record has: `event.action`, `event.created`, and
 /// the session's `jupyter.*` context. `fields` go into `jupyter`.
 pub fn event_record(context: &SessionContext, action: &str, fields: Map<String, Value>) -> Record {
+    record_with(context, &EventHeader::new(action), fields)
+}
+
+/// A record with `event` and the session's context; `fields` go into `jupyter`.
+fn record_with(
+    context: &SessionContext,
+    event: &EventHeader,
+    fields: Map<String, Value>,
+) -> Record {
     let mut jupyter = Map::new();
     jupyter.insert("session_id".into(), json!(context.session_id));
     if let Some(kernel_id) = &context.kernel_id {
@@ -105,12 +115,14 @@ pub fn event_record(context: &SessionContext, action: &str, fields: Map<String, 
     }
     jupyter.extend(fields);
     let mut record = Record::new();
-    record.insert(
-        "event".into(),
-        json!({ "action": action, "created": now_rfc3339(), "kind": "event" }),
-    );
+    record.insert("event".into(), event.to_value());
     record.insert("jupyter".into(), Value::Object(jupyter));
     record
+}
+
+/// The record of an event that is not a message, with the session's context.
+pub fn record_event(context: &SessionContext, event: &impl AuditEvent) -> Record {
+    record_with(context, &event.header(), event.fields())
 }
 
 /// Bookkeeping kept between messages is capped; past this it starts afresh.
@@ -277,11 +289,11 @@ impl RecordBuilder {
                 };
             }
         }
-        let mut record = self.event(&msg_type, fields);
-        if let (Some(outcome), Some(Value::Object(event))) = (outcome, record.get_mut("event")) {
-            event.insert("outcome".into(), json!(outcome));
-        }
-        Some(record)
+        let event = EventHeader {
+            outcome,
+            ..EventHeader::new(&msg_type)
+        };
+        Some(record_with(&self.context, &event, fields))
     }
 
     /// Updates what later messages need to know, once per message.
@@ -410,7 +422,7 @@ fn describe_output(
     tracked: &Tracked,
     policy: SizePolicy,
     fields: &mut Map<String, Value>,
-    outcome: &mut Option<&'static str>,
+    outcome: &mut Option<Outcome>,
 ) {
     let text_of = |value: &Value| policy.text(value.as_str().unwrap_or_default());
     let mut put = |key: &str, value: Value| {
@@ -428,9 +440,9 @@ fn describe_output(
         }
         "execute_reply" => {
             *outcome = Some(if content["status"] == "ok" {
-                "success"
+                Outcome::Success
             } else {
-                "failure"
+                Outcome::Failure
             });
             put("status", status_of(policy, content));
             put(
@@ -842,6 +854,165 @@ mod tests {
         bad.direction = Direction::FromKernel;
         let record = builder.message(bad).expect("recorded");
         assert!(record["jupyter"]["content_error"].is_string());
+    }
+
+    #[test]
+    fn every_field_of_a_message_record_is_in_the_schema() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../schema/audit-record.schema.json"))
+                .expect("the schema is JSON");
+        let mut builder = builder();
+        let mut records = Vec::new();
+        let mut add = |direction, channel, msg_type, content: Value, buffers: bool| {
+            let mut observation = observe(direction, channel, msg_type, "m1", Some("m0"), content);
+            if buffers {
+                observation
+                    .message
+                    .buffers
+                    .push(Bytes::from_static(b"\x00"));
+            }
+            records.extend(builder.message(observation));
+        };
+        use Channel::{Iopub, Shell, Stdin};
+        use Direction::{FromFrontend as Frontend, FromKernel as Kernel};
+        let bundle = json!({"text/plain": "x", "image/png": "AAEC"});
+        let padded: Map<String, Value> = (0..300)
+            .map(|index| (format!("text/x-{index}"), json!("a")))
+            .collect();
+        add(
+            Frontend,
+            Shell,
+            "execute_request",
+            json!({"code": "1", "silent": false, "store_history": true, "allow_stdin": true, "stop_on_error": true}),
+            true,
+        );
+        add(
+            Kernel,
+            Iopub,
+            "execute_input",
+            json!({"code": "1", "execution_count": 1}),
+            false,
+        );
+        add(
+            Kernel,
+            Shell,
+            "execute_reply",
+            json!({"status": "error", "execution_count": 1, "ename": "E", "evalue": "v"}),
+            false,
+        );
+        add(
+            Kernel,
+            Iopub,
+            "stream",
+            json!({"name": "stdout", "text": "x"}),
+            false,
+        );
+        add(
+            Kernel,
+            Iopub,
+            "display_data",
+            json!({"data": bundle, "transient": {"display_id": "d"}}),
+            false,
+        );
+        add(
+            Kernel,
+            Iopub,
+            "execute_result",
+            json!({"data": padded, "execution_count": 1}),
+            false,
+        );
+        add(
+            Kernel,
+            Iopub,
+            "error",
+            json!({"ename": "E", "evalue": "v", "traceback": ["t"]}),
+            false,
+        );
+        add(Kernel, Iopub, "clear_output", json!({"wait": true}), false);
+        add(
+            Kernel,
+            Stdin,
+            "input_request",
+            json!({"prompt": "?", "password": true}),
+            false,
+        );
+        add(
+            Frontend,
+            Stdin,
+            "input_reply",
+            json!({"value": "secret"}),
+            false,
+        );
+        add(
+            Frontend,
+            Stdin,
+            "input_reply",
+            json!({"value": "kept"}),
+            false,
+        );
+        add(
+            Frontend,
+            Shell,
+            "comm_open",
+            json!({"comm_id": "c", "target_name": "t", "data": {}}),
+            true,
+        );
+        add(
+            Kernel,
+            Iopub,
+            "comm_msg",
+            json!({"comm_id": "c", "data": {"a": 1}}),
+            true,
+        );
+        add(
+            Kernel,
+            Shell,
+            "kernel_info_reply",
+            json!({"status": "ok"}),
+            false,
+        );
+        add(Kernel, Iopub, "something_new", json!({"x": 1}), false);
+        let mut unreadable = observe(Kernel, Iopub, "stream", "m2", None, json!({}));
+        unreadable.message.content = Bytes::from_static(b"{not json");
+        records.extend(builder.message(unreadable));
+
+        let declared = |path: &str| -> Vec<String> {
+            schema
+                .pointer(path)
+                .and_then(Value::as_object)
+                .expect("declared properties")
+                .keys()
+                .cloned()
+                .collect()
+        };
+        let jupyter = declared("/$defs/jupyter/properties");
+        let event = declared("/properties/event/properties");
+        for record in &records {
+            for (object, declared) in [("jupyter", &jupyter), ("event", &event)] {
+                for key in record[object].as_object().expect("an object").keys() {
+                    assert!(
+                        declared.contains(key),
+                        "{object}.{key} of {} is not in the schema",
+                        record["event"]["action"]
+                    );
+                }
+            }
+        }
+        let written: std::collections::BTreeSet<&str> = records
+            .iter()
+            .flat_map(|record| record["jupyter"].as_object().expect("jupyter").keys())
+            .map(String::as_str)
+            .collect();
+        for key in [
+            "value_dropped",
+            "data_entries_omitted",
+            "content_digest",
+            "content_error",
+            "buffers",
+            "content",
+        ] {
+            assert!(written.contains(key), "the samples write {key}");
+        }
     }
 
     trait Lossy {

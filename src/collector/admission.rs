@@ -6,13 +6,14 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use super::fields::{self, FieldRefusal, capped};
-use super::refusals::{RECORD_REFUSED, RefusalLimiter, refusal_record};
+use super::refusals::{RefusalLimiter, refusal_record};
 use super::server::{PeerIdentity, stamp};
-use super::sessions::{Claim, FORGED_RECORD, Owner, SessionTable};
+use super::sessions::{Claim, Owner, SessionTable};
 use crate::audit::Record;
+use crate::audit::events::{AuditEvent, ForgedRecord, RecordRefused, RefusedClaim, SessionOwner};
 use crate::store::{StoreError, StoreHandle};
 
 /// Sessions one connection remembers as its own (a proxy writes one).
@@ -66,12 +67,14 @@ impl Admission {
             }
             Ok(session) => session.to_owned(),
             Err(FieldRefusal { reason, fields }) => {
-                let mut details = Map::new();
-                details.insert("reason".into(), json!(reason));
-                let mut refused = claimed(&record);
-                refused.insert("fields".into(), json!(fields));
-                details.insert("refused".into(), Value::Object(refused));
-                self.record_refusal(RECORD_REFUSED, details).await;
+                let refusal = RecordRefused {
+                    reason: reason.clone(),
+                    refused: RefusedClaim {
+                        fields: Some(fields),
+                        ..claimed(&record)
+                    },
+                };
+                self.record_refusal(&refusal).await;
                 return refuse(format!("record refused: {reason}"));
             }
         };
@@ -88,16 +91,15 @@ impl Admission {
                     "session {} belongs to another process; a session's records come from its proxy",
                     capped(&session)
                 );
-                let mut bound = Map::new();
-                bound.insert("user_id".into(), json!(owner.uid.to_string()));
-                if owner.pid != 0 {
-                    bound.insert("pid".into(), json!(owner.pid));
-                }
-                let mut details = Map::new();
-                details.insert("reason".into(), json!(reason));
-                details.insert("refused".into(), Value::Object(claimed(&record)));
-                details.insert("session_owner".into(), Value::Object(bound));
-                self.record_refusal(FORGED_RECORD, details).await;
+                let forged = ForgedRecord {
+                    reason: reason.clone(),
+                    refused: claimed(&record),
+                    session_owner: SessionOwner {
+                        user_id: owner.uid.to_string(),
+                        pid: (owner.pid != 0).then_some(owner.pid),
+                    },
+                };
+                self.record_refusal(&forged).await;
                 tracing::warn!(
                     uid = self.identity.uid,
                     pid = ?self.identity.pid,
@@ -108,10 +110,11 @@ impl Admission {
                 refuse(format!("record refused: {reason}"))
             }
             Claim::Refused(reason) => {
-                let mut details = Map::new();
-                details.insert("reason".into(), json!(reason));
-                details.insert("refused".into(), Value::Object(claimed(&record)));
-                self.record_refusal(RECORD_REFUSED, details).await;
+                let refusal = RecordRefused {
+                    reason: reason.clone(),
+                    refused: claimed(&record),
+                };
+                self.record_refusal(&refusal).await;
                 refuse(format!("record refused: {reason}"))
             }
             Claim::Unavailable(error) => Verdict::Refuse(error),
@@ -125,13 +128,13 @@ impl Admission {
         }
     }
 
-    async fn record_refusal(&mut self, action: &'static str, details: Map<String, Value>) {
-        let (own, summary) = self.limiter.refused(action, Instant::now());
+    async fn record_refusal(&mut self, refusal: &impl AuditEvent) {
+        let (own, summary) = self.limiter.refused(refusal.action(), Instant::now());
         if let Some(summary) = summary {
             self.store_record(summary).await;
         }
         if own {
-            self.store_record(refusal_record(action, details)).await;
+            self.store_record(refusal_record(refusal)).await;
         }
     }
 
@@ -162,17 +165,13 @@ fn refuse(error: String) -> Verdict {
 }
 
 /// What a refused record claimed to be: its session, action and message (capped).
-fn claimed(record: &Record) -> Map<String, Value> {
-    let mut claimed = Map::new();
+fn claimed(record: &Record) -> RefusedClaim {
     let text = |value: Option<&Value>| value.and_then(Value::as_str).map(capped);
-    if let Some(session) = text(record.get("jupyter").and_then(|j| j.get("session_id"))) {
-        claimed.insert("session_id".into(), json!(session));
+    let jupyter = |key: &str| text(record.get("jupyter").and_then(|j| j.get(key)));
+    RefusedClaim {
+        session_id: jupyter("session_id"),
+        action: text(record.get("event").and_then(|e| e.get("action"))),
+        msg_id: jupyter("msg_id"),
+        fields: None,
     }
-    if let Some(action) = text(record.get("event").and_then(|e| e.get("action"))) {
-        claimed.insert("action".into(), json!(action));
-    }
-    if let Some(msg_id) = text(record.get("jupyter").and_then(|j| j.get("msg_id"))) {
-        claimed.insert("msg_id".into(), json!(msg_id));
-    }
-    claimed
 }

@@ -26,7 +26,8 @@ use super::protocol::{
     FromCollector, MAX_FRAME_BYTES, PROTOCOL_VERSION, ProtocolError, RecordFrame, ToCollector,
     read_frame, write_frame,
 };
-use crate::audit::{Record, SessionContext, event_record};
+use crate::audit::events::AuditGap;
+use crate::audit::{Record, SessionContext, record_event};
 
 /// Records waiting for the client task (beyond this, records are counted as lost).
 const QUEUE_CAPACITY: usize = 4096;
@@ -403,11 +404,12 @@ impl ClientTask {
     async fn report_gap(&mut self) {
         self.last_gap_report = Instant::now();
         if let Some(gap) = self.gap.take() {
-            let mut fields = serde_json::Map::new();
-            fields.insert("lost_records".into(), json!(gap.lost));
-            fields.insert("gap_since".into(), json!(gap.since));
-            fields.insert("reason".into(), json!(gap.reason));
-            let record = event_record(&self.context, "audit_gap", fields);
+            let gap = AuditGap {
+                lost_records: gap.lost,
+                gap_since: gap.since,
+                reason: gap.reason,
+            };
+            let record = record_event(&self.context, &gap);
             self.enqueue(record, None, None).await;
         }
     }

@@ -7,15 +7,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::disk::DiskSpace;
 use super::limits::{self, Fairness, LimitReport, Limits};
 use super::server::{self, CollectorError, PeerIdentity};
 use crate::audit::Record;
+use crate::audit::events::{AuditEvent, CollectorStart, CollectorStop, TornRecord};
 use crate::path_safety::{self, PathRole};
-use crate::store::{self, Recovery, StoreConfig, StoreHandle};
+use crate::store::{self, StoreConfig, StoreHandle};
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -55,10 +56,21 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
     let (store, recovery) = opened;
     let listener = server::bind(&config.socket, config.socket_mode)?;
     let (fairness, descriptors) = fairness(&config).await;
-    let mut fields = start_fields(&config, &recovery);
-    fields.insert("limits".into(), fairness.limits().fields());
-    fields.insert("descriptor_limit".into(), json!(descriptors));
-    record_own(&store, "collector_start", fields).await;
+    let start = CollectorStart {
+        store: config.store.dir.display().to_string(),
+        socket: config.socket.display().to_string(),
+        last_sequence: recovery.last_sequence,
+        store_created: recovery.created,
+        torn_record: recovery.torn.as_ref().map(|torn| TornRecord {
+            segment: torn.segment.display().to_string(),
+            offset: torn.offset,
+            bytes: torn.bytes,
+        }),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        limits: fairness.limits().fields(),
+        descriptor_limit: descriptors,
+    };
+    record_own(&store, &start).await;
     tracing::info!(socket = %config.socket.display(), store = %config.store.dir.display(), "collector listening");
     let reporting = tokio::spawn(report_limits(store.clone(), Arc::clone(&fairness)));
 
@@ -76,7 +88,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
     let _ = std::fs::remove_file(&config.socket);
     reporting.abort();
     write_reports(&store, fairness.due_reports(true)).await;
-    record_own(&store, "collector_stop", Map::new()).await;
+    record_own(&store, &CollectorStop {}).await;
     let stats = store.stats();
     tracing::info!(
         records = stats.records,
@@ -150,35 +162,13 @@ async fn write_reports(store: &StoreHandle, reports: Vec<LimitReport>) {
             "{}",
             report.reason
         );
-        record_own(store, "limit_exceeded", report.fields(name.as_deref())).await;
+        record_own(store, &report.event(name)).await;
     }
-}
-
-fn start_fields(config: &DaemonConfig, recovery: &Recovery) -> Map<String, Value> {
-    let mut fields = Map::new();
-    fields.insert(
-        "store".into(),
-        json!(config.store.dir.display().to_string()),
-    );
-    fields.insert("socket".into(), json!(config.socket.display().to_string()));
-    fields.insert("last_sequence".into(), json!(recovery.last_sequence));
-    fields.insert("store_created".into(), json!(recovery.created));
-    if let Some(torn) = &recovery.torn {
-        fields.insert(
-            "torn_record".into(),
-            json!({
-                "segment": torn.segment.display().to_string(),
-                "offset": torn.offset,
-                "bytes": torn.bytes,
-            }),
-        );
-    }
-    fields.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
-    fields
 }
 
 /// Stores a record about the collector itself, stamped with the collector's identity.
-async fn record_own(store: &StoreHandle, action: &str, fields: Map<String, Value>) {
+async fn record_own(store: &StoreHandle, event: &impl AuditEvent) {
+    let header = event.header();
     let uid = nix::unistd::getuid().as_raw();
     let identity = PeerIdentity {
         uid,
@@ -188,14 +178,11 @@ async fn record_own(store: &StoreHandle, action: &str, fields: Map<String, Value
     };
     let host = server::host_name();
     let mut record = Record::new();
-    record.insert(
-        "event".into(),
-        json!({ "action": action, "kind": "event", "created": crate::audit::now_rfc3339() }),
-    );
+    record.insert("event".into(), header.to_value());
     let stored = match server::stamp(record, &identity, &host) {
         Ok(mut record) => {
             // Only the collector itself writes a `collector` object (stamp drops any).
-            record.insert("collector".into(), Value::Object(fields));
+            record.insert("collector".into(), Value::Object(event.fields()));
             store
                 .append(record)
                 .await
@@ -205,6 +192,6 @@ async fn record_own(store: &StoreHandle, action: &str, fields: Map<String, Value
         Err(reason) => Err(reason),
     };
     if let Err(error) = stored {
-        tracing::error!(%error, action, "cannot record the collector's own event");
+        tracing::error!(%error, action = header.action, "cannot record the collector's own event");
     }
 }

@@ -13,18 +13,12 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::audit::Record;
+use crate::audit::events::{Action, EVENT_KIND, Outcome};
 
 /// `event` keys a sender may write.
 const SENDER_EVENT_KEYS: &[&str] = &["action", "created", "kind", "outcome"];
-/// `event.outcome` values (ECS).
-const OUTCOMES: &[&str] = &["success", "failure"];
-/// Actions only the collector writes: a sender's record with one would read as the
-/// collector's word.
-pub const COLLECTOR_ACTIONS: &[&str] = &[
-    super::sessions::FORGED_RECORD,
-    super::refusals::RECORD_REFUSED,
-    super::refusals::REFUSALS_SUPPRESSED,
-];
+/// Actions only the collector writes ([`Action::is_collectors`]), and any that starts
+/// with this: a sender's record with one would read as the collector's word.
 const COLLECTOR_ACTION_PREFIX: &str = "collector_";
 /// Longest `jupyter` key.
 const MAX_KEY_CHARS: usize = 64;
@@ -117,7 +111,9 @@ fn check_event_values(event: &serde_json::Map<String, Value>) -> Result<(), Fiel
             ));
         }
     };
-    if action.starts_with(COLLECTOR_ACTION_PREFIX) || COLLECTOR_ACTIONS.contains(&action.as_str()) {
+    if action.starts_with(COLLECTOR_ACTION_PREFIX)
+        || Action::from_name(action).is_some_and(Action::is_collectors)
+    {
         return Err(FieldRefusal::of(
             format!(
                 "event.action {:?} is the collector's to write",
@@ -137,14 +133,14 @@ fn check_event_values(event: &serde_json::Map<String, Value>) -> Result<(), Fiel
             ));
         }
     }
-    if event.get("kind").is_some_and(|kind| kind != "event") {
+    if event.get("kind").is_some_and(|kind| kind != EVENT_KIND) {
         return Err(FieldRefusal::of(
             "event.kind is not \"event\"",
             "event.kind",
         ));
     }
     if let Some(outcome) = event.get("outcome")
-        && !outcome.as_str().is_some_and(|o| OUTCOMES.contains(&o))
+        && outcome.as_str().and_then(Outcome::from_name).is_none()
     {
         return Err(FieldRefusal::of(
             "event.outcome is neither \"success\" nor \"failure\"",
@@ -235,6 +231,9 @@ mod tests {
             ("action", json!("collector_start")),
             ("action", json!("forged_record")),
             ("action", json!("record_refused")),
+            ("action", json!("refusals_suppressed")),
+            // A user over a fairness limit is the collector's word, never a sender's.
+            ("action", json!("limit_exceeded")),
             ("created", json!("yesterday")),
             ("kind", json!("alert")),
             ("outcome", json!("unknown")),

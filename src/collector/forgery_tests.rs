@@ -4,9 +4,9 @@
 use serde_json::{Value, json};
 
 use super::admission::{Admission, Verdict};
-use super::refusals::{RECORDED_PER_WINDOW, REFUSALS_SUPPRESSED};
+use super::refusals::RECORDED_PER_WINDOW;
 use super::server::{PeerIdentity, stamp};
-use super::sessions::{FORGED_RECORD, SessionTable};
+use super::sessions::SessionTable;
 use crate::audit::Record;
 use crate::store::{self, Reader, StoreConfig, StoreError, StoreHandle};
 
@@ -92,7 +92,7 @@ async fn another_process_of_the_same_user_cannot_write_into_a_session() {
     assert_eq!(in_session, [json!("m0"), json!("m2")]);
     let traces: Vec<_> = records
         .iter()
-        .filter(|r| r["event"]["action"] == FORGED_RECORD)
+        .filter(|r| r["event"]["action"] == "forged_record")
         .collect();
     assert_eq!(traces.len(), RECORDED_PER_WINDOW as usize);
     let first = traces[0];
@@ -107,11 +107,11 @@ async fn another_process_of_the_same_user_cannot_write_into_a_session() {
     assert!(first.get("jupyter").is_none());
     let summaries: Vec<_> = records
         .iter()
-        .filter(|r| r["event"]["action"] == REFUSALS_SUPPRESSED)
+        .filter(|r| r["event"]["action"] == "refusals_suppressed")
         .collect();
     assert_eq!(summaries.len(), 1);
     assert_eq!(
-        summaries[0]["collector"]["suppressed"][FORGED_RECORD],
+        summaries[0]["collector"]["suppressed"]["forged_record"],
         json!(101 - RECORDED_PER_WINDOW)
     );
     assert_eq!(summaries[0]["process"]["pid"], 1);

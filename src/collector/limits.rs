@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::io::AsyncRead;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 // Tokio's clock, so that tests with paused time see the rate and window move.
@@ -46,6 +46,7 @@ use super::protocol::{
     MAX_FRAME_BYTES, ProtocolError, ToCollector, read_frame_body, read_frame_bytes,
     read_frame_length,
 };
+use crate::audit::events::{LimitExceeded, LimitPeer};
 use crate::sync::lock;
 
 const MIB: u64 = 1024 * 1024;
@@ -393,23 +394,21 @@ pub struct LimitReport {
 }
 
 impl LimitReport {
-    /// The `collector` object of the `limit_exceeded` record.
-    pub fn fields(&self, user_name: Option<&str>) -> Map<String, Value> {
-        let mut peer = Map::new();
-        peer.insert("user_id".into(), json!(self.uid.to_string()));
-        if let Some(name) = user_name {
-            peer.insert("user_name".into(), json!(name));
+    /// The `limit_exceeded` event; `user_name` is the name of `uid`.
+    pub fn event(&self, user_name: Option<String>) -> LimitExceeded {
+        LimitExceeded {
+            limit: self.limit.name().to_owned(),
+            peer: LimitPeer {
+                user_id: self.uid.to_string(),
+                user_name,
+            },
+            count: self.count,
+            bytes: self.bytes,
+            setting: self.setting,
+            first_at: self.first_at.clone(),
+            last_at: self.last_at.clone(),
+            reason: self.reason.clone(),
         }
-        let mut fields = Map::new();
-        fields.insert("limit".into(), json!(self.limit.name()));
-        fields.insert("peer".into(), Value::Object(peer));
-        fields.insert("count".into(), json!(self.count));
-        fields.insert("bytes".into(), json!(self.bytes));
-        fields.insert("setting".into(), json!(self.setting));
-        fields.insert("first_at".into(), json!(self.first_at));
-        fields.insert("last_at".into(), json!(self.last_at));
-        fields.insert("reason".into(), json!(self.reason));
-        fields
     }
 }
 
@@ -867,6 +866,7 @@ impl ConnectionSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::events::AuditEvent;
     use crate::collector::disk::FreeSpace;
     use crate::collector::protocol::write_frame;
     use tokio::io::AsyncWriteExt;
@@ -957,10 +957,9 @@ mod tests {
             counted,
             [(1001, "connections_per_user", 1), (1004, "connections", 1)]
         );
-        assert_eq!(
-            reports[0].fields(Some("mallory"))["peer"]["user_id"],
-            "1001"
-        );
+        let record = reports[0].event(Some("mallory".into())).fields();
+        assert_eq!(record["peer"]["user_id"], "1001");
+        assert_eq!(record["peer"]["user_name"], "mallory");
     }
 
     #[test]

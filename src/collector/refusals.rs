@@ -5,14 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
+use crate::audit::events::{Action, AuditEvent, RefusalsSuppressed};
 use crate::audit::{Record, now_rfc3339};
 
-/// A record refused for what it holds (fields, or a session its sender may not open).
-pub const RECORD_REFUSED: &str = "record_refused";
-/// Refusals of one connection that were counted, not recorded one by one.
-pub const REFUSALS_SUPPRESSED: &str = "refusals_suppressed";
 /// Refusals recorded one by one per connection and window; the rest are counted.
 pub const RECORDED_PER_WINDOW: u32 = 10;
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -22,7 +19,7 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 pub struct RefusalLimiter {
     window_start: Instant,
     recorded: u32,
-    suppressed: BTreeMap<&'static str, u64>,
+    suppressed: BTreeMap<Action, u64>,
     first_suppressed_at: Option<String>,
     last_suppressed_at: Option<String>,
 }
@@ -43,7 +40,7 @@ impl RefusalLimiter {
     /// A refusal of `action` happened at `now`. Returns whether it gets a record of its
     /// own and, when a window with counted refusals has just closed, the
     /// `refusals_suppressed` record to write first.
-    pub fn refused(&mut self, action: &'static str, now: Instant) -> (bool, Option<Record>) {
+    pub fn refused(&mut self, action: Action, now: Instant) -> (bool, Option<Record>) {
         let mut summary = None;
         if now.duration_since(self.window_start) >= WINDOW {
             summary = self.summary();
@@ -66,39 +63,27 @@ impl RefusalLimiter {
         if self.suppressed.is_empty() {
             return None;
         }
-        let counts = std::mem::take(&mut self.suppressed);
-        let total: u64 = counts.values().sum();
-        let mut fields = Map::new();
-        fields.insert("suppressed_count".into(), json!(total));
-        fields.insert("suppressed".into(), json!(counts));
-        fields.insert(
-            "first_refused_at".into(),
-            json!(self.first_suppressed_at.take()),
-        );
-        fields.insert(
-            "last_refused_at".into(),
-            json!(self.last_suppressed_at.take()),
-        );
-        fields.insert(
-            "reason".into(),
-            json!(format!(
+        let suppressed = std::mem::take(&mut self.suppressed);
+        Some(refusal_record(&RefusalsSuppressed {
+            suppressed_count: suppressed.values().sum(),
+            suppressed,
+            first_refused_at: self.first_suppressed_at.take(),
+            last_refused_at: self.last_suppressed_at.take(),
+            reason: format!(
                 "more than {RECORDED_PER_WINDOW} refused records on one connection within {} s",
                 WINDOW.as_secs()
-            )),
-        );
-        Some(refusal_record(REFUSALS_SUPPRESSED, fields))
+            ),
+        }))
     }
 }
 
-/// A record the collector writes about a refusal; `fields` become its `collector`
-/// object. Stamp it with the sender's identity, then insert `collector` (stamp drops it).
-pub fn refusal_record(action: &str, fields: Map<String, Value>) -> Record {
+/// A record the collector writes about a refusal; the event's fields become its
+/// `collector` object. Stamp it with the sender's identity, then insert `collector`
+/// (stamp drops it).
+pub fn refusal_record(event: &impl AuditEvent) -> Record {
     let mut record = Record::new();
-    record.insert(
-        "event".into(),
-        json!({"action": action, "kind": "event", "created": now_rfc3339(), "outcome": "failure"}),
-    );
-    record.insert("collector".into(), Value::Object(fields));
+    record.insert("event".into(), event.header().to_value());
+    record.insert("collector".into(), Value::Object(event.fields()));
     record
 }
 
@@ -112,22 +97,22 @@ mod tests {
         let start = limiter.window_start;
         let mut recorded = 0;
         for _ in 0..100 {
-            let (own, summary) = limiter.refused(RECORD_REFUSED, start);
+            let (own, summary) = limiter.refused(Action::RecordRefused, start);
             assert!(summary.is_none());
             recorded += u32::from(own);
         }
         for _ in 0..5 {
-            limiter.refused(super::super::sessions::FORGED_RECORD, start);
+            limiter.refused(Action::ForgedRecord, start);
         }
         assert_eq!(recorded, RECORDED_PER_WINDOW);
         // The next window opens with the count of the last one.
-        let (own, summary) = limiter.refused(RECORD_REFUSED, start + WINDOW);
+        let (own, summary) = limiter.refused(Action::RecordRefused, start + WINDOW);
         assert!(own);
         let summary = summary.expect("a summary");
-        assert_eq!(summary["event"]["action"], REFUSALS_SUPPRESSED);
+        assert_eq!(summary["event"]["action"], "refusals_suppressed");
         let fields = &summary["collector"];
         assert_eq!(fields["suppressed_count"], 95);
-        assert_eq!(fields["suppressed"][RECORD_REFUSED], 90);
+        assert_eq!(fields["suppressed"]["record_refused"], 90);
         assert_eq!(fields["suppressed"]["forged_record"], 5);
         assert!(limiter.summary().is_none(), "reported once");
     }

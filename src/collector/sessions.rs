@@ -44,9 +44,6 @@ use sha2::{Digest, Sha256};
 use super::server::PeerIdentity;
 use crate::store::{self, StoreError};
 
-/// The action of the record that says a record for a session came from a process that
-/// does not own it.
-pub const FORGED_RECORD: &str = "forged_record";
 /// Bindings kept in memory.
 pub const MAX_BINDINGS: usize = 1 << 19;
 /// Sessions of one uid whose owning processes still run.

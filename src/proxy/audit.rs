@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use crate::audit::events::AuditEvent;
 use crate::audit::{
     Direction, Observation, ParsedMessage, RecordBuilder, SessionContext, SizePolicy,
 };
@@ -177,10 +178,11 @@ impl Auditor {
     }
 
     /// Records a lifecycle event (session start and end, interrupt, refusal, …).
-    pub(crate) fn event(&self, action: &str, fields: Map<String, Value>) {
+    pub(crate) fn event(&self, event: &impl AuditEvent) {
+        let action = event.action().as_str().to_owned();
         if self
             .jobs
-            .try_send(Job::Event(action.to_owned(), fields))
+            .try_send(Job::Event(action, event.fields()))
             .is_err()
         {
             self.client.count_lost(1);

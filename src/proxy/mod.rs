@@ -19,10 +19,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
-use serde_json::{Map, Value, json};
-
 use self::audit::Auditor;
 use crate::audit::SessionContext;
+use crate::audit::events::{self, AuditEvent};
 use crate::collector::client::AuditClient;
 use crate::config::AuditSettings;
 use crate::connection::Channel;
@@ -135,11 +134,7 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
     kernel
         .pass_interrupts_at_once()
         .map_err(ProxyError::Signals)?;
-    record(
-        &sides,
-        "session_start",
-        session_start_fields(&config, &argv, kernel_pid),
-    );
+    record(&sides, &session_start(&config, &argv, kernel_pid));
 
     let identity = bytes::Bytes::from(format!("jupyter-audit-{}", std::process::id()));
     let activity = Arc::new(startup::Activity::default());
@@ -216,13 +211,12 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
             () = &mut parent_exited, if !orphaned => {
                 orphaned = true;
                 tracing::warn!(pid = kernel_pid, "the process that started the kernel is gone; stopping the kernel");
-                record(&sides, "parent_exited", Map::new());
+                record(&sides, &events::ParentExited {});
                 kernel.signal_group(Signal::SIGKILL);
             }
             signal = signals.next() => {
                 tracing::info!(?signal, pid = kernel_pid, "passing signal to the kernel");
-                let action = if signal == Signal::SIGINT { "interrupt" } else { "signal" };
-                record(&sides, action, Map::from_iter([("signal".to_owned(), json!(signal.as_str()))]));
+                record(&sides, &events::SignalPassed { signal: signal.as_str().to_owned() });
                 // SIGINT was passed on by the signal handler already.
                 if signal != Signal::SIGINT {
                     kernel.signal_group(signal);
@@ -244,7 +238,7 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
         requests::record_suppressed(&summary, &sides).await;
     }
     if let Some(auditor) = &sides.auditor {
-        auditor.event("session_end", session_end_fields(status, orphaned));
+        auditor.event(&session_end(status, orphaned));
         if let Err(error) = auditor.flush(Duration::from_secs(3)).await {
             tracing::error!(%error, "the end of the session could not be recorded");
         }
@@ -294,9 +288,9 @@ fn spawn_rejection_reports(
     })
 }
 
-fn record(sides: &Sides, action: &str, fields: Map<String, Value>) {
+fn record(sides: &Sides, event: &impl AuditEvent) {
     if let Some(auditor) = &sides.auditor {
-        auditor.event(action, fields);
+        auditor.event(event);
     }
 }
 
@@ -308,35 +302,27 @@ fn kernel_id(connection_file: &Path) -> Option<String> {
 
 /// What is known about a session when it starts. The environment values are set by
 /// Jupyter (and could be set by the user): context, not identity.
-fn session_start_fields(
-    config: &ProxyConfig,
-    argv: &[String],
-    kernel_pid: u32,
-) -> Map<String, Value> {
-    let env = |name: &str| std::env::var(name).ok().map_or(Value::Null, Value::String);
-    let mut fields = Map::new();
-    fields.insert("notebook_path".into(), env("JPY_SESSION_NAME"));
-    fields.insert("hub_user".into(), env("JUPYTERHUB_USER"));
-    fields.insert("hub_server_name".into(), env("JUPYTERHUB_SERVER_NAME"));
-    fields.insert("kernel_argv".into(), json!(argv));
-    fields.insert("kernel_pid".into(), json!(kernel_pid));
-    fields.insert("proxy_pid".into(), json!(std::process::id()));
-    fields.insert("proxy_version".into(), json!(env!("CARGO_PKG_VERSION")));
-    fields.insert(
-        "connection_file".into(),
-        json!(config.connection_file.display().to_string()),
-    );
-    fields.retain(|_, value| !value.is_null());
-    fields
+fn session_start(config: &ProxyConfig, argv: &[String], kernel_pid: u32) -> events::SessionStart {
+    let env = |name: &str| std::env::var(name).ok();
+    events::SessionStart {
+        notebook_path: env("JPY_SESSION_NAME"),
+        hub_user: env("JUPYTERHUB_USER"),
+        hub_server_name: env("JUPYTERHUB_SERVER_NAME"),
+        kernel_argv: argv.to_vec(),
+        kernel_pid,
+        proxy_pid: std::process::id(),
+        proxy_version: env!("CARGO_PKG_VERSION").to_owned(),
+        connection_file: config.connection_file.display().to_string(),
+    }
 }
 
-fn session_end_fields(status: ExitStatus, orphaned: bool) -> Map<String, Value> {
+fn session_end(status: ExitStatus, orphaned: bool) -> events::SessionEnd {
     use std::os::unix::process::ExitStatusExt;
-    let mut fields = Map::new();
-    fields.insert("exit_code".into(), json!(status.code()));
-    fields.insert("exit_signal".into(), json!(status.signal()));
-    fields.insert("orphaned".into(), json!(orphaned));
-    fields
+    events::SessionEnd {
+        exit_code: status.code(),
+        exit_signal: status.signal(),
+        orphaned,
+    }
 }
 
 /// The signals the proxy passes on to the kernel instead of dying of them.

@@ -11,9 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value, json};
-
 use super::requests::RejectReason;
+use crate::audit::events;
 use crate::audit::now_rfc3339;
 use crate::connection::Channel;
 use crate::transport::{Peer, SenderInfo};
@@ -64,29 +63,27 @@ pub(crate) struct Suppressed {
 }
 
 impl Suppressed {
-    /// The `rejections_suppressed` record's fields; `senders` describes `self.senders`.
-    pub(crate) fn fields(&self, senders: &[SenderInfo]) -> Map<String, Value> {
-        let mut fields = Map::new();
-        fields.insert("channel".into(), json!(self.channel.name()));
-        fields.insert("from".into(), json!(self.from));
-        fields.insert("rejected_count".into(), json!(self.count));
-        fields.insert("reasons".into(), json!(self.reasons));
-        fields.insert("first_rejected_at".into(), json!(self.first_at));
-        fields.insert("last_rejected_at".into(), json!(self.last_at));
-        fields.insert(
-            "reason".into(),
-            json!(format!(
+    /// The `rejections_suppressed` event; `senders` describes `self.senders`.
+    pub(crate) fn event(&self, senders: &[SenderInfo]) -> events::RejectionsSuppressed {
+        events::RejectionsSuppressed {
+            channel: self.channel.name().to_owned(),
+            from: self.from.to_owned(),
+            rejected_count: self.count,
+            reasons: self
+                .reasons
+                .iter()
+                .map(|(kind, count)| ((*kind).to_owned(), *count))
+                .collect(),
+            first_rejected_at: self.first_at.clone(),
+            last_rejected_at: self.last_at.clone(),
+            reason: format!(
                 "more than {RECORDED_PER_WINDOW} messages rejected within {} s: counted, not recorded one by one",
                 WINDOW.as_secs()
-            )),
-        );
-        if !senders.is_empty() {
-            fields.insert("senders".into(), json!(senders));
+            ),
+            senders: senders.iter().map(events::Sender::from).collect(),
+            more_senders: self.more_senders,
+            identity_note: None,
         }
-        if self.more_senders {
-            fields.insert("more_senders".into(), json!(true));
-        }
-        fields
     }
 
     pub(crate) fn log(&self, senders: &[SenderInfo]) {
@@ -314,7 +311,7 @@ mod tests {
         };
         assert_eq!(summary.senders[..], peers[..SENDERS_KEPT]);
         assert!(summary.more_senders);
-        let fields = summary.fields(&[]);
+        let fields = crate::audit::events::AuditEvent::fields(&summary.event(&[]));
         assert_eq!(fields["more_senders"], true);
         assert!(!fields.contains_key("senders"), "none described");
     }

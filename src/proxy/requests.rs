@@ -7,12 +7,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::{Map, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::startup::Activity;
 use super::{Sides, refusal, rejections};
+use crate::audit::events;
 use crate::audit::{Direction, ParsedMessage, needs_write_ahead};
 use crate::config::OnAuditFailure;
 use crate::connection::Channel;
@@ -116,21 +116,24 @@ async fn admit(
     let Err(error) = auditor.write_ahead(channel, message, parsed).await else {
         return true;
     };
-    let mut fields = Map::new();
-    fields.insert("msg_id".into(), json!(header.msg_id));
-    fields.insert("refused_msg_type".into(), json!(header.msg_type));
-    fields.insert("channel".into(), json!(channel.name()));
-    fields.insert("reason".into(), json!(error.to_string()));
+    let mut unrecorded = events::RequestUnrecorded {
+        bypassed: false,
+        msg_id: header.msg_id.clone(),
+        refused_msg_type: header.msg_type.clone(),
+        channel: channel.name().to_owned(),
+        reason: error.to_string(),
+    };
     match auditor.policy {
         OnAuditFailure::Block => {
             tracing::warn!(%channel, msg_id = %header.msg_id, msg_type = %header.msg_type, %error, "request refused: not recorded");
-            auditor.event("execution_refused", fields);
+            auditor.event(&unrecorded);
             refusal::refuse(message, &header.msg_type, &error, sides, to_frontend, iopub).await;
             false
         }
         OnAuditFailure::Allow => {
             tracing::warn!(%channel, msg_id = %header.msg_id, msg_type = %header.msg_type, %error, "request relayed unrecorded (allow policy)");
-            auditor.event("audit_bypassed", fields);
+            unrecorded.bypassed = true;
+            auditor.event(&unrecorded);
             true
         }
     }
@@ -161,9 +164,6 @@ pub(super) struct Rejection {
     /// The frontend connection it came from, when the router listed it.
     pub sender: Option<Arc<Peer>>,
 }
-
-/// On the records of rejected frontend messages: whose name `user.*` is.
-pub(super) const IDENTITY_NOTE: &str = "user.* is the account running this kernel (the proxy's owner), not the sender of the rejected messages; jupyter.sender (senders) is what the proxy could learn of the sender";
 
 impl Rejection {
     pub(super) fn new(
@@ -207,19 +207,15 @@ impl Rejection {
         };
         self.log(channel, sender.as_ref());
         if let Some(auditor) = &sides.auditor {
-            let mut fields = Map::new();
-            fields.insert("channel".into(), json!(channel.name()));
-            fields.insert("from".into(), json!(self.from));
-            fields.insert("reason".into(), json!(self.error.to_string()));
-            fields.insert("msg_id".into(), json!(self.msg_id));
-            fields.insert("rejected_msg_type".into(), json!(self.msg_type));
-            if let Some(sender) = &sender {
-                fields.insert("sender".into(), json!(sender));
-            }
-            if self.from == "frontend" {
-                fields.insert("identity_note".into(), json!(IDENTITY_NOTE));
-            }
-            auditor.event("message_rejected", fields);
+            auditor.event(&events::MessageRejected {
+                channel: channel.name().to_owned(),
+                from: self.from.to_owned(),
+                reason: self.error.to_string(),
+                msg_id: self.msg_id.clone(),
+                rejected_msg_type: self.msg_type.clone(),
+                sender: sender.as_ref().map(events::Sender::from),
+                identity_note: identity_note(self.from),
+            });
         }
     }
 
@@ -244,12 +240,15 @@ pub(super) async fn record_suppressed(summary: &rejections::Suppressed, sides: &
     }
     summary.log(&senders);
     if let Some(auditor) = &sides.auditor {
-        let mut fields = summary.fields(&senders);
-        if summary.from == "frontend" {
-            fields.insert("identity_note".into(), json!(IDENTITY_NOTE));
-        }
-        auditor.event("rejections_suppressed", fields);
+        let mut event = summary.event(&senders);
+        event.identity_note = identity_note(summary.from);
+        auditor.event(&event);
     }
+}
+
+/// Records of rejected frontend messages say whose name `user.*` is.
+fn identity_note(from: &str) -> Option<String> {
+    (from == "frontend").then(|| events::IDENTITY_NOTE.to_owned())
 }
 
 /// Checks a frontend message: size, framing, signature, header, replay; and, when

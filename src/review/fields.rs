@@ -7,6 +7,9 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::audit::events::AuditEvent;
+use crate::audit::{CutText, KeptText};
+
 /// The string at `path` (`["jupyter", "session_id"]`), if there is one.
 pub fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
     at(value, path)?.as_str()
@@ -25,6 +28,18 @@ pub fn jupyter<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
 /// `event.action` (empty when missing).
 pub fn action(value: &Value) -> &str {
     str_at(value, &["event", "action"]).unwrap_or_default()
+}
+
+/// The event a record of `E`'s action holds, read through its type from `jupyter`
+/// (proxy events) or `collector` (the collector's). Missing fields take their
+/// defaults; a record whose fields have the wrong types was not written by
+/// jupyter-audit and reads as the default event.
+pub fn event<E: AuditEvent + Default>(value: &Value) -> E {
+    value
+        .get("jupyter")
+        .or_else(|| value.get("collector"))
+        .and_then(E::read)
+        .unwrap_or_default()
 }
 
 /// The verified user: `user.name`, else `user.id`.
@@ -62,23 +77,29 @@ pub fn display_timestamp(value: &Value) -> String {
     }
 }
 
-/// A text as the size policy kept it: a string, or `{truncated, size, sha256, head,
-/// tail}`, which comes back as head, a line saying what is missing, and tail.
+/// A text as the size policy kept it ([`KeptText`]): a string, or a cut text, which
+/// comes back as head, a line saying what is missing, and tail.
 pub fn stored_text(value: &Value) -> Option<Cow<'_, str>> {
-    match value {
-        Value::String(text) => Some(Cow::Borrowed(text)),
-        Value::Object(kept) if kept.get("truncated") == Some(&Value::Bool(true)) => {
-            let head = kept.get("head").and_then(Value::as_str).unwrap_or_default();
-            let tail = kept.get("tail").and_then(Value::as_str).unwrap_or_default();
-            let size = kept.get("size").and_then(Value::as_u64).unwrap_or_default();
-            let sha256 = kept.get("sha256").and_then(Value::as_str).unwrap_or("?");
-            let kept_bytes = (head.len() + tail.len()) as u64;
-            let omitted = size.saturating_sub(kept_bytes);
-            Some(Cow::Owned(format!(
+    KeptText::read(value).map(kept_text)
+}
+
+/// A kept text as a reviewer reads it (see [`stored_text`]).
+pub fn kept_text(kept: KeptText<'_>) -> Cow<'_, str> {
+    match kept {
+        KeptText::Whole(text) => text,
+        KeptText::Cut(CutText {
+            size,
+            sha256,
+            head,
+            tail,
+            ..
+        }) => {
+            let omitted = size.saturating_sub((head.len() + tail.len()) as u64);
+            let sha256 = if sha256.is_empty() { "?" } else { &sha256 };
+            Cow::Owned(format!(
                 "{head}\n… [{omitted} bytes omitted, sha256 {sha256}] …\n{tail}"
-            )))
+            ))
         }
-        _ => None,
     }
 }
 

@@ -15,6 +15,8 @@ use serde_json::Value;
 use super::filter::Filter;
 use super::scan::Scan;
 use super::{ReviewError, fields};
+use crate::audit::KeptBytes;
+use crate::audit::events::{self, Action};
 use crate::store::StoredRecord;
 
 /// Longest summary in the table (characters).
@@ -108,9 +110,110 @@ fn first_line_of(value: Option<&Value>) -> String {
 /// What a record says, in one line (not yet made safe for a terminal).
 pub fn summary(value: &Value) -> String {
     let field = |key: &str| fields::at(value, &["jupyter", key]);
+    let action = fields::action(value);
+    let mut summary = match Action::from_name(action) {
+        Some(event) => event_summary(event, value),
+        None => message_summary(action, value),
+    };
+    if field("content_error").is_some() {
+        summary.push_str(" (content not JSON)");
+    }
+    if field("write_ahead_failed") == Some(&Value::Bool(true)) {
+        summary.push_str(" (stored late: write-ahead failed)");
+    }
+    if field("resent") == Some(&Value::Bool(true)) {
+        summary.push_str(" (resent)");
+    }
+    summary.trim().to_owned()
+}
+
+/// What a record of an event that is not a message says.
+fn event_summary(action: Action, value: &Value) -> String {
+    match action {
+        Action::SessionStart => session_start(value),
+        Action::SessionEnd => end_description(value).unwrap_or_else(|| "ended normally".into()),
+        Action::Interrupt | Action::Signal => fields::event::<events::SignalPassed>(value).signal,
+        Action::ExecutionRefused | Action::AuditBypassed => {
+            let refused: events::RequestUnrecorded = fields::event(value);
+            format!(
+                "{} {}: {}",
+                refused.refused_msg_type, refused.msg_id, refused.reason
+            )
+        }
+        Action::MessageRejected => {
+            let rejected: events::MessageRejected = fields::event(value);
+            let what = rejected.rejected_msg_type.as_deref().unwrap_or("message");
+            match &rejected.sender {
+                Some(sender) => format!(
+                    "{what} on {} from {}: {}",
+                    rejected.channel,
+                    sender_of(value, sender),
+                    rejected.reason
+                ),
+                None => format!(
+                    "{what} from {} on {}: {}",
+                    rejected.from, rejected.channel, rejected.reason
+                ),
+            }
+        }
+        Action::RejectionsSuppressed => {
+            let counted: events::RejectionsSuppressed = fields::event(value);
+            let reasons: Vec<String> = counted
+                .reasons
+                .iter()
+                .map(|(kind, count)| format!("{kind} {count}"))
+                .collect();
+            let mut line = format!(
+                "{} more from {} on {} ({})",
+                counted.rejected_count,
+                counted.from,
+                counted.channel,
+                reasons.join(", ")
+            );
+            for (n, sender) in counted.senders.iter().enumerate() {
+                line.push_str(if n == 0 { "; senders " } else { "; " });
+                line.push_str(&sender_of(value, sender));
+            }
+            if counted.more_senders {
+                line.push_str("; more senders");
+            }
+            line
+        }
+        Action::AuditGap => {
+            let gap: events::AuditGap = fields::event(value);
+            format!(
+                "{} records lost since {}: {}",
+                gap.lost_records, gap.gap_since, gap.reason
+            )
+        }
+        Action::CollectorStart => {
+            let start: events::CollectorStart = fields::event(value);
+            let store = if start.store.is_empty() {
+                "?"
+            } else {
+                &start.store
+            };
+            let mut line = format!("store {store}, last sequence {}", start.last_sequence);
+            if start.torn_record.is_some() {
+                line.push_str(", cut a torn record");
+            }
+            line
+        }
+        Action::ParentExited
+        | Action::CollectorStop
+        | Action::LimitExceeded
+        | Action::ForgedRecord
+        | Action::RecordRefused
+        | Action::RefusalsSuppressed => String::new(),
+    }
+}
+
+/// What a record of a Jupyter message says.
+fn message_summary(msg_type: &str, value: &Value) -> String {
+    let field = |key: &str| fields::at(value, &["jupyter", key]);
     let text = |key: &str| fields::jupyter(value, key).unwrap_or_default();
     let number = |key: &str| field(key).and_then(Value::as_i64);
-    let mut summary = match fields::action(value) {
+    match msg_type {
         "execute_request" => {
             let mut line = first_line_of(field("code"));
             if field("silent") == Some(&Value::Bool(true)) {
@@ -144,79 +247,6 @@ pub fn summary(value: &Value) -> String {
             let method = fields::str_at(value, &["jupyter", "data", "method"]);
             format!("{} {}", text("comm_id"), method.unwrap_or_default())
         }
-        "session_start" => session_start(value),
-        "session_end" => end_description(value).unwrap_or_else(|| "ended normally".into()),
-        "interrupt" | "signal" => text("signal").to_owned(),
-        "execution_refused" | "audit_bypassed" => format!(
-            "{} {}: {}",
-            text("refused_msg_type"),
-            text("msg_id"),
-            text("reason")
-        ),
-        "message_rejected" => {
-            let rejected = fields::jupyter(value, "rejected_msg_type").unwrap_or("message");
-            match field("sender") {
-                Some(sender) => format!(
-                    "{rejected} on {} from {}: {}",
-                    text("channel"),
-                    sender_of(value, sender),
-                    text("reason")
-                ),
-                None => format!(
-                    "{rejected} from {} on {}: {}",
-                    text("from"),
-                    text("channel"),
-                    text("reason")
-                ),
-            }
-        }
-        "rejections_suppressed" => {
-            let reasons = field("reasons")
-                .and_then(Value::as_object)
-                .map(|reasons| {
-                    let counts: Vec<String> = reasons
-                        .iter()
-                        .map(|(kind, count)| format!("{kind} {count}"))
-                        .collect();
-                    counts.join(", ")
-                })
-                .unwrap_or_default();
-            let mut line = format!(
-                "{} more from {} on {} ({reasons})",
-                number("rejected_count").unwrap_or_default(),
-                text("from"),
-                text("channel")
-            );
-            let senders = field("senders").and_then(Value::as_array);
-            for (n, sender) in senders.into_iter().flatten().enumerate() {
-                line.push_str(if n == 0 { "; senders " } else { "; " });
-                line.push_str(&sender_of(value, sender));
-            }
-            if field("more_senders") == Some(&Value::Bool(true)) {
-                line.push_str("; more senders");
-            }
-            line
-        }
-        "audit_gap" => format!(
-            "{} records lost since {}: {}",
-            number("lost_records").unwrap_or_default(),
-            text("gap_since"),
-            text("reason")
-        ),
-        "collector_start" => {
-            let collector = |key: &str| fields::at(value, &["collector", key]);
-            let mut line = format!(
-                "store {}, last sequence {}",
-                collector("store").and_then(Value::as_str).unwrap_or("?"),
-                collector("last_sequence")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0)
-            );
-            if collector("torn_record").is_some() {
-                line.push_str(", cut a torn record");
-            }
-            line
-        }
         "shutdown_request"
             if field("content").and_then(|c| c.get("restart")) == Some(&Value::Bool(true)) =>
         {
@@ -228,43 +258,31 @@ pub fn summary(value: &Value) -> String {
             .filter(|content| !content.as_object().is_some_and(|c| c.is_empty()))
             .map(Value::to_string)
             .unwrap_or_default(),
-    };
-    if field("content_error").is_some() {
-        summary.push_str(" (content not JSON)");
     }
-    if field("write_ahead_failed") == Some(&Value::Bool(true)) {
-        summary.push_str(" (stored late: write-ahead failed)");
-    }
-    if field("resent") == Some(&Value::Bool(true)) {
-        summary.push_str(" (resent)");
-    }
-    summary.trim().to_owned()
 }
 
 /// A rejected message's `jupyter.sender` (`127.0.0.1:40312 uid 1001 (mallory)`), and
 /// whether it is the proxy's user, whose name the record's `user.*` is.
-fn sender_of(record: &Value, sender: &Value) -> String {
-    let part = |key: &str| sender.get(key);
-    let mut line = part("address")
-        .or_else(|| part("transport"))
-        .and_then(Value::as_str)
-        .unwrap_or("?")
-        .to_owned();
-    let uid = part("uid").and_then(Value::as_u64);
-    if let Some(uid) = uid {
+fn sender_of(record: &Value, sender: &events::Sender) -> String {
+    let mut line = match (&sender.address, sender.transport.as_str()) {
+        (Some(address), _) => address.clone(),
+        (None, "") => "?".to_owned(),
+        (None, transport) => transport.to_owned(),
+    };
+    if let Some(uid) = sender.uid {
         line.push_str(&format!(" uid {uid}"));
     }
-    if let Some(name) = part("user_name").and_then(Value::as_str) {
+    if let Some(name) = &sender.user_name {
         line.push_str(&format!(" ({name})"));
     }
-    if let Some(pid) = part("pid").and_then(Value::as_u64) {
+    if let Some(pid) = sender.pid {
         line.push_str(&format!(" pid {pid}"));
     }
-    if part("local") == Some(&Value::Bool(false)) {
+    if !sender.local {
         line.push_str(" (another host)");
     }
-    let proxy_uid = fields::str_at(record, &["user", "id"]).and_then(|id| id.parse::<u64>().ok());
-    line.push_str(match uid {
+    let proxy_uid = fields::str_at(record, &["user", "id"]).and_then(|id| id.parse::<u32>().ok());
+    line.push_str(match sender.uid {
         Some(uid) if Some(uid) == proxy_uid => ", the proxy's user",
         Some(_) => ", not the proxy's user",
         None => ", not necessarily the proxy's user",
@@ -301,12 +319,10 @@ fn mime_bundle(data: Option<&Value>) -> String {
     let others: Vec<String> = bundle
         .iter()
         .filter(|(mime, _)| Some(mime.as_str()) != shown)
-        .map(
-            |(mime, kept)| match kept.get("size").and_then(Value::as_u64) {
-                Some(size) if kept.get("sha256").is_some() => format!("{mime} {size} bytes"),
-                _ => mime.clone(),
-            },
-        )
+        .map(|(mime, kept)| match KeptBytes::read(kept) {
+            Some(bytes) => format!("{mime} {} bytes", bytes.size),
+            None => mime.clone(),
+        })
         .collect();
     if !others.is_empty() {
         line.push_str(&format!(" [{}]", others.join(", ")));
@@ -315,18 +331,19 @@ fn mime_bundle(data: Option<&Value>) -> String {
 }
 
 fn session_start(value: &Value) -> String {
+    let start: events::SessionStart = fields::event(value);
     let mut parts = Vec::new();
-    if let Some(path) = fields::jupyter(value, "notebook_path") {
+    if let Some(path) = &start.notebook_path {
         parts.push(format!("notebook {path}"));
     }
     if let Some(name) = fields::jupyter(value, "kernel_name") {
         parts.push(format!("kernel {name}"));
     }
-    if let Some(hub_user) = fields::jupyter(value, "hub_user") {
+    if let Some(hub_user) = &start.hub_user {
         parts.push(format!("hub user {hub_user}"));
     }
-    if let Some(pid) = fields::at(value, &["jupyter", "kernel_pid"]).and_then(Value::as_u64) {
-        parts.push(format!("kernel pid {pid}"));
+    if start.kernel_pid != 0 {
+        parts.push(format!("kernel pid {}", start.kernel_pid));
     }
     parts.join(", ")
 }
@@ -334,22 +351,20 @@ fn session_start(value: &Value) -> String {
 /// Why a session ended abnormally, from its `session_end` record; None when it ended
 /// normally (exit code 0, no signal, not orphaned).
 pub fn end_description(value: &Value) -> Option<String> {
-    let field = |key: &str| fields::at(value, &["jupyter", key]);
+    let end: events::SessionEnd = fields::event(value);
     let mut reasons = Vec::new();
-    if let Some(signal) = field("exit_signal").and_then(Value::as_i64) {
-        let name = i32::try_from(signal)
-            .ok()
-            .and_then(|number| nix::sys::signal::Signal::try_from(number).ok())
+    if let Some(signal) = end.exit_signal {
+        let name = nix::sys::signal::Signal::try_from(signal)
             .map(|signal| format!(" ({})", signal.as_str()))
             .unwrap_or_default();
         reasons.push(format!("kernel killed by signal {signal}{name}"));
     }
-    if let Some(code) = field("exit_code").and_then(Value::as_i64)
+    if let Some(code) = end.exit_code
         && code != 0
     {
         reasons.push(format!("kernel exited with code {code}"));
     }
-    if field("orphaned") == Some(&Value::Bool(true)) {
+    if end.orphaned {
         reasons.push("the process that started it went away".into());
     }
     (!reasons.is_empty()).then(|| reasons.join(", "))

@@ -38,6 +38,8 @@ use serde_json::{Map, Value, json};
 use super::scan::{ScanReport, scan};
 use super::sessions::{Liveness, LocalProcesses, Session, SessionIndex, SessionKey};
 use super::{ReviewError, fields};
+use crate::audit::events::{self, Action};
+use crate::audit::{InvalidBase64, KeptBytes};
 use crate::store::StoredRecord;
 
 /// The ename of the error output shown for a refused execution.
@@ -125,12 +127,8 @@ pub fn valid_cell_id(id: &str) -> bool {
 }
 
 /// The language of a kernel, when its command line makes it plain.
-fn language_of(argv: &[Value]) -> Option<&'static str> {
-    let words: Vec<String> = argv
-        .iter()
-        .filter_map(Value::as_str)
-        .map(str::to_ascii_lowercase)
-        .collect();
+fn language_of(argv: &[String]) -> Option<&'static str> {
+    let words: Vec<String> = argv.iter().map(|word| word.to_ascii_lowercase()).collect();
     let has = |needle: &str| words.iter().any(|word| word.contains(needle));
     if has("ipykernel") {
         Some("python")
@@ -166,22 +164,20 @@ fn mime_bundle(stored: Option<&Value>) -> Map<String, Value> {
             bundle.insert(mime.clone(), Value::String(text.into_owned()));
             continue;
         }
-        if let Some(invalid) = kept.get("invalid_base64")
-            && let Some(text) = fields::stored_text(invalid)
-        {
-            bundle.insert(mime.clone(), Value::String(text.into_owned()));
+        if let Some(InvalidBase64 { invalid_base64 }) = InvalidBase64::read(kept) {
+            let text = fields::kept_text(invalid_base64).into_owned();
+            bundle.insert(mime.clone(), Value::String(text));
             continue;
         }
-        let hash = kept.get("sha256").and_then(Value::as_str);
-        let size = kept.get("size").and_then(Value::as_u64);
-        if let (Some(hash), Some(size), false) = (hash, size, is_json) {
-            match kept.get("base64").and_then(Value::as_str) {
+        if let (Some(bytes), false) = (KeptBytes::read(kept), is_json) {
+            match bytes.base64 {
                 Some(base64) => {
-                    bundle.insert(mime.clone(), Value::String(base64.to_owned()));
+                    bundle.insert(mime.clone(), Value::String(base64));
                 }
-                None => {
-                    placeholders.push(format!("<{mime}: {size} bytes, sha256 {hash}, not kept>"))
-                }
+                None => placeholders.push(format!(
+                    "<{mime}: {} bytes, sha256 {}, not kept>",
+                    bytes.size, bytes.sha256
+                )),
             }
             continue;
         }
@@ -223,12 +219,11 @@ impl NotebookBuilder {
         }
         let parent = fields::jupyter(value, "parent_msg_id").map(str::to_owned);
         let field = |key: &str| fields::at(value, &["jupyter", key]);
+        if let Some(event) = Action::from_name(action) {
+            self.event(event, record);
+            return;
+        }
         match action {
-            "session_start" => {
-                if let Some(Value::Array(argv)) = field("kernel_argv") {
-                    self.language = self.language.or(language_of(argv));
-                }
-            }
             "execute_request" => self.request(record),
             "execute_input" => {
                 let count = field("execution_count").and_then(Value::as_u64);
@@ -300,15 +295,28 @@ impl NotebookBuilder {
                     self.update(display_id, mime_bundle(field("data")));
                 }
             }
-            "execution_refused"
-                if fields::jupyter(value, "refused_msg_type") == Some("execute_request") =>
-            {
-                self.refused(record);
+            _ => {}
+        }
+    }
+
+    /// Adds a record of an event that is not a message.
+    fn event(&mut self, action: Action, record: &StoredRecord) {
+        match action {
+            Action::SessionStart => {
+                let start: events::SessionStart = fields::event(&record.value);
+                self.language = self.language.or(language_of(&start.kernel_argv));
             }
-            "audit_bypassed" => {
-                let reason = field("reason").cloned().unwrap_or(Value::Null);
-                if let Some(cell) = self.cell_of(fields::jupyter(value, "msg_id")) {
-                    cell.audit().insert("audit_bypassed".into(), reason);
+            Action::ExecutionRefused => {
+                let refused: events::RequestUnrecorded = fields::event(&record.value);
+                if refused.refused_msg_type == "execute_request" {
+                    self.refused(record.sequence, refused);
+                }
+            }
+            Action::AuditBypassed => {
+                let bypassed: events::RequestUnrecorded = fields::event(&record.value);
+                if let Some(cell) = self.cell_of(Some(&bypassed.msg_id)) {
+                    cell.audit()
+                        .insert(action.as_str().into(), Value::String(bypassed.reason));
                 }
             }
             _ => {}
@@ -387,19 +395,20 @@ impl NotebookBuilder {
         });
     }
 
-    fn refused(&mut self, record: &StoredRecord) {
-        let value = &record.value;
-        let reason = fields::jupyter(value, "reason").unwrap_or("the audit log was unavailable");
-        let msg_id = fields::jupyter(value, "msg_id")
-            .unwrap_or_default()
-            .to_owned();
+    fn refused(&mut self, sequence: u64, refused: events::RequestUnrecorded) {
+        let reason = if refused.reason.is_empty() {
+            "the audit log was unavailable"
+        } else {
+            &refused.reason
+        };
+        let msg_id = refused.msg_id.clone();
         if !self.by_request.contains_key(&msg_id) {
-            let id = self.new_id(None, record.sequence);
+            let id = self.new_id(None, sequence);
             self.by_request.insert(msg_id.clone(), self.cells.len());
             let mut metadata = Map::new();
             metadata.insert(
                 "jupyter_audit".into(),
-                json!({"msg_id": msg_id, "sequence": record.sequence}),
+                json!({"msg_id": msg_id, "sequence": sequence}),
             );
             self.cells.push(Cell {
                 id,

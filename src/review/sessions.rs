@@ -34,6 +34,7 @@ use super::filter::Filter;
 use super::log::{SHORT_ID, end_description};
 use super::scan::scan;
 use super::{ReviewError, fields};
+use crate::audit::events::{self, Action};
 use crate::store::StoredRecord;
 
 /// How a session ended, as far as the store tells.
@@ -317,19 +318,20 @@ impl Tracker {
                 return;
             }
         }
-        match action {
-            "session_start" if !self.has_start => {
+        match (Action::from_name(action), action) {
+            (Some(Action::SessionStart), _) if !self.has_start => {
+                let start: events::SessionStart = fields::event(value);
                 self.has_start = true;
                 session.start = owned(timestamp);
                 self.started = fields::timestamp(value);
                 session.host = owned(fields::str_at(value, &["host", "name"]));
-                session.notebook = owned(text("notebook_path"));
-                session.hub_user = owned(text("hub_user"));
+                session.notebook = start.notebook_path;
+                session.hub_user = start.hub_user;
                 session.proxy_pid = fields::at(value, &["process", "pid"])
                     .and_then(Value::as_u64)
                     .and_then(|pid| u32::try_from(pid).ok());
             }
-            "session_end" => {
+            (Some(Action::SessionEnd), _) => {
                 self.ended = true;
                 session.end = owned(timestamp);
                 session.end_reason = end_description(value);
@@ -339,22 +341,23 @@ impl Tracker {
                     SessionState::Ended
                 };
             }
-            "execute_request" => {
-                if let Some(msg_id) = msg_id {
-                    *self.executions.entry(msg_id.to_owned()).or_default() += 1;
-                }
-            }
-            "execution_refused" => {
+            (Some(Action::ExecutionRefused), _) => {
                 if let Some(msg_id) = msg_id {
                     self.refused.insert(msg_id.to_owned());
                 }
             }
-            "error" => {
+            (Some(_), _) => {}
+            (None, "execute_request") => {
+                if let Some(msg_id) = msg_id {
+                    *self.executions.entry(msg_id.to_owned()).or_default() += 1;
+                }
+            }
+            (None, "error") => {
                 if let Some(parent) = text("parent_msg_id") {
                     self.failed.insert(parent.to_owned());
                 }
             }
-            "execute_reply" if text("status") == Some("error") => {
+            (None, "execute_reply") if text("status") == Some("error") => {
                 if let Some(parent) = text("parent_msg_id") {
                     self.failed.insert(parent.to_owned());
                 }
