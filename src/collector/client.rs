@@ -7,6 +7,10 @@
 //! `audit_gap` record once the collector is back. Durable submissions (write-ahead)
 //! fail at once while the collector is unreachable, so the proxy can refuse to run
 //! code instead of waiting.
+//!
+//! The same task turns what the relays observed into records (through a [`Recorder`]):
+//! a relayed message crosses one queue between its relay and the collector, and a
+//! write-ahead request waits once, under one deadline, for its record to be on disk.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -26,7 +30,7 @@ use super::protocol::{
     FromCollector, MAX_FRAME_BYTES, PROTOCOL_VERSION, ProtocolError, RecordFrame, ToCollector,
     read_frame, write_frame,
 };
-use crate::audit::{Record, SessionContext, event_record};
+use crate::audit::{Observation, Record, SessionContext, event_record};
 
 /// Records waiting for the client task (beyond this, records are counted as lost).
 const QUEUE_CAPACITY: usize = 4096;
@@ -57,10 +61,23 @@ pub enum AuditError {
     TooLarge { size: usize, limit: usize },
 }
 
+/// Turns what the relays observed into records, in the client task, in the order the
+/// relays observed them.
+pub trait Recorder: Send + 'static {
+    /// The record of a relayed message, or None for messages not worth one.
+    fn observed(&mut self, observation: Observation) -> Option<Record>;
+    /// The record of a request that must be on disk before the kernel sees it.
+    fn write_ahead(&mut self, observation: Observation) -> Record;
+}
+
 enum Submission {
     /// A record, and the room it holds in its sender's memory budget until stored.
     Record(Record, Option<OwnedSemaphorePermit>),
+    /// A relayed message, and the room it holds until its record is stored.
+    Observed(Observation, OwnedSemaphorePermit),
     Durable(Record, oneshot::Sender<Result<u64, AuditError>>),
+    /// A request whose record must be stored before the kernel sees it.
+    WriteAhead(Observation, oneshot::Sender<Result<u64, AuditError>>),
     /// Answered once every record submitted before it is stored.
     Flush(oneshot::Sender<Result<u64, AuditError>>),
 }
@@ -77,15 +94,22 @@ impl std::fmt::Debug for Submission {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str(match self {
             Self::Record(..) => "Record",
+            Self::Observed(..) => "Observed",
             Self::Durable(..) => "Durable",
+            Self::WriteAhead(..) => "WriteAhead",
             Self::Flush(_) => "Flush",
         })
     }
 }
 
 impl AuditClient {
-    /// Starts the client task for the collector listening on `socket`.
-    pub fn spawn(socket: PathBuf, context: SessionContext) -> (Self, JoinHandle<()>) {
+    /// Starts the client task for the collector listening on `socket`; `recorder` makes
+    /// the records of observed messages.
+    pub fn spawn(
+        socket: PathBuf,
+        context: SessionContext,
+        recorder: Box<dyn Recorder>,
+    ) -> (Self, JoinHandle<()>) {
         let (submissions, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let lost = Arc::new(AtomicU64::new(0));
         let connected = Arc::new(AtomicBool::new(false));
@@ -94,6 +118,7 @@ impl AuditClient {
                 connected: connected.clone(),
                 socket,
                 context,
+                recorder,
                 submissions: receiver,
                 lost: lost.clone(),
                 pending: VecDeque::new(),
@@ -135,6 +160,36 @@ impl AuditClient {
         {
             self.lost.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Queues a relayed message to be recorded, waiting for room in the queue; if the
+    /// task has stopped the record is counted as lost.
+    pub async fn observe(&self, observation: Observation, room: OwnedSemaphorePermit) {
+        let submission = Submission::Observed(observation, room);
+        if self.submissions.send(submission).await.is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a request that must be on disk before the caller goes on: the record's
+    /// sequence number once stored, or why not. `patience` bounds the whole wait, for
+    /// room in the queue and for the collector's acknowledgement together.
+    pub async fn write_ahead(
+        &self,
+        observation: Observation,
+        patience: Duration,
+    ) -> Result<u64, AuditError> {
+        let (ack, acked) = oneshot::channel();
+        let stored = async {
+            self.submissions
+                .send(Submission::WriteAhead(observation, ack))
+                .await
+                .map_err(|_| AuditError::Stopped)?;
+            acked.await.map_err(|_| AuditError::Stopped)?
+        };
+        tokio::time::timeout(patience, stored)
+            .await
+            .unwrap_or(Err(AuditError::Timeout(patience)))
     }
 
     /// Whether the collector connection is up (records are then stored soon).
@@ -231,6 +286,7 @@ struct ClientTask {
     connected: Arc<AtomicBool>,
     socket: PathBuf,
     context: SessionContext,
+    recorder: Box<dyn Recorder>,
     submissions: mpsc::Receiver<Submission>,
     lost: Arc<AtomicU64>,
     pending: VecDeque<Pending>,
@@ -328,19 +384,15 @@ impl ClientTask {
         }
         match submission {
             Submission::Record(record, room) => self.enqueue(record, None, room).await,
-            Submission::Durable(mut record, ack) => {
-                if self.connection.is_none() {
-                    // The collector may be back already: try now rather than refuse.
-                    self.connect().await;
+            Submission::Observed(observation, room) => {
+                if let Some(record) = self.recorder.observed(observation) {
+                    self.enqueue(record, None, Some(room)).await;
                 }
-                if self.connection.is_some() {
-                    self.enqueue(record, Some(ack), None).await;
-                } else {
-                    let _ = ack.send(Err(AuditError::Unavailable(self.last_error.clone())));
-                    // Stored once the collector is back, marked as late.
-                    mark_write_ahead_failed(&mut record);
-                    self.enqueue(record, None, None).await;
-                }
+            }
+            Submission::Durable(record, ack) => self.enqueue_durable(record, ack).await,
+            Submission::WriteAhead(observation, ack) => {
+                let record = self.recorder.write_ahead(observation);
+                self.enqueue_durable(record, ack).await;
             }
             Submission::Flush(done) => {
                 if self.connection.is_some() {
@@ -356,6 +408,26 @@ impl ClientTask {
                 });
                 self.release_flushes();
             }
+        }
+    }
+
+    /// Queues a record someone waits for: refused at once while the collector cannot
+    /// be reached, and stored once it is back, marked as late.
+    async fn enqueue_durable(
+        &mut self,
+        mut record: Record,
+        ack: oneshot::Sender<Result<u64, AuditError>>,
+    ) {
+        if self.connection.is_none() {
+            // The collector may be back already: try now rather than refuse.
+            self.connect().await;
+        }
+        if self.connection.is_some() {
+            self.enqueue(record, Some(ack), None).await;
+        } else {
+            let _ = ack.send(Err(AuditError::Unavailable(self.last_error.clone())));
+            mark_write_ahead_failed(&mut record);
+            self.enqueue(record, None, None).await;
         }
     }
 

@@ -22,7 +22,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use serde_json::{Map, Value, json};
 
 use self::audit::Auditor;
-use crate::audit::SessionContext;
+use crate::audit::{RecordBuilder, SessionContext};
 use crate::cli::KernelTransport;
 use crate::collector::client::AuditClient;
 use crate::config::AuditSettings;
@@ -109,8 +109,10 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
             kernel_id: kernel_id(&config.connection_file),
             kernel_name: frontend_info.kernel_name.clone(),
         };
-        let (client, _) = AuditClient::spawn(settings.socket.clone(), context.clone());
-        Auditor::start(client, context, settings.size, settings.on_failure)
+        let recorder = RecordBuilder::new(context.clone(), settings.size);
+        let (client, _) =
+            AuditClient::spawn(settings.socket.clone(), context.clone(), Box::new(recorder));
+        Auditor::new(client, context, settings.on_failure)
     });
     let sides = Arc::new(Sides {
         frontend: frontend_info.signer()?,
