@@ -18,10 +18,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
 use tokio::io::BufWriter;
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -266,13 +268,42 @@ struct Pending {
 
 struct Connection {
     writer: BufWriter<OwnedWriteHalf>,
-    acks: mpsc::Receiver<Result<FromCollector, ProtocolError>>,
-    reader: JoinHandle<()>,
+    /// Read by the client task itself (no task in between): acknowledgements are
+    /// taken from `received` as their frames complete.
+    reader: OwnedReadHalf,
+    received: BytesMut,
 }
 
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.reader.abort();
+impl Connection {
+    /// The next answer from the collector; cancel-safe (what was read stays in
+    /// `received`), so it can race the submissions.
+    async fn answer(&mut self) -> Option<Result<FromCollector, ProtocolError>> {
+        loop {
+            if let Some(answer) = self.complete_answer() {
+                return Some(answer);
+            }
+            match self.reader.read_buf(&mut self.received).await {
+                Ok(0) if self.received.is_empty() => return None,
+                Ok(0) => return Some(Err(ProtocolError::Truncated)),
+                Ok(_) => {}
+                Err(error) => return Some(Err(error.into())),
+            }
+        }
+    }
+
+    /// An answer whose frame has fully arrived, taken off `received`.
+    fn complete_answer(&mut self) -> Option<Result<FromCollector, ProtocolError>> {
+        let length: [u8; 4] = self.received.get(..4)?.try_into().ok()?;
+        let length = u32::from_be_bytes(length) as usize;
+        if length > MAX_FRAME_BYTES {
+            return Some(Err(ProtocolError::Oversized(length)));
+        }
+        if self.received.len() < 4 + length {
+            self.received.reserve(4 + length - self.received.len());
+            return None;
+        }
+        let frame = self.received.split_to(4 + length);
+        Some(serde_json::from_slice(&frame[4..]).map_err(Into::into))
     }
 }
 
@@ -318,7 +349,7 @@ impl ClientTask {
                 },
                 ack = async {
                     match self.connection.as_mut() {
-                        Some(connection) => connection.acks.recv().await,
+                        Some(connection) => connection.answer().await,
                         None => std::future::pending().await,
                     }
                 }, if connected => self.acknowledge(ack),
@@ -502,7 +533,9 @@ impl ClientTask {
         };
         let mut result = Ok(());
         let mut refused = false;
-        for pending in self.pending.iter_mut().filter(|pending| !pending.written) {
+        // Records are written in order, so the unwritten ones are the tail of the list.
+        let first_unwritten = self.pending.partition_point(|pending| pending.written);
+        for pending in self.pending.range_mut(first_unwritten..) {
             result = write_record(&mut connection.writer, pending).await;
             if let Err(ProtocolError::Oversized(size)) = result {
                 // Nothing was written. A write-ahead record is never shortened: its
@@ -681,26 +714,9 @@ async fn open(socket: &std::path::Path) -> Result<Connection, ProtocolError> {
         }
         None => return Err(ProtocolError::Truncated),
     }
-    let (acks_sender, acks) = mpsc::channel(1024);
-    let reader = tokio::spawn(async move {
-        loop {
-            let frame = read_frame::<_, FromCollector>(&mut read).await;
-            let end = !matches!(frame, Ok(Some(_)));
-            let item = match frame {
-                Ok(Some(frame)) => Ok(frame),
-                Ok(None) => Err(ProtocolError::Io(std::io::Error::other(
-                    "the collector closed the connection",
-                ))),
-                Err(error) => Err(error),
-            };
-            if acks_sender.send(item).await.is_err() || end {
-                break;
-            }
-        }
-    });
     Ok(Connection {
         writer,
-        acks,
-        reader,
+        reader: read,
+        received: BytesMut::with_capacity(4096),
     })
 }
