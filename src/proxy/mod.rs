@@ -76,6 +76,12 @@ pub(crate) struct Sides {
     pub frontend: Signer,
     /// Signs and checks messages with the real kernel's private key.
     pub kernel: Signer,
+    /// Whether the kernel's messages are checked against its private key: only when its
+    /// sockets are loopback ports, which another local user could bind first. Over ipc
+    /// (the default) they are in a 0700 directory that only this account can reach,
+    /// and this account's code can read the key from the kernel anyway: a check would
+    /// cost an HMAC pass over every output and protect nothing.
+    pub check_kernel_signatures: bool,
     /// Signatures already used by frontends, on any channel (one session, one history).
     pub replay: Mutex<ReplayGuard>,
     pub max_message_bytes: usize,
@@ -117,6 +123,7 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
     let sides = Arc::new(Sides {
         frontend: frontend_info.signer()?,
         kernel: runtime.info().signer()?,
+        check_kernel_signatures: config.kernel_transport == KernelTransport::Tcp,
         replay: Mutex::new(ReplayGuard::default()),
         max_message_bytes: config.max_message_bytes,
         session,
