@@ -20,8 +20,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
-use tokio::io::BufWriter;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
@@ -40,6 +39,10 @@ const QUEUE_CAPACITY: usize = 4096;
 const MAX_PENDING: usize = 65_536;
 /// Longest pause between reconnection attempts.
 const MAX_RETRY: Duration = Duration::from_secs(2);
+/// Frames serialised ahead of the socket. Below this, the task takes the next
+/// submission while the collector reads what is already written (so building a record
+/// runs beside the collector's work); above it, it waits for the socket.
+const OUTGOING_BYTES: usize = 4 * 1024 * 1024;
 /// Records lost while connected (refused by the collector) are reported in an
 /// `audit_gap` at most this often, and at every flush: a gap record refused in turn is
 /// counted in the next one, so refusals cannot feed a loop.
@@ -267,44 +270,73 @@ struct Pending {
 }
 
 struct Connection {
-    writer: BufWriter<OwnedWriteHalf>,
+    writer: OwnedWriteHalf,
+    /// Frames not yet written to the socket. The task writes them as the socket takes
+    /// them, never waiting on the socket while there is other work.
+    outgoing: BytesMut,
     /// Read by the client task itself (no task in between): acknowledgements are
     /// taken from `received` as their frames complete.
     reader: OwnedReadHalf,
     received: BytesMut,
 }
 
-impl Connection {
-    /// The next answer from the collector; cancel-safe (what was read stays in
-    /// `received`), so it can race the submissions.
-    async fn answer(&mut self) -> Option<Result<FromCollector, ProtocolError>> {
-        loop {
-            if let Some(answer) = self.complete_answer() {
-                return Some(answer);
-            }
-            match self.reader.read_buf(&mut self.received).await {
-                Ok(0) if self.received.is_empty() => return None,
-                Ok(0) => return Some(Err(ProtocolError::Truncated)),
-                Ok(_) => {}
-                Err(error) => return Some(Err(error.into())),
-            }
-        }
-    }
+/// What happened on the collector connection.
+enum ConnectionEvent {
+    Answer(Option<Result<FromCollector, ProtocolError>>),
+    Wrote(std::io::Result<usize>),
+}
 
-    /// An answer whose frame has fully arrived, taken off `received`.
-    fn complete_answer(&mut self) -> Option<Result<FromCollector, ProtocolError>> {
-        let length: [u8; 4] = self.received.get(..4)?.try_into().ok()?;
-        let length = u32::from_be_bytes(length) as usize;
-        if length > MAX_FRAME_BYTES {
-            return Some(Err(ProtocolError::Oversized(length)));
+impl Connection {
+    /// The next answer from the collector, or some of `outgoing` written. Cancel-safe
+    /// (what was read stays in `received`, what was not written in `outgoing`), so it
+    /// can race the submissions.
+    async fn next_event(&mut self) -> ConnectionEvent {
+        let Self {
+            writer,
+            outgoing,
+            reader,
+            received,
+        } = self;
+        tokio::select! {
+            answer = answer(reader, received) => ConnectionEvent::Answer(answer),
+            written = writer.write_buf(outgoing), if !outgoing.is_empty() => {
+                ConnectionEvent::Wrote(written)
+            }
         }
-        if self.received.len() < 4 + length {
-            self.received.reserve(4 + length - self.received.len());
-            return None;
-        }
-        let frame = self.received.split_to(4 + length);
-        Some(serde_json::from_slice(&frame[4..]).map_err(Into::into))
     }
+}
+
+/// The next answer from the collector; cancel-safe.
+async fn answer(
+    reader: &mut OwnedReadHalf,
+    received: &mut BytesMut,
+) -> Option<Result<FromCollector, ProtocolError>> {
+    loop {
+        if let Some(answer) = complete_answer(received) {
+            return Some(answer);
+        }
+        match reader.read_buf(received).await {
+            Ok(0) if received.is_empty() => return None,
+            Ok(0) => return Some(Err(ProtocolError::Truncated)),
+            Ok(_) => {}
+            Err(error) => return Some(Err(error.into())),
+        }
+    }
+}
+
+/// An answer whose frame has fully arrived, taken off `received`.
+fn complete_answer(received: &mut BytesMut) -> Option<Result<FromCollector, ProtocolError>> {
+    let length: [u8; 4] = received.get(..4)?.try_into().ok()?;
+    let length = u32::from_be_bytes(length) as usize;
+    if length > MAX_FRAME_BYTES {
+        return Some(Err(ProtocolError::Oversized(length)));
+    }
+    if received.len() < 4 + length {
+        received.reserve(4 + length - received.len());
+        return None;
+    }
+    let frame = received.split_to(4 + length);
+    Some(serde_json::from_slice(&frame[4..]).map_err(Into::into))
 }
 
 struct Gap {
@@ -342,17 +374,28 @@ impl ClientTask {
                 self.connect().await;
             }
             let connected = self.connection.is_some();
+            let room = self
+                .connection
+                .as_ref()
+                .is_none_or(|connection| connection.outgoing.len() < OUTGOING_BYTES);
             tokio::select! {
-                submission = self.submissions.recv() => match submission {
+                submission = self.submissions.recv(), if room => match submission {
                     Some(submission) => self.submit(submission).await,
                     None => break,
                 },
-                ack = async {
+                event = async {
                     match self.connection.as_mut() {
-                        Some(connection) => connection.answer().await,
+                        Some(connection) => connection.next_event().await,
                         None => std::future::pending().await,
                     }
-                }, if connected => self.acknowledge(ack),
+                }, if connected => match event {
+                    ConnectionEvent::Answer(ack) => self.acknowledge(ack),
+                    ConnectionEvent::Wrote(Ok(0)) => {
+                        self.disconnected("the collector closed the connection".into())
+                    }
+                    ConnectionEvent::Wrote(Ok(_)) => self.write_unwritten(),
+                    ConnectionEvent::Wrote(Err(error)) => self.disconnected(error.to_string()),
+                },
                 () = tokio::time::sleep_until(self.retry_at), if !connected => {}
             }
             if self.gap.is_some()
@@ -490,7 +533,7 @@ impl ClientTask {
             _room: room,
         });
         if self.connection.is_some() {
-            self.write_unwritten().await;
+            self.write_unwritten();
         }
     }
 
@@ -524,10 +567,12 @@ impl ClientTask {
                 }
             }
         }
-        self.write_unwritten().await;
+        self.write_unwritten();
     }
 
-    async fn write_unwritten(&mut self) {
+    /// Serialises unwritten records into the connection's outgoing buffer, in order,
+    /// while it has room; the task writes them as the socket takes them.
+    fn write_unwritten(&mut self) {
         let Some(connection) = self.connection.as_mut() else {
             return;
         };
@@ -536,7 +581,10 @@ impl ClientTask {
         // Records are written in order, so the unwritten ones are the tail of the list.
         let first_unwritten = self.pending.partition_point(|pending| pending.written);
         for pending in self.pending.range_mut(first_unwritten..) {
-            result = write_record(&mut connection.writer, pending).await;
+            if connection.outgoing.len() >= OUTGOING_BYTES {
+                break;
+            }
+            result = encode_record(&mut connection.outgoing, pending);
             if let Err(ProtocolError::Oversized(size)) = result {
                 // Nothing was written. A write-ahead record is never shortened: its
                 // request is refused and the record dropped (the refusal is recorded).
@@ -553,17 +601,12 @@ impl ClientTask {
                     continue;
                 }
                 pending.record = too_large_stub(&pending.record, size);
-                result = write_record(&mut connection.writer, pending).await;
+                result = encode_record(&mut connection.outgoing, pending);
             }
             if result.is_err() {
                 break;
             }
             pending.written = true;
-        }
-        if result.is_ok() {
-            result = tokio::io::AsyncWriteExt::flush(&mut connection.writer)
-                .await
-                .map_err(Into::into);
         }
         if refused {
             self.pending.retain(|pending| !pending.refused);
@@ -646,16 +689,21 @@ impl ClientTask {
     }
 }
 
-async fn write_record(
-    writer: &mut BufWriter<OwnedWriteHalf>,
-    pending: &Pending,
-) -> Result<(), ProtocolError> {
+/// Appends a record's frame to `outgoing`; nothing when it is over the frame limit.
+fn encode_record(outgoing: &mut BytesMut, pending: &Pending) -> Result<(), ProtocolError> {
     let frame = RecordFrame {
         id: pending.id,
         record: &pending.record,
         urgent: pending.ack.is_some(),
     };
-    write_frame(writer, &frame).await
+    let body = serde_json::to_vec(&frame)?;
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(ProtocolError::Oversized(body.len()));
+    }
+    let length = u32::try_from(body.len()).map_err(|_| ProtocolError::Oversized(body.len()))?;
+    outgoing.extend_from_slice(&length.to_be_bytes());
+    outgoing.extend_from_slice(&body);
+    Ok(())
 }
 
 /// Marks a record whose write-ahead failed: it is stored late, after the request was
@@ -695,8 +743,7 @@ fn too_large_stub(record: &Record, size: usize) -> Record {
 
 async fn open(socket: &std::path::Path) -> Result<Connection, ProtocolError> {
     let stream = UnixStream::connect(socket).await?;
-    let (mut read, write) = stream.into_split();
-    let mut writer = BufWriter::new(write);
+    let (mut read, mut writer) = stream.into_split();
     write_frame(
         &mut writer,
         &ToCollector::Hello {
@@ -704,7 +751,7 @@ async fn open(socket: &std::path::Path) -> Result<Connection, ProtocolError> {
         },
     )
     .await?;
-    tokio::io::AsyncWriteExt::flush(&mut writer).await?;
+    writer.flush().await?;
     match read_frame::<_, FromCollector>(&mut read).await? {
         Some(FromCollector::Hello { version }) if version == PROTOCOL_VERSION => {}
         Some(other) => {
@@ -716,6 +763,7 @@ async fn open(socket: &std::path::Path) -> Result<Connection, ProtocolError> {
     }
     Ok(Connection {
         writer,
+        outgoing: BytesMut::new(),
         reader: read,
         received: BytesMut::with_capacity(4096),
     })
