@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -43,6 +43,8 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 /// submission while the collector reads what is already written (so building a record
 /// runs beside the collector's work); above it, it waits for the socket.
 const OUTGOING_BYTES: usize = 4 * 1024 * 1024;
+/// An emptied outgoing buffer larger than this is freed.
+const KEPT_OUTGOING_BYTES: usize = 64 * 1024;
 /// Records lost while connected (refused by the collector) are reported in an
 /// `audit_gap` at most this often, and at every flush: a gap record refused in turn is
 /// counted in the next one, so refusals cannot feed a loop.
@@ -393,7 +395,10 @@ impl ClientTask {
                     ConnectionEvent::Wrote(Ok(0)) => {
                         self.disconnected("the collector closed the connection".into())
                     }
-                    ConnectionEvent::Wrote(Ok(_)) => self.write_unwritten(),
+                    ConnectionEvent::Wrote(Ok(_)) => {
+                        self.release_outgoing();
+                        self.write_unwritten();
+                    }
                     ConnectionEvent::Wrote(Err(error)) => self.disconnected(error.to_string()),
                 },
                 () = tokio::time::sleep_until(self.retry_at), if !connected => {}
@@ -570,6 +575,17 @@ impl ClientTask {
         self.write_unwritten();
     }
 
+    /// Gives a drained outgoing buffer's memory back (a large output's frames would
+    /// otherwise stay allocated while the kernel is idle).
+    fn release_outgoing(&mut self) {
+        if let Some(connection) = self.connection.as_mut()
+            && connection.outgoing.is_empty()
+            && connection.outgoing.capacity() > KEPT_OUTGOING_BYTES
+        {
+            connection.outgoing = BytesMut::new();
+        }
+    }
+
     /// Serialises unwritten records into the connection's outgoing buffer, in order,
     /// while it has room; the task writes them as the socket takes them.
     fn write_unwritten(&mut self) {
@@ -696,13 +712,23 @@ fn encode_record(outgoing: &mut BytesMut, pending: &Pending) -> Result<(), Proto
         record: &pending.record,
         urgent: pending.ack.is_some(),
     };
-    let body = serde_json::to_vec(&frame)?;
-    if body.len() > MAX_FRAME_BYTES {
-        return Err(ProtocolError::Oversized(body.len()));
-    }
-    let length = u32::try_from(body.len()).map_err(|_| ProtocolError::Oversized(body.len()))?;
-    outgoing.extend_from_slice(&length.to_be_bytes());
-    outgoing.extend_from_slice(&body);
+    // Serialised in place, behind room for its length.
+    let start = outgoing.len();
+    outgoing.put_u32(0);
+    let serialised = serde_json::to_writer((&mut *outgoing).writer(), &frame);
+    let size = outgoing.len() - start - 4;
+    let length = match (serialised, u32::try_from(size)) {
+        (Ok(()), Ok(length)) if size <= MAX_FRAME_BYTES => length,
+        (Err(error), _) => {
+            outgoing.truncate(start);
+            return Err(error.into());
+        }
+        _ => {
+            outgoing.truncate(start);
+            return Err(ProtocolError::Oversized(size));
+        }
+    };
+    outgoing[start..start + 4].copy_from_slice(&length.to_be_bytes());
     Ok(())
 }
 
