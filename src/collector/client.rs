@@ -43,8 +43,6 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 /// submission while the collector reads what is already written (so building a record
 /// runs beside the collector's work); above it, it waits for the socket.
 const OUTGOING_BYTES: usize = 4 * 1024 * 1024;
-/// An emptied outgoing buffer larger than this is freed.
-const KEPT_OUTGOING_BYTES: usize = 64 * 1024;
 /// Records lost while connected (refused by the collector) are reported in an
 /// `audit_gap` at most this often, and at every flush: a gap record refused in turn is
 /// counted in the next one, so refusals cannot feed a loop.
@@ -575,12 +573,12 @@ impl ClientTask {
         self.write_unwritten();
     }
 
-    /// Gives a drained outgoing buffer's memory back (a large output's frames would
-    /// otherwise stay allocated while the kernel is idle).
+    /// Gives a drained outgoing buffer's memory back: written bytes leave the buffer,
+    /// not its allocation, so a large output's frames would otherwise stay allocated
+    /// while the kernel is idle.
     fn release_outgoing(&mut self) {
         if let Some(connection) = self.connection.as_mut()
             && connection.outgoing.is_empty()
-            && connection.outgoing.capacity() > KEPT_OUTGOING_BYTES
         {
             connection.outgoing = BytesMut::new();
         }
