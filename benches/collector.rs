@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jupyter_audit::audit::{Record, SessionContext};
+use jupyter_audit::audit::{Record, RecordBuilder, SessionContext, SizePolicy};
 use jupyter_audit::collector::AuditClient;
 use jupyter_audit::collector::protocol::{
     FromCollector, PROTOCOL_VERSION, RecordFrame, ToCollector, read_frame, write_frame,
@@ -667,7 +667,8 @@ async fn sessions(socket: &Path, settings: &Settings, pause: Duration) -> Sessio
                 kernel_id: None,
                 kernel_name: Some("python3".into()),
             };
-            let (client, task) = AuditClient::spawn(socket, context);
+            let recorder = RecordBuilder::new(context.clone(), SizePolicy::default());
+            let (client, task) = AuditClient::spawn(socket, context, Box::new(recorder));
             let patience = Duration::from_secs(10);
             let (mut sent, mut failures) = (0u64, 0u64);
             let mut latencies = Vec::with_capacity(cells);

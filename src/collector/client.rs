@@ -7,6 +7,10 @@
 //! `audit_gap` record once the collector is back. Durable submissions (write-ahead)
 //! fail at once while the collector is unreachable, so the proxy can refuse to run
 //! code instead of waiting.
+//!
+//! The same task turns what the relays observed into records (through a [`Recorder`]):
+//! a relayed message crosses one queue between its relay and the collector, and a
+//! write-ahead request waits once, under one deadline, for its record to be on disk.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -14,10 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::{BufMut, BytesMut};
 use serde_json::{Value, json};
-use tokio::io::BufWriter;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -27,7 +32,7 @@ use super::protocol::{
     read_frame, write_frame,
 };
 use crate::audit::events::AuditGap;
-use crate::audit::{Record, SessionContext, record_event};
+use crate::audit::{Observation, Record, SessionContext, record_event};
 
 /// Records waiting for the client task (beyond this, records are counted as lost).
 const QUEUE_CAPACITY: usize = 4096;
@@ -35,6 +40,10 @@ const QUEUE_CAPACITY: usize = 4096;
 const MAX_PENDING: usize = 65_536;
 /// Longest pause between reconnection attempts.
 const MAX_RETRY: Duration = Duration::from_secs(2);
+/// Frames serialised ahead of the socket. Below this, the task takes the next
+/// submission while the collector reads what is already written (so building a record
+/// runs beside the collector's work); above it, it waits for the socket.
+const OUTGOING_BYTES: usize = 4 * 1024 * 1024;
 /// Records lost while connected (refused by the collector) are reported in an
 /// `audit_gap` at most this often, and at every flush: a gap record refused in turn is
 /// counted in the next one, so refusals cannot feed a loop.
@@ -58,10 +67,23 @@ pub enum AuditError {
     TooLarge { size: usize, limit: usize },
 }
 
+/// Turns what the relays observed into records, in the client task, in the order the
+/// relays observed them.
+pub trait Recorder: Send + 'static {
+    /// The record of a relayed message, or None for messages not worth one.
+    fn observed(&mut self, observation: Observation) -> Option<Record>;
+    /// The record of a request that must be on disk before the kernel sees it.
+    fn write_ahead(&mut self, observation: Observation) -> Record;
+}
+
 enum Submission {
     /// A record, and the room it holds in its sender's memory budget until stored.
     Record(Record, Option<OwnedSemaphorePermit>),
+    /// A relayed message, and the room it holds until its record is stored.
+    Observed(Observation, OwnedSemaphorePermit),
     Durable(Record, oneshot::Sender<Result<u64, AuditError>>),
+    /// A request whose record must be stored before the kernel sees it.
+    WriteAhead(Observation, oneshot::Sender<Result<u64, AuditError>>),
     /// Answered once every record submitted before it is stored.
     Flush(oneshot::Sender<Result<u64, AuditError>>),
 }
@@ -78,15 +100,22 @@ impl std::fmt::Debug for Submission {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str(match self {
             Self::Record(..) => "Record",
+            Self::Observed(..) => "Observed",
             Self::Durable(..) => "Durable",
+            Self::WriteAhead(..) => "WriteAhead",
             Self::Flush(_) => "Flush",
         })
     }
 }
 
 impl AuditClient {
-    /// Starts the client task for the collector listening on `socket`.
-    pub fn spawn(socket: PathBuf, context: SessionContext) -> (Self, JoinHandle<()>) {
+    /// Starts the client task for the collector listening on `socket`; `recorder` makes
+    /// the records of observed messages.
+    pub fn spawn(
+        socket: PathBuf,
+        context: SessionContext,
+        recorder: Box<dyn Recorder>,
+    ) -> (Self, JoinHandle<()>) {
         let (submissions, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let lost = Arc::new(AtomicU64::new(0));
         let connected = Arc::new(AtomicBool::new(false));
@@ -95,6 +124,7 @@ impl AuditClient {
                 connected: connected.clone(),
                 socket,
                 context,
+                recorder,
                 submissions: receiver,
                 lost: lost.clone(),
                 pending: VecDeque::new(),
@@ -136,6 +166,36 @@ impl AuditClient {
         {
             self.lost.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Queues a relayed message to be recorded, waiting for room in the queue; if the
+    /// task has stopped the record is counted as lost.
+    pub async fn observe(&self, observation: Observation, room: OwnedSemaphorePermit) {
+        let submission = Submission::Observed(observation, room);
+        if self.submissions.send(submission).await.is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a request that must be on disk before the caller goes on: the record's
+    /// sequence number once stored, or why not. `patience` bounds the whole wait, for
+    /// room in the queue and for the collector's acknowledgement together.
+    pub async fn write_ahead(
+        &self,
+        observation: Observation,
+        patience: Duration,
+    ) -> Result<u64, AuditError> {
+        let (ack, acked) = oneshot::channel();
+        let stored = async {
+            self.submissions
+                .send(Submission::WriteAhead(observation, ack))
+                .await
+                .map_err(|_| AuditError::Stopped)?;
+            acked.await.map_err(|_| AuditError::Stopped)?
+        };
+        tokio::time::timeout(patience, stored)
+            .await
+            .unwrap_or(Err(AuditError::Timeout(patience)))
     }
 
     /// Whether the collector connection is up (records are then stored soon).
@@ -211,15 +271,73 @@ struct Pending {
 }
 
 struct Connection {
-    writer: BufWriter<OwnedWriteHalf>,
-    acks: mpsc::Receiver<Result<FromCollector, ProtocolError>>,
-    reader: JoinHandle<()>,
+    writer: OwnedWriteHalf,
+    /// Frames not yet written to the socket. The task writes them as the socket takes
+    /// them, never waiting on the socket while there is other work.
+    outgoing: BytesMut,
+    /// Read by the client task itself (no task in between): acknowledgements are
+    /// taken from `received` as their frames complete.
+    reader: OwnedReadHalf,
+    received: BytesMut,
 }
 
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.reader.abort();
+/// What happened on the collector connection.
+enum ConnectionEvent {
+    Answer(Option<Result<FromCollector, ProtocolError>>),
+    Wrote(std::io::Result<usize>),
+}
+
+impl Connection {
+    /// The next answer from the collector, or some of `outgoing` written. Cancel-safe
+    /// (what was read stays in `received`, what was not written in `outgoing`), so it
+    /// can race the submissions.
+    async fn next_event(&mut self) -> ConnectionEvent {
+        let Self {
+            writer,
+            outgoing,
+            reader,
+            received,
+        } = self;
+        tokio::select! {
+            answer = answer(reader, received) => ConnectionEvent::Answer(answer),
+            written = writer.write_buf(outgoing), if !outgoing.is_empty() => {
+                ConnectionEvent::Wrote(written)
+            }
+        }
     }
+}
+
+/// The next answer from the collector; cancel-safe.
+async fn answer(
+    reader: &mut OwnedReadHalf,
+    received: &mut BytesMut,
+) -> Option<Result<FromCollector, ProtocolError>> {
+    loop {
+        if let Some(answer) = complete_answer(received) {
+            return Some(answer);
+        }
+        match reader.read_buf(received).await {
+            Ok(0) if received.is_empty() => return None,
+            Ok(0) => return Some(Err(ProtocolError::Truncated)),
+            Ok(_) => {}
+            Err(error) => return Some(Err(error.into())),
+        }
+    }
+}
+
+/// An answer whose frame has fully arrived, taken off `received`.
+fn complete_answer(received: &mut BytesMut) -> Option<Result<FromCollector, ProtocolError>> {
+    let length: [u8; 4] = received.get(..4)?.try_into().ok()?;
+    let length = u32::from_be_bytes(length) as usize;
+    if length > MAX_FRAME_BYTES {
+        return Some(Err(ProtocolError::Oversized(length)));
+    }
+    if received.len() < 4 + length {
+        received.reserve(4 + length - received.len());
+        return None;
+    }
+    let frame = received.split_to(4 + length);
+    Some(serde_json::from_slice(&frame[4..]).map_err(Into::into))
 }
 
 struct Gap {
@@ -232,6 +350,7 @@ struct ClientTask {
     connected: Arc<AtomicBool>,
     socket: PathBuf,
     context: SessionContext,
+    recorder: Box<dyn Recorder>,
     submissions: mpsc::Receiver<Submission>,
     lost: Arc<AtomicU64>,
     pending: VecDeque<Pending>,
@@ -256,17 +375,31 @@ impl ClientTask {
                 self.connect().await;
             }
             let connected = self.connection.is_some();
+            let room = self
+                .connection
+                .as_ref()
+                .is_none_or(|connection| connection.outgoing.len() < OUTGOING_BYTES);
             tokio::select! {
-                submission = self.submissions.recv() => match submission {
+                submission = self.submissions.recv(), if room => match submission {
                     Some(submission) => self.submit(submission).await,
                     None => break,
                 },
-                ack = async {
+                event = async {
                     match self.connection.as_mut() {
-                        Some(connection) => connection.acks.recv().await,
+                        Some(connection) => connection.next_event().await,
                         None => std::future::pending().await,
                     }
-                }, if connected => self.acknowledge(ack),
+                }, if connected => match event {
+                    ConnectionEvent::Answer(ack) => self.acknowledge(ack),
+                    ConnectionEvent::Wrote(Ok(0)) => {
+                        self.disconnected("the collector closed the connection".into())
+                    }
+                    ConnectionEvent::Wrote(Ok(_)) => {
+                        self.release_outgoing();
+                        self.write_unwritten();
+                    }
+                    ConnectionEvent::Wrote(Err(error)) => self.disconnected(error.to_string()),
+                },
                 () = tokio::time::sleep_until(self.retry_at), if !connected => {}
             }
             if self.gap.is_some()
@@ -329,19 +462,15 @@ impl ClientTask {
         }
         match submission {
             Submission::Record(record, room) => self.enqueue(record, None, room).await,
-            Submission::Durable(mut record, ack) => {
-                if self.connection.is_none() {
-                    // The collector may be back already: try now rather than refuse.
-                    self.connect().await;
+            Submission::Observed(observation, room) => {
+                if let Some(record) = self.recorder.observed(observation) {
+                    self.enqueue(record, None, Some(room)).await;
                 }
-                if self.connection.is_some() {
-                    self.enqueue(record, Some(ack), None).await;
-                } else {
-                    let _ = ack.send(Err(AuditError::Unavailable(self.last_error.clone())));
-                    // Stored once the collector is back, marked as late.
-                    mark_write_ahead_failed(&mut record);
-                    self.enqueue(record, None, None).await;
-                }
+            }
+            Submission::Durable(record, ack) => self.enqueue_durable(record, ack).await,
+            Submission::WriteAhead(observation, ack) => {
+                let record = self.recorder.write_ahead(observation);
+                self.enqueue_durable(record, ack).await;
             }
             Submission::Flush(done) => {
                 if self.connection.is_some() {
@@ -357,6 +486,26 @@ impl ClientTask {
                 });
                 self.release_flushes();
             }
+        }
+    }
+
+    /// Queues a record someone waits for: refused at once while the collector cannot
+    /// be reached, and stored once it is back, marked as late.
+    async fn enqueue_durable(
+        &mut self,
+        mut record: Record,
+        ack: oneshot::Sender<Result<u64, AuditError>>,
+    ) {
+        if self.connection.is_none() {
+            // The collector may be back already: try now rather than refuse.
+            self.connect().await;
+        }
+        if self.connection.is_some() {
+            self.enqueue(record, Some(ack), None).await;
+        } else {
+            let _ = ack.send(Err(AuditError::Unavailable(self.last_error.clone())));
+            mark_write_ahead_failed(&mut record);
+            self.enqueue(record, None, None).await;
         }
     }
 
@@ -388,7 +537,7 @@ impl ClientTask {
             _room: room,
         });
         if self.connection.is_some() {
-            self.write_unwritten().await;
+            self.write_unwritten();
         }
     }
 
@@ -423,17 +572,35 @@ impl ClientTask {
                 }
             }
         }
-        self.write_unwritten().await;
+        self.write_unwritten();
     }
 
-    async fn write_unwritten(&mut self) {
+    /// Gives a drained outgoing buffer's memory back: written bytes leave the buffer,
+    /// not its allocation, so a large output's frames would otherwise stay allocated
+    /// while the kernel is idle.
+    fn release_outgoing(&mut self) {
+        if let Some(connection) = self.connection.as_mut()
+            && connection.outgoing.is_empty()
+        {
+            connection.outgoing = BytesMut::new();
+        }
+    }
+
+    /// Serialises unwritten records into the connection's outgoing buffer, in order,
+    /// while it has room; the task writes them as the socket takes them.
+    fn write_unwritten(&mut self) {
         let Some(connection) = self.connection.as_mut() else {
             return;
         };
         let mut result = Ok(());
         let mut refused = false;
-        for pending in self.pending.iter_mut().filter(|pending| !pending.written) {
-            result = write_record(&mut connection.writer, pending).await;
+        // Records are written in order, so the unwritten ones are the tail of the list.
+        let first_unwritten = self.pending.partition_point(|pending| pending.written);
+        for pending in self.pending.range_mut(first_unwritten..) {
+            if connection.outgoing.len() >= OUTGOING_BYTES {
+                break;
+            }
+            result = encode_record(&mut connection.outgoing, pending);
             if let Err(ProtocolError::Oversized(size)) = result {
                 // Nothing was written. A write-ahead record is never shortened: its
                 // request is refused and the record dropped (the refusal is recorded).
@@ -450,17 +617,12 @@ impl ClientTask {
                     continue;
                 }
                 pending.record = too_large_stub(&pending.record, size);
-                result = write_record(&mut connection.writer, pending).await;
+                result = encode_record(&mut connection.outgoing, pending);
             }
             if result.is_err() {
                 break;
             }
             pending.written = true;
-        }
-        if result.is_ok() {
-            result = tokio::io::AsyncWriteExt::flush(&mut connection.writer)
-                .await
-                .map_err(Into::into);
         }
         if refused {
             self.pending.retain(|pending| !pending.refused);
@@ -543,16 +705,31 @@ impl ClientTask {
     }
 }
 
-async fn write_record(
-    writer: &mut BufWriter<OwnedWriteHalf>,
-    pending: &Pending,
-) -> Result<(), ProtocolError> {
+/// Appends a record's frame to `outgoing`; nothing when it is over the frame limit.
+fn encode_record(outgoing: &mut BytesMut, pending: &Pending) -> Result<(), ProtocolError> {
     let frame = RecordFrame {
         id: pending.id,
         record: &pending.record,
         urgent: pending.ack.is_some(),
     };
-    write_frame(writer, &frame).await
+    // Serialised in place, behind room for its length.
+    let start = outgoing.len();
+    outgoing.put_u32(0);
+    let serialised = serde_json::to_writer((&mut *outgoing).writer(), &frame);
+    let size = outgoing.len() - start - 4;
+    let length = match (serialised, u32::try_from(size)) {
+        (Ok(()), Ok(length)) if size <= MAX_FRAME_BYTES => length,
+        (Err(error), _) => {
+            outgoing.truncate(start);
+            return Err(error.into());
+        }
+        _ => {
+            outgoing.truncate(start);
+            return Err(ProtocolError::Oversized(size));
+        }
+    };
+    outgoing[start..start + 4].copy_from_slice(&length.to_be_bytes());
+    Ok(())
 }
 
 /// Marks a record whose write-ahead failed: it is stored late, after the request was
@@ -592,8 +769,7 @@ fn too_large_stub(record: &Record, size: usize) -> Record {
 
 async fn open(socket: &std::path::Path) -> Result<Connection, ProtocolError> {
     let stream = UnixStream::connect(socket).await?;
-    let (mut read, write) = stream.into_split();
-    let mut writer = BufWriter::new(write);
+    let (mut read, mut writer) = stream.into_split();
     write_frame(
         &mut writer,
         &ToCollector::Hello {
@@ -601,7 +777,7 @@ async fn open(socket: &std::path::Path) -> Result<Connection, ProtocolError> {
         },
     )
     .await?;
-    tokio::io::AsyncWriteExt::flush(&mut writer).await?;
+    writer.flush().await?;
     match read_frame::<_, FromCollector>(&mut read).await? {
         Some(FromCollector::Hello { version }) if version == PROTOCOL_VERSION => {}
         Some(other) => {
@@ -611,26 +787,10 @@ async fn open(socket: &std::path::Path) -> Result<Connection, ProtocolError> {
         }
         None => return Err(ProtocolError::Truncated),
     }
-    let (acks_sender, acks) = mpsc::channel(1024);
-    let reader = tokio::spawn(async move {
-        loop {
-            let frame = read_frame::<_, FromCollector>(&mut read).await;
-            let end = !matches!(frame, Ok(Some(_)));
-            let item = match frame {
-                Ok(Some(frame)) => Ok(frame),
-                Ok(None) => Err(ProtocolError::Io(std::io::Error::other(
-                    "the collector closed the connection",
-                ))),
-                Err(error) => Err(error),
-            };
-            if acks_sender.send(item).await.is_err() || end {
-                break;
-            }
-        }
-    });
     Ok(Connection {
         writer,
-        acks,
-        reader,
+        outgoing: BytesMut::new(),
+        reader: read,
+        received: BytesMut::with_capacity(4096),
     })
 }

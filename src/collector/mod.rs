@@ -15,7 +15,7 @@ pub mod refusals;
 pub mod server;
 pub mod sessions;
 
-pub use client::{AuditClient, AuditError, Ticket};
+pub use client::{AuditClient, AuditError, Recorder, Ticket};
 
 #[cfg(test)]
 mod forgery_tests;

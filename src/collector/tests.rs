@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::client::{AuditClient, AuditError};
 use super::server;
-use crate::audit::{Record, SessionContext, event_record};
+use crate::audit::{Record, RecordBuilder, SessionContext, SizePolicy, event_record};
 use crate::store::{self, Reader, StoreConfig};
 
 fn context() -> SessionContext {
@@ -15,6 +15,10 @@ fn context() -> SessionContext {
         kernel_id: Some("kernel-1".into()),
         kernel_name: Some("python3".into()),
     }
+}
+
+fn recorder() -> Box<RecordBuilder> {
+    Box::new(RecordBuilder::new(context(), SizePolicy::default()))
 }
 
 fn execute_request(code: &str) -> Record {
@@ -53,7 +57,7 @@ fn running() -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("collector.sock");
     let (store, _stop) = start_collector(dir.path(), &socket);
-    let (client, _) = AuditClient::spawn(socket, context());
+    let (client, _) = AuditClient::spawn(socket, context(), recorder());
     Running {
         dir,
         store,
@@ -113,7 +117,7 @@ async fn durable_records_are_stored_in_order_with_the_senders_identity() {
 async fn without_a_collector_durable_fails_at_once_and_the_record_is_stored_later() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("collector.sock");
-    let (client, _) = AuditClient::spawn(socket.clone(), context());
+    let (client, _) = AuditClient::spawn(socket.clone(), context(), recorder());
     let refused = client
         .submit_durable(execute_request("while the collector was down"))
         .wait(Duration::from_secs(10))

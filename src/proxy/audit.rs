@@ -1,20 +1,21 @@
 //! The proxy's auditing: every relayed message is observed, requests that can run
 //! code are recorded before the kernel sees them, and lifecycle events are recorded.
 //!
-//! Records are built off the relay path, in one task that sees observations in the
-//! order the relays saw them; only write-ahead requests make a relay wait.
+//! Records are built off the relay path, in the collector client's task, which sees
+//! observations in the order the relays saw them (one queue from relay to collector);
+//! only write-ahead requests make a relay wait, under one deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use serde_json::Map;
+use tokio::sync::Semaphore;
 
 use crate::audit::events::AuditEvent;
 use crate::audit::{
-    Direction, Observation, ParsedMessage, RecordBuilder, SessionContext, SizePolicy,
+    Direction, Observation, ParsedMessage, Record, RecordBuilder, SessionContext, record_event,
 };
-use crate::collector::client::{AuditClient, AuditError, Ticket};
+use crate::collector::client::{AuditClient, AuditError, Recorder};
 use crate::collector::protocol::MAX_FRAME_BYTES;
 use crate::config::OnAuditFailure;
 use crate::connection::Channel;
@@ -22,8 +23,6 @@ use crate::wire::WireMessage;
 
 /// How long a request may wait for its record to be on disk before it is refused.
 pub(crate) const WRITE_AHEAD_PATIENCE: Duration = Duration::from_secs(5);
-/// Observations waiting to become records.
-const JOB_CAPACITY: usize = 4096;
 /// Memory that observed messages may hold until the collector has their records. Past
 /// it, relaying waits for the collector (output is slowed, never lost from the record)
 /// while it is connected; while it is away, records past it are counted in a gap.
@@ -33,19 +32,23 @@ const BUDGET_PATIENCE: Duration = Duration::from_secs(30);
 /// What any message costs in the budget besides its bytes.
 const MESSAGE_OVERHEAD: usize = 512;
 
-enum Job {
-    Observe(Observation, OwnedSemaphorePermit),
-    WriteAhead(Observation, oneshot::Sender<Ticket>),
-    Event(String, Map<String, Value>),
-    /// Answered once every job before it has been handed to the client.
-    Flush(oneshot::Sender<()>),
+/// The proxy's records of relayed messages, made in the collector client's task.
+impl Recorder for RecordBuilder {
+    fn observed(&mut self, observation: Observation) -> Option<Record> {
+        self.message(observation)
+    }
+
+    fn write_ahead(&mut self, observation: Observation) -> Record {
+        self.message(observation)
+            .unwrap_or_else(|| self.event("unknown", Map::new()))
+    }
 }
 
 /// Handle used by the relays; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Auditor {
-    jobs: mpsc::Sender<Job>,
     client: AuditClient,
+    context: SessionContext,
     budget: Arc<Semaphore>,
     pub policy: OnAuditFailure,
 }
@@ -60,41 +63,15 @@ impl std::fmt::Debug for Auditor {
 }
 
 impl Auditor {
-    pub(crate) fn start(
+    /// `client` makes the records of observed messages (its [`Recorder`]) and sends them.
+    pub(crate) fn new(
         client: AuditClient,
         context: SessionContext,
-        size: SizePolicy,
         policy: OnAuditFailure,
     ) -> Arc<Self> {
-        let (jobs, mut pending) = mpsc::channel(JOB_CAPACITY);
-        let task_client = client.clone();
-        tokio::spawn(async move {
-            let mut builder = RecordBuilder::new(context, size);
-            while let Some(job) = pending.recv().await {
-                match job {
-                    Job::Observe(observation, room) => {
-                        if let Some(record) = builder.message(observation) {
-                            task_client.record_holding(record, Some(room));
-                        }
-                    }
-                    Job::WriteAhead(observation, ticket) => {
-                        let record = builder
-                            .message(observation)
-                            .unwrap_or_else(|| builder.event("unknown", Map::new()));
-                        let _ = ticket.send(task_client.submit_durable(record));
-                    }
-                    Job::Event(action, fields) => {
-                        task_client.record(builder.event(&action, fields))
-                    }
-                    Job::Flush(reached) => {
-                        let _ = reached.send(());
-                    }
-                }
-            }
-        });
         Arc::new(Self {
-            jobs,
             client,
+            context,
             budget: Arc::new(Semaphore::new(BUDGET_BYTES)),
             policy,
         })
@@ -124,18 +101,13 @@ impl Auditor {
             self.client.count_lost(1);
             return;
         };
-        let job = Job::Observe(
-            Observation {
-                channel,
-                direction,
-                message: message.clone(),
-                parsed,
-            },
-            room,
-        );
-        if self.jobs.send(job).await.is_err() {
-            self.client.count_lost(1);
-        }
+        let observation = Observation {
+            channel,
+            direction,
+            message: message.clone(),
+            parsed,
+        };
+        self.client.observe(observation, room).await;
     }
 
     /// Records a frontend request, whole, and waits until it is on disk. A request
@@ -157,47 +129,147 @@ impl Auditor {
                 limit: MAX_FRAME_BYTES,
             });
         }
-        let (ticket, ticketed) = oneshot::channel();
-        let job = Job::WriteAhead(
-            Observation {
-                channel,
-                direction: Direction::FromFrontend,
-                message: message.clone(),
-                parsed: Some(parsed),
-            },
-            ticket,
-        );
-        let queued = tokio::time::timeout(WRITE_AHEAD_PATIENCE, self.jobs.send(job));
-        match queued.await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(AuditError::Stopped),
-            Err(_) => return Err(AuditError::Timeout(WRITE_AHEAD_PATIENCE)),
-        }
-        let ticket = ticketed.await.map_err(|_| AuditError::Stopped)?;
-        ticket.wait(WRITE_AHEAD_PATIENCE).await
+        let observation = Observation {
+            channel,
+            direction: Direction::FromFrontend,
+            message: message.clone(),
+            parsed: Some(parsed),
+        };
+        self.client
+            .write_ahead(observation, WRITE_AHEAD_PATIENCE)
+            .await
     }
 
     /// Records a lifecycle event (session start and end, interrupt, refusal, …).
     pub(crate) fn event(&self, event: &impl AuditEvent) {
-        let action = event.action().as_str().to_owned();
-        if self
-            .jobs
-            .try_send(Job::Event(action, event.fields()))
-            .is_err()
-        {
-            self.client.count_lost(1);
-        }
+        self.client.record(record_event(&self.context, event));
     }
 
     /// Waits until everything recorded so far is stored, or `patience` runs out.
     pub(crate) async fn flush(&self, patience: Duration) -> Result<(), AuditError> {
-        // Through the job queue first, so every earlier observation is submitted.
-        let (reached, reached_marker) = oneshot::channel();
-        let queued = tokio::time::timeout(patience, self.jobs.send(Job::Flush(reached)));
-        if !matches!(queued.await, Ok(Ok(()))) {
-            return Err(AuditError::Timeout(patience));
-        }
-        reached_marker.await.map_err(|_| AuditError::Stopped)?;
+        // One queue: every earlier observation and event is ahead of the flush.
         self.client.flush(patience).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tokio::net::UnixListener;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::audit::SizePolicy;
+    use crate::collector::protocol::{
+        FromCollector, PROTOCOL_VERSION, ToCollector, read_frame, write_frame,
+    };
+    use crate::wire::compose;
+
+    fn context() -> SessionContext {
+        SessionContext {
+            session_id: "session-1".into(),
+            ..SessionContext::default()
+        }
+    }
+
+    /// A collector that answers the hello, then takes frames (`reads`) or not, and never
+    /// acknowledges one.
+    fn silent_collector(dir: &std::path::Path, reads: bool) -> std::path::PathBuf {
+        let socket = dir.join("collector.sock");
+        let listener = UnixListener::bind(&socket).expect("binds");
+        tokio::spawn(async move {
+            // Kept open: the connection stays up, silent.
+            let (mut readers, mut writers) = (Vec::new(), Vec::new());
+            while let Ok((stream, _)) = listener.accept().await {
+                let (mut read, mut write) = stream.into_split();
+                let Ok(Some(ToCollector::Hello { .. })) = read_frame(&mut read).await else {
+                    continue;
+                };
+                let hello = FromCollector::Hello {
+                    version: PROTOCOL_VERSION,
+                };
+                write_frame(&mut write, &hello).await.expect("hello");
+                tokio::io::AsyncWriteExt::flush(&mut write)
+                    .await
+                    .expect("flushed");
+                if reads {
+                    tokio::spawn(async move {
+                        while let Ok(Some(_)) = read_frame::<_, serde_json::Value>(&mut read).await
+                        {
+                        }
+                    });
+                } else {
+                    readers.push(read);
+                }
+                writers.push(write);
+            }
+        });
+        socket
+    }
+
+    fn auditor(socket: std::path::PathBuf) -> Arc<Auditor> {
+        let recorder = RecordBuilder::new(context(), SizePolicy::default());
+        let (client, _) = AuditClient::spawn(socket, context(), Box::new(recorder));
+        Auditor::new(client, context(), OnAuditFailure::Block)
+    }
+
+    fn execute_request(code: &str) -> (WireMessage, ParsedMessage) {
+        let message = compose(
+            vec![Bytes::from_static(b"client")],
+            "execute_request",
+            "s",
+            &serde_json::json!({ "code": code }),
+        );
+        let parsed = ParsedMessage::read(&message).expect("readable");
+        (message, parsed)
+    }
+
+    /// Waits until the client is connected (the first write-ahead then goes to the
+    /// silent collector rather than failing as unreachable).
+    async fn connected(auditor: &Auditor) {
+        while !auditor.client.is_connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_ahead_the_collector_never_acknowledges_is_refused_after_one_patience() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let auditor = auditor(silent_collector(dir.path(), true));
+        connected(&auditor).await;
+        let (message, parsed) = execute_request("1");
+        let started = Instant::now();
+        let outcome = auditor.write_ahead(Channel::Shell, &message, parsed).await;
+        assert_eq!(outcome, Err(AuditError::Timeout(WRITE_AHEAD_PATIENCE)));
+        let waited = started.elapsed();
+        assert!(
+            waited >= WRITE_AHEAD_PATIENCE && waited < WRITE_AHEAD_PATIENCE * 2,
+            "one deadline, not one per hand-off: waited {waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_ahead_behind_a_full_queue_is_refused_after_one_patience() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The collector takes nothing: the client blocks on its socket, its queue fills.
+        let auditor = auditor(silent_collector(dir.path(), false));
+        connected(&auditor).await;
+        let big = "x".repeat(4 * 1024 * 1024);
+        let (message, _) = execute_request(&big);
+        auditor
+            .observe(Channel::Shell, Direction::FromKernel, &message, None)
+            .await;
+        for _ in 0..5000 {
+            auditor.event(&crate::audit::events::ParentExited::default());
+        }
+        let (message, parsed) = execute_request("1");
+        let started = Instant::now();
+        let outcome = auditor.write_ahead(Channel::Shell, &message, parsed).await;
+        assert_eq!(outcome, Err(AuditError::Timeout(WRITE_AHEAD_PATIENCE)));
+        let waited = started.elapsed();
+        assert!(
+            waited <= WRITE_AHEAD_PATIENCE,
+            "queueing and acknowledgement share one deadline: waited {waited:?}"
+        );
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Sides;
-use super::requests::Rejection;
+use super::requests::{Rejection, check_kernel_signature};
 use super::startup::Activity;
 use crate::audit::Direction;
 use crate::connection::Channel;
@@ -38,7 +38,7 @@ pub(super) fn spawn_relay(
                     continue;
                 }
             };
-            if let Err(error) = message.verify(&sides.kernel) {
+            if let Err(error) = check_kernel_signature(&message, &sides) {
                 Rejection::new("kernel", error, Some(&message))
                     .report(Channel::Iopub, &sides)
                     .await;
@@ -108,6 +108,7 @@ mod tests {
         let sides = Sides {
             frontend: Signer::new(b"frontend", SignatureScheme::Sha256),
             kernel: Signer::new(b"kernel", SignatureScheme::Sha256),
+            check_kernel_signatures: true,
             replay: Mutex::new(ReplayGuard::default()),
             max_message_bytes: usize::MAX,
             session: "proxy-session".into(),

@@ -20,8 +20,8 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
 use self::audit::Auditor;
-use crate::audit::SessionContext;
 use crate::audit::events::{self, AuditEvent};
+use crate::audit::{RecordBuilder, SessionContext};
 use crate::collector::client::AuditClient;
 use crate::config::AuditSettings;
 use crate::connection::Channel;
@@ -75,6 +75,12 @@ pub(crate) struct Sides {
     pub frontend: Signer,
     /// Signs and checks messages with the real kernel's private key.
     pub kernel: Signer,
+    /// Whether the kernel's messages are checked against its private key: only when its
+    /// sockets are loopback ports, which another local user could bind first. Over ipc
+    /// (the default) they are in a 0700 directory that only this account can reach,
+    /// and this account's code can read the key from the kernel anyway: a check would
+    /// cost an HMAC pass over every output and protect nothing.
+    pub check_kernel_signatures: bool,
     /// Signatures already used by frontends, on any channel (one session, one history).
     pub replay: Mutex<ReplayGuard>,
     pub max_message_bytes: usize,
@@ -108,12 +114,15 @@ pub async fn run(config: ProxyConfig) -> Result<ExitStatus, ProxyError> {
             kernel_id: kernel_id(&config.connection_file),
             kernel_name: frontend_info.kernel_name.clone(),
         };
-        let (client, _) = AuditClient::spawn(settings.socket.clone(), context.clone());
-        Auditor::start(client, context, settings.size, settings.on_failure)
+        let recorder = RecordBuilder::new(context.clone(), settings.size);
+        let (client, _) =
+            AuditClient::spawn(settings.socket.clone(), context.clone(), Box::new(recorder));
+        Auditor::new(client, context, settings.on_failure)
     });
     let sides = Arc::new(Sides {
         frontend: frontend_info.signer()?,
         kernel: runtime.info().signer()?,
+        check_kernel_signatures: config.kernel_transport == KernelTransport::Tcp,
         replay: Mutex::new(ReplayGuard::default()),
         max_message_bytes: config.max_message_bytes,
         session,
