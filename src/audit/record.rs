@@ -21,14 +21,15 @@ use crate::connection::Channel;
 use crate::wire::WireMessage;
 
 /// Which side a message came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
     FromFrontend,
     FromKernel,
 }
 
 impl Direction {
-    fn name(self) -> &'static str {
+    /// `frontend` or `kernel`, as records and logs name the side.
+    pub fn name(self) -> &'static str {
         match self {
             Self::FromFrontend => "frontend",
             Self::FromKernel => "kernel",

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::Sides;
-use super::requests::{Rejection, check_kernel_signature};
+use super::Relay;
+use super::accept;
 use super::startup::Activity;
 use crate::audit::Direction;
 use crate::connection::Channel;
@@ -23,39 +23,31 @@ const WELCOME: &str = "iopub_welcome";
 pub(super) fn spawn_relay(
     mut from_kernel: mpsc::Receiver<Frames>,
     to_frontends: mpsc::Sender<Frames>,
-    sides: Arc<Sides>,
+    relay: Arc<Relay>,
     activity: Arc<Activity>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(frames) = from_kernel.recv().await {
             activity.touch();
-            let mut message = match WireMessage::from_frames(frames, usize::MAX) {
+            let mut message = match accept::from_kernel(frames, &relay, Channel::Iopub) {
                 Ok(message) => message,
-                Err(error) => {
-                    Rejection::new("kernel", error, None)
-                        .report(Channel::Iopub, &sides)
-                        .await;
+                Err(rejection) => {
+                    rejection.report(Channel::Iopub, &relay).await;
                     continue;
                 }
             };
-            if let Err(error) = check_kernel_signature(&message, &sides) {
-                Rejection::new("kernel", error, Some(&message))
-                    .report(Channel::Iopub, &sides)
-                    .await;
-                continue;
-            }
             if message
                 .header()
                 .is_ok_and(|header| header.msg_type == WELCOME)
             {
                 continue;
             }
-            if let Some(auditor) = &sides.auditor {
+            if let Some(auditor) = &relay.auditor {
                 auditor
                     .observe(Channel::Iopub, Direction::FromKernel, &message, None)
                     .await;
             }
-            message.resign(&sides.frontend);
+            message.resign(&relay.frontend);
             if to_frontends.send(message.into_frames()).await.is_err() {
                 break;
             }
@@ -67,13 +59,13 @@ pub(super) fn spawn_relay(
 pub(super) fn spawn_welcomes(
     mut subscriptions: mpsc::Receiver<Subscription>,
     to_one: mpsc::Sender<(Bytes, Frames)>,
-    sides: Arc<Sides>,
+    relay: Arc<Relay>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(subscription) = subscriptions.recv().await {
             let topic = String::from_utf8_lossy(&subscription.topic);
             tracing::debug!(%topic, "frontend subscribed to iopub");
-            let welcome = welcome_message(&topic, &sides);
+            let welcome = welcome_message(&topic, &relay);
             if to_one
                 .send((subscription.peer, welcome.into_frames()))
                 .await
@@ -85,14 +77,14 @@ pub(super) fn spawn_welcomes(
     })
 }
 
-fn welcome_message(topic: &str, sides: &Sides) -> WireMessage {
+fn welcome_message(topic: &str, relay: &Relay) -> WireMessage {
     let mut welcome = compose(
         vec![],
         WELCOME,
-        &sides.session,
+        &relay.session,
         &serde_json::json!({ "subscription": topic }),
     );
-    welcome.resign(&sides.frontend);
+    welcome.resign(&relay.frontend);
     welcome
 }
 
@@ -105,7 +97,7 @@ mod tests {
 
     #[test]
     fn welcome_is_signed_with_the_frontend_key() {
-        let sides = Sides {
+        let relay = Relay {
             frontend: Signer::new(b"frontend", SignatureScheme::Sha256),
             kernel: Signer::new(b"kernel", SignatureScheme::Sha256),
             check_kernel_signatures: true,
@@ -116,9 +108,9 @@ mod tests {
             rejections: Default::default(),
             peers: Default::default(),
         };
-        let welcome = welcome_message("", &sides);
+        let welcome = welcome_message("", &relay);
         welcome
-            .verify(&sides.frontend)
+            .verify(&relay.frontend)
             .expect("frontend can verify");
         assert!(
             welcome.routing.is_empty(),

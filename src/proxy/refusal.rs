@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::Sides;
+use super::Relay;
 use crate::collector::client::AuditError;
 use crate::transport::Frames;
 use crate::wire::{WireMessage, compose_reply};
@@ -49,7 +49,7 @@ pub(super) async fn refuse(
     request: &WireMessage,
     msg_type: &str,
     reason: &AuditError,
-    sides: &Sides,
+    relay: &Relay,
     to_frontend: &mpsc::Sender<Frames>,
     iopub: &mpsc::Sender<Frames>,
 ) {
@@ -75,9 +75,9 @@ pub(super) async fn refuse(
             ("status", json!({"execution_state": "idle"})),
         ];
         for (kind, content) in published {
-            let mut message = compose_reply(request, kind, &sides.session, &content);
+            let mut message = compose_reply(request, kind, &relay.session, &content);
             message.routing.clear();
-            send(message, sides, iopub).await;
+            send(message, relay, iopub).await;
         }
     }
     let mut content = error;
@@ -90,14 +90,14 @@ pub(super) async fn refuse(
         }
     }
     send(
-        compose_reply(request, &reply_type, &sides.session, &content),
-        sides,
+        compose_reply(request, &reply_type, &relay.session, &content),
+        relay,
         to_frontend,
     )
     .await;
 }
 
-async fn send(mut message: WireMessage, sides: &Sides, to: &mpsc::Sender<Frames>) {
-    message.resign(&sides.frontend);
+async fn send(mut message: WireMessage, relay: &Relay, to: &mpsc::Sender<Frames>) {
+    message.resign(&relay.frontend);
     let _ = to.send(message.into_frames()).await;
 }

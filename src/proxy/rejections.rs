@@ -11,12 +11,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::requests::RejectReason;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::Relay;
 use crate::audit::events;
-use crate::audit::now_rfc3339;
+use crate::audit::{Direction, now_rfc3339};
 use crate::connection::Channel;
-use crate::transport::{Peer, SenderInfo};
-use crate::wire::WireError;
+use crate::transport::{Oversized, Peer, SenderInfo};
+use crate::wire::{WireError, WireMessage};
 
 /// How long a window of rejections lasts.
 pub(crate) const WINDOW: Duration = Duration::from_secs(5);
@@ -50,7 +53,7 @@ pub(crate) fn reason_kind(reason: &RejectReason) -> &'static str {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Suppressed {
     pub channel: Channel,
-    pub from: &'static str,
+    pub from: Direction,
     pub count: u64,
     pub reasons: BTreeMap<&'static str, u64>,
     /// When the first and the last of them arrived (proxy clock).
@@ -67,7 +70,7 @@ impl Suppressed {
     pub(crate) fn event(&self, senders: &[SenderInfo]) -> events::RejectionsSuppressed {
         events::RejectionsSuppressed {
             channel: self.channel.name().to_owned(),
-            from: self.from.to_owned(),
+            from: self.from.name().to_owned(),
             rejected_count: self.count,
             reasons: self
                 .reasons
@@ -93,7 +96,7 @@ impl Suppressed {
         }
         tracing::warn!(
             channel = %self.channel,
-            from = self.from,
+            from = self.from.name(),
             count = self.count,
             reasons = ?self.reasons,
             senders = %named.join(", "),
@@ -112,7 +115,7 @@ struct Window {
 /// Decides which rejections are recorded one by one; shared by all relays.
 #[derive(Debug, Default)]
 pub(crate) struct RejectionLimiter {
-    windows: Mutex<HashMap<(Channel, &'static str), Window>>,
+    windows: Mutex<HashMap<(Channel, Direction), Window>>,
 }
 
 /// What to do with one rejection.
@@ -125,7 +128,7 @@ pub(crate) struct Verdict {
 }
 
 impl RejectionLimiter {
-    fn lock(&self) -> MutexGuard<'_, HashMap<(Channel, &'static str), Window>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<(Channel, Direction), Window>> {
         crate::sync::lock(&self.windows)
     }
 
@@ -133,7 +136,7 @@ impl RejectionLimiter {
     pub(crate) fn admit(
         &self,
         channel: Channel,
-        from: &'static str,
+        from: Direction,
         reason: &'static str,
         sender: Option<&Arc<Peer>>,
         now: Instant,
@@ -210,6 +213,160 @@ impl RejectionLimiter {
     }
 }
 
+/// Why a message is not relayed.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub(crate) enum RejectReason {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A part of a request that the audit cannot parse: the kernel's own parser may
+    /// still read code from it (Python's json accepts NaN, lone surrogates, deeper
+    /// nesting, and Jupyter decodes bad UTF-8 as U+FFFD), which would run code that is
+    /// not on the record.
+    #[error(
+        "{part} is not JSON the audit can read ({error}); not relayed, it could run code off the record"
+    )]
+    UnreadableContent { part: &'static str, error: String },
+}
+
+/// A message that is not relayed, with what is known about it for the diagnostic.
+#[derive(Debug)]
+pub(super) struct Rejection {
+    pub from: Direction,
+    pub error: RejectReason,
+    pub msg_id: Option<String>,
+    pub msg_type: Option<String>,
+    /// The frontend connection it came from, when the router listed it.
+    pub sender: Option<Arc<Peer>>,
+}
+
+impl Rejection {
+    pub(super) fn new(
+        from: Direction,
+        error: impl Into<RejectReason>,
+        message: Option<&WireMessage>,
+    ) -> Self {
+        // Best effort: the header of a rejected message is untrusted, but its msg_id
+        // is what lets someone find the message in the frontend's own logs.
+        let header = message.and_then(|message| message.header().ok());
+        Self {
+            from,
+            error: error.into(),
+            msg_id: header.as_ref().map(|header| header.msg_id.clone()),
+            msg_type: header.map(|header| header.msg_type),
+            sender: None,
+        }
+    }
+
+    /// Logs the rejection and puts it on the record, within the rate limit: past it,
+    /// the rejection is counted in the window's `rejections_suppressed` record instead.
+    /// Only a rejection on the record waits for what is known of its sender.
+    pub(super) async fn report(&self, channel: Channel, relay: &Relay) {
+        let verdict = relay.rejections.admit(
+            channel,
+            self.from,
+            reason_kind(&self.error),
+            self.sender.as_ref(),
+            Instant::now(),
+        );
+        if let Some(closed) = verdict.closed {
+            record_suppressed(&closed, relay).await;
+        }
+        if !verdict.record {
+            tracing::debug!(%channel, from = self.from.name(), reason = %self.error, "message rejected (counted)");
+            return;
+        }
+        let sender = match &self.sender {
+            Some(peer) => Some(peer.describe().await),
+            None => None,
+        };
+        self.log(channel, sender.as_ref());
+        if let Some(auditor) = &relay.auditor {
+            auditor.event(&events::MessageRejected {
+                channel: channel.name().to_owned(),
+                from: self.from.name().to_owned(),
+                reason: self.error.to_string(),
+                msg_id: self.msg_id.clone(),
+                rejected_msg_type: self.msg_type.clone(),
+                sender: sender.as_ref().map(events::Sender::from),
+                identity_note: identity_note(self.from),
+            });
+        }
+    }
+
+    pub(super) fn log(&self, channel: Channel, sender: Option<&SenderInfo>) {
+        tracing::warn!(
+            %channel,
+            from = self.from.name(),
+            sender = %sender.map_or_else(|| "unknown".to_owned(), SenderInfo::to_string),
+            reason = %self.error,
+            msg_id = self.msg_id.as_deref().unwrap_or("unknown"),
+            msg_type = self.msg_type.as_deref().unwrap_or("unknown"),
+            "message rejected"
+        );
+    }
+}
+
+/// Logs and records the summary of a closed window of rejections.
+pub(super) async fn record_suppressed(summary: &Suppressed, relay: &Relay) {
+    let mut senders = Vec::with_capacity(summary.senders.len());
+    for peer in &summary.senders {
+        senders.push(peer.describe().await);
+    }
+    summary.log(&senders);
+    if let Some(auditor) = &relay.auditor {
+        let mut event = summary.event(&senders);
+        event.identity_note = identity_note(summary.from);
+        auditor.event(&event);
+    }
+}
+
+/// Records of rejected frontend messages say whose name `user.*` is.
+fn identity_note(from: Direction) -> Option<String> {
+    (from == Direction::FromFrontend).then(|| events::IDENTITY_NOTE.to_owned())
+}
+
+/// Reports messages the frontend server skipped for their size, and closes windows of
+/// rate-limited rejections once they are over, so their counts reach the record while
+/// the session runs.
+pub(super) fn spawn_reports(
+    mut oversized: mpsc::Receiver<Oversized>,
+    relay: Arc<Relay>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(WINDOW);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut open = true;
+        loop {
+            tokio::select! {
+                notice = oversized.recv(), if open => {
+                    let Some(notice) = notice else {
+                        open = false;
+                        continue;
+                    };
+                    Rejection {
+                        from: Direction::FromFrontend,
+                        error: WireError::Oversized {
+                            size: usize::try_from(notice.size).unwrap_or(usize::MAX),
+                            limit: notice.limit,
+                        }
+                        .into(),
+                        msg_id: notice.msg_id,
+                        msg_type: notice.msg_type,
+                        sender: relay.peers.find(notice.channel, &notice.routing_id),
+                    }
+                    .report(notice.channel, &relay)
+                    .await;
+                }
+                _ = ticks.tick() => {
+                    for summary in relay.rejections.expired(Instant::now()) {
+                        record_suppressed(&summary, &relay).await;
+                    }
+                }
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,7 +383,8 @@ mod tests {
             } else {
                 "missing_delimiter"
             };
-            let verdict = limiter.admit(Channel::Shell, "frontend", reason, None, start);
+            let verdict =
+                limiter.admit(Channel::Shell, Direction::FromFrontend, reason, None, start);
             assert_eq!(verdict.closed, None);
             recorded += u32::from(verdict.record);
         }
@@ -234,7 +392,13 @@ mod tests {
         // Another channel has a window of its own.
         assert!(
             limiter
-                .admit(Channel::Control, "frontend", "empty", None, start)
+                .admit(
+                    Channel::Control,
+                    Direction::FromFrontend,
+                    "empty",
+                    None,
+                    start
+                )
                 .record
         );
         assert!(limiter.expired(start).is_empty(), "the window is not over");
@@ -248,7 +412,13 @@ mod tests {
         // A new window records again.
         assert!(
             limiter
-                .admit(Channel::Shell, "frontend", "empty", None, start + WINDOW)
+                .admit(
+                    Channel::Shell,
+                    Direction::FromFrontend,
+                    "empty",
+                    None,
+                    start + WINDOW
+                )
                 .record
         );
     }
@@ -258,11 +428,17 @@ mod tests {
         let limiter = RejectionLimiter::default();
         let start = Instant::now();
         for _ in 0..=RECORDED_PER_WINDOW {
-            limiter.admit(Channel::Stdin, "kernel", "bad_signature", None, start);
+            limiter.admit(
+                Channel::Stdin,
+                Direction::FromKernel,
+                "bad_signature",
+                None,
+                start,
+            );
         }
         let later = limiter.admit(
             Channel::Stdin,
-            "kernel",
+            Direction::FromKernel,
             "replayed",
             None,
             start + WINDOW * 2,
@@ -272,7 +448,7 @@ mod tests {
         for _ in 0..RECORDED_PER_WINDOW {
             limiter.admit(
                 Channel::Stdin,
-                "kernel",
+                Direction::FromKernel,
                 "replayed",
                 None,
                 start + WINDOW * 2,
@@ -299,7 +475,7 @@ mod tests {
         {
             limiter.admit(
                 Channel::Shell,
-                "frontend",
+                Direction::FromFrontend,
                 "bad_signature",
                 Some(peer),
                 start,

@@ -7,9 +7,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{ProxyError, Sides};
+use super::{ProxyError, Relay, accept};
+use crate::connection::Channel;
 use crate::transport::{Frames, Link};
-use crate::wire::{WireMessage, compose};
+use crate::wire::compose;
 
 /// Routing frame of the proxy's own requests, so their replies are not relayed.
 const OWN_ROUTE: &[u8] = b"jupyter-audit";
@@ -24,7 +25,7 @@ const NUDGE_INTERVAL: Duration = Duration::from_millis(500);
 pub(super) async fn wait_until_ready(
     shell: &mut Link,
     iopub: &mut mpsc::Receiver<Frames>,
-    sides: &Sides,
+    relay: &Relay,
     patience: Duration,
 ) -> Result<(), ProxyError> {
     let deadline = Instant::now() + patience;
@@ -38,28 +39,25 @@ pub(super) async fn wait_until_ready(
                 let mut request = compose(
                     vec![Bytes::from_static(OWN_ROUTE)],
                     "kernel_info_request",
-                    &sides.session,
+                    &relay.session,
                     &serde_json::json!({}),
                 );
-                request.resign(&sides.kernel);
+                request.resign(&relay.kernel);
                 if shell.outgoing.send(request.into_frames()).await.is_err() {
                     return Err(ProxyError::StartupTimeout(patience));
                 }
             }
             Some(frames) = shell.incoming.recv() => {
-                if let Ok(message) = WireMessage::from_frames(frames, usize::MAX)
-                    && message.verify(&sides.kernel).is_ok()
+                if let Ok(message) = accept::from_kernel(frames, relay, Channel::Shell)
                     && message.routing.first().is_some_and(|route| route.as_ref() == OWN_ROUTE)
                 {
                     replied = true;
                 }
             }
             Some(frames) = iopub.recv() => {
-                // Anything properly signed proves the subscription is live. It is not
+                // Any kernel message proves the subscription is live. It is not
                 // relayed: it belongs to the proxy's own requests or to the welcome.
-                if let Ok(message) = WireMessage::from_frames(frames, usize::MAX)
-                    && message.verify(&sides.kernel).is_ok()
-                {
+                if accept::from_kernel(frames, relay, Channel::Iopub).is_ok() {
                     iopub_live = true;
                 }
             }
