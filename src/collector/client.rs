@@ -496,6 +496,14 @@ impl ClientTask {
         mut record: Record,
         ack: oneshot::Sender<Result<u64, AuditError>>,
     ) {
+        if ack.is_closed() {
+            // Whoever waited gave up (its deadline ran out while the record was queued)
+            // and refused the request, or ran it under the allow policy: the record is
+            // stored, marked as late.
+            mark_write_ahead_failed(&mut record);
+            self.enqueue(record, None, None).await;
+            return;
+        }
         if self.connection.is_none() {
             // The collector may be back already: try now rather than refuse.
             self.connect().await;

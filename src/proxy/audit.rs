@@ -172,9 +172,19 @@ mod tests {
         }
     }
 
-    /// A collector that answers the hello, then takes frames (`reads`) or not, and never
-    /// acknowledges one.
-    fn silent_collector(dir: &std::path::Path, reads: bool) -> std::path::PathBuf {
+    /// What a test collector does with record frames once it has answered the hello;
+    /// it never acknowledges one.
+    enum Takes {
+        Nothing,
+        Frames,
+        /// Nothing until `after`, then every frame, passed on as JSON.
+        FramesLater {
+            after: Duration,
+            frames: tokio::sync::mpsc::UnboundedSender<serde_json::Value>,
+        },
+    }
+
+    fn silent_collector(dir: &std::path::Path, takes: Takes) -> std::path::PathBuf {
         let socket = dir.join("collector.sock");
         let listener = UnixListener::bind(&socket).expect("binds");
         tokio::spawn(async move {
@@ -192,15 +202,24 @@ mod tests {
                 tokio::io::AsyncWriteExt::flush(&mut write)
                     .await
                     .expect("flushed");
-                if reads {
-                    tokio::spawn(async move {
-                        while let Ok(Some(_)) = read_frame::<_, serde_json::Value>(&mut read).await
-                        {
+                let (after, frames) = match &takes {
+                    Takes::Nothing => {
+                        readers.push(read);
+                        writers.push(write);
+                        continue;
+                    }
+                    Takes::Frames => (Duration::ZERO, None),
+                    Takes::FramesLater { after, frames } => (*after, Some(frames.clone())),
+                };
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    while let Ok(Some(frame)) = read_frame::<_, serde_json::Value>(&mut read).await
+                    {
+                        if let Some(frames) = &frames {
+                            let _ = frames.send(frame);
                         }
-                    });
-                } else {
-                    readers.push(read);
-                }
+                    }
+                });
                 writers.push(write);
             }
         });
@@ -235,7 +254,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_ahead_the_collector_never_acknowledges_is_refused_after_one_patience() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let auditor = auditor(silent_collector(dir.path(), true));
+        let auditor = auditor(silent_collector(dir.path(), Takes::Frames));
         connected(&auditor).await;
         let (message, parsed) = execute_request("1");
         let started = Instant::now();
@@ -252,7 +271,7 @@ mod tests {
     async fn a_write_ahead_behind_a_full_queue_is_refused_after_one_patience() {
         let dir = tempfile::tempdir().expect("tempdir");
         // The collector takes nothing: the client blocks on its socket, its queue fills.
-        let auditor = auditor(silent_collector(dir.path(), false));
+        let auditor = auditor(silent_collector(dir.path(), Takes::Nothing));
         connected(&auditor).await;
         let big = "x".repeat(4 * 1024 * 1024);
         let (message, _) = execute_request(&big);
@@ -271,5 +290,49 @@ mod tests {
             waited <= WRITE_AHEAD_PATIENCE,
             "queueing and acknowledgement share one deadline: waited {waited:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_ahead_given_up_while_queued_is_stored_marked_as_failed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (frames, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let takes = Takes::FramesLater {
+            after: WRITE_AHEAD_PATIENCE * 2,
+            frames,
+        };
+        let auditor = auditor(silent_collector(dir.path(), takes));
+        connected(&auditor).await;
+        // Output ahead (8 MiB, twice what the client writes ahead) keeps the client
+        // writing to a collector that does not read yet; the request is queued behind
+        // it and its wait runs out there.
+        let text = "x".repeat(1024 * 1024);
+        for _ in 0..8 {
+            let output = compose(
+                vec![],
+                "stream",
+                "s",
+                &serde_json::json!({ "name": "stdout", "text": text }),
+            );
+            auditor
+                .observe(Channel::Iopub, Direction::FromKernel, &output, None)
+                .await;
+        }
+        let (message, parsed) = execute_request("queued_request_marker");
+        let outcome = auditor.write_ahead(Channel::Shell, &message, parsed).await;
+        assert_eq!(outcome, Err(AuditError::Timeout(WRITE_AHEAD_PATIENCE)));
+        // Once the collector reads, the request's record arrives, marked as late: a
+        // reviewer must not take it for a request recorded before it ran.
+        loop {
+            let frame = received.recv().await.expect("the request's record arrives");
+            let text = frame.to_string();
+            if text.contains("queued_request_marker") {
+                assert!(
+                    text.contains("\"write_ahead_failed\":true"),
+                    "not marked: {}",
+                    &text[..text.len().min(400)]
+                );
+                break;
+            }
+        }
     }
 }
