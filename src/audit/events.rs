@@ -16,8 +16,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::transport::SenderInfo;
-
 /// `event.action` of a record that is not a Jupyter message (those have the message's
 /// `msg_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -366,37 +364,9 @@ pub struct RejectionsSuppressed {
 }
 event!(RejectionsSuppressed => Action::RejectionsSuppressed);
 
-/// The sender of a rejected message: `jupyter.sender`, `jupyter.senders[]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Sender {
-    /// `tcp` or `ipc`.
-    pub transport: String,
-    /// `ip:port` of a tcp peer.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    /// Whether the peer is on this host (an ipc peer always is).
-    pub local: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
-}
-
-impl From<&SenderInfo> for Sender {
-    fn from(info: &SenderInfo) -> Self {
-        Self {
-            transport: info.transport.to_owned(),
-            address: info.address.clone(),
-            local: info.local,
-            uid: info.uid,
-            user_name: info.user_name.clone(),
-            pid: info.pid,
-        }
-    }
-}
+/// The sender of a rejected message: `jupyter.sender`, `jupyter.senders[]`, as the
+/// transport describes it.
+pub use crate::transport::SenderInfo as Sender;
 
 /// `audit_gap`: records the proxy lost (queue full, collector away too long).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -83,7 +83,7 @@ impl Suppressed {
                 "more than {RECORDED_PER_WINDOW} messages rejected within {} s: counted, not recorded one by one",
                 WINDOW.as_secs()
             ),
-            senders: senders.iter().map(events::Sender::from).collect(),
+            senders: senders.to_vec(),
             more_senders: self.more_senders,
             identity_note: None,
         }
@@ -287,7 +287,7 @@ impl Rejection {
                 reason: self.error.to_string(),
                 msg_id: self.msg_id.clone(),
                 rejected_msg_type: self.msg_type.clone(),
-                sender: sender.as_ref().map(events::Sender::from),
+                sender: sender.clone(),
                 identity_note: identity_note(self.from),
             });
         }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use crate::connection::Channel;
@@ -64,9 +64,14 @@ impl PartialEq for Peer {
 impl Eq for Peer {}
 
 /// What is known of the sender of a message: `jupyter.sender` of a rejection's record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// The record's shape too (readers deserialize it): a record written by another
+/// sender may lack fields, which then read as their defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SenderInfo {
-    pub transport: &'static str,
+    /// `tcp` or `ipc`.
+    pub transport: String,
     /// `ip:port` of a tcp peer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
@@ -84,7 +89,7 @@ impl fmt::Display for SenderInfo {
     /// `127.0.0.1:40312 uid 1001 (mallory)`, `ipc uid 1001 (mallory) pid 4242`,
     /// `10.0.0.5:40312 (another host)`.
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(self.address.as_deref().unwrap_or(self.transport))?;
+        formatter.write_str(self.address.as_deref().unwrap_or(&self.transport))?;
         if let Some(uid) = self.uid {
             write!(formatter, " uid {uid}")?;
         }
@@ -182,7 +187,7 @@ impl Peer {
             Endpoint::Ipc { .. } => ("ipc", None, true),
         };
         SenderInfo {
-            transport,
+            transport: transport.to_owned(),
             address,
             local,
             uid: owner.map(|owner| owner.uid),
@@ -404,7 +409,7 @@ mod tests {
         );
         let sender = accepted.describe().await;
         assert_eq!(
-            (sender.transport, sender.uid, sender.pid),
+            (sender.transport.as_str(), sender.uid, sender.pid),
             ("ipc", Some(uid), Some(42))
         );
         assert_eq!(sender.address, None);

@@ -81,7 +81,7 @@ async fn router_delivers_by_identity_both_ways() {
         .find(Channel::Shell, &Bytes::from_static(b"session-1"))
         .expect("listed");
     let sender = peer.describe().await;
-    assert_eq!((sender.transport, sender.local), ("tcp", true));
+    assert_eq!((sender.transport.as_str(), sender.local), ("tcp", true));
     assert_eq!(sender.uid, Some(nix::unistd::getuid().as_raw()));
     assert!(
         sender
@@ -128,7 +128,7 @@ async fn an_ipc_peer_is_listed_with_its_credentials() {
         .expect("listed")
         .describe()
         .await;
-    assert_eq!((sender.transport, sender.local), ("ipc", true));
+    assert_eq!((sender.transport.as_str(), sender.local), ("ipc", true));
     assert_eq!(sender.uid, Some(nix::unistd::getuid().as_raw()));
     assert_eq!(
         sender.pid.and_then(|pid| u32::try_from(pid).ok()),
