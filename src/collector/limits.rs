@@ -42,8 +42,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::disk::DiskSpace;
+use super::incoming::{SenderFrame, SenderRecord};
 use super::protocol::{
-    MAX_FRAME_BYTES, ProtocolError, ToCollector, read_frame_body, read_frame_bytes,
+    MAX_FRAME_BYTES, ProtocolError, read_frame_body, read_frame_bytes,
     read_frame_length,
 };
 use crate::audit::events::{LimitExceeded, LimitPeer};
@@ -735,7 +736,7 @@ impl ConnectionSlot {
     pub async fn read_record<R>(
         &self,
         reader: &mut R,
-    ) -> Result<Option<(ToCollector, Room)>, ProtocolError>
+    ) -> Result<Option<(SenderFrame, Room)>, ProtocolError>
     where
         R: AsyncRead + Unpin,
     {
@@ -784,9 +785,9 @@ impl ConnectionSlot {
                 mib(cost),
                 mib(self.fairness.limits.in_flight_bytes_per_user)
             ));
-            let frame = ToCollector::Record {
+            let frame = SenderFrame::Record {
                 id: head.id,
-                record: crate::audit::Record::new(),
+                record: SenderRecord::default(),
                 urgent: head.urgent,
             };
             return Ok(Some((frame, room)));
@@ -868,7 +869,7 @@ mod tests {
     use super::*;
     use crate::audit::events::AuditEvent;
     use crate::collector::disk::FreeSpace;
-    use crate::collector::protocol::write_frame;
+    use crate::collector::protocol::{ToCollector, write_frame};
     use tokio::io::AsyncWriteExt;
 
     fn limits() -> Limits {
@@ -1085,7 +1086,7 @@ mod tests {
             .await
             .expect("read")
             .expect("a frame");
-        assert!(matches!(frame, ToCollector::Record { id: 1, .. }));
+        assert!(matches!(frame, SenderFrame::Record { id: 1, .. }));
         victim.admit_record(&mut room).expect("admitted");
         drop(stalled_writer);
         let (outcome, _attacker) = stalling.await.expect("joined");
@@ -1141,7 +1142,7 @@ mod tests {
         assert!(
             matches!(
                 read,
-                ToCollector::Record {
+                SenderFrame::Record {
                     id: 42,
                     urgent: true,
                     ..
@@ -1165,7 +1166,7 @@ mod tests {
             .await
             .expect("read")
             .expect("frame");
-        assert!(matches!(read, ToCollector::Record { id: 43, .. }));
+        assert!(matches!(read, SenderFrame::Record { id: 43, .. }));
         slot.admit_record(&mut room).expect("admitted");
         assert!(
             fairness.parsing.available_permits() < per_user_permits(fairness.limits()),
