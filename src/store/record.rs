@@ -6,7 +6,10 @@
 //! `,"chain":{"prev":"<64 hex>","hash":"<64 hex>"}}` and `\n`, where
 //! `hash = SHA-256(prev as 32 raw bytes || B)`. The suffix has a fixed length, so `B` is
 //! recovered exactly by cutting it off and putting `}` back: the hash never depends on
-//! how a JSON library orders or formats keys.
+//! how a JSON library orders or formats keys. `B` comes from a decoded record
+//! ([`prepare`]) or from parts some of which are JSON text kept as it came
+//! ([`prepare_parts`], the collector's path for a sender's values); either way it is
+//! one line of JSON, and `verify` hashes it as it stands.
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -405,6 +408,39 @@ mod tests {
             assert!(unsealed.hash_matches());
             assert_eq!(unsealed.hash, sealed.hash);
         }
+    }
+
+    #[test]
+    fn parts_make_the_body_prepare_makes() {
+        let raw = r#"{"z":[1,"x\n"],"a":null}"#;
+        let text = json!("t");
+        let prepared = prepare_parts(vec![
+            ("user", Part::Value(&text)),
+            (
+                "event",
+                Part::Object(vec![("zone", Part::Value(&text)), ("action", Part::Value(&text))]),
+            ),
+            ("jupyter", Part::Object(vec![("b", Part::Raw(raw)), ("a", Part::Raw("1"))])),
+        ])
+        .unwrap();
+        let mut line = Vec::new();
+        let hash = seal_into(&prepared, 12, &GENESIS, &mut line);
+        let unsealed = unseal(&line[..line.len() - 1]).unwrap();
+        assert_eq!(unsealed.hash, hash);
+        assert!(unsealed.hash_matches());
+        let expected = r#"{"event":{"action":"t","sequence":12,"zone":"t"},"jupyter":{"a":1,"b":{"z":[1,"x\n"],"a":null}},"user":"t"}"#;
+        assert_eq!(String::from_utf8_lossy(&unsealed.body), expected);
+    }
+
+    #[test]
+    fn parts_that_would_not_read_as_one_record_on_one_line_are_refused() {
+        let event = || ("event", Part::Object(vec![]));
+        assert!(prepare_parts(vec![event(), ("a", Part::Raw("[1, \"\\n\"]"))]).is_ok());
+        assert!(prepare_parts(vec![event(), ("a", Part::Raw("[1,\n2]"))]).is_err());
+        assert!(prepare_parts(vec![event(), ("a", Part::Raw("[1,\r2]"))]).is_err());
+        let twice = vec![event(), ("a", Part::Raw("1")), ("a", Part::Raw("2"))];
+        assert!(prepare_parts(twice).is_err());
+        assert!(prepare_parts(vec![("a", Part::Raw("1"))]).is_err());
     }
 
     #[test]
