@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 
 use super::admission::{Admission, Verdict};
-use super::refusals::RECORDED_PER_WINDOW;
 use super::incoming::SenderRecord;
+use super::refusals::RECORDED_PER_WINDOW;
 use super::server::{PeerIdentity, stamp_sender};
 use super::sessions::SessionTable;
 use crate::store::{self, Reader, StoreConfig, StoreError, StoreHandle};

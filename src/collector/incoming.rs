@@ -100,7 +100,11 @@ impl<'de> Visitor<'de> for FrameVisitor {
         let mut urgent: Option<bool> = None;
         let mut version: Option<u32> = None;
         let mut record: Option<SenderRecord> = None;
-        fn once<T, E: de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), E> {
+        fn once<T, E: de::Error>(
+            slot: &mut Option<T>,
+            value: T,
+            name: &'static str,
+        ) -> Result<(), E> {
             match slot.replace(value) {
                 Some(_) => Err(E::duplicate_field(name)),
                 None => Ok(()),
@@ -159,10 +163,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
             match key.as_str() {
                 "event" => {
                     record.event = map
-                        .next_value_seed(FieldsSeed::<Value>::new(
-                            "event",
-                            &mut record.duplicates,
-                        ))?
+                        .next_value_seed(FieldsSeed::<Value>::new("event", &mut record.duplicates))?
                         .map(|fields| fields.into_iter().collect());
                 }
                 "jupyter" => {
@@ -257,7 +258,8 @@ impl<'de, V: Deserialize<'de>> Visitor<'de> for FieldsSeed<'_, V> {
             let value = map.next_value::<V>()?;
             match fields.entry(key) {
                 Entry::Occupied(mut entry) => {
-                    self.duplicates.push(format!("{}.{}", self.path, entry.key()));
+                    self.duplicates
+                        .push(format!("{}.{}", self.path, entry.key()));
                     entry.insert(value);
                 }
                 Entry::Vacant(entry) => {
@@ -295,13 +297,40 @@ struct Nested {
     rewrite: bool,
 }
 
+/// Containers a `jupyter` value may nest: what parsing the whole frame into a `Value`
+/// allowed (serde_json's 127, less the frame, the record and `jupyter`), so a stored line
+/// stays within what a reader parses.
+const JUPYTER_VALUE_DEPTH: usize = 124;
+
 impl<'de> Deserialize<'de> for Nested {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(NestedVisitor)
+        NestedVisitor {
+            depth_left: JUPYTER_VALUE_DEPTH,
+        }
+        .deserialize(deserializer)
     }
 }
 
-struct NestedVisitor;
+struct NestedVisitor {
+    depth_left: usize,
+}
+
+impl NestedVisitor {
+    fn inner<E: de::Error>(&self) -> Result<NestedVisitor, E> {
+        match self.depth_left.checked_sub(1) {
+            Some(depth_left) => Ok(NestedVisitor { depth_left }),
+            None => Err(E::custom("recursion limit exceeded")),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for NestedVisitor {
+    type Value = Nested;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Nested, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
 
 macro_rules! plain {
     ($($method:ident: $type:ty),*) => {
@@ -325,20 +354,26 @@ impl<'de> Visitor<'de> for NestedVisitor {
     }
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Nested, A::Error> {
+        let inner = self.inner()?;
         let mut rewrite = false;
-        while let Some(Nested { rewrite: inner }) = seq.next_element()? {
-            rewrite |= inner;
+        while let Some(Nested { rewrite: more }) = seq.next_element_seed(NestedVisitor {
+            depth_left: inner.depth_left,
+        })? {
+            rewrite |= more;
         }
         Ok(Nested { rewrite })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Nested, A::Error> {
+        let inner = self.inner()?;
         let mut rewrite = false;
         let mut keys: Vec<Cow<'de, str>> = Vec::new();
         while let Some(Key(key)) = map.next_key()? {
             keys.push(key);
-            let Nested { rewrite: inner } = map.next_value()?;
-            rewrite |= inner;
+            let Nested { rewrite: more } = map.next_value_seed(NestedVisitor {
+                depth_left: inner.depth_left,
+            })?;
+            rewrite |= more;
         }
         if !rewrite && keys.len() > 1 {
             keys.sort_unstable();
@@ -372,5 +407,28 @@ impl<'de> Visitor<'de> for KeyVisitor {
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Key<'de>, E> {
         Ok(Key(Cow::Owned(key.to_owned())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::protocol::ToCollector;
+
+    #[test]
+    fn a_frame_nests_as_deep_as_before_and_no_deeper() {
+        // Deeper frames were malformed when the frame was parsed into a Value; a
+        // stored line nested deeper than serde_json reads would be lost to readers.
+        for depth in 118..132 {
+            for (open, close) in [("[", "]"), ("{\"a\":", "}")] {
+                let value = format!("{}1{}", open.repeat(depth), close.repeat(depth));
+                let frame = format!(
+                    r#"{{"type":"record","id":1,"record":{{"event":{{"action":"a"}},"jupyter":{{"session_id":"s","v":{value}}}}}}}"#
+                );
+                let before = serde_json::from_str::<ToCollector>(&frame).is_ok();
+                let now = serde_json::from_str::<SenderFrame>(&frame).is_ok();
+                assert_eq!(now, before, "depth {depth} of {open}");
+            }
+        }
     }
 }

@@ -44,8 +44,7 @@ use tokio::time::Instant;
 use super::disk::DiskSpace;
 use super::incoming::{SenderFrame, SenderRecord};
 use super::protocol::{
-    MAX_FRAME_BYTES, ProtocolError, read_frame_body, read_frame_bytes,
-    read_frame_length,
+    MAX_FRAME_BYTES, ProtocolError, read_frame_body, read_frame_bytes, read_frame_length,
 };
 use crate::audit::events::{LimitExceeded, LimitPeer};
 use crate::sync::lock;
@@ -623,23 +622,29 @@ fn per_user_permits(limits: &Limits) -> usize {
 /// holds (values are counted by the separators and openings outside strings).
 pub fn parse_cost(body: &[u8]) -> u64 {
     let mut values: u64 = 1;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
+    let mut at = 0;
+    while let Some(&byte) = body.get(at) {
+        at += 1;
+        match byte {
+            b'"' => {
+                // Inside a string only its end and escapes matter: jump between them
+                // (a megabyte of output text is one string).
+                loop {
+                    match memchr::memchr2(b'"', b'\\', body.get(at..).unwrap_or_default()) {
+                        Some(offset) if body[at + offset] == b'\\' => at += offset + 2,
+                        Some(offset) => {
+                            at += offset + 1;
+                            break;
+                        }
+                        None => {
+                            at = body.len();
+                            break;
+                        }
+                    }
+                }
             }
-        } else {
-            match byte {
-                b'"' => in_string = true,
-                b',' | b':' | b'[' | b'{' => values += 1,
-                _ => {}
-            }
+            b',' | b':' | b'[' | b'{' => values += 1,
+            _ => {}
         }
     }
     (body.len() as u64).saturating_add(values.saturating_mul(PARSED_VALUE_BYTES))
@@ -1108,6 +1113,8 @@ mod tests {
             3,
             "separators in strings are text"
         );
+        assert_eq!(values(r#"["a\",[\\", 1]"#), 3, "escaped quotes end nothing");
+        assert_eq!(values("[\"unterminated\\"), 2);
     }
 
     #[tokio::test]

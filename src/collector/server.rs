@@ -13,8 +13,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{Admission, Verdict};
-use super::limits::{ConnectionSlot, Fairness, Limits, Room};
 use super::incoming::{SenderFrame, SenderRecord, Slot};
+use super::limits::{ConnectionSlot, Fairness, Limits, Room};
 use super::protocol::{FromCollector, PROTOCOL_VERSION, ProtocolError, ToCollector, write_frame};
 use super::sessions::SessionTable;
 use crate::audit::{Record, now_rfc3339};

@@ -418,9 +418,15 @@ mod tests {
             ("user", Part::Value(&text)),
             (
                 "event",
-                Part::Object(vec![("zone", Part::Value(&text)), ("action", Part::Value(&text))]),
+                Part::Object(vec![
+                    ("zone", Part::Value(&text)),
+                    ("action", Part::Value(&text)),
+                ]),
             ),
-            ("jupyter", Part::Object(vec![("b", Part::Raw(raw)), ("a", Part::Raw("1"))])),
+            (
+                "jupyter",
+                Part::Object(vec![("b", Part::Raw(raw)), ("a", Part::Raw("1"))]),
+            ),
         ])
         .unwrap();
         let mut line = Vec::new();
