@@ -110,7 +110,7 @@ impl<'de> Visitor<'de> for FrameVisitor {
                 None => Ok(()),
             }
         }
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key()? {
             match key.as_ref() {
                 "type" => once(&mut kind, map.next_value()?, "type")?,
                 "id" => once(&mut id, map.next_value()?, "id")?,
