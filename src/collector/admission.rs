@@ -6,9 +6,8 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use serde_json::Value;
-
 use super::fields::{self, FieldRefusal, capped};
+use super::incoming::SenderRecord;
 use super::refusals::{RefusalLimiter, refusal_record};
 use super::server::{PeerIdentity, stamp};
 use super::sessions::{Claim, Owner, SessionTable};
@@ -23,7 +22,7 @@ const GRANTED_REMEMBERED: usize = 8;
 #[derive(Debug)]
 pub enum Verdict {
     /// Store it (stamp it first).
-    Accept(Record),
+    Accept(SenderRecord),
     /// Answer with this error; `InvalidRecord` is final, others may be retried.
     Refuse(StoreError),
 }
@@ -59,13 +58,13 @@ impl Admission {
     }
 
     /// Decides about `record`; a refusal is recorded (rate limited) before this returns.
-    pub async fn admit(&mut self, record: Record) -> Verdict {
+    pub async fn admit(&mut self, record: SenderRecord) -> Verdict {
         let session = match fields::check(&record) {
             // The common case, one record after another of the connection's session.
-            Ok(session) if self.granted.iter().any(|granted| granted == session) => {
+            Ok(session) if self.granted.iter().any(|granted| *granted == session) => {
                 return Verdict::Accept(record);
             }
-            Ok(session) => session.to_owned(),
+            Ok(session) => session,
             Err(FieldRefusal { reason, fields }) => {
                 let refusal = RecordRefused {
                     reason: reason.clone(),
@@ -165,12 +164,11 @@ fn refuse(error: String) -> Verdict {
 }
 
 /// What a refused record claimed to be: its session, action and message (capped).
-fn claimed(record: &Record) -> RefusedClaim {
-    let text = |value: Option<&Value>| value.and_then(Value::as_str).map(capped);
-    let jupyter = |key: &str| text(record.get("jupyter").and_then(|j| j.get(key)));
+fn claimed(record: &SenderRecord) -> RefusedClaim {
+    let jupyter = |key: &str| record.jupyter_str(key).map(|text| capped(&text));
     RefusedClaim {
         session_id: jupyter("session_id"),
-        action: text(record.get("event").and_then(|e| e.get("action"))),
+        action: record.event_str("action").map(capped),
         msg_id: jupyter("msg_id"),
         fields: None,
     }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::audit::Record;
+use super::incoming::{SenderRecord, Slot};
 use crate::audit::events::{Action, EVENT_KIND, Outcome};
 
 /// `event` keys a sender may write.
@@ -45,27 +45,39 @@ impl FieldRefusal {
 }
 
 /// Checks that `record` holds only what a sender may write; returns its session id.
-pub fn check(record: &Record) -> Result<&str, FieldRefusal> {
-    let mut foreign = Vec::new();
-    for key in record.keys() {
-        if key != "event" && key != "jupyter" {
-            foreign.push(key.clone());
-        }
+pub fn check(record: &SenderRecord) -> Result<String, FieldRefusal> {
+    if !record.duplicates.is_empty() {
+        let shown = record.duplicates.len().min(MAX_NAMED_FIELDS);
+        let fields: Vec<String> = record.duplicates[..shown]
+            .iter()
+            .map(|f| capped(f))
+            .collect();
+        return Err(FieldRefusal {
+            reason: format!(
+                "keys sent more than once (readers would not agree on their value): {}",
+                fields.join(", ")
+            ),
+            fields,
+        });
     }
-    let event = match record.get("event") {
-        Some(Value::Object(event)) => event,
-        Some(_) => return Err(FieldRefusal::of("event is not an object", "event")),
-        None => return Err(FieldRefusal::of("the record has no event object", "event")),
+    let mut foreign = record.other_keys.clone();
+    foreign.sort();
+    let event = match &record.event {
+        Slot::Object(event) => event,
+        Slot::NotObject => return Err(FieldRefusal::of("event is not an object", "event")),
+        Slot::Missing => {
+            return Err(FieldRefusal::of("the record has no event object", "event"));
+        }
     };
     for key in event.keys() {
         if !SENDER_EVENT_KEYS.contains(&key.as_str()) {
             foreign.push(format!("event.{key}"));
         }
     }
-    let jupyter = match record.get("jupyter") {
-        Some(Value::Object(jupyter)) => jupyter,
-        Some(_) => return Err(FieldRefusal::of("jupyter is not an object", "jupyter")),
-        None => {
+    let jupyter = match &record.jupyter {
+        Slot::Object(jupyter) => jupyter,
+        Slot::NotObject => return Err(FieldRefusal::of("jupyter is not an object", "jupyter")),
+        Slot::Missing => {
             return Err(FieldRefusal::of(
                 "the record has no jupyter object",
                 "jupyter",
@@ -92,8 +104,8 @@ pub fn check(record: &Record) -> Result<&str, FieldRefusal> {
         });
     }
     check_event_values(event)?;
-    match jupyter.get("session_id") {
-        Some(Value::String(session)) if !session.is_empty() => Ok(session),
+    match record.jupyter_str("session_id") {
+        Some(session) if !session.is_empty() => Ok(session),
         _ => Err(FieldRefusal::of(
             "jupyter.session_id is missing or not a non-empty string",
             "jupyter.session_id",
@@ -172,8 +184,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn record(value: Value) -> Record {
-        serde_json::from_value(value).expect("an object")
+    fn record(value: Value) -> SenderRecord {
+        SenderRecord::parse(&value.to_string()).expect("an object")
     }
 
     fn proxy_record() -> Value {
@@ -192,7 +204,7 @@ mod tests {
 
     #[test]
     fn what_the_proxy_writes_is_accepted() {
-        assert_eq!(check(&record(proxy_record())), Ok("s1"));
+        assert_eq!(check(&record(proxy_record())), Ok("s1".to_owned()));
     }
 
     #[test]

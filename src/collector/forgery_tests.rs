@@ -4,10 +4,10 @@
 use serde_json::{Value, json};
 
 use super::admission::{Admission, Verdict};
+use super::incoming::SenderRecord;
 use super::refusals::RECORDED_PER_WINDOW;
-use super::server::{PeerIdentity, stamp};
+use super::server::{PeerIdentity, stamp_sender};
 use super::sessions::SessionTable;
-use crate::audit::Record;
 use crate::store::{self, Reader, StoreConfig, StoreError, StoreHandle};
 
 fn identity(pid: u32) -> PeerIdentity {
@@ -19,20 +19,21 @@ fn identity(pid: u32) -> PeerIdentity {
     }
 }
 
-fn refusal_of(session: &str, msg_id: &str) -> Record {
+fn refusal_of(session: &str, msg_id: &str) -> SenderRecord {
     let value = json!({
         "event": {"action": "execution_refused", "kind": "event"},
         "jupyter": {"session_id": session, "msg_id": msg_id, "refused_msg_type": "execute_request",
                     "channel": "shell", "reason": "forged"}
     });
-    serde_json::from_value(value).expect("an object")
+    SenderRecord::parse(&value.to_string()).expect("an object")
 }
 
 async fn store_accepted(store: &StoreHandle, identity: &PeerIdentity, verdict: Verdict) {
     match verdict {
         Verdict::Accept(record) => {
-            let record = stamp(record, identity, "h").expect("stamped");
-            store.append(record).await.expect("stored");
+            let record = stamp_sender(&record, identity, "h").expect("stamped");
+            let stored = store.submit_prepared(record, true).await;
+            stored.await.expect("answered").expect("stored");
         }
         Verdict::Refuse(error) => panic!("refused: {error}"),
     }

@@ -42,9 +42,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::disk::DiskSpace;
+use super::incoming::{SenderFrame, SenderRecord};
 use super::protocol::{
-    MAX_FRAME_BYTES, ProtocolError, ToCollector, read_frame_body, read_frame_bytes,
-    read_frame_length,
+    MAX_FRAME_BYTES, ProtocolError, read_frame_body, read_frame_bytes, read_frame_length,
 };
 use crate::audit::events::{LimitExceeded, LimitPeer};
 use crate::sync::lock;
@@ -622,23 +622,29 @@ fn per_user_permits(limits: &Limits) -> usize {
 /// holds (values are counted by the separators and openings outside strings).
 pub fn parse_cost(body: &[u8]) -> u64 {
     let mut values: u64 = 1;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
+    let mut at = 0;
+    while let Some(&byte) = body.get(at) {
+        at += 1;
+        match byte {
+            b'"' => {
+                // Inside a string only its end and escapes matter: jump between them
+                // (a megabyte of output text is one string).
+                loop {
+                    match memchr::memchr2(b'"', b'\\', body.get(at..).unwrap_or_default()) {
+                        Some(offset) if body[at + offset] == b'\\' => at += offset + 2,
+                        Some(offset) => {
+                            at += offset + 1;
+                            break;
+                        }
+                        None => {
+                            at = body.len();
+                            break;
+                        }
+                    }
+                }
             }
-        } else {
-            match byte {
-                b'"' => in_string = true,
-                b',' | b':' | b'[' | b'{' => values += 1,
-                _ => {}
-            }
+            b',' | b':' | b'[' | b'{' => values += 1,
+            _ => {}
         }
     }
     (body.len() as u64).saturating_add(values.saturating_mul(PARSED_VALUE_BYTES))
@@ -735,7 +741,7 @@ impl ConnectionSlot {
     pub async fn read_record<R>(
         &self,
         reader: &mut R,
-    ) -> Result<Option<(ToCollector, Room)>, ProtocolError>
+    ) -> Result<Option<(SenderFrame, Room)>, ProtocolError>
     where
         R: AsyncRead + Unpin,
     {
@@ -784,9 +790,9 @@ impl ConnectionSlot {
                 mib(cost),
                 mib(self.fairness.limits.in_flight_bytes_per_user)
             ));
-            let frame = ToCollector::Record {
+            let frame = SenderFrame::Record {
                 id: head.id,
-                record: crate::audit::Record::new(),
+                record: SenderRecord::default(),
                 urgent: head.urgent,
             };
             return Ok(Some((frame, room)));
@@ -868,7 +874,7 @@ mod tests {
     use super::*;
     use crate::audit::events::AuditEvent;
     use crate::collector::disk::FreeSpace;
-    use crate::collector::protocol::write_frame;
+    use crate::collector::protocol::{ToCollector, write_frame};
     use tokio::io::AsyncWriteExt;
 
     fn limits() -> Limits {
@@ -1085,7 +1091,7 @@ mod tests {
             .await
             .expect("read")
             .expect("a frame");
-        assert!(matches!(frame, ToCollector::Record { id: 1, .. }));
+        assert!(matches!(frame, SenderFrame::Record { id: 1, .. }));
         victim.admit_record(&mut room).expect("admitted");
         drop(stalled_writer);
         let (outcome, _attacker) = stalling.await.expect("joined");
@@ -1107,6 +1113,8 @@ mod tests {
             3,
             "separators in strings are text"
         );
+        assert_eq!(values(r#"["a\",[\\", 1]"#), 3, "escaped quotes end nothing");
+        assert_eq!(values("[\"unterminated\\"), 2);
     }
 
     #[tokio::test]
@@ -1141,7 +1149,7 @@ mod tests {
         assert!(
             matches!(
                 read,
-                ToCollector::Record {
+                SenderFrame::Record {
                     id: 42,
                     urgent: true,
                     ..
@@ -1165,7 +1173,7 @@ mod tests {
             .await
             .expect("read")
             .expect("frame");
-        assert!(matches!(read, ToCollector::Record { id: 43, .. }));
+        assert!(matches!(read, SenderFrame::Record { id: 43, .. }));
         slot.admit_record(&mut room).expect("admitted");
         assert!(
             fairness.parsing.available_permits() < per_user_permits(fairness.limits()),

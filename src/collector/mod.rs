@@ -9,6 +9,7 @@ pub mod client;
 pub mod daemon;
 pub mod disk;
 pub mod fields;
+pub mod incoming;
 pub mod limits;
 pub mod protocol;
 pub mod refusals;

@@ -13,11 +13,13 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{Admission, Verdict};
+use super::incoming::{SenderFrame, SenderRecord, Slot};
 use super::limits::{ConnectionSlot, Fairness, Limits, Room};
 use super::protocol::{FromCollector, PROTOCOL_VERSION, ProtocolError, ToCollector, write_frame};
 use super::sessions::SessionTable;
 use crate::audit::{Record, now_rfc3339};
 use crate::path_safety::{self, PathCheckError, PathRole};
+use crate::store::record::{self, Part, Prepared};
 use crate::store::{StoreError, StoreHandle};
 use crate::sync::lock;
 
@@ -264,7 +266,7 @@ async fn serve_connection(
     });
     let result = loop {
         match slot.read_record(&mut reader).await {
-            Ok(Some((ToCollector::Record { id, record, urgent }, mut room))) => {
+            Ok(Some((SenderFrame::Record { id, record, urgent }, mut room))) => {
                 let refused = |error| {
                     let (rejected, stored) = oneshot::channel();
                     let _ = rejected.send(Err(error));
@@ -275,8 +277,8 @@ async fn serve_connection(
                 let stored = match slot.admit_record(&mut room) {
                     Err(reason) => refused(StoreError::Refused(reason)),
                     Ok(()) => match admission.admit(record).await {
-                        Verdict::Accept(record) => match stamp(record, &identity, &host) {
-                            Ok(record) => store.submit(record, urgent).await,
+                        Verdict::Accept(record) => match stamp_sender(&record, &identity, &host) {
+                            Ok(record) => store.submit_prepared(record, urgent).await,
                             Err(reason) => refused(StoreError::InvalidRecord(reason)),
                         },
                         Verdict::Refuse(error) => refused(error),
@@ -286,7 +288,7 @@ async fn serve_connection(
                     break Ok(());
                 }
             }
-            Ok(Some((ToCollector::Hello { .. }, _))) => {}
+            Ok(Some((SenderFrame::Hello { .. }, _))) => {}
             Ok(None) => break Ok(()),
             Err(error) => break Err(error),
         }
@@ -328,6 +330,55 @@ pub fn stamp(mut record: Record, identity: &PeerIdentity, host: &str) -> Result<
     Ok(record)
 }
 
+/// A sender's record as stored, assembled from its parts without re-encoding its
+/// `jupyter` values: [`stamp`]'s fields around them, keys in the same order. Only for a
+/// record [`fields::check`](super::fields::check) has passed.
+pub fn stamp_sender(
+    record: &SenderRecord,
+    identity: &PeerIdentity,
+    host: &str,
+) -> Result<Prepared, String> {
+    let (Slot::Object(event), Slot::Object(jupyter)) = (&record.event, &record.jupyter) else {
+        return Err("the record has no event or no jupyter object".into());
+    };
+    if !event.get("action").is_some_and(Value::is_string) {
+        return Err("the record has no event.action".into());
+    }
+    let ingested = json!(now_rfc3339());
+    let mut event_parts: Vec<(&str, Part)> = event
+        .iter()
+        .filter(|(key, _)| *key != "sequence" && *key != "ingested")
+        .map(|(key, value)| (key.as_str(), Part::Value(value)))
+        .collect();
+    event_parts.push(("ingested", Part::Value(&ingested)));
+    let jupyter_parts = jupyter
+        .iter()
+        .map(|(key, value)| (key.as_str(), Part::Raw(value.get())))
+        .collect();
+    let timestamp = json!(now_rfc3339());
+    let mut user = Map::new();
+    user.insert("id".into(), json!(identity.uid.to_string()));
+    if let Some(name) = &identity.user_name {
+        user.insert("name".into(), json!(name));
+    }
+    let user = Value::Object(user);
+    let group = json!({ "id": identity.gid.to_string() });
+    let process = identity.pid.map(|pid| json!({ "pid": pid }));
+    let host = json!({ "name": host });
+    let mut parts = vec![
+        ("@timestamp", Part::Value(&timestamp)),
+        ("event", Part::Object(event_parts)),
+        ("jupyter", Part::Object(jupyter_parts)),
+        ("user", Part::Value(&user)),
+        ("group", Part::Value(&group)),
+        ("host", Part::Value(&host)),
+    ];
+    if let Some(process) = &process {
+        parts.push(("process", Part::Value(process)));
+    }
+    record::prepare_parts(parts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,34 +392,51 @@ mod tests {
         }
     }
 
+    fn sender(value: Value) -> SenderRecord {
+        SenderRecord::parse(&value.to_string()).expect("an object")
+    }
+
+    /// The stored line's body for a sender's record, as the store would seal it.
+    fn stored_body(record: &SenderRecord) -> Vec<u8> {
+        let prepared = stamp_sender(record, &identity(), "audit-host").expect("valid");
+        let mut line = Vec::new();
+        record::seal_into(&prepared, 1, &record::GENESIS, &mut line);
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+        let unsealed = record::unseal(&line[..line.len() - 1]).expect("a stored line");
+        assert!(unsealed.hash_matches());
+        unsealed.body
+    }
+
+    fn stored(record: &SenderRecord) -> Value {
+        serde_json::from_slice(&stored_body(record)).expect("JSON")
+    }
+
     #[test]
     fn identity_comes_from_the_collector_not_the_sender() {
-        let forged: Record = serde_json::from_value(json!({
+        let forged = sender(json!({
             "event": {"action": "execute_request", "sequence": 99},
             "user": {"name": "root", "id": "0"},
             "host": {"name": "forged"},
             "chain": {"prev": "00", "hash": "00"},
             "@timestamp": "1970-01-01T00:00:00Z",
             "jupyter": {"session_id": "s", "claimed_username": "root", "code": "1"}
-        }))
-        .expect("object");
+        }));
         // A sender's record with the collector's fields is refused, not cleaned up.
         let refused = super::super::fields::check(&forged).expect_err("refused");
         for field in ["@timestamp", "chain", "host", "user", "event.sequence"] {
             assert!(refused.fields.iter().any(|f| f == field), "{refused:?}");
         }
-        let record: Record = serde_json::from_value(json!({
+        let record = sender(json!({
             "event": {"action": "execute_request"},
             "jupyter": {"session_id": "s", "claimed_username": "root", "code": "1"}
-        }))
-        .expect("object");
+        }));
         super::super::fields::check(&record).expect("a sender's fields only");
-        let stamped = stamp(record, &identity(), "audit-host").expect("valid");
+        let stamped = stored(&record);
         assert_eq!(stamped["user"], json!({"id": "1000", "name": "alice"}));
         assert_eq!(stamped["host"]["name"], "audit-host");
         assert_eq!(stamped["process"]["pid"], 42);
-        assert!(stamped.get("chain").is_none());
-        assert!(stamped["event"].get("sequence").is_none());
+        assert_eq!(stamped["event"]["sequence"], 1);
+        assert!(stamped["event"]["ingested"].is_string());
         assert!(stamped["@timestamp"].is_string());
         assert_eq!(
             stamped["jupyter"]["claimed_username"], "root",
@@ -383,5 +451,103 @@ mod tests {
         let record: Record =
             serde_json::from_value(json!({"event": {"action": 5}})).expect("object");
         assert!(stamp(record, &identity(), "h").is_err());
+        for value in [
+            json!({"jupyter": {}}),
+            json!({"event": {"action": 5}, "jupyter": {}}),
+            json!({"event": {"action": "x"}, "jupyter": 3}),
+        ] {
+            assert!(stamp_sender(&sender(value), &identity(), "h").is_err());
+        }
+    }
+
+    #[test]
+    fn a_proxys_record_is_stored_with_the_bytes_it_had_before() {
+        // What the store wrote when it re-encoded every record: the same line, but for
+        // the two times the collector takes.
+        let value = json!({
+            "event": {"action": "stream", "created": "2024-05-01T12:00:00.123Z",
+                      "kind": "event", "outcome": "success"},
+            "jupyter": {"session_id": "s1", "msg_id": "m", "name": "stdout",
+                        "text": "line\n\u{1b}[31mred\u{1b}[0m é \"q\" \\ \u{1F600}\n",
+                        "data": {"b": [1, 2.5, -0.0, 1e300, null, true], "a": {}},
+                        "request": {"header": {"msg_id": "x", "date": "t"}}}
+        });
+        let before: Record = serde_json::from_value(value.clone()).expect("object");
+        let before = stamp(before, &identity(), "audit-host").expect("stamped");
+        let mut line = Vec::new();
+        let prepared = record::prepare(before.clone()).expect("prepared");
+        record::seal_into(&prepared, 1, &record::GENESIS, &mut line);
+        let before_body = record::unseal(&line[..line.len() - 1]).expect("line").body;
+        let after_body = stored_body(&sender(value));
+        let after: Value = serde_json::from_slice(&after_body).expect("JSON");
+        let mut expected = String::from_utf8(before_body).expect("UTF-8");
+        for (was, is) in [
+            (&before["@timestamp"], &after["@timestamp"]),
+            (&before["event"]["ingested"], &after["event"]["ingested"]),
+        ] {
+            expected = expected.replacen(&was.to_string(), &is.to_string(), 1);
+        }
+        assert_eq!(String::from_utf8(after_body).expect("UTF-8"), expected);
+    }
+
+    #[test]
+    fn keys_sent_twice_where_the_collector_looks_are_refused() {
+        for (text, field) in [
+            (
+                r#"{"event":{"action":"stream"},"jupyter":{"session_id":"a","session_id":"b"}}"#,
+                "jupyter.session_id",
+            ),
+            (
+                r#"{"event":{"action":"stream","action":"collector_start"},"jupyter":{"session_id":"a"}}"#,
+                "event.action",
+            ),
+            (
+                r#"{"event":{"action":"stream"},"jupyter":{"session_id":"a"},"jupyter":{"session_id":"b"}}"#,
+                "jupyter",
+            ),
+        ] {
+            let record = SenderRecord::parse(text).expect("JSON");
+            let refused = super::super::fields::check(&record).expect_err(text);
+            assert_eq!(refused.fields, [field], "{text}");
+            assert!(refused.reason.contains("more than once"), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_sent_twice_inside_a_value_is_stored_once_as_readers_read_it() {
+        // Deeper down the collector checks nothing, so a duplicate there is the
+        // sender's own content; it is stored as serde_json and Python read it (the last
+        // one), and the auditor's line holds that one only, as before.
+        let text = r#"{"event":{"action":"execute_request"},"jupyter":{"session_id":"s","request":{"content":{"code":"print(1)","code":"import os; os.remove('x')"}}}}"#;
+        let record = SenderRecord::parse(text).expect("JSON");
+        super::super::fields::check(&record).expect("accepted");
+        let body = String::from_utf8(stored_body(&record)).expect("UTF-8");
+        assert_eq!(body.matches("\"code\"").count(), 1, "{body}");
+        let stored: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(
+            stored["jupyter"]["request"]["content"]["code"],
+            "import os; os.remove('x')"
+        );
+    }
+
+    #[test]
+    fn a_value_over_several_lines_is_stored_on_one() {
+        let text = "{\"event\":{\"action\":\"stream\"},\"jupyter\":{\"session_id\":\"s\",\r\n\"data\":\n[1,\n{\"a\" :\t2}]}}";
+        let record = SenderRecord::parse(text).expect("JSON");
+        let stored = stored(&record);
+        assert_eq!(stored["jupyter"]["data"], json!([1, {"a": 2}]));
+    }
+
+    #[test]
+    fn what_a_reader_cannot_parse_is_not_taken() {
+        for text in [
+            r#"{"event":{"action":"stream"},"jupyter":{"session_id":"s","text":"\ud800"}}"#,
+            r#"{"event":{"action":"stream"},"jupyter":{"session_id":"s","n":[1e400]}}"#,
+            r#"{"event":{"action":"stream"},"jupyter":{"session_id":"s","text":"a"#,
+            r#"{"event":{"action":"stream"},"jupyter":{"session_id":"s","n":01}}"#,
+        ] {
+            assert!(SenderRecord::parse(text).is_err(), "{text}");
+            assert!(serde_json::from_str::<Value>(text).is_err(), "{text}");
+        }
     }
 }

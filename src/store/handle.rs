@@ -177,14 +177,24 @@ impl StoreHandle {
         record: Map<String, Value>,
         urgent: bool,
     ) -> oneshot::Receiver<Result<u64>> {
-        let (reply, answer) = oneshot::channel();
-        let record = match record::prepare(record) {
-            Ok(prepared) => prepared,
+        match record::prepare(record) {
+            Ok(prepared) => self.submit_prepared(prepared, urgent).await,
             Err(reason) => {
+                let (reply, answer) = oneshot::channel();
                 let _ = reply.send(Err(StoreError::InvalidRecord(reason)));
-                return answer;
+                answer
             }
-        };
+        }
+    }
+
+    /// [`submit`](Self::submit) for a record already assembled as its body
+    /// ([`record::prepare_parts`]), so that raw JSON parts are written as they came.
+    pub async fn submit_prepared(
+        &self,
+        record: record::Prepared,
+        urgent: bool,
+    ) -> oneshot::Receiver<Result<u64>> {
+        let (reply, answer) = oneshot::channel();
         let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
             let _ = reply.send(Err(StoreError::Closed));
             return answer;

@@ -6,7 +6,10 @@
 //! `,"chain":{"prev":"<64 hex>","hash":"<64 hex>"}}` and `\n`, where
 //! `hash = SHA-256(prev as 32 raw bytes || B)`. The suffix has a fixed length, so `B` is
 //! recovered exactly by cutting it off and putting `}` back: the hash never depends on
-//! how a JSON library orders or formats keys.
+//! how a JSON library orders or formats keys. `B` comes from a decoded record
+//! ([`prepare`]) or from parts some of which are JSON text kept as it came
+//! ([`prepare_parts`], the collector's path for a sender's values); either way it is
+//! one line of JSON, and `verify` hashes it as it stands.
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -88,6 +91,111 @@ pub fn prepare(mut record: Map<String, Value>) -> Result<Prepared, String> {
         bytes: out.finish(),
         sequence_at,
     })
+}
+
+/// A value of a record assembled from parts ([`prepare_parts`]): decoded, or JSON
+/// text kept exactly as it came, or an object of further parts.
+#[derive(Debug)]
+pub enum Part<'a> {
+    Value(&'a Value),
+    /// One JSON value, compact enough to sit on one line (no `\n` or `\r`).
+    Raw(&'a str),
+    Object(Vec<(&'a str, Part<'a>)>),
+}
+
+/// Assembles a record body from parts without decoding or re-encoding raw parts: keys
+/// sorted at every level written here (as [`prepare`] sorts them), `event.sequence`
+/// added to `event` (which must be an [`Part::Object`]). Duplicate keys and raw text
+/// that would break the line are refused: the stored line must mean one thing.
+pub fn prepare_parts(mut top: Vec<(&str, Part<'_>)>) -> Result<Prepared, String> {
+    let mut out = Vec::with_capacity(512 + raw_len(&top));
+    let mut sequence_at = None;
+    write_parts(&mut out, &mut top, true, &mut sequence_at)?;
+    let sequence_at = sequence_at.ok_or("the record has no event object")?;
+    Ok(Prepared {
+        bytes: out,
+        sequence_at,
+    })
+}
+
+fn raw_len(parts: &[(&str, Part<'_>)]) -> usize {
+    parts
+        .iter()
+        .map(|(_, part)| match part {
+            Part::Raw(text) => text.len(),
+            Part::Object(inner) => raw_len(inner),
+            Part::Value(_) => 0,
+        })
+        .sum()
+}
+
+/// Writes `parts` as one object; at the top, the `event` object gets the sequence slot.
+fn write_parts(
+    out: &mut Vec<u8>,
+    parts: &mut [(&str, Part<'_>)],
+    top: bool,
+    sequence_at: &mut Option<usize>,
+) -> Result<(), String> {
+    parts.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    if let Some(pair) = parts.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        return Err(format!("duplicate key {:?}", pair[0].0));
+    }
+    let mut object = JsonObject::new(std::mem::take(out));
+    for (key, part) in parts.iter_mut() {
+        let is_event = top && *key == "event";
+        if is_event && key_is_sequence_free(part).is_err() {
+            return Err("\"event\" must be an object without a sequence".into());
+        }
+        object.key(key)?;
+        match part {
+            Part::Value(value) => {
+                serde_json::to_writer(&mut object.bytes, value).map_err(|e| e.to_string())?
+            }
+            Part::Raw(text) => {
+                if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
+                    return Err(format!("the value of {key:?} is not on one line"));
+                }
+                object.bytes.extend_from_slice(text.as_bytes());
+            }
+            Part::Object(inner) if is_event => {
+                inner.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let mut bytes = std::mem::take(&mut object.bytes);
+                let split = inner.partition_point(|(k, _)| *k < "sequence");
+                let (before, after) = inner.split_at_mut(split);
+                write_parts(&mut bytes, before, false, sequence_at)?;
+                // `{…}` of the keys before "sequence": reopen it for the slot.
+                bytes.pop();
+                if !before.is_empty() {
+                    bytes.push(b',');
+                }
+                bytes.extend_from_slice(b"\"sequence\":");
+                *sequence_at = Some(bytes.len());
+                let mut rest = Vec::new();
+                write_parts(&mut rest, after, false, sequence_at)?;
+                if !after.is_empty() {
+                    bytes.push(b',');
+                    bytes.extend_from_slice(&rest[1..]);
+                } else {
+                    bytes.push(b'}');
+                }
+                object.bytes = bytes;
+            }
+            Part::Object(inner) => {
+                let mut bytes = std::mem::take(&mut object.bytes);
+                write_parts(&mut bytes, inner, false, sequence_at)?;
+                object.bytes = bytes;
+            }
+        }
+    }
+    *out = object.finish();
+    Ok(())
+}
+
+fn key_is_sequence_free(part: &Part<'_>) -> Result<(), ()> {
+    match part {
+        Part::Object(inner) if inner.iter().all(|(k, _)| *k != "sequence") => Ok(()),
+        _ => Err(()),
+    }
 }
 
 /// Compact JSON object writer over a byte buffer.
@@ -300,6 +408,45 @@ mod tests {
             assert!(unsealed.hash_matches());
             assert_eq!(unsealed.hash, sealed.hash);
         }
+    }
+
+    #[test]
+    fn parts_make_the_body_prepare_makes() {
+        let raw = r#"{"z":[1,"x\n"],"a":null}"#;
+        let text = json!("t");
+        let prepared = prepare_parts(vec![
+            ("user", Part::Value(&text)),
+            (
+                "event",
+                Part::Object(vec![
+                    ("zone", Part::Value(&text)),
+                    ("action", Part::Value(&text)),
+                ]),
+            ),
+            (
+                "jupyter",
+                Part::Object(vec![("b", Part::Raw(raw)), ("a", Part::Raw("1"))]),
+            ),
+        ])
+        .unwrap();
+        let mut line = Vec::new();
+        let hash = seal_into(&prepared, 12, &GENESIS, &mut line);
+        let unsealed = unseal(&line[..line.len() - 1]).unwrap();
+        assert_eq!(unsealed.hash, hash);
+        assert!(unsealed.hash_matches());
+        let expected = r#"{"event":{"action":"t","sequence":12,"zone":"t"},"jupyter":{"a":1,"b":{"z":[1,"x\n"],"a":null}},"user":"t"}"#;
+        assert_eq!(String::from_utf8_lossy(&unsealed.body), expected);
+    }
+
+    #[test]
+    fn parts_that_would_not_read_as_one_record_on_one_line_are_refused() {
+        let event = || ("event", Part::Object(vec![]));
+        assert!(prepare_parts(vec![event(), ("a", Part::Raw("[1, \"\\n\"]"))]).is_ok());
+        assert!(prepare_parts(vec![event(), ("a", Part::Raw("[1,\n2]"))]).is_err());
+        assert!(prepare_parts(vec![event(), ("a", Part::Raw("[1,\r2]"))]).is_err());
+        let twice = vec![event(), ("a", Part::Raw("1")), ("a", Part::Raw("2"))];
+        assert!(prepare_parts(twice).is_err());
+        assert!(prepare_parts(vec![("a", Part::Raw("1"))]).is_err());
     }
 
     #[test]
