@@ -256,26 +256,22 @@ impl RecordBuilder {
                 whole_request(parsed, &message, tracked.password_answer, self.policy),
             );
         } else {
-            let describe = |policy, fields: &mut Map<String, Value>, outcome: &mut _| {
-                describe_output(
-                    &msg_type,
-                    &parsed.content,
-                    &message,
-                    &tracked,
-                    policy,
-                    fields,
-                    outcome,
-                )
+            outcome = reply_outcome(&msg_type, &parsed.content);
+            let output = Output {
+                msg_type: &msg_type,
+                content: &parsed.content,
+                message: &message,
+                tracked: &tracked,
             };
             if message.size() < MEASURE_ABOVE_BYTES {
                 // Too small to come near the budget: described once, in place.
-                describe(self.policy, &mut fields, &mut outcome);
+                describe_output(&output, self.policy, &mut fields);
             } else {
                 let base = fields;
                 let mut policy = self.policy;
                 fields = loop {
                     let mut fields = base.clone();
-                    describe(policy, &mut fields, &mut outcome);
+                    describe_output(&output, policy, &mut fields);
                     let size = serde_json::to_vec(&fields).map_or(usize::MAX, |bytes| bytes.len());
                     if size <= OUTPUT_RECORD_BUDGET {
                         if policy != self.policy {
@@ -414,17 +410,33 @@ fn whole_request(
     Value::Object(request)
 }
 
-/// The type-specific part of a kernel message's record, within `policy`.
-#[allow(clippy::too_many_arguments)]
-fn describe_output(
-    msg_type: &str,
-    content: &Value,
-    message: &WireMessage,
-    tracked: &Tracked,
-    policy: SizePolicy,
-    fields: &mut Map<String, Value>,
-    outcome: &mut Option<Outcome>,
-) {
+/// A kernel message to describe, and what the builder learned of it.
+struct Output<'a> {
+    msg_type: &'a str,
+    content: &'a Value,
+    message: &'a WireMessage,
+    tracked: &'a Tracked,
+}
+
+/// How an execution ended, for `event.outcome`: replies to execute requests have one.
+fn reply_outcome(msg_type: &str, content: &Value) -> Option<Outcome> {
+    (msg_type == "execute_reply").then(|| {
+        if content["status"] == "ok" {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        }
+    })
+}
+
+/// The type-specific part of a kernel message's record, within `policy`, into `fields`.
+fn describe_output(output: &Output<'_>, policy: SizePolicy, fields: &mut Map<String, Value>) {
+    let Output {
+        msg_type,
+        content,
+        message,
+        tracked,
+    } = *output;
     let text_of = |value: &Value| policy.text(value.as_str().unwrap_or_default());
     let mut put = |key: &str, value: Value| {
         if !value.is_null() {
@@ -440,11 +452,6 @@ fn describe_output(
             );
         }
         "execute_reply" => {
-            *outcome = Some(if content["status"] == "ok" {
-                Outcome::Success
-            } else {
-                Outcome::Failure
-            });
             put("status", status_of(policy, content));
             put(
                 "execution_count",
