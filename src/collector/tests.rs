@@ -66,6 +66,14 @@ fn running() -> Running {
     }
 }
 
+impl Running {
+    /// Closes the store and reads back what it holds.
+    async fn stored(self) -> Vec<serde_json::Value> {
+        self.store.shutdown().await.expect("closed");
+        stored(self.dir.path())
+    }
+}
+
 fn stored(dir: &std::path::Path) -> Vec<serde_json::Value> {
     Reader::open(&dir.join("store"))
         .expect("readable")
@@ -75,12 +83,8 @@ fn stored(dir: &std::path::Path) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn durable_records_are_stored_in_order_with_the_senders_identity() {
-    let Running {
-        dir,
-        store,
-        client,
-        _stop,
-    } = running();
+    let collector = running();
+    let client = &collector.client;
     client.record(execute_request("first"));
     let sequence = client
         .submit_durable(execute_request("second"))
@@ -92,9 +96,7 @@ async fn durable_records_are_stored_in_order_with_the_senders_identity() {
         .flush(Duration::from_secs(10))
         .await
         .expect("flushed");
-    store.shutdown().await.expect("closed");
-
-    let records = stored(dir.path());
+    let records = collector.stored().await;
     let codes: Vec<_> = records
         .iter()
         .map(|record| record["jupyter"]["code"].clone())
@@ -148,12 +150,8 @@ async fn without_a_collector_durable_fails_at_once_and_the_record_is_stored_late
 
 #[tokio::test]
 async fn a_sender_cannot_claim_another_identity() {
-    let Running {
-        dir,
-        store,
-        client,
-        _stop,
-    } = running();
+    let collector = running();
+    let client = &collector.client;
     let mut forged = execute_request("x");
     forged.insert("user".into(), json!({"id": "0", "name": "root"}));
     forged.insert("chain".into(), json!({"prev": "0", "hash": "0"}));
@@ -170,8 +168,7 @@ async fn a_sender_cannot_claim_another_identity() {
         .wait(Duration::from_secs(10))
         .await
         .expect("stored");
-    store.shutdown().await.expect("closed");
-    let records = stored(dir.path());
+    let records = collector.stored().await;
     let uid = json!(nix::unistd::getuid().as_raw().to_string());
     // The refusal is on the record, under the sender's verified identity.
     assert_eq!(records[0]["event"]["action"], "record_refused");
@@ -187,12 +184,8 @@ async fn a_sender_cannot_claim_another_identity() {
 
 #[tokio::test]
 async fn a_write_ahead_too_large_to_send_is_refused_and_not_stored() {
-    let Running {
-        dir,
-        store,
-        client,
-        _stop,
-    } = running();
+    let collector = running();
+    let client = &collector.client;
     let huge = "x".repeat(super::protocol::MAX_FRAME_BYTES + 1);
     let refused = client
         .submit_durable(execute_request(&huge))
@@ -207,8 +200,9 @@ async fn a_write_ahead_too_large_to_send_is_refused_and_not_stored() {
         .wait(Duration::from_secs(30))
         .await
         .expect("stored");
-    store.shutdown().await.expect("closed");
-    let codes: Vec<_> = stored(dir.path())
+    let codes: Vec<_> = collector
+        .stored()
+        .await
         .into_iter()
         .map(|record| record["jupyter"]["code"].clone())
         .collect();
@@ -217,15 +211,12 @@ async fn a_write_ahead_too_large_to_send_is_refused_and_not_stored() {
 
 #[tokio::test]
 async fn records_the_collector_refuses_are_counted_in_an_audit_gap() {
-    let Running {
-        dir,
-        store,
-        client,
-        _stop,
-    } = running();
+    let collector = running();
+    let client = &collector.client;
     let mut refused = execute_request("x");
     refused.insert("labels".into(), json!({"not": "a sender field"}));
     client.record(refused);
+    // The first flush sends the record the collector refuses; the gap is reported at the next.
     client
         .flush(Duration::from_secs(30))
         .await
@@ -234,8 +225,7 @@ async fn records_the_collector_refuses_are_counted_in_an_audit_gap() {
         .flush(Duration::from_secs(30))
         .await
         .expect("flushed");
-    store.shutdown().await.expect("closed");
-    let records = stored(dir.path());
+    let records = collector.stored().await;
     let gap = records
         .iter()
         .find(|record| record["event"]["action"] == "audit_gap")
@@ -251,12 +241,8 @@ async fn records_the_collector_refuses_are_counted_in_an_audit_gap() {
 
 #[tokio::test]
 async fn a_record_too_large_to_send_is_kept_as_a_stub_and_does_not_block_the_rest() {
-    let Running {
-        dir,
-        store,
-        client,
-        _stop,
-    } = running();
+    let collector = running();
+    let client = &collector.client;
     let huge = "x".repeat(super::protocol::MAX_FRAME_BYTES + 1);
     client.record(execute_request(&huge));
     client
@@ -264,8 +250,7 @@ async fn a_record_too_large_to_send_is_kept_as_a_stub_and_does_not_block_the_res
         .wait(Duration::from_secs(30))
         .await
         .expect("stored");
-    store.shutdown().await.expect("closed");
-    let records = stored(dir.path());
+    let records = collector.stored().await;
     assert_eq!(records[0]["event"]["action"], "execute_request");
     assert!(
         records[0]["jupyter"]["record_too_large"]
