@@ -315,19 +315,40 @@ pub fn stamp(mut record: Record, identity: &PeerIdentity, host: &str) -> Result<
     }
     event.remove("sequence");
     event.insert("ingested".into(), json!(now_rfc3339()));
-    let mut user = Map::new();
-    user.insert("id".into(), json!(identity.uid.to_string()));
-    if let Some(name) = &identity.user_name {
-        user.insert("name".into(), json!(name));
-    }
+    let stamped = Stamped::of(identity, host);
     record.insert("@timestamp".into(), json!(now_rfc3339()));
-    record.insert("user".into(), Value::Object(user));
-    record.insert("group".into(), json!({ "id": identity.gid.to_string() }));
-    if let Some(pid) = identity.pid {
-        record.insert("process".into(), json!({ "pid": pid }));
+    record.insert("user".into(), stamped.user);
+    record.insert("group".into(), stamped.group);
+    if let Some(process) = stamped.process {
+        record.insert("process".into(), process);
     }
-    record.insert("host".into(), json!({ "name": host }));
+    record.insert("host".into(), stamped.host);
     Ok(record)
+}
+
+/// The fields the collector sets from what it verified of the sender, shared by
+/// [`stamp`] and [`stamp_sender`].
+struct Stamped {
+    user: Value,
+    group: Value,
+    process: Option<Value>,
+    host: Value,
+}
+
+impl Stamped {
+    fn of(identity: &PeerIdentity, host: &str) -> Self {
+        let mut user = Map::new();
+        user.insert("id".into(), json!(identity.uid.to_string()));
+        if let Some(name) = &identity.user_name {
+            user.insert("name".into(), json!(name));
+        }
+        Stamped {
+            user: Value::Object(user),
+            group: json!({ "id": identity.gid.to_string() }),
+            process: identity.pid.map(|pid| json!({ "pid": pid })),
+            host: json!({ "name": host }),
+        }
+    }
 }
 
 /// A sender's record as stored, assembled from its parts without re-encoding its
@@ -356,24 +377,16 @@ pub fn stamp_sender(
         .map(|(key, value)| (key.as_str(), Part::Raw(value.get())))
         .collect();
     let timestamp = json!(now_rfc3339());
-    let mut user = Map::new();
-    user.insert("id".into(), json!(identity.uid.to_string()));
-    if let Some(name) = &identity.user_name {
-        user.insert("name".into(), json!(name));
-    }
-    let user = Value::Object(user);
-    let group = json!({ "id": identity.gid.to_string() });
-    let process = identity.pid.map(|pid| json!({ "pid": pid }));
-    let host = json!({ "name": host });
+    let stamped = Stamped::of(identity, host);
     let mut parts = vec![
         ("@timestamp", Part::Value(&timestamp)),
         ("event", Part::Object(event_parts)),
         ("jupyter", Part::Object(jupyter_parts)),
-        ("user", Part::Value(&user)),
-        ("group", Part::Value(&group)),
-        ("host", Part::Value(&host)),
+        ("user", Part::Value(&stamped.user)),
+        ("group", Part::Value(&stamped.group)),
+        ("host", Part::Value(&stamped.host)),
     ];
-    if let Some(process) = &process {
+    if let Some(process) = &stamped.process {
         parts.push(("process", Part::Value(process)));
     }
     record::prepare_parts(parts)
