@@ -251,16 +251,22 @@ mod tests {
         }
     }
 
+    /// Writes ahead one request, checks that it is refused for want of an
+    /// acknowledgement, and gives how long the refusal took.
+    async fn refused_write_ahead(auditor: &Auditor) -> Duration {
+        let (message, parsed) = execute_request("1");
+        let started = Instant::now();
+        let outcome = auditor.write_ahead(Channel::Shell, &message, parsed).await;
+        assert_eq!(outcome, Err(AuditError::Timeout(WRITE_AHEAD_PATIENCE)));
+        started.elapsed()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_write_ahead_the_collector_never_acknowledges_is_refused_after_one_patience() {
         let dir = tempfile::tempdir().expect("tempdir");
         let auditor = auditor(silent_collector(dir.path(), Takes::Frames));
         connected(&auditor).await;
-        let (message, parsed) = execute_request("1");
-        let started = Instant::now();
-        let outcome = auditor.write_ahead(Channel::Shell, &message, parsed).await;
-        assert_eq!(outcome, Err(AuditError::Timeout(WRITE_AHEAD_PATIENCE)));
-        let waited = started.elapsed();
+        let waited = refused_write_ahead(&auditor).await;
         assert!(
             waited >= WRITE_AHEAD_PATIENCE && waited < WRITE_AHEAD_PATIENCE * 2,
             "one deadline, not one per hand-off: waited {waited:?}"
@@ -281,11 +287,7 @@ mod tests {
         for _ in 0..5000 {
             auditor.event(&crate::audit::events::ParentExited::default());
         }
-        let (message, parsed) = execute_request("1");
-        let started = Instant::now();
-        let outcome = auditor.write_ahead(Channel::Shell, &message, parsed).await;
-        assert_eq!(outcome, Err(AuditError::Timeout(WRITE_AHEAD_PATIENCE)));
-        let waited = started.elapsed();
+        let waited = refused_write_ahead(&auditor).await;
         assert!(
             waited <= WRITE_AHEAD_PATIENCE,
             "queueing and acknowledgement share one deadline: waited {waited:?}"

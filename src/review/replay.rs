@@ -401,7 +401,7 @@ impl NotebookBuilder {
         } else {
             &refused.reason
         };
-        let msg_id = refused.msg_id.clone();
+        let msg_id = refused.msg_id;
         if !self.by_request.contains_key(&msg_id) {
             let id = self.new_id(None, sequence);
             self.by_request.insert(msg_id.clone(), self.cells.len());

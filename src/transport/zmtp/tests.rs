@@ -32,6 +32,19 @@ fn message(frames: &[&[u8]]) -> ZmqMessage {
     ZmqMessage::try_from(frames).expect("non-empty")
 }
 
+/// A dealer with routing id `identity`, connected to `endpoint`, that has sent one message.
+async fn dealer_saying_hello(identity: &'static [u8], endpoint: &str) -> DealerSocket {
+    let mut options = SocketOptions::default();
+    options.peer_identity(Bytes::from_static(identity).try_into().expect("identity"));
+    let mut dealer = DealerSocket::with_options(options);
+    dealer.connect(endpoint).await.expect("connect");
+    dealer
+        .send(message(&[b"<IDS|MSG>", b"hello"]))
+        .await
+        .expect("send");
+    dealer
+}
+
 #[tokio::test]
 async fn router_delivers_by_identity_both_ways() {
     let (listener, port) = tcp_listener().await;
@@ -44,21 +57,7 @@ async fn router_delivers_by_identity_both_ways() {
         notices().0,
         Some(directory.clone()),
     );
-    let mut options = SocketOptions::default();
-    options.peer_identity(
-        Bytes::from_static(b"session-1")
-            .try_into()
-            .expect("identity"),
-    );
-    let mut dealer = DealerSocket::with_options(options);
-    dealer
-        .connect(&format!("tcp://127.0.0.1:{port}"))
-        .await
-        .expect("connect");
-    dealer
-        .send(message(&[b"<IDS|MSG>", b"hello"]))
-        .await
-        .expect("send");
+    let mut dealer = dealer_saying_hello(b"session-1", &format!("tcp://127.0.0.1:{port}")).await;
 
     let received = tokio::time::timeout(WAIT, link.incoming.recv())
         .await
@@ -108,17 +107,7 @@ async fn an_ipc_peer_is_listed_with_its_credentials() {
         notices().0,
         Some(directory.clone()),
     );
-    let mut options = SocketOptions::default();
-    options.peer_identity(Bytes::from_static(b"ipc-1").try_into().expect("identity"));
-    let mut dealer = DealerSocket::with_options(options);
-    dealer
-        .connect(&format!("ipc://{}", path.display()))
-        .await
-        .expect("connect");
-    dealer
-        .send(message(&[b"<IDS|MSG>", b"hello"]))
-        .await
-        .expect("send");
+    let _dealer = dealer_saying_hello(b"ipc-1", &format!("ipc://{}", path.display())).await;
     tokio::time::timeout(WAIT, link.incoming.recv())
         .await
         .expect("in time")
