@@ -17,6 +17,9 @@ bash scripts/python-env.sh
 step "JupyterHub test tools (.node/configurable-http-proxy, chromium; root only)"
 bash scripts/hub-env.sh
 
+step "PostgreSQL server binaries (Debian postgresql; root only)"
+bash scripts/pg-env.sh
+
 step "cargo fmt --check"
 cargo fmt --check
 

@@ -10,6 +10,7 @@
 //! - [`audit`]: audit records: what is recorded of each message, and the size policy.
 //! - [`path_safety`]: refusing store and socket paths another user could swap.
 //! - [`store`]: the tamper-evident store: chained segments, group commit, signed checkpoints, verify.
+//! - [`postgres`]: the central trail in PostgreSQL: connection, schema, forwarding, review.
 //! - [`collector`]: the collector daemon, its protocol, and the proxy's client for it.
 //! - [`config`]: the admin config file and how it combines with the kernelspec's flags.
 //! - [`launcher`]: starting, signalling and reaping the real kernel process.
@@ -30,6 +31,7 @@ pub mod kernelspec;
 pub mod launcher;
 pub mod memory;
 pub mod path_safety;
+pub mod postgres;
 pub mod proxy;
 pub mod review;
 pub mod store;
