@@ -12,10 +12,13 @@ use jupyter_audit::config::{
 };
 use jupyter_audit::connection::KernelTransport;
 use jupyter_audit::kernelspec::InstallOptions;
+use jupyter_audit::postgres::connect::PostgresOptions;
+use jupyter_audit::postgres::review::StoreSelection;
 use jupyter_audit::review::filter::{self, Filter};
 use jupyter_audit::review::log::LogOptions;
 use jupyter_audit::review::replay::ReplayOptions;
 use jupyter_audit::review::sessions::SessionsOptions;
+use jupyter_audit::review::source::RecordSource;
 
 /// An audit trail for Jupyter kernels that the notebook user cannot switch off.
 #[derive(Debug, Parser)]
@@ -310,18 +313,87 @@ pub struct InstallArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The store directory.
-    #[arg(long)]
-    pub store: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "postgres",
+        conflicts_with = "postgres"
+    )]
+    pub store: Option<PathBuf>,
+
+    /// Check every store forwarded to this PostgreSQL server instead (libpq URL, without
+    /// a password).
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+
+    /// The file that holds the PostgreSQL password.
+    #[arg(long, value_name = "FILE", requires = "postgres")]
+    pub postgres_password_file: Option<PathBuf>,
+
+    /// With --postgres: check this store only.
+    #[arg(long, value_name = "ID", requires = "postgres")]
+    pub store_id: Option<uuid::Uuid>,
 
     /// A checkpoint kept outside the store: a file with one checkpoint, or a copy of
     /// checkpoints.jsonl (its last line is used). Default: the store's own.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "postgres")]
     pub checkpoint: Option<PathBuf>,
 
     /// The public key kept outside the store (hex, as exported). Default: the store's
-    /// checkpoint.pub.
-    #[arg(long)]
-    pub key: Option<PathBuf>,
+    /// checkpoint.pub. With --postgres: STORE_ID=FILE, once per store (default: the key
+    /// the store registered in the database).
+    #[arg(long, value_name = "[STORE_ID=]FILE", value_parser = parse_key_arg)]
+    pub key: Vec<KeyArg>,
+}
+
+/// `--key [STORE_ID=]FILE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyArg {
+    pub store_id: Option<uuid::Uuid>,
+    pub file: PathBuf,
+}
+
+fn parse_key_arg(text: &str) -> Result<KeyArg, String> {
+    if let Some((id, file)) = text.split_once('=')
+        && let Ok(store_id) = uuid::Uuid::parse_str(id)
+    {
+        return Ok(KeyArg {
+            store_id: Some(store_id),
+            file: PathBuf::from(file),
+        });
+    }
+    Ok(KeyArg {
+        store_id: None,
+        file: PathBuf::from(text),
+    })
+}
+
+/// Where `log`, `sessions` and `replay` read records: a store, or PostgreSQL.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// The store directory (read only).
+    #[arg(
+        long,
+        required_unless_present = "postgres",
+        conflicts_with = "postgres"
+    )]
+    pub store: Option<PathBuf>,
+
+    /// Read the records forwarded to this PostgreSQL server instead, across all stores
+    /// (libpq URL, without a password).
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+
+    /// The file that holds the PostgreSQL password.
+    #[arg(long, value_name = "FILE", requires = "postgres")]
+    pub postgres_password_file: Option<PathBuf>,
+
+    /// With --postgres: the records of this store only.
+    #[arg(long, value_name = "ID", requires = "postgres")]
+    pub store_id: Option<uuid::Uuid>,
+
+    /// With --postgres: the records of the stores of this host only.
+    #[arg(long, value_name = "NAME", requires = "postgres")]
+    pub host: Option<String>,
 }
 
 /// The filters of `log` and `sessions`; every filter given must match.
@@ -359,9 +431,8 @@ pub struct FilterArgs {
 
 #[derive(Debug, Args)]
 pub struct LogArgs {
-    /// The store directory (read only).
-    #[arg(long)]
-    pub store: PathBuf,
+    #[command(flatten)]
+    pub source: SourceArgs,
 
     #[command(flatten)]
     pub filter: FilterArgs,
@@ -373,9 +444,8 @@ pub struct LogArgs {
 
 #[derive(Debug, Args)]
 pub struct SessionsArgs {
-    /// The store directory (read only).
-    #[arg(long)]
-    pub store: PathBuf,
+    #[command(flatten)]
+    pub source: SourceArgs,
 
     /// Sessions with at least one record that matches these.
     #[command(flatten)]
@@ -388,9 +458,8 @@ pub struct SessionsArgs {
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// The store directory (read only).
-    #[arg(long)]
-    pub store: PathBuf,
+    #[command(flatten)]
+    pub source: SourceArgs,
 
     /// The session: its id, or the start of it (as `sessions` shows it).
     #[arg(long, value_name = "S")]
@@ -471,10 +540,28 @@ impl From<FilterArgs> for Filter {
     }
 }
 
+impl From<SourceArgs> for RecordSource {
+    fn from(args: SourceArgs) -> Self {
+        match (args.store, args.postgres) {
+            (Some(dir), _) => RecordSource::Store(dir),
+            (None, url) => RecordSource::Postgres {
+                options: PostgresOptions {
+                    url: url.unwrap_or_default(),
+                    password_file: args.postgres_password_file,
+                },
+                stores: StoreSelection {
+                    store_id: args.store_id,
+                    host: args.host,
+                },
+            },
+        }
+    }
+}
+
 impl From<LogArgs> for LogOptions {
     fn from(args: LogArgs) -> Self {
         LogOptions {
-            store: args.store,
+            source: args.source.into(),
             filter: args.filter.into(),
             json: args.json,
         }
@@ -484,7 +571,7 @@ impl From<LogArgs> for LogOptions {
 impl From<SessionsArgs> for SessionsOptions {
     fn from(args: SessionsArgs) -> Self {
         SessionsOptions {
-            store: args.store,
+            source: args.source.into(),
             filter: args.filter.into(),
             json: args.json,
         }
@@ -494,7 +581,7 @@ impl From<SessionsArgs> for SessionsOptions {
 impl From<ReplayArgs> for ReplayOptions {
     fn from(args: ReplayArgs) -> Self {
         ReplayOptions {
-            store: args.store,
+            source: args.source.into(),
             session: args.session,
             user: args.user,
             output: args.output,
@@ -613,7 +700,7 @@ mod tests {
         };
         let options = LogOptions::from(args);
         assert!(options.json);
-        assert_eq!(options.store, PathBuf::from("/s"));
+        assert!(matches!(&options.source, RecordSource::Store(dir) if dir == &PathBuf::from("/s")));
         let query = options.filter;
         assert_eq!(query.user.as_deref(), Some("bob"));
         assert_eq!(query.actions, ["stream", "error"]);
@@ -622,5 +709,53 @@ mod tests {
         assert_eq!(day(query.until), Some("2024-05-02".into()));
         assert!(query.until > query.since, "the whole day");
         assert!(query.grep.is_some_and(|grep| grep.is_match("caab")));
+    }
+
+    #[test]
+    fn review_reads_a_store_or_postgresql_but_not_both() {
+        let postgres = |extra: &[&str]| {
+            let mut argv = vec!["sessions", "--postgres", "host=/run/pg dbname=audit"];
+            argv.extend_from_slice(extra);
+            let argv = std::iter::once("jupyter-audit").chain(argv);
+            Cli::try_parse_from(argv)
+        };
+        let Ok(Cli {
+            command: Command::Sessions(args),
+        }) = postgres(&[
+            "--store-id",
+            "6f1c2a3e-0000-4000-8000-000000000001",
+            "--host",
+            "h1",
+        ])
+        else {
+            panic!("sessions --postgres");
+        };
+        let RecordSource::Postgres { options, stores } = SessionsOptions::from(args).source else {
+            panic!("not postgres");
+        };
+        assert_eq!(options.url, "host=/run/pg dbname=audit");
+        assert_eq!(stores.host.as_deref(), Some("h1"));
+        assert!(stores.store_id.is_some());
+        assert!(postgres(&["--store", "/s"]).is_err());
+        let no_source = Cli::try_parse_from(["jupyter-audit", "log"]);
+        assert!(no_source.is_err());
+        let host_without_postgres =
+            Cli::try_parse_from(["jupyter-audit", "log", "--store", "/s", "--host", "h"]);
+        assert!(host_without_postgres.is_err());
+        let Ok(Cli {
+            command: Command::Verify(args),
+        }) = Cli::try_parse_from([
+            "jupyter-audit",
+            "verify",
+            "--postgres",
+            "dbname=a",
+            "--key",
+            "6f1c2a3e-0000-4000-8000-000000000001=/keys/a.pub",
+        ])
+        else {
+            panic!("verify --postgres");
+        };
+        assert!(args.key[0].store_id.is_some());
+        assert_eq!(args.key[0].file, PathBuf::from("/keys/a.pub"));
     }
 }

@@ -129,8 +129,55 @@ fn run_kernel(args: KernelArgs) -> anyhow::Result<()> {
 
 /// Prints the report; exits 0 when intact, 1 when tampered, 2 when it cannot check.
 fn run_verify(args: &VerifyArgs) -> ! {
-    let checked = store::verify(&args.store, args.checkpoint.as_deref(), args.key.as_deref());
+    let Some(dir) = &args.store else {
+        run_verify_postgres(args)
+    };
+    let key = match args.key.as_slice() {
+        [] => None,
+        [one] if one.store_id.is_none() => Some(one.file.as_path()),
+        _ => {
+            eprintln!("jupyter-audit: with --store, give one --key FILE");
+            std::process::exit(2)
+        }
+    };
+    let checked = store::verify(dir, args.checkpoint.as_deref(), key);
     match checked {
+        Ok(report) => {
+            print!("{report}");
+            std::process::exit(if report.is_intact() { 0 } else { 1 })
+        }
+        Err(error) => {
+            eprintln!("jupyter-audit: {error}");
+            std::process::exit(2)
+        }
+    }
+}
+
+/// `verify --postgres`: the same exit codes as a store's verify.
+fn run_verify_postgres(args: &VerifyArgs) -> ! {
+    use jupyter_audit::postgres::verify::{VerifyOptions, verify};
+    let mut keys = Vec::new();
+    for key in &args.key {
+        match key.store_id.or(args.store_id) {
+            Some(id) => keys.push((id, key.file.clone())),
+            None => {
+                eprintln!(
+                    "jupyter-audit: --key {}: say which store it belongs to (--key STORE_ID=FILE)",
+                    key.file.display()
+                );
+                std::process::exit(2)
+            }
+        }
+    }
+    let options = VerifyOptions {
+        postgres: jupyter_audit::postgres::connect::PostgresOptions {
+            url: args.postgres.clone().unwrap_or_default(),
+            password_file: args.postgres_password_file.clone(),
+        },
+        store_id: args.store_id,
+        keys,
+    };
+    match verify(&options) {
         Ok(report) => {
             print!("{report}");
             std::process::exit(if report.is_intact() { 0 } else { 1 })

@@ -8,12 +8,12 @@
 //! record cannot rewrite the reviewer's terminal; `--json` is never changed.
 
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
 
 use serde_json::Value;
 
 use super::filter::Filter;
 use super::scan::Scan;
+use super::source::{Prefilter, RecordSource};
 use super::{ReviewError, fields};
 use crate::audit::KeptBytes;
 use crate::audit::events::{self, Action};
@@ -29,8 +29,8 @@ pub const SHORT_ID: usize = 8;
 /// What `log` lists, and how.
 #[derive(Debug, Clone)]
 pub struct LogOptions {
-    /// The store directory (read only).
-    pub store: PathBuf,
+    /// Where the records are.
+    pub source: RecordSource,
     pub filter: Filter,
     /// The stored lines themselves instead of the table.
     pub json: bool,
@@ -51,22 +51,27 @@ pub fn run_with(
     warnings: &mut dyn Write,
 ) -> Result<(), ReviewError> {
     let filter = &args.filter;
-    let scan = Scan::open(&args.store)?;
+    if let RecordSource::Store(dir) = &args.source {
+        // A store that cannot be opened is an error before any output.
+        Scan::open(dir)?;
+    }
     if !args.json {
         writeln!(out, "{}", header()).map_err(ReviewError::Output)?;
     }
-    let report = scan.run(warnings, |record| {
-        if !filter.matches(&record.raw, &record.value) {
-            return Ok(());
-        }
-        let written = if args.json {
-            out.write_all(record.raw.as_bytes())
-                .and_then(|()| out.write_all(b"\n"))
-        } else {
-            writeln!(out, "{}", row(&record))
-        };
-        written.map_err(ReviewError::Output)
-    })?;
+    let report = args
+        .source
+        .scan(filter, Prefilter::Records, warnings, |record| {
+            if !filter.matches(&record.raw, &record.value) {
+                return Ok(());
+            }
+            let written = if args.json {
+                out.write_all(record.raw.as_bytes())
+                    .and_then(|()| out.write_all(b"\n"))
+            } else {
+                writeln!(out, "{}", row(&record))
+            };
+            written.map_err(ReviewError::Output)
+        })?;
     report.into_result()
 }
 
@@ -558,7 +563,7 @@ mod tests {
 
     fn args(store: &std::path::Path, json: bool, filter: Filter) -> LogOptions {
         LogOptions {
-            store: store.to_owned(),
+            source: RecordSource::Store(store.to_owned()),
             filter,
             json,
         }

@@ -18,10 +18,12 @@ pub mod log;
 pub mod replay;
 pub mod scan;
 pub mod sessions;
+pub mod source;
 
 use std::io;
 use std::path::PathBuf;
 
+use crate::postgres::PostgresError;
 use crate::store::StoreError;
 
 /// Why a review command failed.
@@ -33,6 +35,8 @@ pub enum ReviewError {
         #[source]
         source: StoreError,
     },
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
     #[error("{} is not a store (it has no segments directory)", .0.display())]
     NotAStore(PathBuf),
     #[error(

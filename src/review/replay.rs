@@ -35,8 +35,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::scan::{ScanReport, scan};
+use super::filter::Filter;
+use super::scan::ScanReport;
 use super::sessions::{Liveness, LocalProcesses, Session, SessionIndex, SessionKey};
+use super::source::{Prefilter, RecordSource};
 use super::{ReviewError, fields};
 use crate::audit::events::{self, Action};
 use crate::audit::{InvalidBase64, KeptBytes};
@@ -517,7 +519,7 @@ impl NotebookBuilder {
 }
 
 /// The notebook-level `jupyter_audit` metadata of a session.
-fn session_metadata(session: &Session, store: &Path) -> Map<String, Value> {
+fn session_metadata(session: &Session, source: &RecordSource) -> Map<String, Value> {
     #[derive(Serialize)]
     struct Audit<'a> {
         session_id: &'a str,
@@ -534,7 +536,6 @@ fn session_metadata(session: &Session, store: &Path) -> Map<String, Value> {
         records: u64,
         generator: String,
     }
-    let store = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_path_buf());
     let audit = Audit {
         session_id: &session.session_id,
         kernel_id: &session.kernel_id,
@@ -545,7 +546,7 @@ fn session_metadata(session: &Session, store: &Path) -> Map<String, Value> {
         end: &session.end,
         state: session.state.as_str(),
         end_reason: &session.end_reason,
-        store: store.display().to_string(),
+        store: source.label(),
         sequence: json!({"first": session.first_sequence, "last": session.last_sequence}),
         records: session.records,
         generator: format!("jupyter-audit replay {}", env!("CARGO_PKG_VERSION")),
@@ -559,7 +560,7 @@ fn session_metadata(session: &Session, store: &Path) -> Map<String, Value> {
 /// Builds the notebook of the one session that `session` (a prefix of its id) and
 /// `user` (name or id, optional) select, and says what the pass met besides records.
 pub fn build(
-    store: &Path,
+    source: &RecordSource,
     session: &str,
     user: Option<&str>,
     liveness: &dyn Liveness,
@@ -567,7 +568,12 @@ pub fn build(
 ) -> Result<(Value, ScanReport), ReviewError> {
     let mut builders: HashMap<SessionKey, NotebookBuilder> = HashMap::new();
     let mut index = SessionIndex::new();
-    let report = scan(store, warnings, |record| {
+    let prefilter = Filter {
+        session: Some(session.to_owned()),
+        user: user.map(str::to_owned),
+        ..Filter::default()
+    };
+    let report = source.scan(&prefilter, Prefilter::Sessions, warnings, |record| {
         let value = &record.value;
         let Some(key) = SessionKey::of(value) else {
             return Ok(());
@@ -607,7 +613,7 @@ pub fn build(
     let builder = builders
         .remove(&key)
         .ok_or_else(|| ReviewError::NoSession(session.to_owned()))?;
-    Ok((builder.finish(session_metadata(&summary, store)), report))
+    Ok((builder.finish(session_metadata(&summary, source)), report))
 }
 
 /// Serialises a notebook the way nbformat writes one (one-space indent, final newline).
@@ -625,8 +631,8 @@ pub fn to_json(notebook: &Value) -> Result<Vec<u8>, ReviewError> {
 /// Which session `replay` rebuilds, and where the notebook goes.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
-    /// The store directory (read only).
-    pub store: PathBuf,
+    /// Where the records are.
+    pub source: RecordSource,
     /// The session id, or the start of it.
     pub session: String,
     /// The session's user (name or id), when several users' sessions share the id.
@@ -638,7 +644,7 @@ pub struct ReplayOptions {
 /// Runs `replay`: writes the notebook to `-o FILE` (`-`: stdout).
 pub fn run(args: &ReplayOptions) -> Result<(), ReviewError> {
     let (notebook, report) = build(
-        &args.store,
+        &args.source,
         &args.session,
         args.user.as_deref(),
         &LocalProcesses::default(),

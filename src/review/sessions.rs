@@ -24,7 +24,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -32,7 +31,7 @@ use time::OffsetDateTime;
 
 use super::filter::Filter;
 use super::log::{SHORT_ID, end_description};
-use super::scan::scan;
+use super::source::{Prefilter, RecordSource};
 use super::{ReviewError, fields};
 use crate::audit::events::{self, Action};
 use crate::store::StoredRecord;
@@ -127,6 +126,8 @@ struct Tracker {
     /// (action, msg_id) of every record, to recognise resent duplicates.
     seen: HashSet<(String, String)>,
     matched: bool,
+    /// How many sessions were met before this one (records come in review order).
+    order: usize,
 }
 
 /// Whether a proxy process still runs: Some(alive) when it can be checked.
@@ -228,6 +229,7 @@ impl SessionIndex {
         let Some(key) = SessionKey::of(value) else {
             return;
         };
+        let order = self.trackers.len();
         let tracker = self.trackers.entry(key.clone()).or_insert_with(|| Tracker {
             session: Session {
                 session_id: key.session_id.clone(),
@@ -259,6 +261,7 @@ impl SessionIndex {
             failed: HashSet::new(),
             seen: HashSet::new(),
             matched: false,
+            order,
         });
         tracker.add(record);
         tracker.matched |= matched;
@@ -267,14 +270,18 @@ impl SessionIndex {
     /// The sessions whose records matched, in the order they started, with their state
     /// decided by `liveness` when they have no end.
     pub fn finish(self, liveness: &dyn Liveness) -> Vec<Session> {
-        let mut sessions: Vec<Session> = self
+        let mut trackers: Vec<Tracker> = self
             .trackers
             .into_values()
             .filter(|tracker| tracker.matched)
-            .map(|tracker| tracker.finish(liveness))
             .collect();
-        sessions.sort_by_key(|session| session.first_sequence);
-        sessions
+        // The order of their first records: by sequence in one store, by time across
+        // stores.
+        trackers.sort_by_key(|tracker| tracker.order);
+        trackers
+            .into_iter()
+            .map(|tracker| tracker.finish(liveness))
+            .collect()
     }
 
     /// The one session of `key`, whether or not its records matched.
@@ -404,8 +411,8 @@ impl Tracker {
 /// What `sessions` lists, and how.
 #[derive(Debug, Clone)]
 pub struct SessionsOptions {
-    /// The store directory (read only).
-    pub store: PathBuf,
+    /// Where the records are.
+    pub source: RecordSource,
     /// Sessions with at least one record that matches it.
     pub filter: Filter,
     /// One JSON object per session instead of the table.
@@ -434,11 +441,13 @@ pub fn run_with(
 ) -> Result<(), ReviewError> {
     let filter = &args.filter;
     let mut index = SessionIndex::new();
-    let report = scan(&args.store, warnings, |record| {
-        let matched = filter.matches(&record.raw, &record.value);
-        index.add(&record, matched);
-        Ok(())
-    })?;
+    let report = args
+        .source
+        .scan(filter, Prefilter::Sessions, warnings, |record| {
+            let matched = filter.matches(&record.raw, &record.value);
+            index.add(&record, matched);
+            Ok(())
+        })?;
     let sessions = index.finish(liveness);
     if args.json {
         for session in &sessions {

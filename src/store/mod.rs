@@ -55,6 +55,7 @@ pub use error::StoreError;
 pub use handle::{StoreHandle, StoreStats, open};
 pub use keys::{export_public_key, key_id, read_public_key};
 pub use layout::{segments_dir, sessions_file, sessions_rewrite_file};
+pub(crate) use reader::parse_line;
 pub use reader::{ReadError, ReadErrorKind, Reader, StoredRecord};
 pub use recovery::{Recovery, TornLine};
 pub use report::{CheckpointUsed, Location, Problem, ProblemKind, VerifyReport};

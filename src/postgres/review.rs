@@ -1,0 +1,399 @@
+//! Reading forwarded records back for review: the stores a reviewer selects, and their
+//! records streamed in review order, with the query's exact conditions done by the
+//! server as a prefilter (the review code still checks every record itself).
+//!
+//! Order: one store's records by sequence (as the store holds them); records of several
+//! stores by time, then store, then sequence. Rows come through a portal in batches, so
+//! memory stays bounded however many match. The review commands are synchronous: a
+//! [`ReviewReader`] owns a small runtime and blocks on each batch.
+
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::PostgresError;
+use super::connect::PostgresTarget;
+
+/// Rows fetched per round trip.
+const BATCH_ROWS: i32 = 2000;
+
+/// Which stores to read (all when both are unset).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreSelection {
+    pub store_id: Option<Uuid>,
+    pub host: Option<String>,
+}
+
+/// A store the database holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedStore {
+    pub store_id: Uuid,
+    pub host: String,
+    /// Hex Ed25519 public key, as the forwarder registered it.
+    pub public_key: String,
+    pub key_id: String,
+}
+
+/// Conditions the server applies before rows are sent; each one only drops rows the
+/// review filter would drop too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordQuery {
+    /// `user_name` or `user_id` equals it.
+    pub user: Option<String>,
+    /// `session_id` starts with it.
+    pub session_prefix: Option<String>,
+    /// `kernel_id` starts with it.
+    pub kernel_prefix: Option<String>,
+    /// RFC 3339 bounds on `time`, inclusive.
+    pub since: Option<String>,
+    pub until: Option<String>,
+    /// `action` is one of them (empty: any).
+    pub actions: Vec<String>,
+    /// Texts the stored line must contain.
+    pub line_contains: Vec<String>,
+}
+
+/// One forwarded record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedLine {
+    pub store_id: Uuid,
+    pub sequence: i64,
+    pub line: String,
+}
+
+/// One forwarded record with its chain columns, for `verify`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainRow {
+    pub sequence: i64,
+    pub line: String,
+    pub prev: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// One forwarded checkpoint, its fields as the store signed them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedCheckpoint {
+    pub sequence: i64,
+    pub chain_hash: String,
+    pub time: String,
+    pub segment: String,
+    pub key_id: String,
+    pub signature: String,
+}
+
+/// `text` for a LIKE pattern that matches it literally.
+pub fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The SQL and parameters of a records query.
+struct Sql {
+    text: String,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl Sql {
+    fn param(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.params.push(Box::new(value));
+        format!("${}", self.params.len())
+    }
+}
+
+/// The query for `stores` (empty: every store) and `query`.
+fn records_sql(stores: &[Uuid], query: &RecordQuery) -> Sql {
+    let mut sql = Sql {
+        text: String::from("SELECT store_id, sequence, line FROM jupyter_audit.records WHERE true"),
+        params: Vec::new(),
+    };
+    let and = |sql: &mut Sql, condition: String| {
+        sql.text.push_str(" AND ");
+        sql.text.push_str(&condition);
+    };
+    match stores {
+        [] => {}
+        [one] => {
+            let p = sql.param(*one);
+            and(&mut sql, format!("store_id = {p}"));
+        }
+        several => {
+            let p = sql.param(several.to_vec());
+            and(&mut sql, format!("store_id = ANY({p})"));
+        }
+    }
+    if let Some(user) = &query.user {
+        let p = sql.param(user.clone());
+        and(&mut sql, format!("(user_name = {p} OR user_id = {p})"));
+    }
+    for (column, prefix) in [
+        ("session_id", &query.session_prefix),
+        ("kernel_id", &query.kernel_prefix),
+    ] {
+        if let Some(prefix) = prefix {
+            let p = sql.param(format!("{}%", like_escape(prefix)));
+            and(&mut sql, format!("{column} LIKE {p}"));
+        }
+    }
+    if let Some(since) = &query.since {
+        let p = sql.param(since.clone());
+        and(&mut sql, format!("time >= {p}::text::timestamptz"));
+    }
+    if let Some(until) = &query.until {
+        let p = sql.param(until.clone());
+        and(&mut sql, format!("time <= {p}::text::timestamptz"));
+    }
+    if !query.actions.is_empty() {
+        let p = sql.param(query.actions.clone());
+        and(&mut sql, format!("action = ANY({p}::text[])"));
+    }
+    for text in &query.line_contains {
+        let p = sql.param(format!("%{}%", like_escape(text)));
+        and(&mut sql, format!("line LIKE {p}"));
+    }
+    sql.text.push_str(if stores.len() == 1 {
+        " ORDER BY sequence"
+    } else {
+        " ORDER BY time, store_id, sequence"
+    });
+    sql
+}
+
+/// A connection for review, with the runtime that drives it.
+pub struct ReviewReader {
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl ReviewReader {
+    /// Connects to `target`.
+    pub fn connect(target: &PostgresTarget) -> Result<Self, PostgresError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| PostgresError::Url(format!("cannot start a runtime: {error}")))?;
+        let client = runtime.block_on(target.connect())?;
+        Ok(ReviewReader { runtime, client })
+    }
+
+    /// The stores `selection` names, by store id.
+    pub fn stores(
+        &mut self,
+        selection: &StoreSelection,
+    ) -> Result<Vec<ForwardedStore>, PostgresError> {
+        let rows = self
+            .runtime
+            .block_on(self.client.query(
+                "SELECT store_id, host, public_key, key_id FROM jupyter_audit.stores \
+                 WHERE ($1::uuid IS NULL OR store_id = $1) AND ($2::text IS NULL OR host = $2) \
+                 ORDER BY store_id",
+                &[&selection.store_id, &selection.host],
+            ))
+            .map_err(not_initialised_or("list the stores"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(ForwardedStore {
+                    store_id: row
+                        .try_get(0)
+                        .map_err(PostgresError::query("read a store"))?,
+                    host: row
+                        .try_get(1)
+                        .map_err(PostgresError::query("read a store"))?,
+                    public_key: row
+                        .try_get(2)
+                        .map_err(PostgresError::query("read a store"))?,
+                    key_id: row
+                        .try_get(3)
+                        .map_err(PostgresError::query("read a store"))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Calls `each` with every record of `stores` (empty: all stores) that passes
+    /// `query`, in review order; `each` may stop by returning an error.
+    pub fn for_each_record<E: From<PostgresError>>(
+        &mut self,
+        stores: &[Uuid],
+        query: &RecordQuery,
+        mut each: impl FnMut(ForwardedLine) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let sql = records_sql(stores, query);
+        tracing::debug!(sql = %sql.text, "review query");
+        let params: Vec<&(dyn ToSql + Sync)> = sql
+            .params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        self.portal(&sql.text, &params, |row| {
+            let doing = "read a record";
+            Ok(ForwardedLine {
+                store_id: row.try_get(0).map_err(PostgresError::query(doing))?,
+                sequence: row.try_get(1).map_err(PostgresError::query(doing))?,
+                line: row.try_get(2).map_err(PostgresError::query(doing))?,
+            })
+        })
+        .run(&mut each)
+    }
+
+    /// Every record of one store with its chain columns, by sequence.
+    pub fn for_each_chain_row<E: From<PostgresError>>(
+        &mut self,
+        store_id: Uuid,
+        mut each: impl FnMut(ChainRow) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.portal(
+            "SELECT sequence, line, prev, hash FROM jupyter_audit.records \
+             WHERE store_id = $1 ORDER BY sequence",
+            &[&store_id],
+            |row| {
+                let doing = "read a record";
+                Ok(ChainRow {
+                    sequence: row.try_get(0).map_err(PostgresError::query(doing))?,
+                    line: row.try_get(1).map_err(PostgresError::query(doing))?,
+                    prev: row.try_get(2).map_err(PostgresError::query(doing))?,
+                    hash: row.try_get(3).map_err(PostgresError::query(doing))?,
+                })
+            },
+        )
+        .run(&mut each)
+    }
+
+    /// The checkpoints of one store, by sequence. Each is small; a store forwards at
+    /// most one a second, so even years of them fit in memory.
+    pub fn checkpoints(
+        &mut self,
+        store_id: Uuid,
+    ) -> Result<Vec<ForwardedCheckpoint>, PostgresError> {
+        let doing = "read the checkpoints";
+        let rows = self
+            .runtime
+            .block_on(self.client.query(
+                "SELECT sequence, chain_hash, time, segment, key_id, signature \
+                 FROM jupyter_audit.checkpoints WHERE store_id = $1 ORDER BY sequence",
+                &[&store_id],
+            ))
+            .map_err(not_initialised_or(doing))?;
+        rows.iter()
+            .map(|row| {
+                Ok(ForwardedCheckpoint {
+                    sequence: row.try_get(0).map_err(PostgresError::query(doing))?,
+                    chain_hash: row.try_get(1).map_err(PostgresError::query(doing))?,
+                    time: row.try_get(2).map_err(PostgresError::query(doing))?,
+                    segment: row.try_get(3).map_err(PostgresError::query(doing))?,
+                    key_id: row.try_get(4).map_err(PostgresError::query(doing))?,
+                    signature: row.try_get(5).map_err(PostgresError::query(doing))?,
+                })
+            })
+            .collect()
+    }
+
+    fn portal<'a, T>(
+        &'a mut self,
+        sql: &'a str,
+        params: &'a [&'a (dyn ToSql + Sync)],
+        convert: fn(&tokio_postgres::Row) -> Result<T, PostgresError>,
+    ) -> Portal<'a, T> {
+        Portal {
+            reader: self,
+            sql,
+            params,
+            convert,
+        }
+    }
+}
+
+/// A query read through a portal, batch by batch, inside one read-only transaction.
+struct Portal<'a, T> {
+    reader: &'a mut ReviewReader,
+    sql: &'a str,
+    params: &'a [&'a (dyn ToSql + Sync)],
+    convert: fn(&tokio_postgres::Row) -> Result<T, PostgresError>,
+}
+
+impl<T> Portal<'_, T> {
+    fn run<E: From<PostgresError>>(
+        self,
+        each: &mut dyn FnMut(T) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let runtime = &self.reader.runtime;
+        let client = &mut self.reader.client;
+        let transaction = runtime
+            .block_on(
+                client
+                    .build_transaction()
+                    .read_only(true)
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .start(),
+            )
+            .map_err(PostgresError::query("start a transaction"))?;
+        let portal = runtime
+            .block_on(transaction.bind(self.sql, self.params))
+            .map_err(not_initialised_or("query the records"))?;
+        loop {
+            let rows = runtime
+                .block_on(transaction.query_portal(&portal, BATCH_ROWS))
+                .map_err(PostgresError::query("read the records"))?;
+            let done = rows.len() < BATCH_ROWS as usize;
+            for row in &rows {
+                each((self.convert)(row)?)?;
+            }
+            if done {
+                break;
+            }
+        }
+        runtime
+            .block_on(transaction.commit())
+            .map_err(PostgresError::query("end the transaction"))?;
+        Ok(())
+    }
+}
+
+/// A query error, or "not initialised" when the schema or a table is missing.
+fn not_initialised_or(doing: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PostgresError {
+    move |source| {
+        let missing = source.code().is_some_and(|code| {
+            *code == tokio_postgres::error::SqlState::UNDEFINED_TABLE
+                || *code == tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME
+        });
+        if missing {
+            PostgresError::NotInitialised(source.to_string())
+        } else {
+            PostgresError::Query { doing, source }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_match_wildcards_literally() {
+        assert_eq!(like_escape(r"50%_a\b"), r"50\%\_a\\b");
+    }
+
+    #[test]
+    fn one_store_reads_in_sequence_order_and_several_by_time() {
+        let query = RecordQuery {
+            user: Some("alice".into()),
+            session_prefix: Some("ab_".into()),
+            actions: vec!["stream".into()],
+            line_contains: vec!["import os".into()],
+            ..RecordQuery::default()
+        };
+        let one = records_sql(&[Uuid::nil()], &query);
+        assert!(one.text.ends_with("ORDER BY sequence"), "{}", one.text);
+        assert!(one.text.contains("store_id = $1"));
+        assert!(one.text.contains("(user_name = $2 OR user_id = $2)"));
+        assert!(one.text.contains("session_id LIKE $3"));
+        assert_eq!(one.params.len(), 5);
+        let all = records_sql(&[], &RecordQuery::default());
+        assert!(all.text.ends_with("ORDER BY time, store_id, sequence"));
+        assert!(all.params.is_empty());
+    }
+}
