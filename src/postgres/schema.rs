@@ -58,10 +58,22 @@ CREATE TABLE IF NOT EXISTS jupyter_audit.checkpoints (
 "#;
 
 /// Indexes for the review queries (idempotent).
+///
+/// - `records_time`: records of several stores come in time order, `--since`/`--until`.
+/// - `records_user_name`, `records_user_id`: `--user` (and `sessions --user` reads just
+///   that user's records).
+/// - `records_session`, `records_kernel`: `--session`/`--kernel` prefixes (`LIKE 'p%'`).
+/// - `records_code`: code search, `log --action execute_request --grep TEXT`: a trigram
+///   index (pg_trgm, a trusted extension shipped with PostgreSQL) on the lines of
+///   requests only, which keeps it small and forwarding fast; a `--grep` over every
+///   action reads the whole table.
 pub const INDEXES: &str = r#"
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
 CREATE INDEX IF NOT EXISTS records_time ON jupyter_audit.records (time);
 CREATE INDEX IF NOT EXISTS records_user_name ON jupyter_audit.records (user_name, time);
 CREATE INDEX IF NOT EXISTS records_user_id ON jupyter_audit.records (user_id, time);
 CREATE INDEX IF NOT EXISTS records_session ON jupyter_audit.records (session_id text_pattern_ops);
 CREATE INDEX IF NOT EXISTS records_kernel ON jupyter_audit.records (kernel_id text_pattern_ops);
+CREATE INDEX IF NOT EXISTS records_code ON jupyter_audit.records
+    USING gin (line gin_trgm_ops) WHERE action = 'execute_request';
 "#;
