@@ -6,6 +6,9 @@
 #                               collector load), for profiling one figure
 #   scripts/bench.sh --only load   N audited kernels at once (benches/load.py; N from free
 #                               memory, LOAD_KERNELS=N to choose); not in the full run
+#   scripts/bench.sh --only forward   16 stores x 200 000 records forwarded into one
+#                               PostgreSQL server, then review query p95 (benches/forward.py;
+#                               needs scripts/pg-env.sh; several minutes); not in the full run
 # Builds the release binary, prepares .venv, starts a collector with its default, durable
 # settings (fsync before ack) on a temporary store, writes four kernelspecs in a temporary
 # JUPYTER_PATH (the direct ipykernel, the audited one, our relay with --no-audit, the plain
@@ -25,7 +28,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-relay_only="$(tr ',' '\n' <<<"$only" | grep -vxE 'collector|load' | paste -sd, || true)"
+relay_only="$(tr ',' '\n' <<<"$only" | grep -vxE 'collector|load|forward' | paste -sd, || true)"
 # Whether --only names figure $1 (a pattern match: `… | grep -q` under pipefail can fail
 # on its writer's SIGPIPE).
 only_has() { [[ ",$only," == *",$1,"* ]]; }
@@ -61,6 +64,11 @@ if [ -z "$only" ] || [ -n "$relay_only" ]; then
     echo "=== relay figures: direct vs audited (durable collector) vs plain pyzmq relay"
     "$py" benches/relay.py --store "$store" --bin "$bin" --collector-pid "$collector" $quick \
         ${relay_only:+--only "$relay_only"}
+fi
+
+if only_has forward; then
+    echo "=== forward figures: stores forwarded into one PostgreSQL server, review queries there"
+    "$py" benches/forward.py $quick
 fi
 
 if only_has load; then
