@@ -35,7 +35,7 @@ pub enum Command {
     /// Check a store's chain and checkpoint; exit 0 when intact, 1 when tampered.
     Verify(VerifyArgs),
     /// Run the collector daemon: owns the store, takes records from proxies.
-    Collector(CollectorArgs),
+    Collector(Box<CollectorArgs>),
     /// Print the store's checkpoint verification (public) key, to keep elsewhere.
     ExportKey(ExportKeyArgs),
     /// List the records of a store that match filters (a table, or the stored lines).

@@ -51,7 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify(args) => run_verify(&args),
-        Command::Collector(args) => run_collector(args),
+        Command::Collector(args) => run_collector(*args),
         Command::ExportKey(args) => {
             println!("{}", store::export_public_key(&args.store)?);
             Ok(())

@@ -13,7 +13,9 @@ local record as `forward_conflict`. Timeouts only bound waiting.
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import re
 import signal
 import subprocess
@@ -359,3 +361,65 @@ def test_a_changed_row_is_a_fork_that_stops_forwarding(collectors, db, tmp_dir):
     assert "fork" in (shown["forwarding"]["stopped"] or ""), shown
     collector.stop()
     assert forwarded_max(db, sid) == newest
+
+
+# --- the tamper window (a measurement, run on request) ------------------------------------
+
+
+@pytest.mark.skipif(not os.environ.get("JUPYTER_AUDIT_MEASURE_TAMPER_WINDOW"),
+                    reason="a measurement: set JUPYTER_AUDIT_MEASURE_TAMPER_WINDOW=1")
+def test_measure_tamper_window(collectors, db, tmp_dir):
+    """How much of the newest trail a root on the collector's host could erase without
+    `verify` against PostgreSQL noticing: at each sample (every 50 ms while a cell prints
+    a line every 20 ms for 30 s), the span of @timestamps from the record the newest
+    checkpoint in PostgreSQL covers to the newest record in the store. Prints the
+    distribution; asserts nothing about time."""
+    collector = forwarding_collector(collectors, tmp_dir, db)
+    sid = store_id(collector.store)
+    samples: list[tuple[int, int]] = []
+    pool = KernelPool()
+    try:
+        kernel = LoggedKernel(pool, audited_kernelspec(collector.socket), tmp_dir)
+        run_ok(kernel.kc, "print('warm')")
+        cell = ("import time\nend = time.time() + 30\nwhile time.time() < end:\n"
+                "    print(time.time(), flush=True)\n    time.sleep(0.02)\n")
+        msg_id = kernel.kc.execute(cell)
+        time.sleep(2)
+        deadline = time.monotonic() + 26
+        while time.monotonic() < deadline:
+            newest = last_complete_sequence(collector.store)
+            checkpointed = int(db.scalar(
+                "SELECT coalesce(max(sequence), 0) FROM jupyter_audit.checkpoints "
+                f"WHERE store_id = '{sid}'") or 0)
+            samples.append((newest, checkpointed))
+            time.sleep(0.05)
+        iopub_for(kernel.kc, msg_id, timeout=120)
+    finally:
+        pool.shutdown_all()
+    collector.stop()
+    times = {r[0]: record_time(r[1]) for r in local_records(collector.store)}
+    windows = sorted(max(0.0, times[n] - times[c]) for n, c in samples if c in times)
+    unchecked = sorted(n - c for n, c in samples)
+    pick = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731
+    report = (f"tamper window over {len(windows)} samples: median {pick(windows, 0.5):.3f} s, "
+              f"p95 {pick(windows, 0.95):.3f} s, max {windows[-1]:.3f} s; records past the "
+              f"newest forwarded checkpoint: median {pick(unchecked, 0.5)}, max {unchecked[-1]}")
+    print(report)
+    (Path(os.environ.get("JUPYTER_AUDIT_MEASURE_OUT", tmp_dir)) / "tamper-window.txt").write_text(
+        report + "\n")
+
+
+def last_complete_sequence(store: Path) -> int:
+    segment = segment_files(store)[-1]
+    with open(segment, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+    lines = tail.split(b"\n")[:-1]
+    return json.loads(lines[-1])["event"]["sequence"] if lines else 0
+
+
+def record_time(line: str) -> float:
+    stamp = json.loads(line)["@timestamp"]
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
