@@ -12,6 +12,8 @@ use jupyter_audit::config::{
 };
 use jupyter_audit::connection::KernelTransport;
 use jupyter_audit::kernelspec::InstallOptions;
+use jupyter_audit::postgres::connect::PostgresOptions;
+use jupyter_audit::postgres::schema::InitOptions;
 use jupyter_audit::review::filter::{self, Filter};
 use jupyter_audit::review::log::LogOptions;
 use jupyter_audit::review::replay::ReplayOptions;
@@ -43,6 +45,40 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// Rebuild a session as a notebook (.ipynb) of what ran and what it displayed.
     Replay(ReplayArgs),
+    /// The central trail in PostgreSQL.
+    #[command(subcommand)]
+    Postgres(PostgresCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PostgresCommand {
+    /// Create the roles, tables, indexes, grants and triggers of the central trail (run by
+    /// a database admin, who owns them; running it again changes nothing).
+    Init(PostgresInitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PostgresInitArgs {
+    /// The server, as libpq takes it: `postgresql://admin@host/db?sslmode=verify-full&sslrootcert=ca.pem`
+    /// or `host=… user=… dbname=…`. Never with a password in it.
+    #[arg(long, required_unless_present = "print")]
+    pub url: Option<String>,
+
+    /// A file that holds the password alone (default: PGPASSFILE or ~/.pgpass).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// The role the collectors forward as: INSERT and SELECT (created if missing).
+    #[arg(long, value_name = "ROLE")]
+    pub writer: String,
+
+    /// The role reviewers read as: SELECT (created if missing).
+    #[arg(long, value_name = "ROLE")]
+    pub reader: String,
+
+    /// Print the SQL instead of running it (no connection).
+    #[arg(long)]
+    pub print: bool,
 }
 
 #[derive(Debug, Args)]
@@ -498,6 +534,19 @@ impl From<ReplayArgs> for ReplayOptions {
             session: args.session,
             user: args.user,
             output: args.output,
+        }
+    }
+}
+
+impl From<PostgresInitArgs> for InitOptions {
+    fn from(args: PostgresInitArgs) -> Self {
+        InitOptions {
+            server: PostgresOptions {
+                url: args.url.unwrap_or_default(),
+                password_file: args.password_file,
+            },
+            writer: args.writer,
+            reader: args.reader,
         }
     }
 }
