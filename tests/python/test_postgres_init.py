@@ -5,8 +5,9 @@ script, what the writer and reader roles may do, and TLS (rustls) with a test CA
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-import uuid
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,124 @@ def test_a_password_in_the_url_is_refused_and_not_echoed(pg):
         assert refused.returncode != 0
         assert "password" in refused.stderr and "password file" in refused.stderr
         assert secret not in refused.stderr + refused.stdout
+
+
+# TLS: a test CA, a server certificate for 127.0.0.1 and localhost, and a CA that did not
+# sign it. The server listens on 127.0.0.1 with TLS only (hostssl, scram-sha-256): a
+# connection that works over TCP is encrypted.
+
+ADMIN_PASSWORD = "tls-admin-Pw0rd"
+
+
+def openssl(*argv: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *argv], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(directory: Path, name: str) -> None:
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2",
+            "-subj", f"/CN=jupyter-audit test {name}", cwd=directory)
+
+
+@pytest.fixture(scope="module")
+def tls_pg(tmp_path_factory):
+    from pgcluster import make_cluster
+    certs = tmp_path_factory.mktemp("certs")
+    make_ca(certs, "ca")
+    make_ca(certs, "other-ca")
+    (certs / "server.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
+            cwd=certs)
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-set_serial", "2", "-days", "2", "-extfile", "server.ext", "-out", "server.crt",
+            cwd=certs)
+    # Not under pytest's 0700 directory: the server runs as another OS user.
+    base = Path(tempfile.mkdtemp(prefix="jaudit-pg-tls-"))
+    cluster = make_cluster(base)
+    cluster.enable_tls(certs / "server.crt", certs / "server.key")
+    cluster.start()
+    try:
+        cluster.psql(f"ALTER ROLE postgres PASSWORD '{ADMIN_PASSWORD}'")
+        password_file = certs / "admin.password"
+        password_file.write_text(ADMIN_PASSWORD + "\n")
+        password_file.chmod(0o600)
+        cluster.certs = certs
+        cluster.password_file = password_file
+        yield cluster
+    finally:
+        cluster.remove()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def tls_init(cluster, url: str, env: dict | None = None,
+             password_file: bool = True) -> subprocess.CompletedProcess:
+    extra = ("--password-file", str(cluster.password_file)) if password_file else ()
+    done = init(url, *extra, env=env)
+    assert ADMIN_PASSWORD not in done.stdout + done.stderr
+    return done
+
+
+def test_verify_full_with_the_right_ca_connects(tls_pg):
+    ca = tls_pg.certs / "ca.pem"
+    for host in ("127.0.0.1", "localhost"):
+        url = tls_pg.tcp_url("postgres", sslmode="verify-full", sslrootcert=str(ca))
+        done = tls_init(tls_pg, url.replace("host=127.0.0.1", f"host={host}"))
+        assert done.returncode == 0, done.stderr
+    # The URL form, with the parameters in its query.
+    url = (f"postgresql://postgres@127.0.0.1:{tls_pg.port}/postgres"
+           f"?sslmode=verify-full&sslrootcert={ca}")
+    done = tls_init(tls_pg, url)
+    assert done.returncode == 0, done.stderr
+    assert "role ja_writer: already there" in done.stdout
+
+
+def test_a_certificate_from_another_ca_is_refused(tls_pg):
+    url = tls_pg.tcp_url("postgres", sslmode="verify-full",
+                         sslrootcert=str(tls_pg.certs / "other-ca.pem"))
+    done = tls_init(tls_pg, url)
+    assert done.returncode != 0
+    assert "cannot connect to PostgreSQL" in done.stderr
+    assert "invalid peer certificate" in done.stderr and "UnknownIssuer" in done.stderr
+
+
+def test_verify_full_checks_the_host_name_and_verify_ca_does_not(tls_pg):
+    ca = str(tls_pg.certs / "ca.pem")
+    # Connect to 127.0.0.1, but expect a server called db.elsewhere.example.
+    url = tls_pg.tcp_url("postgres", sslmode="verify-full", sslrootcert=ca).replace(
+        "host=127.0.0.1", "host=db.elsewhere.example hostaddr=127.0.0.1")
+    done = tls_init(tls_pg, url)
+    assert done.returncode != 0
+    assert "not valid for name" in done.stderr, done.stderr
+    done = tls_init(tls_pg, url.replace("verify-full", "verify-ca"))
+    assert done.returncode == 0, done.stderr
+
+
+def test_require_without_a_ca_encrypts_and_verify_full_without_one_is_an_error(tls_pg):
+    done = tls_init(tls_pg, tls_pg.tcp_url("postgres", sslmode="require"))
+    assert done.returncode == 0, done.stderr
+    done = tls_init(tls_pg, tls_pg.tcp_url("postgres", sslmode="verify-full"))
+    assert done.returncode != 0
+    assert "sslmode=verify-full needs sslrootcert=FILE" in done.stderr
+    # The server takes TLS only: no TLS is no connection.
+    done = tls_init(tls_pg, tls_pg.tcp_url("postgres", sslmode="disable"))
+    assert done.returncode != 0 and "no encryption" in done.stderr, done.stderr
+
+
+def test_the_password_comes_from_pgpass_unless_others_can_read_it(tls_pg, tmp_path):
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"# test\nelsewhere:*:*:*:wrong\n127.0.0.1:{tls_pg.port}:*:postgres:"
+                      f"{ADMIN_PASSWORD}\n")
+    pgpass.chmod(0o600)
+    env = {**os.environ, "PGPASSFILE": str(pgpass)}
+    url = tls_pg.tcp_url("postgres", sslmode="verify-full",
+                         sslrootcert=str(tls_pg.certs / "ca.pem"))
+    done = tls_init(tls_pg, url, env=env, password_file=False)
+    assert done.returncode == 0, done.stderr
+
+    pgpass.chmod(0o644)
+    done = tls_init(tls_pg, url, env=env, password_file=False)
+    assert done.returncode != 0
+    assert "group or world access" in done.stderr
