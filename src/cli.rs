@@ -672,4 +672,48 @@ mod tests {
         assert!(query.until > query.since, "the whole day");
         assert!(query.grep.is_some_and(|grep| grep.is_match("caab")));
     }
+
+    #[test]
+    fn postgres_init_needs_a_url_unless_it_only_prints() {
+        let roles = ["--writer", "fwd", "--reader", "audit"];
+        let Command::Postgres(PostgresCommand::Init(args)) =
+            command(&[&["postgres", "init", "--print"][..], &roles].concat())
+        else {
+            panic!("not postgres init");
+        };
+        assert!(args.print && args.url.is_none());
+        let without_url = [
+            "jupyter-audit",
+            "postgres",
+            "init",
+            "--writer",
+            "w",
+            "--reader",
+            "r",
+        ];
+        assert!(Cli::try_parse_from(without_url).is_err());
+        let Command::Postgres(PostgresCommand::Init(args)) = command(
+            &[
+                &[
+                    "postgres",
+                    "init",
+                    "--url",
+                    "host=h",
+                    "--password-file",
+                    "/p",
+                ][..],
+                &roles,
+            ]
+            .concat(),
+        ) else {
+            panic!("not postgres init");
+        };
+        let options = InitOptions::from(args);
+        assert_eq!(options.server.url, "host=h");
+        assert_eq!(options.server.password_file, Some(PathBuf::from("/p")));
+        assert_eq!(
+            (options.writer.as_str(), options.reader.as_str()),
+            ("fwd", "audit")
+        );
+    }
 }

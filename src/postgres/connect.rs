@@ -210,7 +210,9 @@ fn key_values(text: &str) -> Result<Vec<(String, String)>, PostgresError> {
 }
 
 impl PostgresTarget {
-    /// Parses `options.url`, finds the password and prepares TLS (reads the CA file).
+    /// Parses `options.url`, finds the password and prepares TLS. It reads the password,
+    /// pgpass and CA files: make targets at start-up, not on every connection. With
+    /// several hosts, pgpass is looked up for the first.
     pub fn new(options: &PostgresOptions) -> Result<Self, PostgresError> {
         let split = SplitUrl::parse(&options.url)?;
         let mut config = tokio_postgres::Config::from_str(&split.rest)
