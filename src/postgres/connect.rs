@@ -275,9 +275,21 @@ impl PostgresTarget {
 
     /// Opens one connection; its I/O runs in a task of the current runtime.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, PostgresError> {
-        let failed = |source| PostgresError::Connect {
-            target: self.shown.clone(),
-            source,
+        let failed = |source: tokio_postgres::Error| {
+            // tokio-postgres says only "password missing" when the server asks for one.
+            let cause = std::error::Error::source(&source).map(ToString::to_string);
+            if self.config.get_password().is_none() && cause.as_deref() == Some("password missing")
+            {
+                return PostgresError::Url(format!(
+                    "{} asks for a password and none was found: give --password-file, or a \
+                     pgpass entry (PGPASSFILE or ~/.pgpass, mode 0600)",
+                    self.shown
+                ));
+            }
+            PostgresError::Connect {
+                target: self.shown.clone(),
+                source,
+            }
         };
         match &self.tls {
             None => {

@@ -324,3 +324,4 @@ def test_the_password_comes_from_pgpass_unless_others_can_read_it(tls_pg, tmp_pa
     done = tls_init(tls_pg, url, env=env, password_file=False)
     assert done.returncode != 0
     assert "group or world access" in done.stderr
+    assert "asks for a password and none was found" in done.stderr
