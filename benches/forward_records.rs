@@ -168,7 +168,11 @@ impl StoreGen {
             return vec![start];
         }
         if session.cell == CELLS_PER_SESSION {
-            return vec![self.stamp(session, "session_end", json!({"exit_code": 0, "exit_signal": null, "orphaned": false}))];
+            return vec![self.stamp(
+                session,
+                "session_end",
+                json!({"exit_code": 0, "exit_signal": null, "orphaned": false}),
+            )];
         }
         session.cell += 1;
         let n = self.rng.below(100_000);
@@ -195,20 +199,45 @@ impl StoreGen {
             }),
         ));
         let child = |this: &mut Self, session: &Session, k: usize, action: &str, extra: Value| {
-            let mut fields = object(json!({"channel": "iopub", "from": "kernel", "msg_id": msg(session, session.cell * 10 + k), "parent_msg_id": request_id}));
+            let mut fields = object(
+                json!({"channel": "iopub", "from": "kernel", "msg_id": msg(session, session.cell * 10 + k), "parent_msg_id": request_id}),
+            );
             fields.extend(object(extra));
             this.stamp(session, action, Value::Object(fields))
         };
-        records.push(child(self, session, 1, "execute_input", json!({"code": code, "execution_count": session.cell})));
+        records.push(child(
+            self,
+            session,
+            1,
+            "execute_input",
+            json!({"code": code, "execution_count": session.cell}),
+        ));
         for k in 0..1 + self.rng.below(3) {
-            let text = format!("epoch {k}: loss={:.4} accuracy={:.4} elapsed {:.2} s\n", 0.5 / (k + 1) as f64, 0.9, 3.21);
-            records.push(child(self, session, 2 + k, "stream", json!({"stream": "stdout", "text": text})));
+            let text = format!(
+                "epoch {k}: loss={:.4} accuracy={:.4} elapsed {:.2} s\n",
+                0.5 / (k + 1) as f64,
+                0.9,
+                3.21
+            );
+            records.push(child(
+                self,
+                session,
+                2 + k,
+                "stream",
+                json!({"stream": "stdout", "text": text}),
+            ));
         }
         let failed = self.rng.below(20) == 0;
         if failed {
             records.push(child(self, session, 6, "error", json!({"ename": "KeyError", "evalue": "'amount'", "traceback": "KeyError                                  Traceback (most recent call last)\nCell In[3], line 2\n----> 2 clean(df)\nKeyError: 'amount'"})));
         } else if self.rng.below(3) == 0 {
-            records.push(child(self, session, 6, "execute_result", json!({"data": {"text/plain": "(1000, 3)"}, "execution_count": session.cell})));
+            records.push(child(
+                self,
+                session,
+                6,
+                "execute_result",
+                json!({"data": {"text/plain": "(1000, 3)"}, "execution_count": session.cell}),
+            ));
         }
         let status = if failed { "error" } else { "ok" };
         records.push(child(self, session, 7, "execute_reply", json!({"channel": "shell", "duration_ms": 12.5, "execution_count": session.cell, "status": status})));
@@ -224,7 +253,9 @@ impl StoreGen {
         let at = self.rng.below(self.sessions.len());
         let mut session = self.sessions.swap_remove(at);
         let records = self.step(&mut session);
-        let ended = records.iter().any(|r| r["event"]["action"] == "session_end");
+        let ended = records
+            .iter()
+            .any(|r| r["event"]["action"] == "session_end");
         if !ended {
             self.sessions.push(session);
         }
@@ -247,7 +278,12 @@ async fn generate(dir: PathBuf, number: usize, records: usize) -> Value {
             answers.push_back(handle.submit(record, false).await);
             written += 1;
             if answers.len() > 8192 {
-                answers.pop_front().expect("queued").await.expect("answered").expect("stored");
+                answers
+                    .pop_front()
+                    .expect("queued")
+                    .await
+                    .expect("answered")
+                    .expect("stored");
             }
         }
     }

@@ -2,8 +2,9 @@
 //! the kernelspec's command line: the file wins, because a kernelspec may be one the
 //! notebook user wrote. Nothing is read from the user's environment or home.
 //!
-//! The collector reads the same file for its fairness limits (`[limits]`); there its
-//! command line wins, since the administrator writes both.
+//! The collector reads the same file for its fairness limits (`[limits]`) and where to
+//! forward its store (`[forward]`); there its command line wins, since the administrator
+//! writes both.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +61,19 @@ pub struct ConfigFile {
     pub audit: AuditSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub forward: ForwardSection,
+}
+
+/// Where the collector forwards its store (`[forward]`). A password never goes here or
+/// on the command line: `password_file` names a file that holds it (or libpq's
+/// PGPASSFILE, where supported).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSection {
+    /// The PostgreSQL server (a libpq URL or key=value string, without a password).
+    pub postgres_url: Option<String>,
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]

@@ -8,6 +8,8 @@
 //! - [`columns`]: the columns reviewers filter on, taken out of a stored line.
 //! - [`review`]: forwarded records read back for `log`, `sessions` and `replay`.
 //! - [`verify`]: `verify --postgres`, every forwarded store's chain and checkpoints.
+//! - [`forward`]: the collector's forwarder (store files → PostgreSQL), its state file.
+//! - [`status`]: `status`: stored, checkpointed, forwarded, and the lag, from the files.
 //!
 //! The local store stays the write-ahead point: proxies never wait for PostgreSQL. A
 //! forwarder task of the collector ships the store's lines, byte for byte with their chain
@@ -17,8 +19,10 @@
 
 pub mod columns;
 pub mod connect;
+pub mod forward;
 pub mod review;
 pub mod schema;
+pub mod status;
 pub mod verify;
 
 /// Why talking to PostgreSQL failed.

@@ -81,6 +81,8 @@ pub enum FindingKind {
     KeyDiffers { registered: String, given: String },
     /// The registered key cannot be used (and no `--key` was given).
     BadRegisteredKey,
+    /// A signed checkpoint's own record is not in the database (it was deleted).
+    CheckpointRecordMissing { sequence: u64 },
 }
 
 impl fmt::Display for FindingKind {
@@ -109,6 +111,10 @@ impl fmt::Display for FindingKind {
             Self::KeyDiffers { registered, given } => write!(
                 f,
                 "the public key registered in the database ({registered}) is not the one given with --key ({given})"
+            ),
+            Self::CheckpointRecordMissing { sequence } => write!(
+                f,
+                "the signed checkpoint at sequence {sequence} proves that record {sequence} existed, and it is not in the database"
             ),
             Self::BadRegisteredKey => write!(
                 f,
@@ -422,8 +428,21 @@ impl Walk {
                     );
                 }
             }
-            // Checkpoints before the first row (retention) or inside a reported gap
-            // have no row to be checked against.
+            // Checkpoints before the first row (retention) have no row to be checked
+            // against; one inside a gap is the signed proof of what was deleted.
+            if checkpoint.sequence < sequence
+                && self
+                    .verdict
+                    .first_sequence
+                    .is_some_and(|first| checkpoint.sequence >= first)
+            {
+                self.verdict.find(
+                    Some(checkpoint.sequence),
+                    FindingKind::CheckpointRecordMissing {
+                        sequence: checkpoint.sequence,
+                    },
+                );
+            }
             self.next_checkpoint = self.checkpoints.next();
         }
     }
@@ -510,11 +529,17 @@ impl fmt::Display for StoreVerdict {
         }
         let last = self.last_sequence.unwrap_or(0);
         match &self.newest_checkpoint {
-            Some((newest, _)) if last > *newest => writeln!(
-                f,
-                "  note: records {} to {last} are newer than the last forwarded checkpoint: their change or deletion cannot be proven from here",
-                newest + 1
-            )?,
+            Some((newest, _)) if last > *newest => {
+                let what = if last == newest + 1 {
+                    format!("record {last} is")
+                } else {
+                    format!("records {} to {last} are", newest + 1)
+                };
+                writeln!(
+                    f,
+                    "  note: {what} newer than the last forwarded checkpoint: a change or deletion there cannot be proven from here"
+                )?
+            }
             None if last > 0 => writeln!(
                 f,
                 "  note: no checkpoint was forwarded: deleting the newest records, or rewriting the whole chain, cannot be proven from here"
@@ -695,6 +720,26 @@ mod tests {
                 })
             )),
             "{verdict}"
+        );
+    }
+
+    #[test]
+    fn records_deleted_under_a_checkpoint_are_proven_missing_by_its_signature() {
+        let (mut rows, checkpoints, key) = store(10, &[4, 8]);
+        rows.drain(2..4);
+        let verdict = check(rows, checkpoints, &key);
+        assert_eq!(
+            kinds(&verdict),
+            [
+                (
+                    Some(5),
+                    FindingKind::Chain(ProblemKind::Deleted { first: 3, last: 4 })
+                ),
+                (
+                    Some(4),
+                    FindingKind::CheckpointRecordMissing { sequence: 4 }
+                ),
+            ]
         );
     }
 

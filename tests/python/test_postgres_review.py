@@ -14,7 +14,6 @@ through the forwarder. Then:
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -24,9 +23,7 @@ import pytest
 from helpers import BIN, TIMEOUT, KernelPool, run_ok
 from pgcluster import pg  # noqa: F401 (a fixture)
 from test_audit import Collector, LoggedKernel, audited_kernelspec
-
-REPO = Path(__file__).resolve().parents[2]
-
+from test_forward import store_id, wait_forwarded
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=120,
@@ -36,18 +33,7 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def init_schema(pg) -> None:
-    """The tables and indexes, as `jupyter-audit postgres init` creates them."""
-    result = cli("postgres", "init", "--url", pg.url(), "--writer", "ja_writer",
-                 "--reader", "ja_reader", check=False)
-    if result.returncode != 0 and "unrecognized subcommand" not in result.stderr:
-        pytest.fail(f"postgres init: {result.stderr}")
-    if result.returncode != 0:
-        # Before `postgres init` exists: the tables and indexes of the contract.
-        schema = (REPO / "src" / "postgres" / "schema.rs").read_text()
-        for name in ("TABLES", "INDEXES"):
-            sql = re.search(rf'pub const {name}: &str = r#"(.*?)"#;', schema, re.S).group(1)
-            pg.psql(sql)
+WRITER = "ja_writer"
 
 
 def store_lines(store: Path) -> list[str]:
@@ -57,55 +43,16 @@ def store_lines(store: Path) -> list[str]:
     return lines
 
 
-def copy_store(pg, store: Path, store_id: str, host: str) -> None:
-    """Loads a stopped store's lines, checkpoints and key like the forwarder would."""
-    key = (store / "checkpoint.pub").read_text().strip()
-    pg.psql(f"INSERT INTO jupyter_audit.stores (store_id, host, public_key, key_id) VALUES "
-            f"('{store_id}', '{host}', '{key}', 'k') ON CONFLICT DO NOTHING")
-    rows = []
-    for line in store_lines(store):
-        r = json.loads(line)
-        j = r.get("jupyter", {})
-        u = r.get("user", {})
-        text = lambda v: v if isinstance(v, str) else None  # noqa: E731
-        rows.append([store_id, r["event"]["sequence"], text(r.get("@timestamp")),
-                     r["event"].get("action", ""), text(u.get("name")), text(u.get("id")),
-                     text(j.get("session_id")), text(j.get("kernel_id")), text(j.get("msg_id")),
-                     text(j.get("parent_msg_id")), line,
-                     "\\x" + r["chain"]["prev"], "\\x" + r["chain"]["hash"]])
-    copy(pg, "records (store_id, sequence, time, action, user_name, user_id, session_id, "
-             "kernel_id, msg_id, parent_msg_id, line, prev, hash)", rows)
-    checkpoints = [json.loads(line) for line in (store / "checkpoints.jsonl").read_text().splitlines()]
-    copy(pg, "checkpoints (store_id, sequence, chain_hash, time, segment, key_id, signature)",
-         [[store_id, c["sequence"], c["chain_hash"], c["time"], c["segment"], c["key_id"],
-           c["signature"]] for c in checkpoints])
-
-
-def copy(pg, table: str, rows: list[list]) -> None:
-    import csv
-    import io
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    for row in rows:
-        writer.writerow(["" if v is None else v for v in row])
-    # An empty CSV field is NULL; an empty quoted string would be ''.
-    argv = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-h", str(pg.sockets), "-p", str(pg.port),
-            "-U", "postgres", "-d", "postgres", "-c",
-            f"COPY jupyter_audit.{table} FROM STDIN WITH (FORMAT csv)"]
-    subprocess.run(argv, input=buffer.getvalue(), text=True, check=True, capture_output=True,
-                   timeout=120)
-
-
 class Host:
-    """A collector with its store, and the sessions run through it."""
+    """A collector forwarding its store to PostgreSQL, and the sessions run through it."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, pg) -> None:  # noqa: F811
         root.mkdir(parents=True)
-        self.name = name
-        self.collector = Collector(root, "--checkpoint-interval-secs", "1").start()
+        self.collector = Collector(root, "--forward-postgres", pg.url(WRITER)).start()
         self.kernelspec = audited_kernelspec(self.collector.socket)
         self.store = self.collector.store
-        self.store_id = str(uuid.uuid4())
+        self.store_id = store_id(self.store)
+        self.name = ""
 
 
 def run_session(pool, host: Host, log_dir: Path, cells: list[str]) -> None:
@@ -121,23 +68,30 @@ def run_session(pool, host: Host, log_dir: Path, cells: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def trail(pg, tmp_path_factory):  # noqa: F811
-    """Two stores with sessions in them, forwarded to PostgreSQL."""
-    init_schema(pg)
+    """Two stores with sessions in them, forwarded to PostgreSQL by their collectors (which
+    keep running: a collector that stops writes records it has no time left to forward)."""
+    subprocess.run([str(BIN), "postgres", "init", "--url", pg.url(), "--writer", WRITER,
+                    "--reader", "ja_reader"], check=True, capture_output=True, timeout=120)
     root = tmp_path_factory.mktemp("pg-review")
-    hosts = [Host(root / "a", "host-a"), Host(root / "b", "host-b")]
+    hosts = [Host(root / "a", pg), Host(root / "b", pg)]
     marker = uuid.uuid4().hex[:12]
     pool = KernelPool()
     try:
-        run_session(pool, hosts[0], root, [f"# alpha {marker}\nprint('hello a')",
-                                           "raise ValueError('on purpose')", "6 * 7"])
-        run_session(pool, hosts[0], root, ["import os\nprint(len(os.environ) > 0)"])
-        run_session(pool, hosts[1], root, [f"# beta {marker}\nprint('hello b')"])
+        try:
+            run_session(pool, hosts[0], root, [f"# alpha {marker}\nprint('hello a')",
+                                               "raise ValueError('on purpose')", "6 * 7"])
+            run_session(pool, hosts[0], root, ["import os\nprint(len(os.environ) > 0)"])
+            run_session(pool, hosts[1], root, [f"# beta {marker}\nprint('hello b')"])
+        finally:
+            pool.shutdown_all()
+        for host in hosts:
+            wait_forwarded(pg, host.store, host.collector.log())
+            host.name = pg.scalar(f"SELECT host FROM jupyter_audit.stores "
+                                  f"WHERE store_id = '{host.store_id}'")
+        yield {"pg": pg, "hosts": hosts, "marker": marker}
     finally:
-        pool.shutdown_all()
-    for host in hosts:
-        host.collector.stop()
-        copy_store(pg, host.store, host.store_id, host.name)
-    return {"pg": pg, "hosts": hosts, "marker": marker}
+        for host in hosts:
+            host.collector.kill()
 
 
 def without_store_path(notebook: str) -> dict:
@@ -151,7 +105,7 @@ def test_log_sessions_and_replay_from_postgresql_match_the_store(trail):
     pg, marker = trail["pg"], trail["marker"]
     a = trail["hosts"][0]
     from_store = ["--store", str(a.store)]
-    from_pg = ["--postgres", pg.url(), "--store-id", a.store_id]
+    from_pg = ["--postgres", pg.url("ja_reader"), "--store-id", a.store_id]
     sessions = [json.loads(line) for line in
                 cli("sessions", *from_store, "--json").stdout.splitlines()]
     assert len(sessions) == 2, sessions
@@ -187,18 +141,22 @@ def test_stores_are_selected_by_id_and_host_and_read_together_in_time_order(trai
     pg, marker = trail["pg"], trail["marker"]
     a, b = trail["hosts"]
     grep = ["--grep", marker, "--action", "execute_request", "--json"]
-    both = [json.loads(line) for line in cli("log", "--postgres", pg.url(), *grep).stdout.splitlines()]
+    both = [json.loads(line) for line in cli("log", "--postgres", pg.url("ja_reader"), *grep).stdout.splitlines()]
     assert [r["jupyter"]["code"].split("\n")[0] for r in both] == [
         f"# alpha {marker}", f"# beta {marker}"]
-    times = [r["@timestamp"] for r in cli_json("log", "--postgres", pg.url())]
+    times = [r["@timestamp"] for r in cli_json("log", "--postgres", pg.url("ja_reader"))]
     assert times == sorted(times), "records of several stores come in time order"
     for host in (a, b):
-        by_host = cli("log", "--postgres", pg.url(), "--host", host.name, "--json").stdout
-        by_id = cli("log", "--postgres", pg.url(), "--store-id", host.store_id, "--json").stdout
-        assert by_host == by_id == "".join(line + "\n" for line in store_lines(host.store))
-    every = cli("sessions", "--postgres", pg.url(), "--json").stdout.splitlines()
+        by_id = cli("log", "--postgres", pg.url("ja_reader"), "--store-id", host.store_id, "--json").stdout
+        assert by_id == "".join(line + "\n" for line in store_lines(host.store))
+    # Both collectors run on this machine: its host name selects both stores.
+    assert a.name == b.name
+    by_host = cli("log", "--postgres", pg.url("ja_reader"), "--host", a.name, "--json").stdout
+    assert by_host == cli("log", "--postgres", pg.url("ja_reader"), "--json").stdout
+    assert len(by_host.splitlines()) == len(store_lines(a.store)) + len(store_lines(b.store))
+    every = cli("sessions", "--postgres", pg.url("ja_reader"), "--json").stdout.splitlines()
     assert len(every) == 3
-    none = cli("log", "--postgres", pg.url(), "--host", "no-such-host", "--json")
+    none = cli("log", "--postgres", pg.url("ja_reader"), "--host", "no-such-host", "--json")
     assert none.stdout == "" and "no forwarded store" in none.stderr
 
 
@@ -211,7 +169,7 @@ def duplicate_store(pg, store_id: str) -> str:
     copy_id = str(uuid.uuid4())
     pg.psql(f"""
         INSERT INTO jupyter_audit.stores (store_id, host, public_key, key_id)
-            SELECT '{copy_id}', host || '-copy', public_key, key_id
+            SELECT '{copy_id}', 'copy-of-' || host, public_key, key_id
             FROM jupyter_audit.stores WHERE store_id = '{store_id}';
         INSERT INTO jupyter_audit.records (store_id, sequence, time, action, user_name, user_id,
             session_id, kernel_id, msg_id, parent_msg_id, line, prev, hash)
@@ -227,7 +185,7 @@ def duplicate_store(pg, store_id: str) -> str:
 
 
 def verify(pg, *args: str) -> subprocess.CompletedProcess:
-    return cli("verify", "--postgres", pg.url(), *args, check=False)
+    return cli("verify", "--postgres", pg.url("ja_reader"), *args, check=False)
 
 
 def test_verify_finds_the_forwarded_stores_intact(trail):
@@ -279,10 +237,11 @@ def test_verify_reports_what_the_database_owner_changed(trail, tampering):
         else:
             assert inner > 3, "the store has a checkpoint with records on both sides"
             pg.psql(f"DELETE FROM {records} AND sequence BETWEEN {inner - 1} AND {inner}")
-            expected = [f"sequence {inner + 1}: records {inner - 1} to {inner} deleted"]
+            expected = [f"sequence {inner + 1}: records {inner - 1} to {inner} deleted",
+                        f"sequence {inner}: the signed checkpoint at sequence {inner} proves"]
         result = verify(pg, "--store-id", store_id)
         assert result.returncode == 1, result.stdout + result.stderr
-        assert f"store {store_id} (host {a.name}-copy): TAMPERED" in result.stdout
+        assert f"store {store_id} (host copy-of-{a.name}): TAMPERED" in result.stdout
         for text in expected:
             assert text in result.stdout, result.stdout
     finally:
