@@ -188,6 +188,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--load", choices=["forwarder", "sql"], default="forwarder",
                         help="sql: load with COPY instead of forwarding (to work on queries)")
+    parser.add_argument("--without-code-index", action="store_true",
+                        help="drop the trigram index of code search (records_code) first: "
+                             "what it costs forwarding, and code search without it")
     parser.add_argument("--stores-from", type=Path,
                         help="use the stores (and manifest.json) generated earlier in this directory")
     args = parser.parse_args()
@@ -208,6 +211,8 @@ def main() -> None:
             conf.write("fsync = on\nsynchronous_commit = on\nfull_page_writes = on\n")
         cluster.start()
         init_schema(cluster)
+        if args.without_code_index:
+            cluster.psql("DROP INDEX jupyter_audit.records_code")
         total = args.stores * args.records
         load = forward if args.load == "forwarder" else load_with_sql
         elapsed, how = load(cluster, manifest, root, total)

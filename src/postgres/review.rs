@@ -98,6 +98,21 @@ struct Sql {
     params: Vec<Box<dyn ToSql + Sync + Send>>,
 }
 
+/// Which columns `--user` compares. Either needs a sort of every matching row; one
+/// column reads its index in review order, so rows stream at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UserColumns {
+    Either,
+    NameOnly,
+    IdOnly,
+}
+
+/// Whether one column gives exactly the rows of `user_name = U OR user_id = U`: run in
+/// the query's transaction, so that both see the same rows.
+const USER_PROBE: &str = "SELECT \
+    EXISTS (SELECT 1 FROM jupyter_audit.records WHERE user_id = $1 AND user_name IS DISTINCT FROM $1), \
+    EXISTS (SELECT 1 FROM jupyter_audit.records WHERE user_name = $1)";
+
 impl Sql {
     fn param(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
         self.params.push(Box::new(value));
@@ -106,7 +121,7 @@ impl Sql {
 }
 
 /// The query for `stores` (empty: every store) and `query`.
-fn records_sql(stores: &[Uuid], query: &RecordQuery) -> Sql {
+fn records_sql(stores: &[Uuid], query: &RecordQuery, user_columns: UserColumns) -> Sql {
     let mut sql = Sql {
         text: String::from("SELECT store_id, sequence, line FROM jupyter_audit.records WHERE true"),
         params: Vec::new(),
@@ -128,7 +143,14 @@ fn records_sql(stores: &[Uuid], query: &RecordQuery) -> Sql {
     }
     if let Some(user) = &query.user {
         let p = sql.param(user.clone());
-        and(&mut sql, format!("(user_name = {p} OR user_id = {p})"));
+        and(
+            &mut sql,
+            match user_columns {
+                UserColumns::Either => format!("(user_name = {p} OR user_id = {p})"),
+                UserColumns::NameOnly => format!("user_name = {p}"),
+                UserColumns::IdOnly => format!("user_id = {p}"),
+            },
+        );
     }
     for (column, prefix) in [
         ("session_id", &query.session_prefix),
@@ -166,18 +188,32 @@ fn records_sql(stores: &[Uuid], query: &RecordQuery) -> Sql {
 /// A connection for review, with the runtime that drives it.
 pub struct ReviewReader {
     runtime: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
+    /// Lent to the task that reads a query's rows ahead while the caller works on them.
+    client: Option<tokio_postgres::Client>,
 }
+
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
 
 impl ReviewReader {
     /// Connects to `target`.
     pub fn connect(target: &PostgresTarget) -> Result<Self, PostgresError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // One worker: it fetches the next rows while this thread handles the last ones.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .map_err(|error| PostgresError::Url(format!("cannot start a runtime: {error}")))?;
         let client = runtime.block_on(target.connect())?;
-        Ok(ReviewReader { runtime, client })
+        Ok(ReviewReader {
+            runtime,
+            client: Some(client),
+        })
+    }
+
+    fn client(&self) -> Result<&tokio_postgres::Client, PostgresError> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| PostgresError::NotInitialised("the connection was lost".into()))
     }
 
     /// The stores `selection` names, by store id.
@@ -187,7 +223,7 @@ impl ReviewReader {
     ) -> Result<Vec<ForwardedStore>, PostgresError> {
         let rows = self
             .runtime
-            .block_on(self.client.query(
+            .block_on(self.client()?.query(
                 "SELECT store_id, host, public_key, key_id FROM jupyter_audit.stores \
                  WHERE ($1::uuid IS NULL OR store_id = $1) AND ($2::text IS NULL OR host = $2) \
                  ORDER BY store_id",
@@ -222,22 +258,26 @@ impl ReviewReader {
         query: &RecordQuery,
         mut each: impl FnMut(ForwardedLine) -> Result<(), E>,
     ) -> Result<(), E> {
-        let sql = records_sql(stores, query);
+        let sql = records_sql(stores, query, UserColumns::Either);
+        // Across stores, one user's records stream from its index in time order when
+        // `--user` names only names or only ids (as it does but for a name that is
+        // another user's id).
+        let by_one_column = match (&query.user, stores.len()) {
+            (Some(user), count) if count != 1 => Some(UserChoice {
+                user: user.clone(),
+                name_only: records_sql(stores, query, UserColumns::NameOnly).text,
+                id_only: records_sql(stores, query, UserColumns::IdOnly).text,
+            }),
+            _ => None,
+        };
         tracing::debug!(sql = %sql.text, "review query");
-        let params: Vec<&(dyn ToSql + Sync)> = sql
-            .params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect();
-        self.portal(&sql.text, &params, |row| {
-            let doing = "read a record";
-            Ok(ForwardedLine {
-                store_id: row.try_get(0).map_err(PostgresError::query(doing))?,
-                sequence: row.try_get(1).map_err(PostgresError::query(doing))?,
-                line: row.try_get(2).map_err(PostgresError::query(doing))?,
-            })
-        })
-        .run(&mut each)
+        self.stream(
+            sql.text,
+            sql.params,
+            by_one_column,
+            forwarded_line,
+            &mut each,
+        )
     }
 
     /// Every record of one store with its chain columns, by sequence.
@@ -246,21 +286,15 @@ impl ReviewReader {
         store_id: Uuid,
         mut each: impl FnMut(ChainRow) -> Result<(), E>,
     ) -> Result<(), E> {
-        self.portal(
+        self.stream(
             "SELECT sequence, line, prev, hash FROM jupyter_audit.records \
-             WHERE store_id = $1 ORDER BY sequence",
-            &[&store_id],
-            |row| {
-                let doing = "read a record";
-                Ok(ChainRow {
-                    sequence: row.try_get(0).map_err(PostgresError::query(doing))?,
-                    line: row.try_get(1).map_err(PostgresError::query(doing))?,
-                    prev: row.try_get(2).map_err(PostgresError::query(doing))?,
-                    hash: row.try_get(3).map_err(PostgresError::query(doing))?,
-                })
-            },
+             WHERE store_id = $1 ORDER BY sequence"
+                .to_owned(),
+            vec![Box::new(store_id)],
+            None,
+            chain_row,
+            &mut each,
         )
-        .run(&mut each)
     }
 
     /// The checkpoints of one store, by sequence. Each is small; a store forwards at
@@ -272,7 +306,7 @@ impl ReviewReader {
         let doing = "read the checkpoints";
         let rows = self
             .runtime
-            .block_on(self.client.query(
+            .block_on(self.client()?.query(
                 "SELECT sequence, chain_hash, time, segment, key_id, signature \
                  FROM jupyter_audit.checkpoints WHERE store_id = $1 ORDER BY sequence",
                 &[&store_id],
@@ -292,65 +326,133 @@ impl ReviewReader {
             .collect()
     }
 
-    fn portal<'a, T>(
-        &'a mut self,
-        sql: &'a str,
-        params: &'a [&'a (dyn ToSql + Sync)],
+    /// Runs `sql` in a read-only transaction and hands its rows to `each` in order. A
+    /// task reads them through a portal, a batch at a time and at most two batches
+    /// ahead, so memory stays bounded and the server works while `each` does.
+    fn stream<T: Send + 'static, E: From<PostgresError>>(
+        &mut self,
+        sql: String,
+        params: Params,
+        user_choice: Option<UserChoice>,
         convert: fn(&tokio_postgres::Row) -> Result<T, PostgresError>,
-    ) -> Portal<'a, T> {
-        Portal {
-            reader: self,
-            sql,
-            params,
-            convert,
-        }
-    }
-}
-
-/// A query read through a portal, batch by batch, inside one read-only transaction.
-struct Portal<'a, T> {
-    reader: &'a mut ReviewReader,
-    sql: &'a str,
-    params: &'a [&'a (dyn ToSql + Sync)],
-    convert: fn(&tokio_postgres::Row) -> Result<T, PostgresError>,
-}
-
-impl<T> Portal<'_, T> {
-    fn run<E: From<PostgresError>>(
-        self,
         each: &mut dyn FnMut(T) -> Result<(), E>,
     ) -> Result<(), E> {
-        let runtime = &self.reader.runtime;
-        let client = &mut self.reader.client;
-        let transaction = runtime
-            .block_on(
-                client
-                    .build_transaction()
-                    .read_only(true)
-                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                    .start(),
-            )
-            .map_err(PostgresError::query("start a transaction"))?;
-        let portal = runtime
-            .block_on(transaction.bind(self.sql, self.params))
-            .map_err(not_initialised_or("query the records"))?;
-        loop {
-            let rows = runtime
-                .block_on(transaction.query_portal(&portal, BATCH_ROWS))
-                .map_err(PostgresError::query("read the records"))?;
-            let done = rows.len() < BATCH_ROWS as usize;
-            for row in &rows {
-                each((self.convert)(row)?)?;
+        let mut client = self
+            .client
+            .take()
+            .ok_or_else(|| PostgresError::NotInitialised("the connection was lost".into()))?;
+        let (batches, mut received) =
+            tokio::sync::mpsc::channel::<Result<Vec<T>, PostgresError>>(2);
+        let reading = self.runtime.spawn(async move {
+            let outcome =
+                read_batches(&mut client, sql, &params, user_choice, convert, &batches).await;
+            if let Err(error) = outcome {
+                let _ = batches.send(Err(error)).await;
             }
-            if done {
+            client
+        });
+        let mut outcome: Result<(), E> = Ok(());
+        while let Some(batch) = received.blocking_recv() {
+            let handled = batch
+                .map_err(E::from)
+                .and_then(|rows| rows.into_iter().try_for_each(&mut *each));
+            if let Err(error) = handled {
+                outcome = Err(error);
                 break;
             }
         }
-        runtime
-            .block_on(transaction.commit())
-            .map_err(PostgresError::query("end the transaction"))?;
-        Ok(())
+        // Stops the task at its next batch when `each` gave up early.
+        drop(received);
+        match self.runtime.block_on(reading) {
+            Ok(client) => self.client = Some(client),
+            Err(error) => tracing::warn!(%error, "the PostgreSQL reader task failed"),
+        }
+        outcome
     }
+}
+
+/// The same query with `--user` on one column, used when that gives the same rows.
+struct UserChoice {
+    user: String,
+    name_only: String,
+    id_only: String,
+}
+
+/// Reads the rows of `sql` into `batches` until the end, or until nobody listens.
+async fn read_batches<T>(
+    client: &mut tokio_postgres::Client,
+    mut sql: String,
+    params: &Params,
+    user_choice: Option<UserChoice>,
+    convert: fn(&tokio_postgres::Row) -> Result<T, PostgresError>,
+    batches: &tokio::sync::mpsc::Sender<Result<Vec<T>, PostgresError>>,
+) -> Result<(), PostgresError> {
+    let params: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let transaction = client
+        .build_transaction()
+        .read_only(true)
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .map_err(PostgresError::query("start a transaction"))?;
+    if let Some(choice) = user_choice {
+        let probe = transaction
+            .query_one(USER_PROBE, &[&choice.user])
+            .await
+            .map_err(not_initialised_or("look the user up"))?;
+        let id_of_another_name: bool = probe
+            .try_get(0)
+            .map_err(PostgresError::query("look the user up"))?;
+        let some_name: bool = probe
+            .try_get(1)
+            .map_err(PostgresError::query("look the user up"))?;
+        if !id_of_another_name {
+            sql = choice.name_only;
+        } else if !some_name {
+            sql = choice.id_only;
+        }
+    }
+    let portal = transaction
+        .bind(sql.as_str(), &params)
+        .await
+        .map_err(not_initialised_or("query the records"))?;
+    loop {
+        let rows = transaction
+            .query_portal(&portal, BATCH_ROWS)
+            .await
+            .map_err(PostgresError::query("read the records"))?;
+        let done = rows.len() < BATCH_ROWS as usize;
+        let converted = rows.iter().map(convert).collect::<Result<Vec<T>, _>>()?;
+        if batches.send(Ok(converted)).await.is_err() || done {
+            break;
+        }
+    }
+    transaction
+        .commit()
+        .await
+        .map_err(PostgresError::query("end the transaction"))
+}
+
+fn forwarded_line(row: &tokio_postgres::Row) -> Result<ForwardedLine, PostgresError> {
+    let doing = "read a record";
+    Ok(ForwardedLine {
+        store_id: row.try_get(0).map_err(PostgresError::query(doing))?,
+        sequence: row.try_get(1).map_err(PostgresError::query(doing))?,
+        line: row.try_get(2).map_err(PostgresError::query(doing))?,
+    })
+}
+
+fn chain_row(row: &tokio_postgres::Row) -> Result<ChainRow, PostgresError> {
+    let doing = "read a record";
+    Ok(ChainRow {
+        sequence: row.try_get(0).map_err(PostgresError::query(doing))?,
+        line: row.try_get(1).map_err(PostgresError::query(doing))?,
+        prev: row.try_get(2).map_err(PostgresError::query(doing))?,
+        hash: row.try_get(3).map_err(PostgresError::query(doing))?,
+    })
 }
 
 /// A query error, or "not initialised" when the schema or a table is missing.
@@ -386,13 +488,19 @@ mod tests {
             line_contains: vec!["import os".into()],
             ..RecordQuery::default()
         };
-        let one = records_sql(&[Uuid::nil()], &query);
+        let one = records_sql(&[Uuid::nil()], &query, UserColumns::Either);
         assert!(one.text.ends_with("ORDER BY sequence"), "{}", one.text);
         assert!(one.text.contains("store_id = $1"));
         assert!(one.text.contains("(user_name = $2 OR user_id = $2)"));
         assert!(one.text.contains("session_id LIKE $3"));
         assert_eq!(one.params.len(), 5);
-        let all = records_sql(&[], &RecordQuery::default());
+        let by_name = records_sql(&[], &query, UserColumns::NameOnly);
+        assert!(
+            by_name.text.contains("AND user_name = $1 AND"),
+            "{}",
+            by_name.text
+        );
+        let all = records_sql(&[], &RecordQuery::default(), UserColumns::Either);
         assert!(all.text.ends_with("ORDER BY time, store_id, sequence"));
         assert!(all.params.is_empty());
     }

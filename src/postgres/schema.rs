@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS jupyter_audit.checkpoints (
 ///
 /// - `records_time`: records of several stores come in time order, `--since`/`--until`.
 /// - `records_user_name`, `records_user_id`: `--user` (and `sessions --user` reads just
-///   that user's records).
+///   that user's records), in review order across stores: the rows stream unsorted.
 /// - `records_session`, `records_kernel`: `--session`/`--kernel` prefixes (`LIKE 'p%'`).
 /// - `records_code`: code search, `log --action execute_request --grep TEXT`: a trigram
 ///   index (pg_trgm, a trusted extension shipped with PostgreSQL) on the lines of
@@ -76,8 +76,8 @@ CREATE TABLE IF NOT EXISTS jupyter_audit.checkpoints (
 pub const INDEXES: &str = r#"
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 CREATE INDEX IF NOT EXISTS records_time ON jupyter_audit.records (time);
-CREATE INDEX IF NOT EXISTS records_user_name ON jupyter_audit.records (user_name, time);
-CREATE INDEX IF NOT EXISTS records_user_id ON jupyter_audit.records (user_id, time);
+CREATE INDEX IF NOT EXISTS records_user_name ON jupyter_audit.records (user_name, time, store_id, sequence);
+CREATE INDEX IF NOT EXISTS records_user_id ON jupyter_audit.records (user_id, time, store_id, sequence);
 CREATE INDEX IF NOT EXISTS records_session ON jupyter_audit.records (session_id text_pattern_ops);
 CREATE INDEX IF NOT EXISTS records_kernel ON jupyter_audit.records (kernel_id text_pattern_ops);
 CREATE INDEX IF NOT EXISTS records_code ON jupyter_audit.records
