@@ -22,6 +22,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -180,6 +181,8 @@ def query_figures(cluster, manifest: dict, runs: int) -> list[tuple[str, float, 
 
 
 def main() -> None:
+    # SIGTERM cleans up like an error: collectors stopped, cluster stopped, files removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     parser = argparse.ArgumentParser()
     parser.add_argument("--stores", type=int, default=16)
     parser.add_argument("--records", type=int, default=200_000)

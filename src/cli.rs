@@ -400,11 +400,11 @@ pub struct VerifyArgs {
     pub postgres: Option<String>,
 
     /// The file that holds the PostgreSQL password.
-    #[arg(long, value_name = "FILE", requires = "postgres")]
+    #[arg(long, value_name = "FILE", conflicts_with = "store")]
     pub postgres_password_file: Option<PathBuf>,
 
     /// With --postgres: check this store only.
-    #[arg(long, value_name = "ID", requires = "postgres")]
+    #[arg(long, value_name = "ID", conflicts_with = "store")]
     pub store_id: Option<uuid::Uuid>,
 
     /// A checkpoint kept outside the store: a file with one checkpoint, or a copy of
@@ -458,15 +458,15 @@ pub struct SourceArgs {
     pub postgres: Option<String>,
 
     /// The file that holds the PostgreSQL password.
-    #[arg(long, value_name = "FILE", requires = "postgres")]
+    #[arg(long, value_name = "FILE", conflicts_with = "store")]
     pub postgres_password_file: Option<PathBuf>,
 
     /// With --postgres: the records of this store only.
-    #[arg(long, value_name = "ID", requires = "postgres")]
+    #[arg(long, value_name = "ID", conflicts_with = "store")]
     pub store_id: Option<uuid::Uuid>,
 
     /// With --postgres: the records of the stores of this host only.
-    #[arg(long, value_name = "NAME", requires = "postgres")]
+    #[arg(long, value_name = "NAME", conflicts_with = "store")]
     pub host: Option<String>,
 }
 
