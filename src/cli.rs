@@ -12,6 +12,8 @@ use jupyter_audit::config::{
 };
 use jupyter_audit::connection::KernelTransport;
 use jupyter_audit::kernelspec::InstallOptions;
+use jupyter_audit::postgres::connect::PostgresOptions;
+use jupyter_audit::postgres::schema::InitOptions;
 use jupyter_audit::review::filter::{self, Filter};
 use jupyter_audit::review::log::LogOptions;
 use jupyter_audit::review::replay::ReplayOptions;
@@ -43,6 +45,40 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// Rebuild a session as a notebook (.ipynb) of what ran and what it displayed.
     Replay(ReplayArgs),
+    /// The central trail in PostgreSQL.
+    #[command(subcommand)]
+    Postgres(PostgresCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PostgresCommand {
+    /// Create the roles, tables, indexes, grants and triggers of the central trail (run by
+    /// a database admin, who owns them; running it again changes nothing).
+    Init(PostgresInitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PostgresInitArgs {
+    /// The server, as libpq takes it: `postgresql://admin@host/db?sslmode=verify-full&sslrootcert=ca.pem`
+    /// or `host=… user=… dbname=…`. Never with a password in it.
+    #[arg(long, required_unless_present = "print")]
+    pub url: Option<String>,
+
+    /// A file that holds the password alone (default: PGPASSFILE or ~/.pgpass).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
+    /// The role the collectors forward as: INSERT and SELECT (created if missing).
+    #[arg(long, value_name = "ROLE")]
+    pub writer: String,
+
+    /// The role reviewers read as: SELECT (created if missing).
+    #[arg(long, value_name = "ROLE")]
+    pub reader: String,
+
+    /// Print the SQL instead of running it (no connection).
+    #[arg(long)]
+    pub print: bool,
 }
 
 #[derive(Debug, Args)]
@@ -502,6 +538,19 @@ impl From<ReplayArgs> for ReplayOptions {
     }
 }
 
+impl From<PostgresInitArgs> for InitOptions {
+    fn from(args: PostgresInitArgs) -> Self {
+        InitOptions {
+            server: PostgresOptions {
+                url: args.url.unwrap_or_default(),
+                password_file: args.password_file,
+            },
+            writer: args.writer,
+            reader: args.reader,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,5 +671,49 @@ mod tests {
         assert_eq!(day(query.until), Some("2024-05-02".into()));
         assert!(query.until > query.since, "the whole day");
         assert!(query.grep.is_some_and(|grep| grep.is_match("caab")));
+    }
+
+    #[test]
+    fn postgres_init_needs_a_url_unless_it_only_prints() {
+        let roles = ["--writer", "fwd", "--reader", "audit"];
+        let Command::Postgres(PostgresCommand::Init(args)) =
+            command(&[&["postgres", "init", "--print"][..], &roles].concat())
+        else {
+            panic!("not postgres init");
+        };
+        assert!(args.print && args.url.is_none());
+        let without_url = [
+            "jupyter-audit",
+            "postgres",
+            "init",
+            "--writer",
+            "w",
+            "--reader",
+            "r",
+        ];
+        assert!(Cli::try_parse_from(without_url).is_err());
+        let Command::Postgres(PostgresCommand::Init(args)) = command(
+            &[
+                &[
+                    "postgres",
+                    "init",
+                    "--url",
+                    "host=h",
+                    "--password-file",
+                    "/p",
+                ][..],
+                &roles,
+            ]
+            .concat(),
+        ) else {
+            panic!("not postgres init");
+        };
+        let options = InitOptions::from(args);
+        assert_eq!(options.server.url, "host=h");
+        assert_eq!(options.server.password_file, Some(PathBuf::from("/p")));
+        assert_eq!(
+            (options.writer.as_str(), options.reader.as_str()),
+            ("fwd", "audit")
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Cli, CollectorArgs, Command, KernelArgs, VerifyArgs};
+use cli::{Cli, CollectorArgs, Command, KernelArgs, PostgresCommand, PostgresInitArgs, VerifyArgs};
 use jupyter_audit::config::{self, ConfigFile, LimitsSection};
 use jupyter_audit::proxy::{self, ProxyConfig};
 use jupyter_audit::{kernelspec, launcher, memory, review, store};
@@ -59,7 +59,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Log(args) => review::exit(review::log::run(&args.into())),
         Command::Sessions(args) => review::exit(review::sessions::run(&args.into())),
         Command::Replay(args) => review::exit(review::replay::run(&args.into())),
+        Command::Postgres(PostgresCommand::Init(args)) => run_postgres_init(args),
     }
+}
+
+/// `postgres init`: prints the script (`--print`), or runs it and says what it created.
+fn run_postgres_init(args: PostgresInitArgs) -> anyhow::Result<()> {
+    use jupyter_audit::postgres::schema;
+    let print = args.print;
+    let options = schema::InitOptions::from(args);
+    if print {
+        print!("{}", schema::init_script(&options)?);
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime.block_on(schema::init(&options))?;
+    print!("{report}");
+    Ok(())
 }
 
 fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
