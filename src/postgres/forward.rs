@@ -253,13 +253,13 @@ const INSERT_RECORDS: &str = "INSERT INTO jupyter_audit.records \
      $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[], \
      $13::bytea[]) AS r(sequence, time, action, user_name, user_id, session_id, kernel_id, \
      msg_id, parent_msg_id, line, prev, hash) \
-    ON CONFLICT (store_id, sequence) DO NOTHING RETURNING sequence";
+    ON CONFLICT (store_id, sequence) DO NOTHING";
 
 const INSERT_CHECKPOINTS: &str = "INSERT INTO jupyter_audit.checkpoints \
     (store_id, sequence, chain_hash, time, segment, key_id, signature) \
     SELECT $1, c.* FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
      $7::text[]) AS c(sequence, chain_hash, time, segment, key_id, signature) \
-    ON CONFLICT (store_id, sequence) DO NOTHING RETURNING sequence";
+    ON CONFLICT (store_id, sequence) DO NOTHING";
 
 const RECORD_HASHES: &str = "SELECT sequence, hash FROM jupyter_audit.records \
     WHERE store_id = $1 AND sequence = ANY($2::bigint[])";
@@ -627,6 +627,10 @@ impl Forwarder {
         let checkpoint_forwarded: u64 = row
             .get::<_, Option<i64>>(0)
             .map_or(0, |s| u64::try_from(s).unwrap_or(0));
+        if checkpoint_forwarded > 0 {
+            self.check_forwarded_checkpoint(client, checkpoint_forwarded)
+                .await?;
+        }
         Ok(Cursor {
             follower: Follower::new(self.store.dir(), last + 1),
             prev,
@@ -634,6 +638,45 @@ impl Forwarder {
             checkpoints: Vec::new(),
             checkpoint_forwarded,
         })
+    }
+
+    /// The newest checkpoint in PostgreSQL must be one of the store's, as signed.
+    async fn check_forwarded_checkpoint(
+        &self,
+        client: &Client,
+        sequence: u64,
+    ) -> Result<(), Failure> {
+        let rows = client
+            .query(
+                CHECKPOINT_HASHES,
+                &[&self.store_id, &vec![to_i64(sequence)?]],
+            )
+            .await
+            .map_err(PostgresError::query("read the last forwarded checkpoint"))?;
+        let remote: String = rows.first().map(|r| r.get(1)).unwrap_or_default();
+        let dir = self.store.dir().to_path_buf();
+        let (local, _) = tokio::task::spawn_blocking(move || store::read_checkpoints(&dir, 0))
+            .await
+            .map_err(|e| Failure::Local(format!("the store reader failed: {e}")))??;
+        let local = local
+            .into_iter()
+            .find(|c| c.sequence == sequence)
+            .map(|c| c.chain_hash)
+            .unwrap_or_default();
+        if local != remote {
+            return Err(Failure::Fork(Fork {
+                table: "checkpoints",
+                sequence,
+                local: if local.is_empty() {
+                    "no checkpoint there".into()
+                } else {
+                    local
+                },
+                remote,
+                reason: "the newest forwarded checkpoint is not the store's".into(),
+            }));
+        }
+        Ok(())
     }
 
     fn note_forwarded(&mut self, sequence: u64, time: Option<String>) {
@@ -690,7 +733,7 @@ impl Forwarder {
                 }
             }
             let inserted = tx
-                .query(
+                .execute(
                     &statements.insert_records,
                     &[
                         &self.store_id,
@@ -710,7 +753,7 @@ impl Forwarder {
                 )
                 .await
                 .map_err(PostgresError::query("insert records"))?;
-            if inserted.len() < count {
+            if inserted < count as u64 {
                 // Rows already there (a retry after a lost commit): they must be these.
                 let remote = tx
                     .query(&statements.record_hashes, &[&self.store_id, &rows.sequence])
@@ -739,7 +782,7 @@ impl Forwarder {
                 checkpoints.iter().map(|c| f(c).as_str()).collect()
             };
             let inserted = tx
-                .query(
+                .execute(
                     &statements.insert_checkpoints,
                     &[
                         &self.store_id,
@@ -753,7 +796,7 @@ impl Forwarder {
                 )
                 .await
                 .map_err(PostgresError::query("insert checkpoints"))?;
-            if inserted.len() < checkpoints.len() {
+            if inserted < checkpoints.len() as u64 {
                 let remote = tx
                     .query(&statements.checkpoint_hashes, &[&self.store_id, &sequences])
                     .await

@@ -397,6 +397,35 @@ def test_a_changed_row_is_a_fork_that_stops_forwarding(collectors, db, tmp_dir):
     assert forwarded_max(db, sid) == newest
 
 
+def test_a_changed_checkpoint_is_a_fork_found_on_resume(collectors, db, tmp_dir):
+    collector = forwarding_collector(collectors, tmp_dir, db)
+    sid = store_id(collector.store)
+    pool = KernelPool()
+    try:
+        kernel = LoggedKernel(pool, audited_kernelspec(collector.socket), tmp_dir)
+        run_ok(kernel.kc, "print('checkpointed')")
+        assert wait_until(lambda: local_checkpoints(collector.store), 30), collector.log()
+        wait_forwarded(db, collector.store, logs(collector, kernel))
+        newest = int(db.scalar("SELECT max(sequence) FROM jupyter_audit.checkpoints WHERE "
+                               f"store_id = '{sid}'"))
+        db.psql(f"UPDATE jupyter_audit.checkpoints SET chain_hash = '{'0' * 64}' WHERE "
+                f"store_id = '{sid}' AND sequence = {newest}")
+        # A new connection asks PostgreSQL where it stopped and checks what it finds.
+        db.scalar("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                  "WHERE application_name = 'jupyter-audit'")
+        run_ok(kernel.kc, "print('after')")
+        assert wait_until(lambda: any(action(r) == "forward_conflict"
+                                      for r in read_store(collector.store)), 30), collector.log()
+        conflict = next(r for r in read_store(collector.store)
+                        if action(r) == "forward_conflict")["collector"]
+        assert (conflict["table"], conflict["row_sequence"], conflict["remote"]) == \
+            ("checkpoints", newest, "0" * 64)
+    finally:
+        pool.shutdown_all()
+    collector.stop()
+    assert "FORWARDING STOPPED" in collector.log()
+
+
 # --- the tamper window (a measurement, run on request) ------------------------------------
 
 
