@@ -14,6 +14,7 @@ use jupyter_audit::connection::KernelTransport;
 use jupyter_audit::kernelspec::InstallOptions;
 use jupyter_audit::postgres::connect::PostgresOptions;
 use jupyter_audit::postgres::schema::InitOptions;
+use jupyter_audit::postgres::status::StatusOptions;
 use jupyter_audit::review::filter::{self, Filter};
 use jupyter_audit::review::log::LogOptions;
 use jupyter_audit::review::replay::ReplayOptions;
@@ -36,7 +37,7 @@ pub enum Command {
     /// Check a store's chain and checkpoint; exit 0 when intact, 1 when tampered.
     Verify(VerifyArgs),
     /// Run the collector daemon: owns the store, takes records from proxies.
-    Collector(CollectorArgs),
+    Collector(Box<CollectorArgs>),
     /// Print the store's checkpoint verification (public) key, to keep elsewhere.
     ExportKey(ExportKeyArgs),
     /// List the records of a store that match filters (a table, or the stored lines).
@@ -45,6 +46,8 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// Rebuild a session as a notebook (.ipynb) of what ran and what it displayed.
     Replay(ReplayArgs),
+    /// Show how far a store is stored, checkpointed and forwarded to PostgreSQL (lag).
+    Status(StatusArgs),
     /// The central trail in PostgreSQL.
     #[command(subcommand)]
     Postgres(PostgresCommand),
@@ -108,12 +111,29 @@ pub struct CollectorArgs {
     #[arg(long, default_value_t = 24 * 3600)]
     pub segment_max_age_secs: u64,
 
-    /// Write a signed checkpoint this often when records were added (seconds).
-    #[arg(long, default_value_t = 60)]
-    pub checkpoint_interval_secs: u64,
+    /// Write a signed checkpoint this often when records were added (seconds)
+    /// [default: 60; 1 when forwarding to PostgreSQL].
+    #[arg(long, value_name = "SECS", conflicts_with = "checkpoint_interval_ms")]
+    pub checkpoint_interval_secs: Option<u64>,
 
-    /// The admin config file; its [limits] section sets the fairness limits (the flags
-    /// below override it). A missing file is an empty one.
+    /// The same in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub checkpoint_interval_ms: Option<u64>,
+
+    /// Forward the store to this PostgreSQL server (a libpq URL or key=value string,
+    /// without a password; also `postgres_url` in the config file's [forward]). Proxies
+    /// never wait for it: records are forwarded from the store in the background.
+    #[arg(long, value_name = "URL")]
+    pub forward_postgres: Option<String>,
+
+    /// A file that holds the PostgreSQL password (never give it on the command line;
+    /// also `password_file` in [forward]).
+    #[arg(long, value_name = "FILE")]
+    pub postgres_password_file: Option<PathBuf>,
+
+    /// The admin config file; its [limits] section sets the fairness limits and its
+    /// [forward] section the PostgreSQL target (the flags override both). A missing file
+    /// is an empty one.
     #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 
@@ -194,6 +214,25 @@ pub struct ExportKeyArgs {
     /// The store directory.
     #[arg(long)]
     pub store: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The store directory (read access is enough).
+    #[arg(long)]
+    pub store: PathBuf,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl From<&StatusArgs> for StatusOptions {
+    fn from(args: &StatusArgs) -> Self {
+        StatusOptions {
+            store: args.store.clone(),
+        }
+    }
 }
 
 fn parse_octal(text: &str) -> Result<u32, String> {

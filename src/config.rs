@@ -2,8 +2,9 @@
 //! the kernelspec's command line: the file wins, because a kernelspec may be one the
 //! notebook user wrote. Nothing is read from the user's environment or home.
 //!
-//! The collector reads the same file for its fairness limits (`[limits]`); there its
-//! command line wins, since the administrator writes both.
+//! The collector reads the same file for its fairness limits (`[limits]`) and where to
+//! forward its store (`[forward]`); there its command line wins, since the administrator
+//! writes both.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,6 +61,19 @@ pub struct ConfigFile {
     pub audit: AuditSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub forward: ForwardSection,
+}
+
+/// Where the collector forwards its store (`[forward]`). A password never goes here or
+/// on the command line: `password_file` names a file that holds it (or libpq's
+/// PGPASSFILE, where supported).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSection {
+    /// The PostgreSQL server (a libpq URL or key=value string, without a password).
+    pub postgres_url: Option<String>,
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
@@ -371,6 +385,27 @@ mod tests {
         let too_small = file("[limits]\nin_flight_bytes_per_user = 1024");
         assert!(too_small.limits.resolve().is_err());
         assert!(toml::from_str::<ConfigFile>("[limits]\nmax_conections = 1").is_err());
+    }
+
+    #[test]
+    fn the_forward_section_names_a_server_and_a_password_file_only() {
+        let admin = file(
+            r#"
+            [forward]
+            postgres_url = "host=db dbname=audit user=writer"
+            password_file = "/etc/jupyter-audit/pg-password"
+            "#,
+        );
+        assert_eq!(
+            admin.forward.postgres_url.as_deref(),
+            Some("host=db dbname=audit user=writer")
+        );
+        assert_eq!(
+            admin.forward.password_file,
+            Some(PathBuf::from("/etc/jupyter-audit/pg-password"))
+        );
+        assert!(toml::from_str::<ConfigFile>("[forward]\npassword = \"x\"").is_err());
+        assert_eq!(ConfigFile::default().forward, ForwardSection::default());
     }
 
     #[test]

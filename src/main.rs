@@ -51,7 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verify(args) => run_verify(&args),
-        Command::Collector(args) => run_collector(args),
+        Command::Collector(args) => run_collector(*args),
         Command::ExportKey(args) => {
             println!("{}", store::export_public_key(&args.store)?);
             Ok(())
@@ -59,6 +59,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Log(args) => review::exit(review::log::run(&args.into())),
         Command::Sessions(args) => review::exit(review::sessions::run(&args.into())),
         Command::Replay(args) => review::exit(review::replay::run(&args.into())),
+        Command::Status(args) => {
+            let status = jupyter_audit::postgres::status::read(&(&args).into())?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
+            Ok(())
+        }
         Command::Postgres(PostgresCommand::Init(args)) => run_postgres_init(args),
     }
 }
@@ -83,17 +92,38 @@ fn run_postgres_init(args: PostgresInitArgs) -> anyhow::Result<()> {
 
 fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     use jupyter_audit::collector::daemon::{self, DaemonConfig};
+    use jupyter_audit::postgres::connect::{PostgresOptions, PostgresTarget};
+    use std::time::Duration;
+    let file = ConfigFile::load(&args.config)?;
+    let forward_url = args.forward_postgres.or(file.forward.postgres_url.clone());
+    let forward = forward_url
+        .map(|url| {
+            PostgresTarget::new(&PostgresOptions {
+                url,
+                password_file: args
+                    .postgres_password_file
+                    .or(file.forward.password_file.clone()),
+            })
+        })
+        .transpose()
+        .context("--forward-postgres")?;
     let mut store = store::StoreConfig::new(args.store);
     store.segment_max_bytes = args.segment_max_bytes;
-    store.segment_max_age = std::time::Duration::from_secs(args.segment_max_age_secs);
-    store.checkpoint_interval = std::time::Duration::from_secs(args.checkpoint_interval_secs);
+    store.segment_max_age = Duration::from_secs(args.segment_max_age_secs);
+    // Forwarding: a checkpoint every second, so that what a root on this host could
+    // erase unseen by PostgreSQL is seconds of records.
+    store.checkpoint_interval = match (args.checkpoint_interval_ms, args.checkpoint_interval_secs) {
+        (Some(ms), _) => Duration::from_millis(ms),
+        (None, Some(secs)) => Duration::from_secs(secs),
+        (None, None) if forward.is_some() => Duration::from_secs(1),
+        (None, None) => Duration::from_secs(60),
+    };
     store.reviewers_gid = args
         .reviewers_group
         .as_deref()
         .map(daemon::group_id)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let file = ConfigFile::load(&args.config)?;
     let limits = LimitsSection::from(&args.limits)
         .or(&file.limits)
         .resolve()?;
@@ -102,6 +132,7 @@ fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
         socket: args.socket,
         socket_mode: args.socket_mode,
         limits,
+        forward,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

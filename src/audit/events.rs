@@ -53,10 +53,12 @@ pub enum Action {
     RecordRefused,
     /// Refusals past the rate limit, counted.
     RefusalsSuppressed,
+    /// PostgreSQL holds another trail for this store (a fork); forwarding stopped.
+    ForwardConflict,
 }
 
 impl Action {
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 17] = [
         Self::SessionStart,
         Self::SessionEnd,
         Self::ParentExited,
@@ -73,6 +75,7 @@ impl Action {
         Self::ForgedRecord,
         Self::RecordRefused,
         Self::RefusalsSuppressed,
+        Self::ForwardConflict,
     ];
 
     /// The name as `event.action` holds it.
@@ -94,6 +97,7 @@ impl Action {
             Self::ForgedRecord => "forged_record",
             Self::RecordRefused => "record_refused",
             Self::RefusalsSuppressed => "refusals_suppressed",
+            Self::ForwardConflict => "forward_conflict",
         }
     }
 
@@ -113,6 +117,7 @@ impl Action {
                 | Self::ForgedRecord
                 | Self::RecordRefused
                 | Self::RefusalsSuppressed
+                | Self::ForwardConflict
         )
     }
 }
@@ -496,6 +501,27 @@ pub struct RefusalsSuppressed {
     pub reason: String,
 }
 event!(RefusalsSuppressed => Action::RefusalsSuppressed, Outcome::Failure);
+
+/// `forward_conflict`: a row in PostgreSQL contradicts the store (the same store id
+/// and sequence with another hash, or another public key): forwarding of this store
+/// stopped until the collector is restarted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ForwardConflict {
+    pub store_id: String,
+    /// The server, as configured (no password).
+    pub target: String,
+    /// `records`, `checkpoints` or `stores`.
+    pub table: String,
+    /// The sequence of the row (0 for `stores`).
+    pub row_sequence: u64,
+    /// What the store holds there: a hash (hex) or the public key.
+    pub local: String,
+    /// What PostgreSQL holds there (empty: nothing).
+    pub remote: String,
+    pub reason: String,
+}
+event!(ForwardConflict => Action::ForwardConflict, Outcome::Failure);
 
 #[cfg(test)]
 mod tests;

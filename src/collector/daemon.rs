@@ -1,5 +1,8 @@
 //! Running the collector: open the store, listen, serve until SIGTERM or SIGINT, then
-//! close the store with a final checkpoint. The collector records its own start (with
+//! close the store with a final checkpoint. With a PostgreSQL target, a forwarder task
+//! ships the store there in the background (it never delays the proxies, and a server
+//! that is down neither stops nor delays the start); at stop it gets
+//! [`FORWARD_DRAIN`] to forward what is left. The collector records its own start (with
 //! what recovery found and the limits in force), the limits users exceeded
 //! (`limit_exceeded`, see [`super::limits`]) and its stop, under its own identity.
 
@@ -14,8 +17,12 @@ use super::disk::DiskSpace;
 use super::limits::{self, Fairness, LimitReport, Limits};
 use super::server::{self, CollectorError, PeerIdentity};
 use crate::audit::Record;
-use crate::audit::events::{AuditEvent, CollectorStart, CollectorStop, TornRecord};
+use crate::audit::events::{
+    AuditEvent, CollectorStart, CollectorStop, ForwardConflict, TornRecord,
+};
 use crate::path_safety::{self, PathRole};
+use crate::postgres::connect::PostgresTarget;
+use crate::postgres::forward::{ForwardOptions, Forwarder, Stopped};
 use crate::store::{self, StoreConfig, StoreHandle};
 
 #[derive(Debug, Clone)]
@@ -25,7 +32,12 @@ pub struct DaemonConfig {
     pub socket_mode: u32,
     /// `max_connections` 0: derived from the descriptor limit at start.
     pub limits: Limits,
+    /// Forward the store to this PostgreSQL server.
+    pub forward: Option<PostgresTarget>,
 }
+
+/// How long a stopping collector keeps forwarding what is stored before it exits.
+pub const FORWARD_DRAIN: Duration = Duration::from_secs(5);
 
 /// Resolves a group name to its gid.
 pub fn group_id(name: &str) -> Result<u32, String> {
@@ -73,6 +85,16 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
     record_own(&store, &start).await;
     tracing::info!(socket = %config.socket.display(), store = %config.store.dir.display(), "collector listening");
     let reporting = tokio::spawn(report_limits(store.clone(), Arc::clone(&fairness)));
+    let forwarding = config.forward.clone().map(|target| {
+        let forwarder = Forwarder::new(
+            ForwardOptions {
+                target,
+                host: server::host_name(),
+            },
+            store.clone(),
+        );
+        tokio::spawn(forward(forwarder, store.clone()))
+    });
 
     let shutdown = async {
         let (Ok(mut terminate), Ok(mut interrupt)) = stop_signals else {
@@ -99,7 +121,39 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
         "collector stopped"
     );
     store.shutdown().await?;
+    if let Some(mut forwarding) = forwarding {
+        // The writer has stopped: the forwarder sends the rest (the final checkpoint
+        // included) and ends, unless PostgreSQL is out of reach for longer than this.
+        if tokio::time::timeout(FORWARD_DRAIN, &mut forwarding)
+            .await
+            .is_err()
+        {
+            forwarding.abort();
+            tracing::warn!(
+                drain_secs = FORWARD_DRAIN.as_secs(),
+                "stopping before everything stored reached PostgreSQL; the next start forwards the rest"
+            );
+        }
+    }
     Ok(())
+}
+
+/// Runs the forwarder; a fork it finds goes on the record (`forward_conflict`).
+async fn forward(forwarder: Forwarder, store: StoreHandle) {
+    let store_id = store.store_id().to_string();
+    let target = forwarder.target().to_owned();
+    if let Stopped::Fork(fork) = forwarder.run().await {
+        let conflict = ForwardConflict {
+            store_id,
+            target,
+            table: fork.table.to_owned(),
+            row_sequence: fork.sequence,
+            local: fork.local,
+            remote: fork.remote,
+            reason: fork.reason,
+        };
+        record_own(&store, &conflict).await;
+    }
 }
 
 /// The fairness limits in force: the descriptor limit raised to its hard limit, the

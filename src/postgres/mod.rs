@@ -6,6 +6,8 @@
 //! - [`schema`]: the tables, indexes, roles, grants and triggers `postgres init` creates
 //!   (the contract between the forwarder and the readers).
 //! - [`columns`]: the columns reviewers filter on, taken out of a stored line.
+//! - [`forward`]: the collector's forwarder (store files → PostgreSQL), its state file.
+//! - [`status`]: `status`: stored, checkpointed, forwarded, and the lag, from the files.
 //!
 //! The local store stays the write-ahead point: proxies never wait for PostgreSQL. A
 //! forwarder task of the collector ships the store's lines, byte for byte with their chain
@@ -15,7 +17,9 @@
 
 pub mod columns;
 pub mod connect;
+pub mod forward;
 pub mod schema;
+pub mod status;
 
 /// Why talking to PostgreSQL failed.
 #[derive(Debug, thiserror::Error)]

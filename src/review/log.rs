@@ -199,6 +199,13 @@ fn event_summary(action: Action, value: &Value) -> String {
             }
             line
         }
+        Action::ForwardConflict => {
+            let conflict: events::ForwardConflict = fields::event(value);
+            format!(
+                "{} row {}: {}",
+                conflict.table, conflict.row_sequence, conflict.reason
+            )
+        }
         Action::ParentExited
         | Action::CollectorStop
         | Action::LimitExceeded

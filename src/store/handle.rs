@@ -13,16 +13,18 @@ use std::time::Instant;
 
 use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Map, Value};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot, watch};
+use uuid::Uuid;
 
 use super::config::StoreConfig;
 use super::error::{Result, StoreError};
+use super::identity;
 use super::keys;
 use super::layout::{self, Access, CHECKPOINTS_FILE, SEGMENTS_DIR};
 use super::record;
 use super::recovery::{self, Recovery};
 use super::segment::{self, Wrap};
-use super::writer::{Append, Command, Counters, Writer};
+use super::writer::{Append, Command, Counters, StoredHead, Writer};
 use crate::path_safety::{self, PathRole};
 
 /// A running store. Clones share one writer thread; when the last clone is dropped the
@@ -35,6 +37,9 @@ pub struct StoreHandle {
     max_pending: usize,
     counters: Arc<Counters>,
     dir: Arc<PathBuf>,
+    store_id: Uuid,
+    head: watch::Receiver<StoredHead>,
+    access: Access,
 }
 
 /// Counts since the store was opened.
@@ -88,6 +93,7 @@ pub(crate) fn open_with(config: StoreConfig, wrap: Wrap) -> Result<(StoreHandle,
     }
     access.apply(&segments_dir, access.dir_mode())?;
     let key = keys::load_or_create(&dir, access)?;
+    let store_id = identity::load_or_create(&dir, access)?;
     let (head, recovery) = recovery::recover(&dir, access, &wrap, created)?;
     // Closed segments stay read-only, for the owner and the reviewers' group as now set.
     for closed in layout::list_segments(&dir)?
@@ -106,12 +112,17 @@ pub(crate) fn open_with(config: StoreConfig, wrap: Wrap) -> Result<(StoreHandle,
     tracing::info!(
         dir = %dir.display(),
         last_sequence = recovery.last_sequence,
+        %store_id,
         segments = recovery.segments,
         "audit store open"
     );
 
     let counters = Arc::new(Counters::default());
     let max_pending = config.max_pending.max(1);
+    let (head_watch, stored_head) = watch::channel(StoredHead {
+        sequence: recovery.last_sequence,
+        checkpointed: recovery.last_checkpoint,
+    });
     let writer = Writer {
         dir: dir.clone(),
         access,
@@ -122,6 +133,7 @@ pub(crate) fn open_with(config: StoreConfig, wrap: Wrap) -> Result<(StoreHandle,
         last_checkpoint: Instant::now(),
         failed: None,
         counters: Arc::clone(&counters),
+        head_watch,
         _lock: store_lock,
         config,
     };
@@ -140,6 +152,9 @@ pub(crate) fn open_with(config: StoreConfig, wrap: Wrap) -> Result<(StoreHandle,
         max_pending,
         counters,
         dir: Arc::new(dir),
+        store_id,
+        head: stored_head,
+        access,
     };
     Ok((handle, recovery))
 }
@@ -269,5 +284,38 @@ impl StoreHandle {
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The store's identity (see [`store_id`](super::store_id)).
+    pub fn store_id(&self) -> Uuid {
+        self.store_id
+    }
+
+    /// Replaces the forwarder's state file ([`forwarding_file`](super::forwarding_file))
+    /// with `text`, readable like the segments. Blocking. Not synced: it is a report for
+    /// `status`, rewritten every few seconds, not part of the trail.
+    pub fn write_forwarding_state(&self, text: &[u8]) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let temp = self.dir.join(layout::FORWARDING_REWRITE_FILE);
+        let mode = self.access.writable_mode();
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temp)
+            .map_err(|e| StoreError::io("create", &temp, e))?;
+        file.write_all(text)
+            .map_err(|e| StoreError::io("write", &temp, e))?;
+        self.access.apply(&temp, mode)?;
+        let path = self.dir.join(layout::FORWARDING_FILE);
+        std::fs::rename(&temp, &path).map_err(|e| StoreError::io("rename into place", &path, e))
+    }
+
+    /// The durable head, updated after every batch and checkpoint; the sender goes away
+    /// when the writer stops.
+    pub fn watch_head(&self) -> watch::Receiver<StoredHead> {
+        self.head.clone()
     }
 }

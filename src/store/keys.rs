@@ -54,7 +54,7 @@ pub fn export_public_key(dir: &Path) -> Result<String> {
 
 /// Writes `text` to `path` through a temporary file in the same directory and a rename,
 /// so a crash leaves either the old file or the complete new one.
-fn write_atomically(path: &Path, text: &str, mode: u32) -> Result<()> {
+pub(super) fn write_atomically(path: &Path, text: &str, mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let temp = dir.join(format!(
         ".{}.tmp",

@@ -10,6 +10,9 @@
 //!     checkpoint.key            0600, owner only
 //!   sessions.jsonl              0600: which process owns each session (the collector's
 //!                               session bindings; sessions.jsonl.new while rewritten)
+//!   store_id                    0400 (0440): the store's UUID, made with the store
+//!   forwarding.json             0600 (0640): how far forwarding to PostgreSQL got (for
+//!                               `status`; forwarding.json.new while rewritten)
 //! ```
 //!
 //! Before anything is created, the directory and these entries are checked with
@@ -30,6 +33,9 @@ pub(super) const KEYS_DIR: &str = "keys";
 pub(super) const SIGNING_KEY_FILE: &str = "checkpoint.key";
 pub(super) const SESSIONS_FILE: &str = "sessions.jsonl";
 pub(super) const SESSIONS_REWRITE_FILE: &str = "sessions.jsonl.new";
+pub(super) const STORE_ID_FILE: &str = "store_id";
+pub(super) const FORWARDING_FILE: &str = "forwarding.json";
+pub(super) const FORWARDING_REWRITE_FILE: &str = "forwarding.json.new";
 const SEGMENT_SUFFIX: &str = ".jsonl";
 const SEQUENCE_DIGITS: usize = 20;
 
@@ -49,6 +55,12 @@ pub fn sessions_file(dir: &Path) -> PathBuf {
 /// [`sessions_file`]).
 pub fn sessions_rewrite_file(dir: &Path) -> PathBuf {
     dir.join(SESSIONS_REWRITE_FILE)
+}
+
+/// The forwarder's state in the store at `dir` (how far forwarding got), which
+/// `status` reads.
+pub fn forwarding_file(dir: &Path) -> PathBuf {
+    dir.join(FORWARDING_FILE)
 }
 
 /// The file name of the segment whose first record has sequence `first`.
@@ -193,6 +205,9 @@ pub(crate) fn check_store_entries(dir: &Path) -> Result<()> {
         keys.join(SIGNING_KEY_FILE),
         dir.join(SESSIONS_FILE),
         dir.join(SESSIONS_REWRITE_FILE),
+        dir.join(STORE_ID_FILE),
+        dir.join(FORWARDING_FILE),
+        dir.join(FORWARDING_REWRITE_FILE),
     ];
     if let Ok(listing) = fs::read_dir(&segments)
         && fs::symlink_metadata(&segments).is_ok_and(|m| m.is_dir())

@@ -9,7 +9,8 @@
 //! previous record's hash (zeros for the first); see [`record`]. Segments rotate by size
 //! and age; a closed segment is synced and made read-only. `checkpoints.jsonl` gets a
 //! signed checkpoint (sequence, chain hash, time) every `checkpoint_interval` when records
-//! were added, at every rotation and at shutdown. Layout and modes: [`layout`].
+//! were added, at every rotation and at shutdown. `store_id` holds the store's UUID
+//! ([`store_id`]), made with it. Layout and modes: [`layout`].
 //!
 //! # Why Ed25519 for checkpoints
 //! A verifier needs only the public key (`checkpoint.pub`, or exported with
@@ -27,13 +28,16 @@
 //! # Using it
 //! The collector calls [`open`] (blocking), appends through the [`StoreHandle`] (each
 //! append resolves once its record is on disk, after one shared fsync per batch), and
-//! calls [`StoreHandle::shutdown`] at exit. Reviewers read with [`Reader`] and check with
+//! calls [`StoreHandle::shutdown`] at exit. The forwarder follows the files with
+//! [`Follower`] and [`read_checkpoints`], woken by [`StoreHandle::watch_head`]. Reviewers read with [`Reader`] and check with
 //! [`verify()`]; neither needs the signing key or writes anything.
 
 mod checkpoint;
 mod config;
 mod error;
+mod follow;
 mod handle;
+mod identity;
 mod keys;
 pub mod layout;
 mod lines;
@@ -52,10 +56,13 @@ mod tests;
 pub use checkpoint::{Checkpoint, read_last as read_checkpoint, signed_message};
 pub use config::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, StoreConfig};
 pub use error::StoreError;
+pub use follow::{FollowedRecord, Follower, last_record, read_checkpoints};
 pub use handle::{StoreHandle, StoreStats, open};
+pub use identity::store_id;
 pub use keys::{export_public_key, key_id, read_public_key};
-pub use layout::{segments_dir, sessions_file, sessions_rewrite_file};
+pub use layout::{forwarding_file, segments_dir, sessions_file, sessions_rewrite_file};
 pub use reader::{ReadError, ReadErrorKind, Reader, StoredRecord};
 pub use recovery::{Recovery, TornLine};
 pub use report::{CheckpointUsed, Location, Problem, ProblemKind, VerifyReport};
 pub use verify::verify;
+pub use writer::StoredHead;

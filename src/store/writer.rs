@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use nix::fcntl::Flock;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 
 use super::checkpoint::{self, Checkpoint};
 use super::config::{MAX_BATCH_BYTES, MAX_BATCH_RECORDS, NON_URGENT_LINGER, StoreConfig};
@@ -65,6 +65,16 @@ pub(crate) struct Counters {
     pub segments_created: AtomicU64,
 }
 
+/// How far the store is durable: the last record on disk and the last checkpoint. The
+/// writer publishes it after each batch and checkpoint (the forwarder waits on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoredHead {
+    /// The sequence of the last record on disk (0: none).
+    pub sequence: u64,
+    /// The sequence the last checkpoint covers (0: none).
+    pub checkpointed: u64,
+}
+
 /// An append that made it into a batch, waiting for the batch to be on disk.
 struct Waiter {
     sequence: u64,
@@ -84,6 +94,8 @@ pub(crate) struct Writer {
     pub last_checkpoint: Instant,
     pub failed: Option<String>,
     pub counters: Arc<Counters>,
+    /// Where the durable head is published.
+    pub head_watch: watch::Sender<StoredHead>,
     /// Held for the writer's lifetime: one writer per store.
     pub _lock: Flock<File>,
 }
@@ -95,6 +107,13 @@ impl Writer {
 
     fn checkpoint_pending(&self) -> bool {
         self.last_sequence() != self.checkpointed
+    }
+
+    fn publish_head(&self) {
+        self.head_watch.send_replace(StoredHead {
+            sequence: self.last_sequence(),
+            checkpointed: self.checkpointed,
+        });
     }
 
     /// Serves appends until shutdown or until every handle is gone. Returns the answer
@@ -199,6 +218,7 @@ impl Writer {
                 self.counters
                     .records
                     .fetch_add(waiters.len() as u64, Ordering::Relaxed);
+                self.publish_head();
                 for waiter in waiters {
                     let _ = waiter.reply.send(Ok(waiter.sequence));
                 }
@@ -294,6 +314,7 @@ impl Writer {
         self.checkpointed = sequence;
         self.last_checkpoint = Instant::now();
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.publish_head();
         tracing::debug!(sequence, why, "checkpoint written");
         Ok(())
     }

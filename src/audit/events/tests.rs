@@ -160,6 +160,15 @@ fn samples() -> Vec<Sample> {
             last_refused_at: Some(text()),
             reason: text(),
         }),
+        sample(ForwardConflict {
+            store_id: text(),
+            target: text(),
+            table: "records".into(),
+            row_sequence: 3,
+            local: text(),
+            remote: text(),
+            reason: text(),
+        }),
     ]
 }
 

@@ -4,6 +4,7 @@
 mod append;
 mod failures;
 mod faults;
+mod follow;
 mod tamper;
 
 use std::fs;
