@@ -161,9 +161,23 @@ fn now_text() -> String {
     crate::audit::now_rfc3339()
 }
 
-/// A text column's copy of a value: PostgreSQL text cannot hold NUL.
+/// Longest review column, in bytes. The fields are the senders' (a notebook user can
+/// send a session or message id of megabytes), and a btree index entry holds at most
+/// 2704 bytes: a longer value would fail the batch's INSERT on every retry and stop
+/// forwarding for good. The line keeps the whole value; the column is for filtering.
+pub const COLUMN_MAX_BYTES: usize = 1024;
+
+/// A text column's copy of a value: PostgreSQL text cannot hold NUL, and an index entry
+/// cannot hold a long value (cut at a character boundary to [`COLUMN_MAX_BYTES`]).
 fn column_text(text: Option<String>) -> Option<String> {
-    text.map(|t| {
+    text.map(|mut t| {
+        if t.len() > COLUMN_MAX_BYTES {
+            let mut end = COLUMN_MAX_BYTES;
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            t.truncate(end);
+        }
         if t.contains('\0') {
             t.replace('\0', "\u{FFFD}")
         } else {
@@ -929,6 +943,19 @@ mod tests {
         assert_eq!(rows.action, ["stream", "stream"]);
         assert!(rows.time[0].is_some());
         assert_eq!(rows.last_time.as_deref(), Some("2026-01-01T00:00:00.25Z"));
+    }
+
+    #[test]
+    fn long_review_fields_are_cut_at_a_character_boundary_and_the_line_keeps_them() {
+        let long = format!("a{}", "é".repeat(COLUMN_MAX_BYTES));
+        let (record, _) = stored(1, &GENESIS, &long);
+        let line = String::from_utf8(record.line.clone()).unwrap();
+        let (rows, _) = RecordRows::build(vec![record], None).unwrap();
+        let column = rows.user_name[0].as_deref().unwrap();
+        assert!(column.len() <= COLUMN_MAX_BYTES && column.len() >= COLUMN_MAX_BYTES - 1);
+        assert!(long.starts_with(column));
+        assert_eq!(rows.line[0], line);
+        assert!(line.contains(&long));
     }
 
     #[test]
