@@ -388,6 +388,27 @@ mod tests {
     }
 
     #[test]
+    fn the_forward_section_names_a_server_and_a_password_file_only() {
+        let admin = file(
+            r#"
+            [forward]
+            postgres_url = "host=db dbname=audit user=writer"
+            password_file = "/etc/jupyter-audit/pg-password"
+            "#,
+        );
+        assert_eq!(
+            admin.forward.postgres_url.as_deref(),
+            Some("host=db dbname=audit user=writer")
+        );
+        assert_eq!(
+            admin.forward.password_file,
+            Some(PathBuf::from("/etc/jupyter-audit/pg-password"))
+        );
+        assert!(toml::from_str::<ConfigFile>("[forward]\npassword = \"x\"").is_err());
+        assert_eq!(ConfigFile::default().forward, ForwardSection::default());
+    }
+
+    #[test]
     fn unknown_keys_are_refused_and_a_missing_file_is_empty() {
         assert!(toml::from_str::<ConfigFile>("[collector]\nsockett = \"x\"").is_err());
         assert_eq!(

@@ -333,7 +333,27 @@ fn os_user_name() -> Result<String, PostgresError> {
 }
 
 /// The password in `path`: its first line, without the line end.
+/// Refused when group or others may read or write it (as libpq treats a pgpass file,
+/// but an error: the operator named this file, and a shared password is a leaked one).
 fn read_password(path: &Path) -> Result<String, PostgresError> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::metadata(path).map_err(|source| PostgresError::PasswordFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if metadata.permissions().mode() & 0o077 != 0 {
+        return Err(PostgresError::PasswordFile {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "group or others have access (mode {:04o}): refused; make it 0600 or \
+                     0400, owned by the collector's user",
+                    metadata.permissions().mode() & 0o7777
+                ),
+            ),
+        });
+    }
     let text = std::fs::read_to_string(path).map_err(|source| PostgresError::PasswordFile {
         path: path.to_path_buf(),
         source,

@@ -161,9 +161,23 @@ fn now_text() -> String {
     crate::audit::now_rfc3339()
 }
 
-/// A text column's copy of a value: PostgreSQL text cannot hold NUL.
+/// Longest review column, in bytes. The fields are the senders' (a notebook user can
+/// send a session or message id of megabytes), and a btree index entry holds at most
+/// 2704 bytes: a longer value would fail the batch's INSERT on every retry and stop
+/// forwarding for good. The line keeps the whole value; the column is for filtering.
+pub const COLUMN_MAX_BYTES: usize = 1024;
+
+/// A text column's copy of a value: PostgreSQL text cannot hold NUL, and an index entry
+/// cannot hold a long value (cut at a character boundary to [`COLUMN_MAX_BYTES`]).
 fn column_text(text: Option<String>) -> Option<String> {
-    text.map(|t| {
+    text.map(|mut t| {
+        if t.len() > COLUMN_MAX_BYTES {
+            let mut end = COLUMN_MAX_BYTES;
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            t.truncate(end);
+        }
         if t.contains('\0') {
             t.replace('\0', "\u{FFFD}")
         } else {
@@ -253,13 +267,13 @@ const INSERT_RECORDS: &str = "INSERT INTO jupyter_audit.records \
      $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bytea[], \
      $13::bytea[]) AS r(sequence, time, action, user_name, user_id, session_id, kernel_id, \
      msg_id, parent_msg_id, line, prev, hash) \
-    ON CONFLICT (store_id, sequence) DO NOTHING RETURNING sequence";
+    ON CONFLICT (store_id, sequence) DO NOTHING";
 
 const INSERT_CHECKPOINTS: &str = "INSERT INTO jupyter_audit.checkpoints \
     (store_id, sequence, chain_hash, time, segment, key_id, signature) \
     SELECT $1, c.* FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
      $7::text[]) AS c(sequence, chain_hash, time, segment, key_id, signature) \
-    ON CONFLICT (store_id, sequence) DO NOTHING RETURNING sequence";
+    ON CONFLICT (store_id, sequence) DO NOTHING";
 
 const RECORD_HASHES: &str = "SELECT sequence, hash FROM jupyter_audit.records \
     WHERE store_id = $1 AND sequence = ANY($2::bigint[])";
@@ -447,6 +461,19 @@ impl Forwarder {
     /// as records come. `Ok` once the store closed and everything was forwarded.
     async fn session(&mut self, head: &mut watch::Receiver<StoredHead>) -> Result<(), Failure> {
         let mut client = self.connect().await?;
+        // Commits need not wait for PostgreSQL's WAL flush. Safe here: a crash of the
+        // server loses at most its last few hundred milliseconds of commits, as a whole
+        // suffix (the WAL is in order, and each store's batches commit in sequence
+        // order), so PostgreSQL still holds a prefix of every store's chain; the crash
+        // breaks this connection, and the forwarder resumes from what PostgreSQL says it
+        // holds and sends the lost records again from the store, which keeps everything.
+        // A clean stop or a lost connection loses nothing. It spares a flush per batch,
+        // which is most of a batch's cost once forwarding keeps up (one small batch and a
+        // checkpoint a second per store).
+        client
+            .batch_execute("SET synchronous_commit = off")
+            .await
+            .map_err(PostgresError::query("set synchronous_commit"))?;
         let statements = Statements {
             insert_records: prepare(&client, INSERT_RECORDS).await?,
             insert_checkpoints: prepare(&client, INSERT_CHECKPOINTS).await?,
@@ -627,6 +654,10 @@ impl Forwarder {
         let checkpoint_forwarded: u64 = row
             .get::<_, Option<i64>>(0)
             .map_or(0, |s| u64::try_from(s).unwrap_or(0));
+        if checkpoint_forwarded > 0 {
+            self.check_forwarded_checkpoint(client, checkpoint_forwarded)
+                .await?;
+        }
         Ok(Cursor {
             follower: Follower::new(self.store.dir(), last + 1),
             prev,
@@ -634,6 +665,45 @@ impl Forwarder {
             checkpoints: Vec::new(),
             checkpoint_forwarded,
         })
+    }
+
+    /// The newest checkpoint in PostgreSQL must be one of the store's, as signed.
+    async fn check_forwarded_checkpoint(
+        &self,
+        client: &Client,
+        sequence: u64,
+    ) -> Result<(), Failure> {
+        let rows = client
+            .query(
+                CHECKPOINT_HASHES,
+                &[&self.store_id, &vec![to_i64(sequence)?]],
+            )
+            .await
+            .map_err(PostgresError::query("read the last forwarded checkpoint"))?;
+        let remote: String = rows.first().map(|r| r.get(1)).unwrap_or_default();
+        let dir = self.store.dir().to_path_buf();
+        let (local, _) = tokio::task::spawn_blocking(move || store::read_checkpoints(&dir, 0))
+            .await
+            .map_err(|e| Failure::Local(format!("the store reader failed: {e}")))??;
+        let local = local
+            .into_iter()
+            .find(|c| c.sequence == sequence)
+            .map(|c| c.chain_hash)
+            .unwrap_or_default();
+        if local != remote {
+            return Err(Failure::Fork(Fork {
+                table: "checkpoints",
+                sequence,
+                local: if local.is_empty() {
+                    "no checkpoint there".into()
+                } else {
+                    local
+                },
+                remote,
+                reason: "the newest forwarded checkpoint is not the store's".into(),
+            }));
+        }
+        Ok(())
     }
 
     fn note_forwarded(&mut self, sequence: u64, time: Option<String>) {
@@ -690,7 +760,7 @@ impl Forwarder {
                 }
             }
             let inserted = tx
-                .query(
+                .execute(
                     &statements.insert_records,
                     &[
                         &self.store_id,
@@ -710,7 +780,7 @@ impl Forwarder {
                 )
                 .await
                 .map_err(PostgresError::query("insert records"))?;
-            if inserted.len() < count {
+            if inserted < count as u64 {
                 // Rows already there (a retry after a lost commit): they must be these.
                 let remote = tx
                     .query(&statements.record_hashes, &[&self.store_id, &rows.sequence])
@@ -739,7 +809,7 @@ impl Forwarder {
                 checkpoints.iter().map(|c| f(c).as_str()).collect()
             };
             let inserted = tx
-                .query(
+                .execute(
                     &statements.insert_checkpoints,
                     &[
                         &self.store_id,
@@ -753,7 +823,7 @@ impl Forwarder {
                 )
                 .await
                 .map_err(PostgresError::query("insert checkpoints"))?;
-            if inserted.len() < checkpoints.len() {
+            if inserted < checkpoints.len() as u64 {
                 let remote = tx
                     .query(&statements.checkpoint_hashes, &[&self.store_id, &sequences])
                     .await
@@ -886,6 +956,19 @@ mod tests {
         assert_eq!(rows.action, ["stream", "stream"]);
         assert!(rows.time[0].is_some());
         assert_eq!(rows.last_time.as_deref(), Some("2026-01-01T00:00:00.25Z"));
+    }
+
+    #[test]
+    fn long_review_fields_are_cut_at_a_character_boundary_and_the_line_keeps_them() {
+        let long = format!("a{}", "é".repeat(COLUMN_MAX_BYTES));
+        let (record, _) = stored(1, &GENESIS, &long);
+        let line = String::from_utf8(record.line.clone()).unwrap();
+        let (rows, _) = RecordRows::build(vec![record], None).unwrap();
+        let column = rows.user_name[0].as_deref().unwrap();
+        assert!(column.len() <= COLUMN_MAX_BYTES && column.len() >= COLUMN_MAX_BYTES - 1);
+        assert!(long.starts_with(column));
+        assert_eq!(rows.line[0], line);
+        assert!(line.contains(&long));
     }
 
     #[test]

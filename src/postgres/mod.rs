@@ -39,14 +39,14 @@ pub enum PostgresError {
     },
     #[error("TLS for PostgreSQL: {0}")]
     Tls(String),
-    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    #[error("cannot connect to PostgreSQL at {target}: {}", describe(source))]
     Connect {
         /// The server, without credentials.
         target: String,
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("PostgreSQL {doing}: {source}")]
+    #[error("PostgreSQL {doing}: {}", describe(source))]
     Query {
         doing: &'static str,
         #[source]
@@ -55,6 +55,23 @@ pub enum PostgresError {
     /// The database is not set up for jupyter-audit (run `jupyter-audit postgres init`).
     #[error("the database is not ready for jupyter-audit: {0} (run `jupyter-audit postgres init`)")]
     NotInitialised(String),
+}
+
+/// An error with the server's own message when it has one (tokio-postgres shows only
+/// "db error"): the message and its SQLSTATE, never the detail (which may quote row data).
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!(
+            "{} {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => match std::error::Error::source(error) {
+            Some(cause) => format!("{error}: {cause}"),
+            None => error.to_string(),
+        },
+    }
 }
 
 impl PostgresError {

@@ -197,6 +197,13 @@ BEGIN
     IF {wl} = {rl} THEN
         RAISE EXCEPTION 'the writer and the reader must be two different roles';
     END IF;
+    -- Tables made earlier by another admin: their owner passes the triggers.
+    IF EXISTS (SELECT FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
+               WHERE n.nspname = '{SCHEMA}' AND o.rolname IN ({wl}, {rl})) THEN
+        RAISE EXCEPTION 'the writer or the reader owns tables of {SCHEMA}, and the owner may change them: give the tables to the admin (ALTER TABLE … OWNER TO) or choose other roles';
+    END IF;
 END"#
     ));
     let roles = dollar_quoted(&format!(

@@ -8,7 +8,9 @@ while a cell streams output (and started again); the forwarder's backend termina
 a lock that holds the records table; the collector SIGKILLed while it forwards. In each,
 the audited cells finish while PostgreSQL is down or blocked: proxies never wait for it.
 A fork (a forwarded row changed in PostgreSQL) stops forwarding, is logged and is on the
-local record as `forward_conflict`. Timeouts only bound waiting.
+local record as `forward_conflict`. `status` shows the lag, to a reviewer too. The
+collector forwards as the writer role that `postgres init` made. Timeouts only bound
+waiting; the tamper-window measurement runs on request.
 """
 
 from __future__ import annotations
@@ -16,14 +18,26 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import BIN, KernelPool, execute, iopub_for, reply_for, run_ok, stdout_of, wait_until
+from helpers import (
+    BIN,
+    KernelPool,
+    execute,
+    iopub_for,
+    reply_for,
+    run_ok,
+    stdout_of,
+    system_user,
+    wait_until,
+)
 from pgcluster import pg  # noqa: F401 (a fixture)
 from test_audit import (
     LoggedKernel,
@@ -53,6 +67,7 @@ EXPECTED_STREAM = "".join(f"line {i:05d}\n" for i in range(STREAM_LINES))
 
 
 WRITER = "ja_writer"
+REVIEWER = "jaudit-reviewer"
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +235,36 @@ def test_records_checkpoints_and_key_reach_postgres(collectors, db, tmp_dir):
     assert shown["last_checkpoint"]["sequence"] == shown["last_stored"]["sequence"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates a reviewer system user")
+def test_a_reviewer_reads_the_status(collectors, db):
+    reviewer = system_user(REVIEWER)
+    base = Path(tempfile.mkdtemp(prefix="ja-status-"))
+    try:
+        base.chmod(0o755)
+        collector = forwarding_collector(collectors, base, db, "--reviewers-group", REVIEWER)
+        wait_forwarded(db, collector.store, collector.log())
+        collector.stop()
+        shown = subprocess.run(["runuser", "-u", reviewer.pw_name, "--", str(BIN), "status",
+                                "--store", str(collector.store), "--json"],
+                               capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        status_json = json.loads(shown.stdout)
+        assert status_json["store_id"] == store_id(collector.store)
+        assert status_json["forwarding"]["lag_records"] == 0
+        assert status_json["forwarding"]["last_error"] is None
+        text = subprocess.run(["runuser", "-u", reviewer.pw_name, "--", str(BIN), "status",
+                               "--store", str(collector.store)],
+                              capture_output=True, text=True, timeout=60).stdout
+        assert "lag              0 records" in text, text
+        # Anyone else cannot read it.
+        nobody = subprocess.run(["runuser", "-u", "nobody", "--", str(BIN), "status",
+                                 "--store", str(collector.store)],
+                                capture_output=True, text=True, timeout=60)
+        assert nobody.returncode != 0
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 # --- faults -------------------------------------------------------------------------------
 
 
@@ -350,6 +395,35 @@ def test_a_changed_row_is_a_fork_that_stops_forwarding(collectors, db, tmp_dir):
     assert "fork" in (shown["forwarding"]["stopped"] or ""), shown
     collector.stop()
     assert forwarded_max(db, sid) == newest
+
+
+def test_a_changed_checkpoint_is_a_fork_found_on_resume(collectors, db, tmp_dir):
+    collector = forwarding_collector(collectors, tmp_dir, db)
+    sid = store_id(collector.store)
+    pool = KernelPool()
+    try:
+        kernel = LoggedKernel(pool, audited_kernelspec(collector.socket), tmp_dir)
+        run_ok(kernel.kc, "print('checkpointed')")
+        assert wait_until(lambda: local_checkpoints(collector.store), 30), collector.log()
+        wait_forwarded(db, collector.store, logs(collector, kernel))
+        newest = int(db.scalar("SELECT max(sequence) FROM jupyter_audit.checkpoints WHERE "
+                               f"store_id = '{sid}'"))
+        db.psql(f"UPDATE jupyter_audit.checkpoints SET chain_hash = '{'0' * 64}' WHERE "
+                f"store_id = '{sid}' AND sequence = {newest}")
+        # A new connection asks PostgreSQL where it stopped and checks what it finds.
+        db.scalar("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                  "WHERE application_name = 'jupyter-audit'")
+        run_ok(kernel.kc, "print('after')")
+        assert wait_until(lambda: any(action(r) == "forward_conflict"
+                                      for r in read_store(collector.store)), 30), collector.log()
+        conflict = next(r for r in read_store(collector.store)
+                        if action(r) == "forward_conflict")["collector"]
+        assert (conflict["table"], conflict["row_sequence"], conflict["remote"]) == \
+            ("checkpoints", newest, "0" * 64)
+    finally:
+        pool.shutdown_all()
+    collector.stop()
+    assert "FORWARDING STOPPED" in collector.log()
 
 
 # --- the tamper window (a measurement, run on request) ------------------------------------

@@ -186,6 +186,16 @@ def test_the_admin_cannot_be_the_writer_and_a_non_utf8_database_is_refused(pg, i
     assert as_owner.returncode != 0
     assert "writer role \"postgres\" is the role running init" in as_owner.stderr
 
+    # Tables that an earlier admin gave to the would-be writer: it would pass the triggers.
+    psql(pg, "CREATE ROLE ja_former_admin; ALTER TABLE jupyter_audit.stores OWNER TO "
+             "ja_former_admin", check=True)
+    try:
+        refused = init(pg.url(), writer="ja_former_admin")
+        assert refused.returncode != 0
+        assert "the writer or the reader owns tables of jupyter_audit" in refused.stderr
+    finally:
+        psql(pg, "ALTER TABLE jupyter_audit.stores OWNER TO postgres", check=True)
+
     psql(pg, "CREATE DATABASE latin TEMPLATE template0 ENCODING 'LATIN1' LC_COLLATE 'C' "
              "LC_CTYPE 'C'", check=True)
     refused = init(pg.url(db="latin"))
