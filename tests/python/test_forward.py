@@ -287,12 +287,19 @@ def test_postgres_down_at_start_and_stopped_mid_stream(collectors, db, tmp_dir):
                                           and action(r) == "stream"
                                           for r in read_store(collector.store)), 30)
             db.stop()
+            stopped = time.monotonic()
             msgs = iopub_for(kernel.kc, msg_id, timeout=120)
             reply = reply_for(kernel.kc.get_shell_msg, msg_id, timeout=30)
             assert reply["content"]["status"] == "ok"
             assert stdout_of(msgs) == EXPECTED_STREAM
-            run_ok(kernel.kc, "print('still down')")
-            time.sleep(1)  # a few retries against the stopped server
+            # Down for 30 s while cells keep running (past the forwarder's longest
+            # back-off): every cell completes, recorded locally, with PostgreSQL away.
+            cells = 0
+            while time.monotonic() - stopped < 30:
+                assert run_ok(kernel.kc, f"print('still down', {cells})") == f"still down {cells}\n"
+                cells += 1
+                time.sleep(0.5)
+            assert cells >= 10
             db.start()
             wait_forwarded(db, collector.store, logs(collector, kernel))
         finally:
