@@ -191,10 +191,18 @@ fn run_verify(args: &VerifyArgs) -> ! {
         }
     };
     let checked = store::verify(dir, args.checkpoint.as_deref(), key);
+    exit_with_report(checked.as_ref().map(|report| (report, report.is_intact())))
+}
+
+/// Prints a verify report and exits 0 (intact) or 1 (tampered); an error that kept the
+/// check from being done goes to stderr with 2.
+fn exit_with_report(
+    checked: Result<(&impl std::fmt::Display, bool), &impl std::fmt::Display>,
+) -> ! {
     match checked {
-        Ok(report) => {
+        Ok((report, intact)) => {
             print!("{report}");
-            std::process::exit(if report.is_intact() { 0 } else { 1 })
+            std::process::exit(if intact { 0 } else { 1 })
         }
         Err(error) => {
             eprintln!("jupyter-audit: {error}");
@@ -227,14 +235,6 @@ fn run_verify_postgres(args: &VerifyArgs) -> ! {
         store_id: args.store_id,
         keys,
     };
-    match verify(&options) {
-        Ok(report) => {
-            print!("{report}");
-            std::process::exit(if report.is_intact() { 0 } else { 1 })
-        }
-        Err(error) => {
-            eprintln!("jupyter-audit: {error}");
-            std::process::exit(2)
-        }
-    }
+    let checked = verify(&options);
+    exit_with_report(checked.as_ref().map(|report| (report, report.is_intact())))
 }
