@@ -76,7 +76,7 @@ PY
 section "jupyter-audit status --store …  (forwarding lag; wait until PostgreSQL has everything)"
 for _ in $(seq 100); do
     "$bin" status --store "$store" --json | .venv/bin/python -c \
-        'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s.get("lag_records") == 0 else 1)' \
+        'import json,sys; s=json.load(sys.stdin); sys.exit(0 if (s.get("forwarding") or {}).get("lag_records") == 0 else 1)' \
         && break
     sleep 0.1
 done
