@@ -300,6 +300,7 @@ fn store_seeds(corpus: &Path) {
         gid: 1000,
         pid: Some(4242),
         user_name: Some("alice".into()),
+        hub: None,
     };
     for (name, segment_max_bytes) in [("one-segment", 64 * 1024 * 1024), ("segments", 1500)] {
         let dir = tempfile::tempdir().expect("tempdir");
