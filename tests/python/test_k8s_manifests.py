@@ -13,7 +13,7 @@ What an admin copies from the guide must at least be what the guide says it is:
   collector pods' and z2jh's hub pods', the socket is the one the user pods mount and
   the kernelspec names;
 - the collector accepts the DaemonSet's flags and starts with the ConfigMap's config
-  file; the single-user image's kernelspec steps produce an audited python3 that the
+  file, and, as root, after the init container's script, as uid 10001; the single-user image's kernelspec steps produce an audited python3 that the
   kernelspec manager finds and that a user's own kernelspecs cannot shadow.
 """
 
@@ -431,3 +431,85 @@ def test_the_single_user_image_steps_give_an_audited_python3_users_cannot_shadow
     assert manager.get_kernel_spec("python3").argv == argv
     with pytest.raises(NoSuchKernel):
         manager.get_kernel_spec("rogue")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: runs the init container's script and the collector as uid 10001")
+def test_the_init_container_leaves_what_the_collector_as_its_uid_accepts():
+    """The DaemonSet's init script, run (twice, as on a pod restart) as root with only the
+    capabilities the manifest grants, on volumes laid out as the kubelet makes them; then
+    the collector with the manifest's flags as the manifest's uid: it must start, which
+    means its path checks accept the store and socket directories and the password file
+    is its own and private. (The Hub and PostgreSQL addresses point at nothing.)"""
+    pod = manifest("DaemonSet")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"][:2] == ["sh", "-euc"]
+    caps = [c.lower() for c in init["securityContext"]["capabilities"]["add"]]
+    collector = collector_container()
+    uid, gid = collector["securityContext"]["runAsUser"], collector["securityContext"]["runAsGroup"]
+
+    root = Path(tempfile.mkdtemp(prefix="ja-k8s-node-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        volume_dirs = {}
+        for volume in pod["volumes"]:
+            path = root / volume["name"]
+            path.mkdir()
+            if "emptyDir" in volume:
+                path.chmod(0o777)
+            elif "hostPath" in volume:
+                assert volume["hostPath"]["type"] == "DirectoryOrCreate"
+                path.chmod(0o755)
+            elif "secret" in volume:
+                for item in volume["secret"]["items"]:
+                    (path / item["path"]).write_text("not-the-password\n")
+                    (path / item["path"]).chmod(volume["secret"]["defaultMode"])
+            elif "configMap" in volume:
+                if volume["configMap"]["name"] == manifest("ConfigMap")["metadata"]["name"]:
+                    for key, text in manifest("ConfigMap")["data"].items():
+                        (path / key).write_text(text)
+            volume_dirs[volume["name"]] = path
+
+        def localize(text: str, container: dict) -> str:
+            mounts = sorted(container["volumeMounts"], key=lambda m: -len(m["mountPath"]))
+            for mount in mounts:
+                text = text.replace(mount["mountPath"], str(volume_dirs[mount["name"]]))
+            return text
+
+        script = localize(init["command"][2], init)
+        for _ in range(2):
+            subprocess.run(
+                ["setpriv", f"--bounding-set=-all,{','.join('+' + c for c in caps)}",
+                 "sh", "-euc", script],
+                check=True, capture_output=True,
+            )
+
+        argv = [str(BIN)]
+        for arg in collector["args"]:
+            if arg.startswith("--hub-api-url="):
+                arg = "--hub-api-url=http://127.0.0.1:9/hub/api"
+            elif arg.startswith("--forward-postgres="):
+                arg = "--forward-postgres=postgresql://jupyter_audit_writer@127.0.0.1:9/jupyter_audit?sslmode=disable"
+            argv.append(localize(arg, collector))
+        if "--hub-api-url" not in collector_help():
+            argv = [a for a in argv if not a.startswith("--hub-")]
+        socket = Path(localize(collector_flags()["--socket"], collector))
+        process = subprocess.Popen(
+            ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--no-new-privs",
+             "--bounding-set=-all", *argv],
+            stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while not socket.exists() and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            started = socket.exists() and process.poll() is None
+        finally:
+            process.kill()
+            _, stderr = process.communicate(timeout=20)
+        assert started, f"the collector did not start as uid {uid}: {stderr}"
+        store_dir = volume_dirs["store-dir"].stat()
+        assert (store_dir.st_uid, store_dir.st_mode & 0o777) == (uid, 0o700)
+        password = (volume_dirs["secrets"] / "pg-password").stat()
+        assert (password.st_uid, password.st_mode & 0o777) == (uid, 0o400)
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=False)
