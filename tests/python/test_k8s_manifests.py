@@ -13,7 +13,8 @@ What an admin copies from the guide must at least be what the guide says it is:
   collector pods' and z2jh's hub pods', the socket is the one the user pods mount and
   the kernelspec names;
 - the collector accepts the DaemonSet's flags and starts with the ConfigMap's config
-  file, and, as root, after the init container's script, as uid 10001; the single-user image's kernelspec steps produce an audited python3 that the
+  file, and (as root) after the init container's script, as uid 10001;
+- the single-user image's kernelspec steps produce an audited python3 that the
   kernelspec manager finds and that a user's own kernelspecs cannot shadow.
 """
 
@@ -260,7 +261,8 @@ def test_the_network_policies_select_the_collector_and_the_hub():
     to_hub = [
         rule
         for rule in policy["egress"]
-        if any(peer.get("podSelector", {}).get("matchLabels") == HUB_POD_LABELS for peer in rule["to"])
+        if any(peer.get("podSelector", {}).get("matchLabels") == HUB_POD_LABELS
+               for peer in rule["to"])
     ]
     assert [p["port"] for rule in to_hub for p in rule["ports"]] == [8081]
 
@@ -281,7 +283,9 @@ def test_the_socket_is_where_the_user_pods_and_the_kernelspec_look():
     assert volumes[mounts[socket_dir]]["hostPath"]["path"] == socket_dir
 
     storage = values()["singleuser"]["storage"]
-    (user_volume,) = [v for v in storage["extraVolumes"] if v.get("hostPath", {}).get("path") == socket_dir]
+    (user_volume,) = [
+        v for v in storage["extraVolumes"] if v.get("hostPath", {}).get("path") == socket_dir
+    ]
     (user_mount,) = [m for m in storage["extraVolumeMounts"] if m["name"] == user_volume["name"]]
     assert user_mount["mountPath"] == socket_dir and user_mount["readOnly"] is True
 
@@ -377,7 +381,8 @@ def test_the_single_user_image_steps_give_an_audited_python3_users_cannot_shadow
 ):
     """Dockerfile.singleuser's kernelspec steps, run here with a temporary prefix in place
     of /usr/local, then the image's kernelspec manager with the values' environment."""
-    dockerfile = " ".join((K8S_DIR / "Dockerfile.singleuser").read_text().replace("\\\n", " ").split())
+    text = (K8S_DIR / "Dockerfile.singleuser").read_text()
+    dockerfile = " ".join(text.replace("\\\n", " ").split())
     ipykernel_step = ('python -m ipykernel install --prefix /usr/local --name python3 '
                       '--display-name "Python 3 (ipykernel)"')
     audit_step = f"jupyter-audit install --wrap python3 --replace --socket {SOCKET}"
@@ -433,7 +438,10 @@ def test_the_single_user_image_steps_give_an_audited_python3_users_cannot_shadow
         manager.get_kernel_spec("rogue")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: runs the init container's script and the collector as uid 10001")
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="needs root: runs the init container's script and the collector as uid 10001",
+)
 def test_the_init_container_leaves_what_the_collector_as_its_uid_accepts():
     """The DaemonSet's init script, run (twice, as on a pod restart) as root with only the
     capabilities the manifest grants, on volumes laid out as the kubelet makes them; then
@@ -488,7 +496,8 @@ def test_the_init_container_leaves_what_the_collector_as_its_uid_accepts():
             if arg.startswith("--hub-api-url="):
                 arg = "--hub-api-url=http://127.0.0.1:9/hub/api"
             elif arg.startswith("--forward-postgres="):
-                arg = "--forward-postgres=postgresql://jupyter_audit_writer@127.0.0.1:9/jupyter_audit?sslmode=disable"
+                arg = ("--forward-postgres=postgresql://jupyter_audit_writer@127.0.0.1:9/"
+                       "jupyter_audit?sslmode=disable")
             argv.append(localize(arg, collector))
         if "--hub-api-url" not in collector_help():
             argv = [a for a in argv if not a.startswith("--hub-")]
