@@ -259,8 +259,9 @@ fn records() -> Vec<Record> {
             channel: Channel::Shell,
             direction,
             message,
+            parsed: None,
         };
-        out.extend(builder.message(&observation));
+        out.extend(builder.message(observation));
     }
     out
 }
@@ -275,6 +276,7 @@ fn collector_seeds(corpus: &Path) {
             &mut stream,
             &ToCollector::Hello {
                 version: PROTOCOL_VERSION,
+                hub_token: None,
             },
         )
         .await
