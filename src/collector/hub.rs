@@ -58,8 +58,11 @@ impl HubPolicy {
 pub struct HubOptions {
     /// The Hub's API root, e.g. `http://hub:8081/hub/api`.
     pub api_url: String,
-    /// PEM file of the CA that signed the Hub's certificate (internal_ssl).
+    /// PEM file of the CA that signed the Hub's certificate.
     pub ca_file: Option<PathBuf>,
+    /// The collector's certificate and key (PEM files), for a Hub that asks for one
+    /// (internal_ssl: a certificate its trust bundle accepts).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
     pub policy: HubPolicy,
     /// How long a verified token is accepted while the Hub cannot be reached.
     pub cache_max_age: Duration,
@@ -80,6 +83,12 @@ pub enum HubError {
     },
     #[error("the Hub's CA file {path} holds no usable certificate: {reason}")]
     Certificate { path: PathBuf, reason: String },
+    #[error("the client certificate {cert} and key {key} cannot be used: {reason}")]
+    ClientIdentity {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
     #[error("cannot make the Hub client: {0}")]
     Client(String),
 }
@@ -183,6 +192,19 @@ impl HubAttestor {
             for certificate in certificates {
                 builder = builder.add_root_certificate(certificate);
             }
+        }
+        if let Some((cert, key)) = &options.client_identity {
+            let unusable = |reason: String| HubError::ClientIdentity {
+                cert: cert.clone(),
+                key: key.clone(),
+                reason,
+            };
+            let mut pem = std::fs::read(cert).map_err(|error| unusable(error.to_string()))?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key).map_err(|error| unusable(error.to_string()))?);
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|error| unusable(error.to_string()))?;
+            builder = builder.identity(identity);
         }
         let client = builder
             .build()
@@ -576,6 +598,7 @@ mod tests {
             // Nothing listens there: asking would fail as unreachable, not as missing.
             api_url: "http://127.0.0.1:9/hub/api".into(),
             ca_file: None,
+            client_identity: None,
             policy,
             cache_max_age: HubOptions::DEFAULT_CACHE_MAX_AGE,
         };
@@ -608,6 +631,7 @@ mod tests {
         let options = HubOptions {
             api_url: "hub:8081/hub/api".into(),
             ca_file: None,
+            client_identity: None,
             policy: HubPolicy::Required,
             cache_max_age: HubOptions::DEFAULT_CACHE_MAX_AGE,
         };
