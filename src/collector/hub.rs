@@ -31,6 +31,8 @@ const CACHE_ENTRIES: usize = 4096;
 const CONCURRENT_REQUESTS: usize = 8;
 /// How long one request to the Hub may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest token asked about (Hub tokens are 32 characters).
+const MAX_TOKEN_BYTES: usize = 1024;
 /// Largest answer read from the Hub.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
@@ -242,6 +244,17 @@ impl HubAttestor {
                 detail: "the kernel presented no Hub API token (JUPYTERHUB_API_TOKEN)".into(),
             });
         };
+        // Not worth a request: no Hub issues such a token, and it could not go in a
+        // header as it is.
+        if !is_token_shaped(token.secret()) {
+            return Err(Unverified {
+                reason: UnverifiedReason::TokenRejected,
+                detail: format!(
+                    "the kernel's token is not a Hub token (over {MAX_TOKEN_BYTES} bytes, or \
+                     characters other than printable ASCII)"
+                ),
+            });
+        }
         let key = TokenKey::of(token);
         let now = Instant::now();
         if let Some(known) = lock(&self.cache).known(&key, now, FRESH) {
@@ -320,6 +333,11 @@ impl HubAttestor {
         })?;
         model.identity()
     }
+}
+
+/// Whether `token` could be a Hub API token: printable ASCII without spaces, and short.
+fn is_token_shaped(token: &str) -> bool {
+    token.len() <= MAX_TOKEN_BYTES && token.bytes().all(|byte| byte.is_ascii_graphic())
 }
 
 /// An error and its causes, in one line ("error sending request" alone says little),
@@ -624,6 +642,36 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_token_no_hub_issues_is_rejected_without_asking() {
+        let attestor = HubAttestor::new(&HubOptions {
+            // Nothing listens there: asking would say unreachable.
+            api_url: "http://127.0.0.1:9/hub/api".into(),
+            ca_file: None,
+            client_identity: None,
+            policy: HubPolicy::Required,
+            cache_max_age: HubOptions::DEFAULT_CACHE_MAX_AGE,
+        })
+        .expect("attestor");
+        for text in [
+            "a\nAuthorization: token b",
+            "tab\there",
+            "é",
+            &"x".repeat(2000),
+        ] {
+            match attestor.attest(Some(&token(text))).await {
+                Attestation::Refused(unverified) => {
+                    assert_eq!(
+                        unverified.reason,
+                        UnverifiedReason::TokenRejected,
+                        "{text:?}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
