@@ -208,9 +208,15 @@ impl HubAttestor {
                 reqwest::Identity::from_pem(&pem).map_err(|error| unusable(error.to_string()))?;
             builder = builder.identity(identity);
         }
-        let client = builder
-            .build()
-            .map_err(|error| HubError::Client(error.to_string()))?;
+        // A key that is not the certificate's shows only here.
+        let client = builder.build().map_err(|error| match &options.client_identity {
+            Some((cert, key)) => HubError::ClientIdentity {
+                cert: cert.clone(),
+                key: key.clone(),
+                reason: causes(error),
+            },
+            None => HubError::Client(causes(error)),
+        })?;
         Ok(Self {
             client,
             user_url: format!("{api}/user"),
@@ -353,6 +359,31 @@ fn causes(error: reqwest::Error) -> String {
             text.push_str(&cause_text);
         }
         source = cause.source();
+    }
+    // What the TLS alerts mean for the admin who reads this.
+    let hints = [
+        (
+            "CertificateRequired",
+            "the Hub asks for a client certificate: --hub-client-cert/--hub-client-key",
+        ),
+        (
+            "UnknownCA",
+            "the Hub does not trust the collector's client certificate",
+        ),
+        (
+            "UnknownIssuer",
+            "the Hub's certificate is not signed by the CA of --hub-ca-file",
+        ),
+        (
+            "NotValidForName",
+            "the Hub's certificate does not name the host of --hub-api-url",
+        ),
+    ];
+    for (alert, hint) in hints {
+        if text.contains(alert) {
+            text = format!("TLS with the Hub failed ({hint}): {text}");
+            break;
+        }
     }
     text
 }
