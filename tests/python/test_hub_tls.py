@@ -10,8 +10,8 @@ One Hub for the module (DummyAuthenticator, no single-user server: the collector
 asks `GET /hub/api/user` with the kernel's token), behind configurable-http-proxy (npm,
 in .node/), on 127.0.0.1 and free ports. A service with the admin role creates the user
 `alice` and a token of hers through the REST API, over https with a client certificate.
-The collector gets a certificate of its own, signed by the Hub's `services-ca` (its key
-never leaves the collector's files; the Hub's keys are not reused).
+The collector gets a certificate of its own, signed by the Hub's `services-ca` (with
+openssl, as the README says; the Hub's keys are not reused).
 
 - With the Hub's CA and that certificate, a kernel holding alice's token runs a cell and
   the records say `user.name: alice`, `verified_by: jupyterhub`, the OS account in
@@ -65,6 +65,7 @@ VENV_BIN = Path(sys.executable).parent
 pytestmark = [
     pytest.mark.skipif(not CHP.exists(), reason=f"configurable-http-proxy is not installed "
                        f"({CHP}; scripts/hub-env.sh installs it)"),
+    pytest.mark.skipif(not shutil.which("openssl"), reason="openssl (the command) is not installed"),
     pytest.mark.timeout(180),
 ]
 
@@ -196,6 +197,26 @@ def signed_client_cert(hub: TlsHub, store: Path, name: str) -> tuple[str, str]:
     return record["files"]["cert"], record["files"]["key"]
 
 
+def openssl_client_cert(hub: TlsHub, directory: Path) -> tuple[str, str]:
+    """The collector's key and certificate as README "Identity from JupyterHub" makes
+    them: openssl, signed by the Hub's services-ca."""
+    directory.mkdir()
+    ca = hub.internal_ca("services-ca")
+    key, csr, ext, pem = (directory / name for name in
+                          ("hub-client.key", "hub-client.csr", "hub-client.ext", "hub-client.pem"))
+    ext.write_text("extendedKeyUsage=clientAuth\n")
+    for argv in (
+        ["req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=jupyter-audit-collector",
+         "-keyout", key, "-out", csr],
+        ["x509", "-req", "-in", csr, "-CA", ca["cert"], "-CAkey", ca["key"],
+         "-CAserial", directory / "services-ca.srl", "-CAcreateserial", "-days", "365",
+         "-extfile", ext, "-out", pem],
+    ):
+        result = subprocess.run(["openssl", *map(str, argv)], capture_output=True, text=True)
+        assert result.returncode == 0, f"openssl {argv}\n{result.stderr}"
+    return str(pem), str(key)
+
+
 def foreign_ca(store: Path) -> Path:
     """A fresh self-signed CA that signed nothing of the Hub's."""
     record = Certipy(store_dir=str(store)).create_ca("not-the-hub-ca")
@@ -286,7 +307,7 @@ def os_account() -> str:
 
 def test_hub_over_tls_attests_the_kernels_user(hub, alice_token, started, run_dir):
     collectors, pool = started
-    cert, key = signed_client_cert(hub, run_dir / "client-certs", "jupyter-audit-collector")
+    cert, key = openssl_client_cert(hub, run_dir / "client-cert")
     collector = hub_collector(collectors, run_dir, hub, "--hub-ca-file", str(hub.ca_file),
                               "--hub-client-cert", cert, "--hub-client-key", key)
     kernel = TokenKernel(pool, collector, alice_token, run_dir)
