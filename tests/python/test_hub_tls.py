@@ -16,8 +16,8 @@ openssl, as the README says; the Hub's keys are not reused).
 - With the Hub's CA and that certificate, a kernel holding alice's token runs a cell and
   the records say `user.name: alice`, `verified_by: jupyterhub`, the OS account in
   `process.user`.
-- Without a client certificate (the Hub ends the handshake), or trusting another CA (the
-  Hub's certificate cannot be verified), the collector (policy required) refuses the
+- Without a client certificate or with one of another CA (the Hub ends the handshake), or
+  trusting another CA (the Hub's certificate cannot be verified), the collector (policy required) refuses the
   kernel: the cell does not run, the notebook sees the refusal, and an
   `identity_refused` record says `hub_unreachable` and why, in words that name TLS.
 - The token appears neither in the collector's log, nor in the proxy's, nor in the store.
@@ -380,6 +380,17 @@ def test_without_client_certificate_the_kernel_is_refused(hub, alice_token, star
     detail = field(refusal, "collector.detail", "")
     # The Hub ends the handshake with TLS 1.3's certificate_required alert.
     assert "certificate" in detail.lower(), refusal
+
+
+def test_a_client_certificate_the_hub_does_not_trust_is_refused(hub, alice_token, started,
+                                                                run_dir):
+    certipy = Certipy(store_dir=str(run_dir / "rogue"))
+    certipy.create_ca("rogue-ca")
+    rogue = certipy.create_signed_pair("jupyter-audit-collector", "rogue-ca")["files"]
+    refusal = refused_cell(hub, alice_token, started, run_dir, "--hub-ca-file", str(hub.ca_file),
+                           "--hub-client-cert", rogue["cert"], "--hub-client-key", rogue["key"])
+    # The Hub's alert: unknown_ca.
+    assert "unknownca" in field(refusal, "collector.detail", "").lower(), refusal
 
 
 def test_with_another_ca_the_kernel_is_refused(hub, alice_token, started, run_dir):
