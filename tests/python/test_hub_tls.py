@@ -17,9 +17,10 @@ openssl, as the README says; the Hub's keys are not reused).
   the records say `user.name: alice`, `verified_by: jupyterhub`, the OS account in
   `process.user`.
 - Without a client certificate or with one of another CA (the Hub ends the handshake), or
-  trusting another CA (the Hub's certificate cannot be verified), the collector (policy required) refuses the
-  kernel: the cell does not run, the notebook sees the refusal, and an
-  `identity_refused` record says `hub_unreachable` and why, in words that name TLS.
+  trusting another CA (the Hub's certificate cannot be verified), the collector (policy
+  required) refuses the kernel: the cell does not run, the notebook sees the refusal,
+  and an `identity_refused` record says `hub_unreachable` and why, in words that name
+  the TLS failure.
 - The token appears neither in the collector's log, nor in the proxy's, nor in the store.
 - A key that is not the client certificate's stops the collector at start, and it should
   say which files (xfail: it says "builder error").
