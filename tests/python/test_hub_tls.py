@@ -66,7 +66,7 @@ VENV_BIN = Path(sys.executable).parent
 pytestmark = [
     pytest.mark.skipif(not CHP.exists(), reason=f"configurable-http-proxy is not installed "
                        f"({CHP}; scripts/hub-env.sh installs it)"),
-    pytest.mark.skipif(not shutil.which("openssl"), reason="openssl (the command) is not installed"),
+    pytest.mark.skipif(not shutil.which("openssl"), reason="the openssl command is missing"),
     pytest.mark.timeout(180),
 ]
 
