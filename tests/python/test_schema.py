@@ -273,6 +273,13 @@ INVALID = {
     "chain hash not hex": lambda r: r["chain"].update(hash="xyz"),
     "no sequence": lambda r: r["event"].pop("sequence"),
     "no user id": lambda r: r["user"].pop("id"),
+    "no user id, verified by peer credentials": lambda r: (
+        r["user"].pop("id"), r["user"].update(verified_by="peercred")),
+    "a Hub user without a name": lambda r: r.update(user={"verified_by": "jupyterhub"}),
+    "a Hub user with a uid for an id": lambda r: r["user"].update(verified_by="jupyterhub"),
+    "Hub details on an OS account": lambda r: r["user"].update(hub={"groups": []}),
+    "verified by something else": lambda r: r["user"].update(verified_by="header"),
+    "process.user without its uid": lambda r: r["process"].update(user={"name": "jovyan"}),
     "user id not a uid": lambda r: r["user"].update(id="root"),
     "no host": lambda r: r.pop("host"),
     "timestamp not RFC 3339": lambda r: r.update({"@timestamp": "yesterday"}),
@@ -302,6 +309,11 @@ def test_schema_is_strict_where_it_matters(validator):
     image = mutated(lambda r: (r["event"].update(action="display_data"), r["jupyter"].update(
         data={"image/png": {"sha256": "b" * 64, "size": 3}, "text/plain": "<Image>"})))
     assert problems(validator, image) == []
+    attested = mutated(lambda r: r.update(
+        user={"name": "alice", "verified_by": "jupyterhub", "roles": ["user"],
+              "hub": {"groups": ["lab"], "admin": False, "server": "", "token_id": "a1"}},
+        process={"pid": 42, "user": {"id": "1000", "name": "jovyan"}}))
+    assert problems(validator, attested) == []
     for name, change in INVALID.items():
         assert problems(validator, mutated(change)), f"accepted: {name}"
     forged = collector_record()
