@@ -96,6 +96,14 @@ EXPECTED_REASON = {
 }
 
 
+class Token(str):
+    """A Hub token that does not show in a failure report (pytest prints the values of a
+    failing test's fixtures)."""
+
+    def __repr__(self) -> str:
+        return "<token>"
+
+
 # --- the Hub ---------------------------------------------------------------------------------
 
 
@@ -205,7 +213,7 @@ class HubApi:
         """(token, token id) of a new API token of `user`."""
         body = self.request("POST", f"/hub/api/users/{user}/tokens", expect=(200, 201),
                             json={"note": "jupyter-audit test"}).json()
-        return body["token"], body["id"]
+        return Token(body["token"]), body["id"]
 
     def revoke_token(self, user: str, token_id: str) -> None:
         self.request("DELETE", f"/hub/api/users/{user}/tokens/{token_id}", expect=(204,))
@@ -336,8 +344,7 @@ def hub_env():
     env = Env()
     env.base = Path(tempfile.mkdtemp(prefix="ja-hubid-"))
     env.base.chmod(0o755)
-    env.tokens = {"proxy": secrets.token_hex(32), "driver": secrets.token_hex(32),
-                  "service": secrets.token_hex(32)}
+    env.tokens = {name: Token(secrets.token_hex(32)) for name in ("proxy", "driver", "service")}
     env.logs: list[Path] = []
     hub = proxy = None
     collectors: list[Collector] = []
@@ -427,7 +434,7 @@ def hub_work(hub_env):
         assert words[:3] == ["cell", "of", user], out
         uid, pid = int(words[4]), int(words[5])
         done[user] = {"kernel": kernel, "nonce": nonce, "uid": uid,
-                      "token": environ_of(pid)["JUPYTERHUB_API_TOKEN"]}
+                      "token": Token(environ_of(pid)["JUPYTERHUB_API_TOKEN"])}
     yield done
     for work in done.values():
         work["kernel"].close()
@@ -533,7 +540,7 @@ def revoked_token(hub_env):
 
 
 def token_of(kind: str, hub_env: Env, revoked: str) -> str | None:
-    return {"bogus": secrets.token_hex(32), "revoked": revoked,
+    return {"bogus": Token(secrets.token_hex(32)), "revoked": revoked,
             "service": hub_env.tokens["service"], "absent": None}[kind]
 
 
