@@ -532,6 +532,7 @@ async fn writer_connection(
     write_frame(
         &mut write,
         &ToCollector::Hello {
+            hub_token: None,
             version: PROTOCOL_VERSION,
         },
     )
@@ -565,6 +566,7 @@ async fn writer_connection(
                         id
                     }
                     Ok(Some(FromCollector::Hello { .. })) => continue,
+                    Ok(Some(FromCollector::Refused { reason })) => panic!("refused: {reason}"),
                     // The collector closes once every record is answered.
                     Ok(None) => break,
                     Err(error) => panic!("connection failed: {error}"),

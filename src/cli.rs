@@ -86,6 +86,13 @@ pub struct PostgresInitArgs {
     pub print: bool,
 }
 
+/// `--hub-identity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HubIdentityPolicy {
+    Required,
+    Preferred,
+}
+
 #[derive(Debug, Args)]
 pub struct CollectorArgs {
     /// The store directory (created if missing; owned by the collector's user).
@@ -133,9 +140,31 @@ pub struct CollectorArgs {
     #[arg(long, value_name = "FILE")]
     pub postgres_password_file: Option<PathBuf>,
 
-    /// The admin config file; its [limits] section sets the fairness limits and its
-    /// [forward] section the PostgreSQL target (the flags override both). A missing file
-    /// is an empty one.
+    /// Ask this JupyterHub (its API root, e.g. http://hub:8081/hub/api) who owns the
+    /// API token each kernel presents, and record that Hub user as `user` (the OS
+    /// account stays in `process.user`). Also `api_url` in the config file's [hub].
+    #[arg(long, value_name = "URL")]
+    pub hub_api_url: Option<String>,
+
+    /// PEM file of the CA that signed the Hub's certificate (internal_ssl); also
+    /// `ca_file` in [hub].
+    #[arg(long, value_name = "PEM")]
+    pub hub_ca_file: Option<PathBuf>,
+
+    /// A kernel whose token the Hub does not vouch for: refused (its cells do not run)
+    /// or accepted under its OS account, marked unverified [default: required]; also
+    /// `identity` in [hub].
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub hub_identity: Option<HubIdentityPolicy>,
+
+    /// How long a token the Hub verified is accepted while the Hub cannot be reached
+    /// (seconds) [default: 86400]; also `cache_max_age_secs` in [hub].
+    #[arg(long, value_name = "SECS")]
+    pub hub_cache_max_age_secs: Option<u64>,
+
+    /// The admin config file; its [limits] section sets the fairness limits, its
+    /// [forward] section the PostgreSQL target and its [hub] section the JupyterHub
+    /// (the flags override them). A missing file is an empty one.
     #[arg(long, default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 

@@ -3,8 +3,8 @@
 //! notebook user wrote. Nothing is read from the user's environment or home.
 //!
 //! The collector reads the same file for its fairness limits (`[limits]`) and where to
-//! forward its store (`[forward]`); there its command line wins, since the administrator
-//! writes both.
+//! forward its store (`[forward]`) and the JupyterHub it asks who runs each kernel
+//! (`[hub]`); there its command line wins, since the administrator writes both.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::audit::SizePolicy;
+use crate::collector::hub::HubPolicy;
 use crate::collector::limits::{InvalidLimit, Limits};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/jupyter-audit/config.toml";
@@ -63,6 +64,22 @@ pub struct ConfigFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub forward: ForwardSection,
+    #[serde(default)]
+    pub hub: HubSection,
+}
+
+/// Where the collector asks JupyterHub whose kernel a connection is (`[hub]`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HubSection {
+    /// The Hub's API root, e.g. `http://hub:8081/hub/api`.
+    pub api_url: Option<String>,
+    /// The CA that signed the Hub's certificate (internal_ssl).
+    pub ca_file: Option<PathBuf>,
+    /// `required` (the default once `api_url` is set) or `preferred`.
+    pub identity: Option<HubPolicy>,
+    /// How long a verified token is accepted while the Hub cannot be reached.
+    pub cache_max_age_secs: Option<u64>,
 }
 
 /// Where the collector forwards its store (`[forward]`). A password never goes here or

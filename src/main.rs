@@ -9,7 +9,10 @@ use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Cli, CollectorArgs, Command, KernelArgs, PostgresCommand, PostgresInitArgs, VerifyArgs};
+use cli::{
+    Cli, CollectorArgs, Command, HubIdentityPolicy, KernelArgs, PostgresCommand, PostgresInitArgs,
+    VerifyArgs,
+};
 use jupyter_audit::config::{self, ConfigFile, LimitsSection};
 use jupyter_audit::proxy::{self, ProxyConfig};
 use jupyter_audit::{kernelspec, launcher, memory, review, store};
@@ -90,11 +93,39 @@ fn run_postgres_init(args: PostgresInitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The collector's Hub settings: its flags, else the config file's [hub].
+fn hub_options(
+    args: &CollectorArgs,
+    file: &jupyter_audit::config::HubSection,
+) -> Option<jupyter_audit::collector::hub::HubOptions> {
+    use jupyter_audit::collector::hub::{HubOptions, HubPolicy};
+    let api_url = args.hub_api_url.clone().or(file.api_url.clone())?;
+    let policy = match args.hub_identity {
+        Some(HubIdentityPolicy::Required) => HubPolicy::Required,
+        Some(HubIdentityPolicy::Preferred) => HubPolicy::Preferred,
+        None => file.identity.unwrap_or(HubPolicy::Required),
+    };
+    let cache_max_age = args
+        .hub_cache_max_age_secs
+        .or(file.cache_max_age_secs)
+        .map_or(
+            HubOptions::DEFAULT_CACHE_MAX_AGE,
+            std::time::Duration::from_secs,
+        );
+    Some(HubOptions {
+        api_url,
+        ca_file: args.hub_ca_file.clone().or(file.ca_file.clone()),
+        policy,
+        cache_max_age,
+    })
+}
+
 fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     use jupyter_audit::collector::daemon::{self, DaemonConfig};
     use jupyter_audit::postgres::connect::{PostgresOptions, PostgresTarget};
     use std::time::Duration;
     let file = ConfigFile::load(&args.config)?;
+    let hub = hub_options(&args, &file.hub);
     let forward_url = args.forward_postgres.or(file.forward.postgres_url.clone());
     let forward = forward_url
         .map(|url| {
@@ -133,6 +164,7 @@ fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
         socket_mode: args.socket_mode,
         limits,
         forward,
+        hub,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

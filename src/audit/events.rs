@@ -55,10 +55,14 @@ pub enum Action {
     RefusalsSuppressed,
     /// PostgreSQL holds another trail for this store (a fork); forwarding stopped.
     ForwardConflict,
+    /// A connection without the JupyterHub identity the collector requires, refused.
+    IdentityRefused,
+    /// A connection without a JupyterHub identity, accepted under its OS account.
+    IdentityUnverified,
 }
 
 impl Action {
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 19] = [
         Self::SessionStart,
         Self::SessionEnd,
         Self::ParentExited,
@@ -76,6 +80,8 @@ impl Action {
         Self::RecordRefused,
         Self::RefusalsSuppressed,
         Self::ForwardConflict,
+        Self::IdentityRefused,
+        Self::IdentityUnverified,
     ];
 
     /// The name as `event.action` holds it.
@@ -98,6 +104,8 @@ impl Action {
             Self::RecordRefused => "record_refused",
             Self::RefusalsSuppressed => "refusals_suppressed",
             Self::ForwardConflict => "forward_conflict",
+            Self::IdentityRefused => "identity_refused",
+            Self::IdentityUnverified => "identity_unverified",
         }
     }
 
@@ -118,6 +126,8 @@ impl Action {
                 | Self::RecordRefused
                 | Self::RefusalsSuppressed
                 | Self::ForwardConflict
+                | Self::IdentityRefused
+                | Self::IdentityUnverified
         )
     }
 }
@@ -522,6 +532,36 @@ pub struct ForwardConflict {
     pub reason: String,
 }
 event!(ForwardConflict => Action::ForwardConflict, Outcome::Failure);
+
+/// `identity_refused` or `identity_unverified`: a connection to a collector that asks
+/// JupyterHub who each kernel belongs to, whose token did not establish a Hub user.
+/// Stamped with the connection's OS account.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IdentityUnattested {
+    /// Refused (policy `required`): `identity_refused`.
+    #[serde(skip)]
+    pub refused: bool,
+    /// `missing_token`, `token_rejected`, `not_a_user` or `hub_unreachable`.
+    pub reason: String,
+    pub detail: String,
+    /// The collector's `hub_identity` policy.
+    pub policy: String,
+}
+
+impl AuditEvent for IdentityUnattested {
+    fn action(&self) -> Action {
+        if self.refused {
+            Action::IdentityRefused
+        } else {
+            Action::IdentityUnverified
+        }
+    }
+
+    fn outcome(&self) -> Option<Outcome> {
+        Some(Outcome::Failure)
+    }
+}
 
 #[cfg(test)]
 mod tests;

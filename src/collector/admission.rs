@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use super::fields::{self, FieldRefusal, capped};
 use super::incoming::SenderRecord;
-use super::refusals::{RefusalLimiter, refusal_record};
-use super::server::{PeerIdentity, stamp};
+use super::refusals::{RefusalLimiter, refusal_record, stamp_collector_record};
+use super::server::PeerIdentity;
 use super::sessions::{Claim, Owner, SessionTable};
 use crate::audit::Record;
 use crate::audit::events::{AuditEvent, ForgedRecord, RecordRefused, RefusedClaim, SessionOwner};
@@ -138,18 +138,14 @@ impl Admission {
     }
 
     /// Stamps a record of the collector's with the sender's identity and queues it.
-    async fn store_record(&self, mut record: Record) {
-        let details = record.remove("collector");
-        let mut stamped = match stamp(record, &self.identity, &self.host) {
+    async fn store_record(&self, record: Record) {
+        let stamped = match stamp_collector_record(record, &self.identity, &self.host) {
             Ok(stamped) => stamped,
             Err(reason) => {
                 tracing::error!(%reason, "cannot stamp a refusal record");
                 return;
             }
         };
-        if let Some(details) = details {
-            stamped.insert("collector".into(), details);
-        }
         let stored = self.store.submit(stamped, false).await;
         tokio::spawn(async move {
             if let Ok(Err(error)) = stored.await {

@@ -28,8 +28,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::protocol::{
-    FromCollector, MAX_FRAME_BYTES, PROTOCOL_VERSION, ProtocolError, RecordFrame, ToCollector,
-    read_frame, write_frame,
+    FromCollector, HubToken, MAX_FRAME_BYTES, PROTOCOL_VERSION, ProtocolError, RecordFrame,
+    ToCollector, read_frame, write_frame,
 };
 use crate::audit::events::AuditGap;
 use crate::audit::{Observation, Record, SessionContext, record_event};
@@ -44,6 +44,9 @@ const MAX_RETRY: Duration = Duration::from_secs(2);
 /// submission while the collector reads what is already written (so building a record
 /// runs beside the collector's work); above it, it waits for the socket.
 const OUTGOING_BYTES: usize = 4 * 1024 * 1024;
+/// Pause before connecting again after the collector refused the connection (its
+/// identity could not be established): the answer changes only when the Hub does.
+const REFUSED_RETRY: Duration = Duration::from_secs(15);
 /// Records lost while connected (refused by the collector) are reported in an
 /// `audit_gap` at most this often, and at every flush: a gap record refused in turn is
 /// counted in the next one, so refusals cannot feed a loop.
@@ -116,6 +119,17 @@ impl AuditClient {
         context: SessionContext,
         recorder: Box<dyn Recorder>,
     ) -> (Self, JoinHandle<()>) {
+        Self::spawn_presenting(socket, None, context, recorder)
+    }
+
+    /// [`spawn`](Self::spawn), presenting `hub_token` to the collector at every
+    /// connection (for it to ask JupyterHub whose kernel this is).
+    pub fn spawn_presenting(
+        socket: PathBuf,
+        hub_token: Option<HubToken>,
+        context: SessionContext,
+        recorder: Box<dyn Recorder>,
+    ) -> (Self, JoinHandle<()>) {
         let (submissions, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let lost = Arc::new(AtomicU64::new(0));
         let connected = Arc::new(AtomicBool::new(false));
@@ -123,6 +137,7 @@ impl AuditClient {
             ClientTask {
                 connected: connected.clone(),
                 socket,
+                hub_token,
                 context,
                 recorder,
                 submissions: receiver,
@@ -349,6 +364,7 @@ struct Gap {
 struct ClientTask {
     connected: Arc<AtomicBool>,
     socket: PathBuf,
+    hub_token: Option<HubToken>,
     context: SessionContext,
     recorder: Box<dyn Recorder>,
     submissions: mpsc::Receiver<Submission>,
@@ -412,7 +428,8 @@ impl ClientTask {
     }
 
     async fn connect(&mut self) {
-        match tokio::time::timeout(Duration::from_secs(2), open(&self.socket)).await {
+        let opened = open(&self.socket, self.hub_token.as_ref());
+        match tokio::time::timeout(Duration::from_secs(2), opened).await {
             Ok(Ok(connection)) => {
                 tracing::info!(socket = %self.socket.display(), "connected to the audit collector");
                 self.connection = Some(connection);
@@ -420,6 +437,10 @@ impl ClientTask {
                 self.retry_delay = Duration::from_millis(50);
                 self.resend_pending().await;
                 self.report_gap().await;
+            }
+            Ok(Err(error @ ProtocolError::Refused(_))) => {
+                self.disconnected(error.to_string());
+                self.retry_at = Instant::now() + REFUSED_RETRY;
             }
             Ok(Err(error)) => self.disconnected(error.to_string()),
             Err(_) => self.disconnected("connection attempt timed out".into()),
@@ -664,6 +685,9 @@ impl ClientTask {
                 retry: false,
             })) => (id, Err(AuditError::NotStored(error))),
             Some(Ok(FromCollector::Hello { .. })) => return,
+            Some(Ok(FromCollector::Refused { reason })) => {
+                return self.disconnected(ProtocolError::Refused(reason).to_string());
+            }
             Some(Err(error)) => return self.disconnected(error.to_string()),
             None => return self.disconnected("the collector closed the connection".into()),
         };
@@ -775,19 +799,24 @@ fn too_large_stub(record: &Record, size: usize) -> Record {
     stub
 }
 
-async fn open(socket: &std::path::Path) -> Result<Connection, ProtocolError> {
+async fn open(
+    socket: &std::path::Path,
+    hub_token: Option<&HubToken>,
+) -> Result<Connection, ProtocolError> {
     let stream = UnixStream::connect(socket).await?;
     let (mut read, mut writer) = stream.into_split();
     write_frame(
         &mut writer,
         &ToCollector::Hello {
             version: PROTOCOL_VERSION,
+            hub_token: hub_token.cloned(),
         },
     )
     .await?;
     writer.flush().await?;
     match read_frame::<_, FromCollector>(&mut read).await? {
         Some(FromCollector::Hello { version }) if version == PROTOCOL_VERSION => {}
+        Some(FromCollector::Refused { reason }) => return Err(ProtocolError::Refused(reason)),
         Some(other) => {
             return Err(ProtocolError::Io(std::io::Error::other(format!(
                 "unexpected answer to hello: {other:?}"

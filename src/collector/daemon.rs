@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::disk::DiskSpace;
+use super::hub::{HubAttestor, HubOptions};
 use super::limits::{self, Fairness, LimitReport, Limits};
 use super::server::{self, CollectorError, PeerIdentity};
 use crate::audit::Record;
@@ -34,6 +35,8 @@ pub struct DaemonConfig {
     pub limits: Limits,
     /// Forward the store to this PostgreSQL server.
     pub forward: Option<PostgresTarget>,
+    /// Ask this JupyterHub whose kernel each connection is.
+    pub hub: Option<HubOptions>,
 }
 
 /// How long a stopping collector keeps forwarding what is stored before it exits.
@@ -58,6 +61,14 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     );
+    // A Hub setting that cannot work (a bad URL or CA file) stops the start, before
+    // any kernel is refused for it.
+    let hub = config
+        .hub
+        .as_ref()
+        .map(HubAttestor::new)
+        .transpose()?
+        .map(Arc::new);
     let store_config = config.store.clone();
     let opened = tokio::task::spawn_blocking(move || store::open(store_config))
         .await
@@ -105,7 +116,17 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
             _ = interrupt.recv() => {}
         }
     };
-    server::serve_fairly(listener, store.clone(), Arc::clone(&fairness), shutdown).await;
+    if let Some(hub) = &config.hub {
+        tracing::info!(api = %hub.api_url, policy = hub.policy.name(), "kernels are identified by JupyterHub");
+    }
+    server::serve_fairly(
+        listener,
+        store.clone(),
+        Arc::clone(&fairness),
+        hub,
+        shutdown,
+    )
+    .await;
     tracing::info!("collector stopping");
     let _ = std::fs::remove_file(&config.socket);
     reporting.abort();
@@ -229,6 +250,7 @@ async fn record_own(store: &StoreHandle, event: &impl AuditEvent) {
         gid: nix::unistd::getgid().as_raw(),
         pid: i32::try_from(std::process::id()).ok(),
         user_name: server::user_name(uid).await,
+        hub: None,
     };
     let host = server::host_name();
     let mut record = Record::new();

@@ -16,6 +16,7 @@ fn identity(pid: u32) -> PeerIdentity {
         gid: nix::unistd::getgid().as_raw(),
         pid: i32::try_from(pid).ok(),
         user_name: None,
+        hub: None,
     }
 }
 

@@ -9,12 +9,14 @@ pub mod client;
 pub mod daemon;
 pub mod disk;
 pub mod fields;
+pub mod hub;
 pub mod incoming;
 pub mod limits;
 pub mod protocol;
 pub mod refusals;
 pub mod server;
 pub mod sessions;
+pub mod unattested;
 
 pub use client::{AuditClient, AuditError, Recorder, Ticket};
 

@@ -20,6 +20,10 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 pub enum ToCollector {
     Hello {
         version: u32,
+        /// The kernel's JupyterHub API token, for the collector to ask the Hub whose
+        /// it is (see [`super::hub`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hub_token: Option<HubToken>,
     },
     Record {
         id: u64,
@@ -29,6 +33,36 @@ pub enum ToCollector {
         #[serde(default, skip_serializing_if = "is_false")]
         urgent: bool,
     },
+}
+
+/// A JupyterHub API token: a secret. It is only ever sent to the collector and by the
+/// collector to the Hub; its `Debug` hides it, so no log line can carry it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HubToken(String);
+
+impl HubToken {
+    pub fn new(token: String) -> Self {
+        Self(token)
+    }
+
+    /// The token from the environment the kernel was started with, if any.
+    pub fn from_environment() -> Option<Self> {
+        std::env::var("JUPYTERHUB_API_TOKEN")
+            .ok()
+            .filter(|token| !token.is_empty())
+            .map(Self)
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for HubToken {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("HubToken(<hidden>)")
+    }
 }
 
 fn is_false(value: &bool) -> bool {
@@ -51,6 +85,11 @@ pub struct RecordFrame<'a> {
 pub enum FromCollector {
     Hello {
         version: u32,
+    },
+    /// In place of `hello`: the connection is not accepted (its identity could not be
+    /// established as the collector's policy requires), and is closed.
+    Refused {
+        reason: String,
     },
     /// The record with this id is on disk with this sequence number.
     Ack {
@@ -78,6 +117,8 @@ pub enum ProtocolError {
     Malformed(#[from] serde_json::Error),
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    #[error("the collector refused this kernel: {0}")]
+    Refused(String),
 }
 
 pub async fn write_frame<W, T>(writer: &mut W, frame: &T) -> Result<(), ProtocolError>

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::server::{PeerIdentity, stamp};
 use crate::audit::events::{Action, AuditEvent, RefusalsSuppressed};
 use crate::audit::{Record, now_rfc3339};
 
@@ -85,6 +86,21 @@ pub fn refusal_record(event: &impl AuditEvent) -> Record {
     record.insert("event".into(), event.header().to_value());
     record.insert("collector".into(), Value::Object(event.fields()));
     record
+}
+
+/// A record of the collector's (its details in `collector`) stamped with `identity`:
+/// [`stamp`] drops `collector`, so it is put back after.
+pub fn stamp_collector_record(
+    mut record: Record,
+    identity: &PeerIdentity,
+    host: &str,
+) -> Result<Record, String> {
+    let details = record.remove("collector");
+    let mut stamped = stamp(record, identity, host)?;
+    if let Some(details) = details {
+        stamped.insert("collector".into(), details);
+    }
+    Ok(stamped)
 }
 
 #[cfg(test)]

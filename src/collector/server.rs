@@ -13,10 +13,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{Admission, Verdict};
+use super::hub::{Attestation, HubAttestor, HubIdentity};
 use super::incoming::{SenderFrame, SenderRecord, Slot};
 use super::limits::{ConnectionSlot, Fairness, Limits, Room};
 use super::protocol::{FromCollector, PROTOCOL_VERSION, ProtocolError, ToCollector, write_frame};
 use super::sessions::SessionTable;
+use super::unattested::{IdentityNotes, identity_event, store_identity_record};
 use crate::audit::{Record, now_rfc3339};
 use crate::path_safety::{self, PathCheckError, PathRole};
 use crate::store::record::{self, Part, Prepared};
@@ -49,15 +51,20 @@ pub enum CollectorError {
     Store(#[from] StoreError),
     #[error(transparent)]
     SocketPath(#[from] PathCheckError),
+    #[error("JupyterHub identity: {0}")]
+    Hub(#[from] super::hub::HubError),
 }
 
-/// Who is on the other end of a connection, as the kernel says (SO_PEERCRED).
+/// Who is on the other end of a connection: the OS account, as the kernel says
+/// (SO_PEERCRED), and the JupyterHub user, when the Hub vouched for the connection's
+/// token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
     pub user_name: Option<String>,
+    pub hub: Option<HubIdentity>,
 }
 
 /// Binds the collector's socket, replacing a stale one, with `mode` permissions.
@@ -96,18 +103,22 @@ pub async fn serve(
         listener,
         store,
         Fairness::new(Limits::default(), None),
+        None,
         shutdown,
     )
     .await
 }
 
-/// Serves connections until `shutdown` resolves, each within its user's share.
+/// Serves connections until `shutdown` resolves, each within its user's share; with
+/// `hub`, each under the JupyterHub identity of the token it presents.
 pub async fn serve_fairly(
     listener: UnixListener,
     store: StoreHandle,
     fairness: Arc<Fairness>,
+    hub: Option<Arc<HubAttestor>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let identity_notes = IdentityNotes::default();
     let host = host_name();
     let names = UserNames::default();
     tokio::pin!(shutdown);
@@ -129,8 +140,11 @@ pub async fn serve_fairly(
                     let host = host.clone();
                     let names = names.clone();
                     let sessions = sessions.clone();
+                    let hub = hub.clone();
+                    let identity_notes = identity_notes.clone();
                     tokio::spawn(async move {
-                        match serve_connection(stream, slot, store, host, names, sessions).await {
+                        let peer = Peer { names, hub, identity_notes };
+                        match serve_connection(stream, slot, store, host, peer, sessions).await {
                             Ok(()) => {}
                             // A proxy killed mid-session; its records so far are stored.
                             Err(ProtocolError::Io(error)) if error.kind() == std::io::ErrorKind::ConnectionReset => {
@@ -193,33 +207,78 @@ impl UserNames {
     }
 }
 
+/// What the collector knows of who may connect: uid names, and the Hub.
+struct Peer {
+    names: UserNames,
+    hub: Option<Arc<HubAttestor>>,
+    identity_notes: IdentityNotes,
+}
+
 async fn serve_connection(
     stream: UnixStream,
     slot: ConnectionSlot,
     store: StoreHandle,
     host: String,
-    names: UserNames,
+    peer: Peer,
     sessions: SessionTable,
 ) -> Result<(), ProtocolError> {
     let credentials = stream.peer_cred()?;
-    let identity = PeerIdentity {
+    let mut identity = PeerIdentity {
         uid: credentials.uid(),
         gid: credentials.gid(),
         pid: credentials.pid(),
-        user_name: names.lookup(credentials.uid()).await,
+        user_name: peer.names.lookup(credentials.uid()).await,
+        hub: None,
     };
     let (mut reader, writer) = stream.into_split();
     let mut writer = BufWriter::new(writer);
     // Said nothing (valid) in time: counted and reported by the slot.
-    match slot.read_hello::<_, ToCollector>(&mut reader).await? {
+    let hub_token = match slot.read_hello::<_, ToCollector>(&mut reader).await? {
         Some(ToCollector::Hello {
             version: PROTOCOL_VERSION,
-        }) => {}
+            hub_token,
+        }) => hub_token,
         Some(other) => {
             tracing::warn!(uid = identity.uid, frame = ?other, "connection did not start with a supported hello");
             return Ok(());
         }
         None => return Ok(()),
+    };
+    if let Some(hub) = &peer.hub {
+        let attested = hub.attest(hub_token.as_ref()).await;
+        drop(hub_token);
+        match attested {
+            Attestation::Verified(hub_identity) => identity.hub = Some(hub_identity),
+            Attestation::Unverified(unverified) => {
+                tracing::warn!(uid = identity.uid, pid = ?identity.pid, reason = unverified.reason.as_str(), detail = %unverified.detail, "accepted without a Hub identity");
+                if peer
+                    .identity_notes
+                    .worth_recording(&identity, unverified.reason)
+                {
+                    let event = identity_event(hub.policy(), &unverified, false);
+                    store_identity_record(&store, &identity, &host, &event).await;
+                }
+            }
+            Attestation::Refused(unverified) => {
+                tracing::warn!(uid = identity.uid, pid = ?identity.pid, reason = unverified.reason.as_str(), detail = %unverified.detail, "connection refused: no Hub identity");
+                if peer
+                    .identity_notes
+                    .worth_recording(&identity, unverified.reason)
+                {
+                    let event = identity_event(hub.policy(), &unverified, true);
+                    store_identity_record(&store, &identity, &host, &event).await;
+                }
+                let refusal = FromCollector::Refused {
+                    reason: format!(
+                        "this collector requires a JupyterHub identity, and {}",
+                        unverified.detail
+                    ),
+                };
+                write_frame(&mut writer, &refusal).await?;
+                tokio::io::AsyncWriteExt::flush(&mut writer).await?;
+                return Ok(());
+            }
+        }
     }
     write_frame(
         &mut writer,
@@ -337,18 +396,64 @@ struct Stamped {
 
 impl Stamped {
     fn of(identity: &PeerIdentity, host: &str) -> Self {
-        let mut user = Map::new();
-        user.insert("id".into(), json!(identity.uid.to_string()));
+        // The OS account, always: under `process.user`, and as `user` itself when no
+        // Hub vouched for the connection.
+        let mut account = Map::new();
+        account.insert("id".into(), json!(identity.uid.to_string()));
         if let Some(name) = &identity.user_name {
-            user.insert("name".into(), json!(name));
+            account.insert("name".into(), json!(name));
         }
+        let user = match &identity.hub {
+            Some(hub) => hub_user(hub),
+            None => {
+                let mut user = account.clone();
+                user.insert("verified_by".into(), json!(VERIFIED_BY_PEERCRED));
+                Value::Object(user)
+            }
+        };
+        let mut process = Map::new();
+        if let Some(pid) = identity.pid {
+            process.insert("pid".into(), json!(pid));
+        }
+        process.insert("user".into(), Value::Object(account));
         Stamped {
-            user: Value::Object(user),
+            user,
             group: json!({ "id": identity.gid.to_string() }),
-            process: identity.pid.map(|pid| json!({ "pid": pid })),
+            process: Some(Value::Object(process)),
             host: json!({ "name": host }),
         }
     }
+}
+
+/// `user.verified_by` of a record whose user is the OS account (SO_PEERCRED).
+pub const VERIFIED_BY_PEERCRED: &str = "peercred";
+/// `user.verified_by` of a record whose user JupyterHub named.
+pub const VERIFIED_BY_JUPYTERHUB: &str = "jupyterhub";
+
+/// The `user` object of a connection the Hub vouched for: the person, and what the Hub
+/// said of them (what the token could read).
+fn hub_user(hub: &HubIdentity) -> Value {
+    let mut user = Map::new();
+    user.insert("name".into(), json!(hub.name));
+    user.insert("verified_by".into(), json!(VERIFIED_BY_JUPYTERHUB));
+    if let Some(roles) = &hub.roles {
+        user.insert("roles".into(), json!(roles));
+    }
+    let mut details = Map::new();
+    if let Some(groups) = &hub.groups {
+        details.insert("groups".into(), json!(groups));
+    }
+    if let Some(admin) = hub.admin {
+        details.insert("admin".into(), json!(admin));
+    }
+    if let Some(server) = &hub.server {
+        details.insert("server".into(), json!(server));
+    }
+    if let Some(token_id) = &hub.token_id {
+        details.insert("token_id".into(), json!(token_id));
+    }
+    user.insert("hub".into(), Value::Object(details));
+    Value::Object(user)
 }
 
 /// A sender's record as stored, assembled from its parts without re-encoding its
@@ -402,6 +507,7 @@ mod tests {
             gid: 1000,
             pid: Some(42),
             user_name: Some("alice".into()),
+            hub: None,
         }
     }
 
@@ -411,7 +517,11 @@ mod tests {
 
     /// The stored line's body for a sender's record, as the store would seal it.
     fn stored_body(record: &SenderRecord) -> Vec<u8> {
-        let prepared = stamp_sender(record, &identity(), "audit-host").expect("valid");
+        stored_body_as(record, &identity())
+    }
+
+    fn stored_body_as(record: &SenderRecord, identity: &PeerIdentity) -> Vec<u8> {
+        let prepared = stamp_sender(record, identity, "audit-host").expect("valid");
         let mut line = Vec::new();
         record::seal_into(&prepared, 1, &record::GENESIS, &mut line);
         assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1, "one line");
@@ -445,15 +555,50 @@ mod tests {
         }));
         super::super::fields::check(&record).expect("a sender's fields only");
         let stamped = stored(&record);
-        assert_eq!(stamped["user"], json!({"id": "1000", "name": "alice"}));
+        assert_eq!(
+            stamped["user"],
+            json!({"id": "1000", "name": "alice", "verified_by": "peercred"})
+        );
         assert_eq!(stamped["host"]["name"], "audit-host");
-        assert_eq!(stamped["process"]["pid"], 42);
+        assert_eq!(
+            stamped["process"],
+            json!({"pid": 42, "user": {"id": "1000", "name": "alice"}})
+        );
         assert_eq!(stamped["event"]["sequence"], 1);
         assert!(stamped["event"]["ingested"].is_string());
         assert!(stamped["@timestamp"].is_string());
         assert_eq!(
             stamped["jupyter"]["claimed_username"], "root",
             "the claim is kept as a claim"
+        );
+    }
+
+    #[test]
+    fn a_hub_user_is_the_user_and_the_os_account_stays_in_process() {
+        let mut attested = identity();
+        attested.user_name = Some("jovyan".into());
+        attested.hub = Some(HubIdentity {
+            name: "alice".into(),
+            roles: Some(vec!["user".into()]),
+            groups: Some(vec!["lab".into()]),
+            admin: Some(false),
+            server: Some(String::new()),
+            token_id: Some("a3".into()),
+        });
+        let record = sender(json!({
+            "event": {"action": "execute_request"},
+            "jupyter": {"session_id": "s", "code": "1"}
+        }));
+        let stamped: Value =
+            serde_json::from_slice(&stored_body_as(&record, &attested)).expect("JSON");
+        assert_eq!(
+            stamped["user"],
+            json!({"name": "alice", "verified_by": "jupyterhub", "roles": ["user"],
+                   "hub": {"groups": ["lab"], "admin": false, "server": "", "token_id": "a3"}})
+        );
+        assert_eq!(
+            stamped["process"]["user"],
+            json!({"id": "1000", "name": "jovyan"})
         );
     }
 

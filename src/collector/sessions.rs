@@ -793,6 +793,7 @@ mod tests {
             gid: 0,
             pid: i32::try_from(std::process::id()).ok(),
             user_name: None,
+            hub: None,
         })
         .await
     }

@@ -32,6 +32,7 @@ use self::startup::Activity;
 use crate::audit::events::AuditEvent;
 use crate::audit::{RecordBuilder, SessionContext};
 use crate::collector::client::AuditClient;
+use crate::collector::protocol::HubToken;
 use crate::config::AuditSettings;
 use crate::connection::Channel;
 use crate::connection::KernelTransport;
@@ -120,8 +121,14 @@ impl Relay {
                 kernel_name: frontend_info.kernel_name.clone(),
             };
             let recorder = RecordBuilder::new(context.clone(), settings.size);
-            let (client, _) =
-                AuditClient::spawn(settings.socket.clone(), context.clone(), Box::new(recorder));
+            // The Hub's token for this user's server, inherited from the server: the
+            // collector asks the Hub whose it is (the user can only present their own).
+            let (client, _) = AuditClient::spawn_presenting(
+                settings.socket.clone(),
+                HubToken::from_environment(),
+                context.clone(),
+                Box::new(recorder),
+            );
             Auditor::new(client, context, settings.on_failure)
         });
         Ok(Self {

@@ -10,6 +10,12 @@ use time::format_description::well_known::Rfc3339;
 use crate::audit::events::AuditEvent;
 use crate::audit::{CutText, KeptText};
 
+/// The uid of the OS account that sent a record: `process.user.id`, or `user.id` in
+/// records written before the person and the account were told apart.
+pub fn os_user_id(value: &Value) -> Option<&str> {
+    str_at(value, &["process", "user", "id"]).or_else(|| str_at(value, &["user", "id"]))
+}
+
 /// The string at `path` (`["jupyter", "session_id"]`), if there is one.
 pub fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
     at(value, path)?.as_str()

@@ -211,6 +211,13 @@ fn event_summary(action: Action, value: &Value) -> String {
                 conflict.table, conflict.row_sequence, conflict.reason
             )
         }
+        Action::IdentityRefused | Action::IdentityUnverified => {
+            let unattested: events::IdentityUnattested = fields::event(value);
+            format!(
+                "{} (hub_identity {}): {}",
+                unattested.reason, unattested.policy, unattested.detail
+            )
+        }
         Action::ParentExited
         | Action::CollectorStop
         | Action::LimitExceeded
@@ -293,7 +300,7 @@ fn sender_of(record: &Value, sender: &events::Sender) -> String {
     if !sender.local {
         line.push_str(" (another host)");
     }
-    let proxy_uid = fields::str_at(record, &["user", "id"]).and_then(|id| id.parse::<u32>().ok());
+    let proxy_uid = fields::os_user_id(record).and_then(|id| id.parse::<u32>().ok());
     line.push_str(match sender.uid {
         Some(uid) if Some(uid) == proxy_uid => ", the proxy's user",
         Some(_) => ", not the proxy's user",

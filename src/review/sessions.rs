@@ -74,9 +74,7 @@ impl SessionKey {
     pub fn of(value: &Value) -> Option<Self> {
         Some(SessionKey {
             session_id: fields::jupyter(value, "session_id")?.to_owned(),
-            user_id: fields::str_at(value, &["user", "id"])
-                .unwrap_or_default()
-                .to_owned(),
+            user_id: fields::os_user_id(value).unwrap_or_default().to_owned(),
         })
     }
 }

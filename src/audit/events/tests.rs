@@ -169,6 +169,18 @@ fn samples() -> Vec<Sample> {
             remote: text(),
             reason: text(),
         }),
+        sample(IdentityUnattested {
+            refused: true,
+            reason: "token_rejected".into(),
+            detail: text(),
+            policy: "required".into(),
+        }),
+        sample(IdentityUnattested {
+            refused: false,
+            reason: "missing_token".into(),
+            detail: text(),
+            policy: "preferred".into(),
+        }),
     ]
 }
 

@@ -1,0 +1,616 @@
+//! Identity attested by JupyterHub: the collector asks the Hub who owns the API token a
+//! proxy presents (`GET {api}/user`), so that the trail names the Hub user even where
+//! every user's server runs as the same OS account (containers).
+//!
+//! A user can present only tokens they hold, so they can only be themselves. Tokens are
+//! never stored or logged: the cache keys on their SHA-256. A verified token stays good
+//! for `cache_max_age` while the Hub cannot be reached, so a Hub outage does not stop
+//! kernels that reconnect; a connection keeps the identity it got for its whole life.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use super::protocol::HubToken;
+use crate::sync::lock;
+
+/// Within this age a verified token is taken from the cache without asking the Hub
+/// (many kernels starting at once cost the Hub one request per token).
+const FRESH: Duration = Duration::from_secs(60);
+/// A token the Hub refused is refused again without asking for this long (a kernel
+/// reconnecting, or someone trying tokens, does not hammer the Hub).
+const REJECTED_FOR: Duration = Duration::from_secs(10);
+/// Tokens remembered (each way); the oldest go first.
+const CACHE_ENTRIES: usize = 4096;
+/// Requests to the Hub at once.
+const CONCURRENT_REQUESTS: usize = 8;
+/// How long one request to the Hub may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest answer read from the Hub.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// What happens to a connection whose token the Hub does not vouch for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HubPolicy {
+    /// Refused: its records are not stored, so its cells do not run.
+    Required,
+    /// Accepted under the OS identity, marked as such.
+    Preferred,
+}
+
+impl HubPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Required => "required",
+            Self::Preferred => "preferred",
+        }
+    }
+}
+
+/// The collector's Hub settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubOptions {
+    /// The Hub's API root, e.g. `http://hub:8081/hub/api`.
+    pub api_url: String,
+    /// PEM file of the CA that signed the Hub's certificate (internal_ssl).
+    pub ca_file: Option<PathBuf>,
+    pub policy: HubPolicy,
+    /// How long a verified token is accepted while the Hub cannot be reached.
+    pub cache_max_age: Duration,
+}
+
+impl HubOptions {
+    pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("the Hub API URL {0:?} is not an http:// or https:// URL")]
+    Url(String),
+    #[error("cannot read the Hub's CA file {path}: {source}")]
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the Hub's CA file {path} holds no usable certificate: {reason}")]
+    Certificate { path: PathBuf, reason: String },
+    #[error("cannot make the Hub client: {0}")]
+    Client(String),
+}
+
+/// The Hub user a token belongs to, as the Hub said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubIdentity {
+    pub name: String,
+    /// Present when the token may read them (a server's token may not).
+    pub roles: Option<Vec<String>>,
+    pub groups: Option<Vec<String>>,
+    pub admin: Option<bool>,
+    /// The server the token was issued to (`""` for the default server), from its
+    /// `access:servers!server=USER/NAME` scope.
+    pub server: Option<String>,
+    /// The Hub's id of the token (not the token): which token it was, for revocation.
+    pub token_id: Option<String>,
+}
+
+/// Why a connection's token did not establish a Hub identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnverifiedReason {
+    /// The proxy presented no token (no `JUPYTERHUB_API_TOKEN`).
+    MissingToken,
+    /// The Hub does not know the token (invalid, revoked, expired).
+    TokenRejected,
+    /// The token is not a user's (a service's, say).
+    NotAUser,
+    /// The Hub could not be asked, and the token is not in the cache.
+    HubUnreachable,
+}
+
+impl UnverifiedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::TokenRejected => "token_rejected",
+            Self::NotAUser => "not_a_user",
+            Self::HubUnreachable => "hub_unreachable",
+        }
+    }
+}
+
+/// No Hub identity: why, in words for the record and the refused notebook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unverified {
+    pub reason: UnverifiedReason,
+    pub detail: String,
+}
+
+/// The outcome of [`HubAttestor::attest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attestation {
+    Verified(HubIdentity),
+    /// Accepted under the OS identity (policy `preferred`).
+    Unverified(Unverified),
+    /// Refused (policy `required`).
+    Refused(Unverified),
+}
+
+/// Asks the Hub who owns a token, with a cache.
+#[derive(Debug)]
+pub struct HubAttestor {
+    client: reqwest::Client,
+    user_url: String,
+    policy: HubPolicy,
+    cache_max_age: Duration,
+    cache: Mutex<TokenCache>,
+    requests: Semaphore,
+}
+
+impl HubAttestor {
+    pub fn new(options: &HubOptions) -> Result<Self, HubError> {
+        let api = options.api_url.trim_end_matches('/');
+        if !(api.starts_with("http://") || api.starts_with("https://")) {
+            return Err(HubError::Url(options.api_url.clone()));
+        }
+        let mut builder = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(REQUEST_TIMEOUT)
+            // The token must go to the Hub and nowhere else.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("jupyter-audit/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &options.ca_file {
+            let pem = std::fs::read(path).map_err(|source| HubError::CaFile {
+                path: path.clone(),
+                source,
+            })?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
+                HubError::Certificate {
+                    path: path.clone(),
+                    reason: error.to_string(),
+                }
+            })?;
+            if certificates.is_empty() {
+                return Err(HubError::Certificate {
+                    path: path.clone(),
+                    reason: "no PEM certificate in it".into(),
+                });
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|error| HubError::Client(error.to_string()))?;
+        Ok(Self {
+            client,
+            user_url: format!("{api}/user"),
+            policy: options.policy,
+            cache_max_age: options.cache_max_age,
+            cache: Mutex::new(TokenCache::default()),
+            requests: Semaphore::new(CONCURRENT_REQUESTS),
+        })
+    }
+
+    pub fn policy(&self) -> HubPolicy {
+        self.policy
+    }
+
+    /// The Hub identity of the connection that presented `token`, or what the policy
+    /// says to do without one.
+    pub async fn attest(&self, token: Option<&HubToken>) -> Attestation {
+        match self.identify(token).await {
+            Ok(identity) => Attestation::Verified(identity),
+            Err(unverified) => match self.policy {
+                HubPolicy::Required => Attestation::Refused(unverified),
+                HubPolicy::Preferred => Attestation::Unverified(unverified),
+            },
+        }
+    }
+
+    async fn identify(&self, token: Option<&HubToken>) -> Result<HubIdentity, Unverified> {
+        let Some(token) = token.filter(|token| !token.secret().is_empty()) else {
+            return Err(Unverified {
+                reason: UnverifiedReason::MissingToken,
+                detail: "the kernel presented no Hub API token (JUPYTERHUB_API_TOKEN)".into(),
+            });
+        };
+        let key = TokenKey::of(token);
+        let now = Instant::now();
+        if let Some(known) = lock(&self.cache).known(&key, now, FRESH) {
+            return known;
+        }
+        let asked = {
+            // Bounded: a crowd of connections waits here rather than opening sockets.
+            let _turn = self.requests.acquire().await;
+            // Another connection may have asked for the same token meanwhile.
+            if let Some(known) = lock(&self.cache).known(&key, Instant::now(), FRESH) {
+                return known;
+            }
+            self.ask(token).await
+        };
+        let now = Instant::now();
+        let mut cache = lock(&self.cache);
+        match asked {
+            Ok(identity) => {
+                cache.verified(key, identity.clone(), now);
+                Ok(identity)
+            }
+            Err(unverified) if unverified.reason == UnverifiedReason::HubUnreachable => {
+                match cache.verified_within(&key, now, self.cache_max_age) {
+                    Some(identity) => {
+                        tracing::warn!(detail = %unverified.detail, user = %identity.name, "the Hub cannot be reached; a token it verified before is accepted");
+                        Ok(identity)
+                    }
+                    None => Err(unverified),
+                }
+            }
+            Err(unverified) => {
+                cache.rejected(key, unverified.clone(), now);
+                Err(unverified)
+            }
+        }
+    }
+
+    /// One request to the Hub.
+    async fn ask(&self, token: &HubToken) -> Result<HubIdentity, Unverified> {
+        let unreachable = |detail: String| Unverified {
+            reason: UnverifiedReason::HubUnreachable,
+            detail,
+        };
+        let response = self
+            .client
+            .get(&self.user_url)
+            .header(
+                reqwest::header::AUTHORIZATION,
+                format!("token {}", token.secret()),
+            )
+            .send()
+            .await
+            // Without the URL: it is the admin's, but the error text goes to notebooks.
+            .map_err(|error| unreachable(format!("cannot reach the Hub: {}", causes(error))))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(Unverified {
+                reason: UnverifiedReason::TokenRejected,
+                detail: format!(
+                    "the Hub did not accept the kernel's token (HTTP {})",
+                    status.as_u16()
+                ),
+            });
+        }
+        if !status.is_success() {
+            return Err(unreachable(format!(
+                "the Hub answered HTTP {} to who-owns-this-token",
+                status.as_u16()
+            )));
+        }
+        let body = read_capped(response)
+            .await
+            .map_err(|detail| unreachable(format!("cannot read the Hub's answer: {detail}")))?;
+        let model: UserModel = serde_json::from_slice(&body).map_err(|error| {
+            unreachable(format!("the Hub's answer is not a user model: {error}"))
+        })?;
+        model.identity()
+    }
+}
+
+/// An error and its causes, in one line ("error sending request" alone says little),
+/// without the URL: it is the admin's, but this text reaches notebooks.
+fn causes(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The body of a response, up to [`MAX_ANSWER_BYTES`].
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|error| error.to_string())? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(format!("over {MAX_ANSWER_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// What `GET /user` returns, as far as the trail uses it.
+#[derive(Debug, Deserialize)]
+struct UserModel {
+    kind: Option<String>,
+    name: Option<String>,
+    roles: Option<Vec<String>>,
+    groups: Option<Vec<String>>,
+    admin: Option<bool>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    token_id: Option<String>,
+}
+
+impl UserModel {
+    fn identity(self) -> Result<HubIdentity, Unverified> {
+        let kind = self.kind.unwrap_or_default();
+        let name = self.name.filter(|name| !name.is_empty());
+        let (true, Some(name)) = (kind == "user", name) else {
+            return Err(Unverified {
+                reason: UnverifiedReason::NotAUser,
+                detail: format!(
+                    "the kernel's token belongs to a Hub {}, not to a user",
+                    if kind.is_empty() {
+                        "owner of no kind"
+                    } else {
+                        &kind
+                    }
+                ),
+            });
+        };
+        let server = server_of(&self.scopes, &name);
+        Ok(HubIdentity {
+            name,
+            roles: self.roles,
+            groups: self.groups,
+            admin: self.admin,
+            server,
+            token_id: self.token_id,
+        })
+    }
+}
+
+/// The server a token was issued for, from its `access:servers!server=USER/NAME` scope
+/// (a server's own token has exactly one).
+fn server_of(scopes: &[String], user: &str) -> Option<String> {
+    let prefix = format!("access:servers!server={user}/");
+    let mut servers = scopes
+        .iter()
+        .filter_map(|scope| scope.strip_prefix(&prefix));
+    match (servers.next(), servers.next()) {
+        (Some(server), None) => Some(server.to_owned()),
+        _ => None,
+    }
+}
+
+/// A token's SHA-256: what the cache keeps instead of the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct TokenKey([u8; 32]);
+
+impl TokenKey {
+    fn of(token: &HubToken) -> Self {
+        Self(Sha256::digest(token.secret().as_bytes()).into())
+    }
+}
+
+#[derive(Debug, Default)]
+struct TokenCache {
+    verified: HashMap<TokenKey, (HubIdentity, Instant)>,
+    rejected: HashMap<TokenKey, (Unverified, Instant)>,
+}
+
+impl TokenCache {
+    /// A verdict younger than `fresh`, if there is one.
+    fn known(
+        &self,
+        key: &TokenKey,
+        now: Instant,
+        fresh: Duration,
+    ) -> Option<Result<HubIdentity, Unverified>> {
+        if let Some((identity, at)) = self.verified.get(key)
+            && now.saturating_duration_since(*at) < fresh
+        {
+            return Some(Ok(identity.clone()));
+        }
+        if let Some((unverified, at)) = self.rejected.get(key)
+            && now.saturating_duration_since(*at) < REJECTED_FOR
+        {
+            return Some(Err(unverified.clone()));
+        }
+        None
+    }
+
+    fn verified_within(&self, key: &TokenKey, now: Instant, age: Duration) -> Option<HubIdentity> {
+        self.verified
+            .get(key)
+            .filter(|(_, at)| now.saturating_duration_since(*at) < age)
+            .map(|(identity, _)| identity.clone())
+    }
+
+    fn verified(&mut self, key: TokenKey, identity: HubIdentity, now: Instant) {
+        self.rejected.remove(&key);
+        make_room(&mut self.verified, &key);
+        self.verified.insert(key, (identity, now));
+    }
+
+    /// The Hub said no: the token is forgotten as verified (revoked means revoked).
+    fn rejected(&mut self, key: TokenKey, unverified: Unverified, now: Instant) {
+        self.verified.remove(&key);
+        make_room(&mut self.rejected, &key);
+        self.rejected.insert(key, (unverified, now));
+    }
+}
+
+/// Drops the oldest entry when `map` is full and `key` is new.
+fn make_room<T>(map: &mut HashMap<TokenKey, (T, Instant)>, key: &TokenKey) {
+    if map.len() < CACHE_ENTRIES || map.contains_key(key) {
+        return;
+    }
+    if let Some(oldest) = map
+        .iter()
+        .min_by_key(|(_, (_, at))| *at)
+        .map(|(key, _)| *key)
+    {
+        map.remove(&oldest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(text: &str) -> HubToken {
+        HubToken::new(text.to_owned())
+    }
+
+    fn alice() -> HubIdentity {
+        HubIdentity {
+            name: "alice".into(),
+            roles: None,
+            groups: Some(vec![]),
+            admin: None,
+            server: Some(String::new()),
+            token_id: Some("a1".into()),
+        }
+    }
+
+    #[test]
+    fn a_servers_token_names_its_user_and_server() {
+        let model: UserModel = serde_json::from_value(serde_json::json!({
+            "kind": "user", "name": "alice", "groups": ["lab"], "token_id": "a7",
+            "scopes": ["access:servers!server=alice/", "users:activity!user=alice"],
+        }))
+        .expect("model");
+        let identity = model.identity().expect("a user");
+        assert_eq!(identity.name, "alice");
+        assert_eq!(identity.server.as_deref(), Some(""));
+        assert_eq!(identity.groups, Some(vec!["lab".to_owned()]));
+        assert_eq!(identity.roles, None);
+        assert_eq!(identity.token_id.as_deref(), Some("a7"));
+    }
+
+    #[test]
+    fn a_services_token_is_not_a_user() {
+        let model: UserModel =
+            serde_json::from_value(serde_json::json!({"kind": "service", "name": "grader"}))
+                .expect("model");
+        let refused = model.identity().expect_err("not a user");
+        assert_eq!(refused.reason, UnverifiedReason::NotAUser);
+        assert!(refused.detail.contains("service"), "{}", refused.detail);
+    }
+
+    #[test]
+    fn server_scopes_of_another_user_or_several_name_no_server() {
+        let scopes = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            server_of(&scopes(&["access:servers!server=alice/gpu"]), "alice").as_deref(),
+            Some("gpu")
+        );
+        assert_eq!(
+            server_of(&scopes(&["access:servers!server=alicex/"]), "alice"),
+            None
+        );
+        assert_eq!(
+            server_of(
+                &scopes(&[
+                    "access:servers!server=alice/",
+                    "access:servers!server=alice/b"
+                ]),
+                "alice"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn the_cache_keeps_hashes_and_forgets_a_revoked_token() {
+        let mut cache = TokenCache::default();
+        let key = TokenKey::of(&token("secret-token"));
+        let start = Instant::now();
+        cache.verified(key, alice(), start);
+        let later = start + Duration::from_secs(120);
+        assert!(
+            cache.known(&key, later, FRESH).is_none(),
+            "stale: ask again"
+        );
+        assert_eq!(
+            cache.verified_within(&key, later, Duration::from_secs(3600)),
+            Some(alice())
+        );
+        assert_eq!(
+            cache.verified_within(&key, later, Duration::from_secs(60)),
+            None
+        );
+        let refused = Unverified {
+            reason: UnverifiedReason::TokenRejected,
+            detail: "no".into(),
+        };
+        cache.rejected(key, refused.clone(), later);
+        assert_eq!(cache.known(&key, later, FRESH), Some(Err(refused)));
+        assert_eq!(
+            cache.verified_within(&key, later, Duration::from_secs(3600)),
+            None
+        );
+        let debug = format!("{cache:?}");
+        assert!(!debug.contains("secret-token"));
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let mut cache = TokenCache::default();
+        let start = Instant::now();
+        for n in 0..CACHE_ENTRIES + 10 {
+            let key = TokenKey::of(&token(&format!("t{n}")));
+            cache.verified(key, alice(), start + Duration::from_millis(n as u64));
+        }
+        assert_eq!(cache.verified.len(), CACHE_ENTRIES);
+        let newest = TokenKey::of(&token(&format!("t{}", CACHE_ENTRIES + 9)));
+        assert!(cache.verified.contains_key(&newest));
+        assert!(!cache.verified.contains_key(&TokenKey::of(&token("t0"))));
+    }
+
+    #[tokio::test]
+    async fn without_a_token_the_policy_decides_and_the_hub_is_not_asked() {
+        let options = |policy| HubOptions {
+            // Nothing listens there: asking would fail as unreachable, not as missing.
+            api_url: "http://127.0.0.1:9/hub/api".into(),
+            ca_file: None,
+            policy,
+            cache_max_age: HubOptions::DEFAULT_CACHE_MAX_AGE,
+        };
+        let required = HubAttestor::new(&options(HubPolicy::Required)).expect("attestor");
+        match required.attest(None).await {
+            Attestation::Refused(unverified) => {
+                assert_eq!(unverified.reason, UnverifiedReason::MissingToken)
+            }
+            other => panic!("{other:?}"),
+        }
+        let preferred = HubAttestor::new(&options(HubPolicy::Preferred)).expect("attestor");
+        assert!(matches!(
+            preferred.attest(Some(&token(""))).await,
+            Attestation::Unverified(Unverified {
+                reason: UnverifiedReason::MissingToken,
+                ..
+            })
+        ));
+        assert!(matches!(
+            preferred.attest(Some(&token("t"))).await,
+            Attestation::Unverified(Unverified {
+                reason: UnverifiedReason::HubUnreachable,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_url_that_is_not_http_is_refused() {
+        let options = HubOptions {
+            api_url: "hub:8081/hub/api".into(),
+            ca_file: None,
+            policy: HubPolicy::Required,
+            cache_max_age: HubOptions::DEFAULT_CACHE_MAX_AGE,
+        };
+        assert!(matches!(HubAttestor::new(&options), Err(HubError::Url(_))));
+    }
+}
