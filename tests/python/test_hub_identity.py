@@ -142,7 +142,7 @@ c.JupyterHub.hub_port = {hub_port}
 # The test runs the proxy, so that the Hub can stop and start again under running servers.
 c.ConfigurableHTTPProxy.should_start = False
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
-c.ConfigurableHTTPProxy.auth_token = {proxy_token!r}
+c.ConfigurableHTTPProxy.auth_token = {str(proxy_token)!r}
 c.JupyterHub.cleanup_servers = False
 c.JupyterHub.db_url = "sqlite:///{base}/hub/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "{base}/hub/jupyterhub_cookie_secret"
@@ -152,8 +152,8 @@ c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allowed_users = {set(HUB_USERS)!r}
 c.JupyterHub.load_groups = {{name: {{"users": users}} for name, users in {GROUPS!r}.items()}}
 c.JupyterHub.services = [
-    {{"name": {DRIVER!r}, "api_token": {driver_token!r}}},
-    {{"name": {OTHER_SERVICE!r}, "api_token": {other_token!r}}},
+    {{"name": {DRIVER!r}, "api_token": {str(driver_token)!r}}},
+    {{"name": {OTHER_SERVICE!r}, "api_token": {str(other_token)!r}}},
 ]
 c.JupyterHub.load_roles = [{{
     "name": "audit-test-driver",
