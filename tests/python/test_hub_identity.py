@@ -563,12 +563,16 @@ def identity_record(store: Path, act: str, pid: int, env: Env,
 @pytest.mark.parametrize("kind", list(EXPECTED_REASON))
 def test_required_refuses_the_cells_of_a_token_the_hub_does_not_vouch_for(
         hub_env, revoked_token, kind):
-    kernel = direct_kernel(hub_env, hub_env.required.socket,
-                           token_of(kind, hub_env, revoked_token))
+    token = token_of(kind, hub_env, revoked_token)
+    kernel = direct_kernel(hub_env, hub_env.required.socket, token)
     marker = unique_marker(hub_env.base, f"refused-{kind}")
     code = f"open({str(marker)!r}, 'w').write('ran')\nprint('ran')"
     reply, msgs = execute(kernel.kc, code)
     assert_refused(reply, msgs, marker, f"{reply}\n{kernel.log()}\n{diagnostics(hub_env)}")
+    # The notebook says why (never with the token).
+    evalue = reply["content"]["evalue"]
+    assert "JupyterHub identity" in evalue, evalue
+    assert token is None or token not in evalue
     refused = identity_record(hub_env.required.store, "identity_refused", proxy_pid(kernel),
                               hub_env, kernel)
     assert field(refused, "collector.reason") == EXPECTED_REASON[kind], refused
