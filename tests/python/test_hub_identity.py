@@ -45,6 +45,7 @@ from typing import Any
 import pytest
 import requests
 import websocket
+from jsonschema import Draft202012Validator
 
 from helpers import (
     BIN,
@@ -57,7 +58,15 @@ from helpers import (
     unique_marker,
     wait_until,
 )
-from test_audit import Collector, LoggedKernel, field, read_store, write_kernelspec
+from test_audit import (
+    Collector,
+    LoggedKernel,
+    field,
+    read_store,
+    verify,
+    verify_output,
+    write_kernelspec,
+)
 from test_faults import assert_refused
 from test_jupyterhub import (
     CHP,
@@ -69,6 +78,7 @@ from test_jupyterhub import (
     review,
     users_python,
 )
+from test_schema import SCHEMA_PATH, log_json, validate_all
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates system users and runs "
@@ -683,7 +693,18 @@ def test_a_hub_outage_keeps_sessions_and_verified_tokens_and_refuses_unseen_ones
     assert_attested(wait_for_cell(store, nonce, hub_env), "alice", hub_env)
 
 
-# --- 4. no token anywhere -------------------------------------------------------------------
+# --- 4. the whole trail ----------------------------------------------------------------------
+
+
+def test_both_trails_match_the_schema_and_verify(hub_env, hub_work):
+    schema = json.loads(SCHEMA_PATH.read_text())
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    for collector in (hub_env.required, hub_env.preferred):
+        validate_all(validator, log_json(collector.store))
+        result = verify(collector.store)
+        assert result.returncode == 0, verify_output(result)
+
+
 
 
 def test_no_token_reaches_the_store_or_a_log(hub_env, hub_work, revoked_token):
