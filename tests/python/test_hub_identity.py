@@ -513,6 +513,15 @@ def test_log_user_shows_only_that_hub_users_cells(hub_env, hub_work):
     shared = records(store, "--user", SHARED_ACCOUNT)
     assert not any(field(r, "event.action") == "execute_request" for r in shared), \
         describe(shared)
+    # `sessions` lists each session under its Hub user, with the account it ran as.
+    out = review("sessions", "--store", str(store), "--json")
+    sessions = [json.loads(line) for line in out.splitlines() if line.strip()]
+    for user, work in hub_work.items():
+        session = field(wait_for_cell(store, work["nonce"], hub_env), "jupyter.session_id")
+        listed = [s for s in sessions if s["session_id"] == session]
+        assert len(listed) == 1, out
+        assert listed[0]["user"] == user, listed[0]
+        assert listed[0]["user_id"] == str(hub_env.account.pw_uid), listed[0]
 
 
 # --- 2. tokens the Hub does not vouch for, under each policy --------------------------------
