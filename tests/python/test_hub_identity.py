@@ -22,7 +22,11 @@ apart. What runs, all real:
 
 Negative cases run kernels started directly with jupyter_client, with a bogus, a revoked,
 another service's or no JUPYTERHUB_API_TOKEN in their environment, against each policy.
-The Hub outage test stops the Hub while alice's session runs, and starts it again.
+The Hub outage test stops the Hub while alice's session runs, and starts it again; it
+first waits until the collector's verification of alice's server token is older than the
+collector's fresh cache (a minute), so that the token is accepted during the outage from
+what the collector keeps for outages, not because it was just verified (most of the
+module's 90 s).
 Tokens must never reach the store or a log: the last test greps for every token used.
 """
 
@@ -98,6 +102,9 @@ CELL_TIMEOUT = 60
 RECORD_TIMEOUT = 30
 # A proxy the collector refused connects again after a pause (15 s in the core).
 REFUSED_RETRY_BOUND = 60
+# For this long the collector takes a token it verified from its cache without asking
+# the Hub (src/collector/hub.rs, FRESH).
+FRESH_CACHE_SECS = 60
 
 # The reasons of the interface (collector.reason of identity_refused/identity_unverified).
 EXPECTED_REASON = {
@@ -439,13 +446,14 @@ def hub_work(hub_env):
     done = {}
     for user in HUB_USERS:
         hub_env.api.start_server(user)
+        asked_at = time.monotonic()  # the collector asks the Hub about the server's token
         kernel = hub_env.api.start_kernel(user)
         nonce = uuid.uuid4().hex
         out = kernel.run(f"import os\nprint('cell of {user} {nonce}', os.getuid(), os.getpid())")
         words = out.split()
         assert words[:3] == ["cell", "of", user], out
         uid, pid = int(words[4]), int(words[5])
-        done[user] = {"kernel": kernel, "nonce": nonce, "uid": uid,
+        done[user] = {"kernel": kernel, "nonce": nonce, "uid": uid, "asked_at": asked_at,
                       "token": Token(environ_of(pid)["JUPYTERHUB_API_TOKEN"])}
     yield done
     for work in done.values():
@@ -642,6 +650,12 @@ def test_a_hub_outage_keeps_sessions_and_verified_tokens_and_refuses_unseen_ones
     alice = hub_work["alice"]["kernel"]
     unseen, _ = api.new_token("alice")  # never shown to the collector before the outage
     hub_env.unseen_token = unseen
+    # Past the collector's fresh cache (a minute, in which it does not ask the Hub again),
+    # so that alice's server token is accepted below only because it was verified before
+    # the outage (the log line proves that path).
+    pause = hub_work["alice"]["asked_at"] + FRESH_CACHE_SECS + 2 - time.monotonic()
+    if pause > 0:
+        time.sleep(pause)
 
     hub_env.hub.stop()
     assert not hub_answers(hub_env), "the Hub still answers"
@@ -660,6 +674,9 @@ def test_a_hub_outage_keeps_sessions_and_verified_tokens_and_refuses_unseen_ones
             assert_attested(wait_for_cell(store, nonce, hub_env), "alice", hub_env)
         finally:
             fresh.close()
+        log = hub_env.required.log_path.read_text(errors="replace")
+        assert "a token it verified before is accepted" in log and "user=alice" in log, \
+            hub_env.required.log()
 
         # A token the collector never verified cannot be checked: required refuses it...
         refused_kernel = direct_kernel(hub_env, hub_env.required.socket, unseen)
