@@ -15,9 +15,10 @@ apart. What runs, all real:
   (start servers, create and revoke tokens, reach the users' servers), and
   `another-service`, whose token is a valid Hub token that is not a user's;
 - the collector as its own system user (as test_jupyterhub runs it) with
-  `--hub-api-url` pointing at the Hub's API, policy `required`; the users' servers have
-  the audited python3 kernelspec (installed as the README says) in a JUPYTER_PATH of
-  their own; a second collector with `--hub-identity preferred` for the negative cases;
+  `--hub-api-url` pointing at the Hub's API and no policy given (so `required`, the
+  default); the users' servers have the audited python3 kernelspec (installed as the
+  README says) in a JUPYTER_PATH of their own; a second collector with
+  `--hub-identity preferred` for the negative cases;
 - cells run through each user's server's REST API and kernel websocket (no browser).
 
 Negative cases run kernels started directly with jupyter_client, with a bogus, a revoked,
@@ -355,10 +356,11 @@ class Env:
 @pytest.fixture(scope="module")
 def hub_env():
     if not os.access(CHP, os.X_OK):
-        pytest.fail(f"configurable-http-proxy not found at {CHP}: run scripts/hub-env.sh (as root)")
+        pytest.fail(f"configurable-http-proxy not found at {CHP}: "
+                    "run scripts/hub-env.sh (as root)")
     if not (BIN.is_file() and os.access(BIN, os.X_OK)):
         pytest.fail(f"jupyter-audit binary not found at {BIN}")
-    os.environ.pop("JUPYTERHUB_API_TOKEN", None)  # "absent" must mean absent
+    outer_token = os.environ.pop("JUPYTERHUB_API_TOKEN", None)  # "absent" means absent
 
     env = Env()
     env.base = Path(tempfile.mkdtemp(prefix="ja-hubid-"))
@@ -428,6 +430,8 @@ def hub_env():
                     pass
         subprocess.run(["userdel", "--remove", SHARED_ACCOUNT], capture_output=True, timeout=60)
         shutil.rmtree(env.base, ignore_errors=True)
+        if outer_token is not None:
+            os.environ["JUPYTERHUB_API_TOKEN"] = outer_token
 
 
 def diagnostics(env: Env) -> str:
