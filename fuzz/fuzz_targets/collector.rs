@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
         gid: 100,
         pid: Some(4242),
         user_name: Some("alice".into()),
+        hub: None,
     };
     let mut reader = data;
     for sequence in 1..=64u64 {

@@ -148,3 +148,66 @@ async fn a_binding_outlives_the_collector() {
     // The store opens with the bindings file in it (layout checks accept it).
     store::open(StoreConfig::new(&dir)).expect("store opens with its bindings");
 }
+
+/// Kernels in containers the collector cannot see into: one uid for everyone, no pid.
+fn attested(name: &str) -> PeerIdentity {
+    PeerIdentity {
+        pid: None,
+        hub: Some(super::hub::HubIdentity {
+            name: name.into(),
+            roles: None,
+            groups: None,
+            admin: None,
+            server: Some(String::new()),
+            token_id: None,
+        }),
+        ..identity(0)
+    }
+}
+
+#[tokio::test]
+async fn one_hub_user_cannot_write_into_another_users_session_under_one_uid() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("store");
+    let (store, _) = store::open(StoreConfig::new(&dir)).expect("store opens");
+    let sessions = SessionTable::load(&dir).await;
+    let (alice, bob) = (attested("alice"), attested("bob"));
+    let mut from_alice = Admission::new(&alice, "h", &store, &sessions).await;
+    let mut from_bob = Admission::new(&bob, "h", &store, &sessions).await;
+    let mut unattested = Admission::new(&identity(0), "h", &store, &sessions).await;
+
+    let verdict = from_alice.admit(refusal_of("s-alice", "a0")).await;
+    store_accepted(&store, &alice, verdict).await;
+    for (forger, msg_id) in [(&mut from_bob, "b1"), (&mut unattested, "u1")] {
+        match forger.admit(refusal_of("s-alice", msg_id)).await {
+            Verdict::Refuse(StoreError::InvalidRecord(error)) => {
+                assert!(error.contains("s-alice"), "{error}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+    // Another connection of alice's (a reconnecting proxy) may go on.
+    let mut alice_again = Admission::new(&alice, "h", &store, &sessions).await;
+    let verdict = alice_again.admit(refusal_of("s-alice", "a1")).await;
+    store_accepted(&store, &alice, verdict).await;
+    store.shutdown().await.expect("closed");
+
+    let in_session: Vec<_> = stored(&dir)
+        .into_iter()
+        .filter(|r| r["jupyter"]["session_id"] == "s-alice")
+        .map(|r| (r["jupyter"]["msg_id"].clone(), r["user"]["name"].clone()))
+        .collect();
+    assert_eq!(
+        in_session,
+        [(json!("a0"), json!("alice")), (json!("a1"), json!("alice"))]
+    );
+    // And the binding survives a restart of the collector.
+    let sessions = SessionTable::load(&dir).await;
+    let (store, _) = store::open(StoreConfig::new(&dir)).expect("store opens");
+    let mut from_bob = Admission::new(&bob, "h", &store, &sessions).await;
+    assert!(matches!(
+        from_bob.admit(refusal_of("s-alice", "b2")).await,
+        Verdict::Refuse(StoreError::InvalidRecord(_))
+    ));
+    store.shutdown().await.expect("closed");
+}

@@ -61,6 +61,19 @@ pub struct Owner {
     /// Start time of the process in clock ticks since boot (field 22 of
     /// `/proc/<pid>/stat`).
     pub start: u64,
+    /// The JupyterHub user the connection was attested as ([`hub_key`]), 0 for none.
+    /// Where every kernel runs as one uid in containers the collector cannot see (pid
+    /// 0), this is what keeps one user's kernel from writing another's session.
+    pub hub: u64,
+}
+
+/// A Hub user name as [`Owner::hub`] keeps it: the first 8 bytes of its SHA-256 (never
+/// 0, which means no Hub user).
+pub fn hub_key(name: &str) -> u64 {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first).max(1)
 }
 
 impl Owner {
@@ -84,6 +97,7 @@ impl Owner {
             uid: identity.uid,
             pid,
             start,
+            hub: identity.hub.as_ref().map_or(0, |hub| hub_key(&hub.name)),
         }
     }
 
@@ -519,6 +533,8 @@ enum Line {
         uid: u32,
         pid: u32,
         start: u64,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        hub: u64,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         ended: bool,
     },
@@ -619,8 +635,13 @@ fn binding_line(key: u64, owner: Owner, ended: bool) -> Line {
         uid: owner.uid,
         pid: owner.pid,
         start: owner.start,
+        hub: owner.hub,
         ended,
     }
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 fn write_line(file: &mut File, line: &Line) -> io::Result<()> {
@@ -679,13 +700,19 @@ fn load(dir: &Path, max_bindings: usize) -> io::Result<(State, BindingLog)> {
                     uid,
                     pid,
                     start,
+                    hub,
                     ended,
                 }) => {
                     let key = u64::from_str_radix(&session, 16).map_err(|_| {
                         io::Error::other(format!("line {lines}: bad session key {session:?}"))
                     })?;
                     let previous_boot = last_boot.as_deref().is_some_and(|b| b != boot);
-                    let owner = Owner { uid, pid, start };
+                    let owner = Owner {
+                        uid,
+                        pid,
+                        start,
+                        hub,
+                    };
                     state.insert(key, owner, ended || previous_boot, true);
                     if state.bindings.len() > 2 * max_bindings {
                         forget_oldest_ended(&mut state, max_bindings);
@@ -775,7 +802,12 @@ mod tests {
     use super::*;
 
     fn owner(uid: u32, pid: u32, start: u64) -> Owner {
-        Owner { uid, pid, start }
+        Owner {
+            uid,
+            pid,
+            start,
+            hub: 0,
+        }
     }
 
     fn limits(max_bindings: usize, max_open_per_uid: usize) -> Limits {

@@ -84,6 +84,9 @@ impl SessionKey {
 pub struct Session {
     pub session_id: String,
     pub user: Option<String>,
+    /// How the collector established `user` (`jupyterhub`, `peercred`), `mixed` when
+    /// the session's records differ (a reconnection the Hub did not vouch for).
+    pub verified_by: Option<String>,
     pub user_id: String,
     pub host: Option<String>,
     pub kernel_id: Option<String>,
@@ -232,6 +235,7 @@ impl SessionIndex {
             session: Session {
                 session_id: key.session_id.clone(),
                 user: None,
+                verified_by: None,
                 user_id: key.user_id.clone(),
                 host: None,
                 kernel_id: None,
@@ -303,6 +307,15 @@ impl Tracker {
         }
         if session.user.is_none() {
             session.user = owned(fields::str_at(value, &["user", "name"]));
+        }
+        // Records from before Hub attestation have no verified_by: peer credentials.
+        let verified_by = fields::str_at(value, &["user", "verified_by"]).unwrap_or("peercred");
+        match &session.verified_by {
+            None => session.verified_by = Some(verified_by.to_owned()),
+            Some(known) if known != verified_by && known != "mixed" => {
+                session.verified_by = Some("mixed".to_owned());
+            }
+            Some(_) => {}
         }
         if session.host.is_none() {
             session.host = owned(fields::str_at(value, &["host", "name"]));

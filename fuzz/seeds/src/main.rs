@@ -259,8 +259,9 @@ fn records() -> Vec<Record> {
             channel: Channel::Shell,
             direction,
             message,
+            parsed: None,
         };
-        out.extend(builder.message(&observation));
+        out.extend(builder.message(observation));
     }
     out
 }
@@ -275,6 +276,7 @@ fn collector_seeds(corpus: &Path) {
             &mut stream,
             &ToCollector::Hello {
                 version: PROTOCOL_VERSION,
+                hub_token: None,
             },
         )
         .await
@@ -300,6 +302,7 @@ fn store_seeds(corpus: &Path) {
         gid: 1000,
         pid: Some(4242),
         user_name: Some("alice".into()),
+        hub: None,
     };
     for (name, segment_max_bytes) in [("one-segment", 64 * 1024 * 1024), ("segments", 1500)] {
         let dir = tempfile::tempdir().expect("tempdir");
