@@ -533,6 +533,7 @@ def test_log_user_shows_only_that_hub_users_cells(hub_env, hub_work):
         listed = [s for s in sessions if s["session_id"] == session]
         assert len(listed) == 1, out
         assert listed[0]["user"] == user, listed[0]
+        assert listed[0]["verified_by"] == "jupyterhub", listed[0]
         assert listed[0]["user_id"] == str(hub_env.account.pw_uid), listed[0]
 
 
