@@ -21,13 +21,15 @@ apart. What runs, all real:
   `--hub-identity preferred` for the negative cases;
 - cells run through each user's server's REST API and kernel websocket (no browser).
 
-Negative cases run kernels started directly with jupyter_client, with a bogus, a revoked,
-another service's or no JUPYTERHUB_API_TOKEN in their environment, against each policy.
-The Hub outage test stops the Hub while alice's session runs, and starts it again; it
-first waits until the collector's verification of alice's server token is older than the
-collector's fresh cache (a minute), so that the token is accepted during the outage from
-what the collector keeps for outages, not because it was just verified (most of the
-module's 90 s).
+Bob's cell, with his own token, tries to write into alice's session through the
+collector's socket (their uid is the same). Negative cases run kernels started directly
+with jupyter_client, with a bogus, a revoked, another service's or no
+JUPYTERHUB_API_TOKEN in their environment, against each policy. The Hub outage test
+stops the Hub while alice's session runs, and starts it again; it first waits until the
+collector's verification of alice's server token is older than the collector's fresh
+cache (a minute), so that the token is accepted during the outage from what the
+collector keeps for outages, not because it was just verified (most of the module's
+100 s). Both trails validate against the schema and `verify`.
 Tokens must never reach the store or a log: the last test greps for every token used.
 """
 
@@ -73,6 +75,8 @@ from test_audit import (
     write_kernelspec,
 )
 from test_faults import assert_refused
+from test_forgery import SENDER, refusal_for
+from test_forgery import assert_refused as assert_nack
 from test_jupyterhub import (
     CHP,
     Hub,
@@ -535,6 +539,43 @@ def test_log_user_shows_only_that_hub_users_cells(hub_env, hub_work):
         assert listed[0]["user"] == user, listed[0]
         assert listed[0]["verified_by"] == "jupyterhub", listed[0]
         assert listed[0]["user_id"] == str(hub_env.account.pw_uid), listed[0]
+
+
+def test_a_hub_user_cannot_write_into_another_users_session(hub_env, hub_work):
+    """Bob's cell, same uid as alice's kernel, speaks the collector protocol with his own
+    server token and writes an `execution_refused` for alice's cell that ran: refused,
+    and the forged_record that says so names bob, attested by the Hub."""
+    store, socket = hub_env.required.store, str(hub_env.required.socket)
+    alices = wait_for_cell(store, hub_work["alice"]["nonce"], hub_env)
+    session = field(alices, "jupyter.session_id")
+    forged = refusal_for(alices, "collector unavailable: forged by bob")
+    bob = hub_work["bob"]["kernel"]
+    bob.run(SENDER)
+    out = bob.run(
+        "import os\n"
+        "with _socket.socket(_socket.AF_UNIX) as sock:\n"
+        f"    sock.connect({socket!r})\n"
+        "    _frame(sock, {'type': 'hello', 'version': 1,\n"
+        "                  'hub_token': os.environ['JUPYTERHUB_API_TOKEN']})\n"
+        "    hello = _read(sock)\n"
+        f"    _frame(sock, {{'type': 'record', 'id': 1, 'record': {forged!r}}})\n"
+        "    print(_json.dumps([hello, _read(sock)]))")
+    hello, answer = json.loads(out)
+    assert hello.get("type") == "hello", hello
+    assert_nack(answer, session)
+
+    def traced() -> list[dict]:
+        return [r for r in read_store(store) if field(r, "event.action") == "forged_record"
+                and field(r, "collector.refused.session_id") == session]
+
+    assert wait_until(traced, RECORD_TIMEOUT, 0.3), describe(read_store(store))
+    [trace] = traced()
+    assert field(trace, "user.name") == "bob", trace
+    assert field(trace, "user.verified_by") == "jupyterhub", trace
+    assert field(trace, "process.user.name") == SHARED_ACCOUNT, trace
+    msg_id = field(alices, "jupyter.msg_id")
+    assert not [r for r in read_store(store) if field(r, "event.action") == "execution_refused"
+                and field(r, "jupyter.msg_id") == msg_id], "bob's forgery is in alice's session"
 
 
 # --- 2. tokens the Hub does not vouch for, under each policy --------------------------------
