@@ -146,10 +146,19 @@ pub struct CollectorArgs {
     #[arg(long, value_name = "URL")]
     pub hub_api_url: Option<String>,
 
-    /// PEM file of the CA that signed the Hub's certificate (internal_ssl); also
-    /// `ca_file` in [hub].
+    /// PEM file of the CA that signed the Hub's certificate; also `ca_file` in [hub].
     #[arg(long, value_name = "PEM")]
     pub hub_ca_file: Option<PathBuf>,
+
+    /// The collector's certificate (PEM) for a Hub that asks for one (internal_ssl:
+    /// signed by a CA in the Hub's trust bundle); also `client_cert` in [hub].
+    #[arg(long, value_name = "PEM", requires = "hub_client_key")]
+    pub hub_client_cert: Option<PathBuf>,
+
+    /// Its private key (PEM, readable by the collector's user only); also
+    /// `client_key` in [hub].
+    #[arg(long, value_name = "PEM", requires = "hub_client_cert")]
+    pub hub_client_key: Option<PathBuf>,
 
     /// A kernel whose token the Hub does not vouch for: refused (its cells do not run)
     /// or accepted under its OS account, marked unverified [default: required]; also

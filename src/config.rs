@@ -74,8 +74,11 @@ pub struct ConfigFile {
 pub struct HubSection {
     /// The Hub's API root, e.g. `http://hub:8081/hub/api`.
     pub api_url: Option<String>,
-    /// The CA that signed the Hub's certificate (internal_ssl).
+    /// The CA that signed the Hub's certificate.
     pub ca_file: Option<PathBuf>,
+    /// The collector's certificate and key, for a Hub that asks for one (internal_ssl).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     /// `required` (the default once `api_url` is set) or `preferred`.
     pub identity: Option<HubPolicy>,
     /// How long a verified token is accepted while the Hub cannot be reached.

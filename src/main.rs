@@ -97,9 +97,11 @@ fn run_postgres_init(args: PostgresInitArgs) -> anyhow::Result<()> {
 fn hub_options(
     args: &CollectorArgs,
     file: &jupyter_audit::config::HubSection,
-) -> Option<jupyter_audit::collector::hub::HubOptions> {
+) -> anyhow::Result<Option<jupyter_audit::collector::hub::HubOptions>> {
     use jupyter_audit::collector::hub::{HubOptions, HubPolicy};
-    let api_url = args.hub_api_url.clone().or(file.api_url.clone())?;
+    let Some(api_url) = args.hub_api_url.clone().or(file.api_url.clone()) else {
+        return Ok(None);
+    };
     let policy = match args.hub_identity {
         Some(HubIdentityPolicy::Required) => HubPolicy::Required,
         Some(HubIdentityPolicy::Preferred) => HubPolicy::Preferred,
@@ -112,12 +114,21 @@ fn hub_options(
             HubOptions::DEFAULT_CACHE_MAX_AGE,
             std::time::Duration::from_secs,
         );
-    Some(HubOptions {
+    let client_identity = match (&args.hub_client_cert, &args.hub_client_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ => match (&file.client_cert, &file.client_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => anyhow::bail!("[hub] client_cert and client_key go together: set both or neither"),
+        },
+    };
+    Ok(Some(HubOptions {
         api_url,
         ca_file: args.hub_ca_file.clone().or(file.ca_file.clone()),
+        client_identity,
         policy,
         cache_max_age,
-    })
+    }))
 }
 
 fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
@@ -125,7 +136,7 @@ fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     use jupyter_audit::postgres::connect::{PostgresOptions, PostgresTarget};
     use std::time::Duration;
     let file = ConfigFile::load(&args.config)?;
-    let hub = hub_options(&args, &file.hub);
+    let hub = hub_options(&args, &file.hub)?;
     let forward_url = args.forward_postgres.or(file.forward.postgres_url.clone());
     let forward = forward_url
         .map(|url| {

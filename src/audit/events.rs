@@ -410,8 +410,22 @@ pub struct CollectorStart {
     /// The fairness limits in force, as the config file names them.
     pub limits: Value,
     pub descriptor_limit: u64,
+    /// The JupyterHub the collector asks who runs each kernel, when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hub: Option<HubSettings>,
 }
 event!(CollectorStart => Action::CollectorStart);
+
+/// `collector.hub` of `collector_start`: how kernels are identified.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HubSettings {
+    pub api_url: String,
+    /// `required` or `preferred`.
+    pub identity: String,
+    pub cache_max_age_secs: u64,
+    pub client_certificate: bool,
+}
 
 /// `collector.torn_record` of `collector_start`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,7 +19,7 @@ use super::limits::{self, Fairness, LimitReport, Limits};
 use super::server::{self, CollectorError, PeerIdentity};
 use crate::audit::Record;
 use crate::audit::events::{
-    AuditEvent, CollectorStart, CollectorStop, ForwardConflict, TornRecord,
+    AuditEvent, CollectorStart, CollectorStop, ForwardConflict, HubSettings, TornRecord,
 };
 use crate::path_safety::{self, PathRole};
 use crate::postgres::connect::PostgresTarget;
@@ -92,6 +92,12 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         limits: fairness.limits().fields(),
         descriptor_limit: descriptors,
+        hub: config.hub.as_ref().map(|hub| HubSettings {
+            api_url: hub.api_url.clone(),
+            identity: hub.policy.name().to_owned(),
+            cache_max_age_secs: hub.cache_max_age.as_secs(),
+            client_certificate: hub.client_identity.is_some(),
+        }),
     };
     record_own(&store, &start).await;
     tracing::info!(socket = %config.socket.display(), store = %config.store.dir.display(), "collector listening");

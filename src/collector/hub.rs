@@ -31,6 +31,8 @@ const CACHE_ENTRIES: usize = 4096;
 const CONCURRENT_REQUESTS: usize = 8;
 /// How long one request to the Hub may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest token asked about (Hub tokens are 32 characters).
+const MAX_TOKEN_BYTES: usize = 1024;
 /// Largest answer read from the Hub.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
@@ -58,8 +60,11 @@ impl HubPolicy {
 pub struct HubOptions {
     /// The Hub's API root, e.g. `http://hub:8081/hub/api`.
     pub api_url: String,
-    /// PEM file of the CA that signed the Hub's certificate (internal_ssl).
+    /// PEM file of the CA that signed the Hub's certificate.
     pub ca_file: Option<PathBuf>,
+    /// The collector's certificate and key (PEM files), for a Hub that asks for one
+    /// (internal_ssl: a certificate its trust bundle accepts).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
     pub policy: HubPolicy,
     /// How long a verified token is accepted while the Hub cannot be reached.
     pub cache_max_age: Duration,
@@ -80,6 +85,12 @@ pub enum HubError {
     },
     #[error("the Hub's CA file {path} holds no usable certificate: {reason}")]
     Certificate { path: PathBuf, reason: String },
+    #[error("the client certificate {cert} and key {key} cannot be used: {reason}")]
+    ClientIdentity {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
     #[error("cannot make the Hub client: {0}")]
     Client(String),
 }
@@ -184,9 +195,28 @@ impl HubAttestor {
                 builder = builder.add_root_certificate(certificate);
             }
         }
-        let client = builder
-            .build()
-            .map_err(|error| HubError::Client(error.to_string()))?;
+        if let Some((cert, key)) = &options.client_identity {
+            let unusable = |reason: String| HubError::ClientIdentity {
+                cert: cert.clone(),
+                key: key.clone(),
+                reason,
+            };
+            let mut pem = std::fs::read(cert).map_err(|error| unusable(error.to_string()))?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key).map_err(|error| unusable(error.to_string()))?);
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|error| unusable(error.to_string()))?;
+            builder = builder.identity(identity);
+        }
+        // A key that is not the certificate's shows only here.
+        let client = builder.build().map_err(|error| match &options.client_identity {
+            Some((cert, key)) => HubError::ClientIdentity {
+                cert: cert.clone(),
+                key: key.clone(),
+                reason: causes(error),
+            },
+            None => HubError::Client(causes(error)),
+        })?;
         Ok(Self {
             client,
             user_url: format!("{api}/user"),
@@ -220,6 +250,17 @@ impl HubAttestor {
                 detail: "the kernel presented no Hub API token (JUPYTERHUB_API_TOKEN)".into(),
             });
         };
+        // Not worth a request: no Hub issues such a token, and it could not go in a
+        // header as it is.
+        if !is_token_shaped(token.secret()) {
+            return Err(Unverified {
+                reason: UnverifiedReason::TokenRejected,
+                detail: format!(
+                    "the kernel's token is not a Hub token (over {MAX_TOKEN_BYTES} bytes, or \
+                     characters other than printable ASCII)"
+                ),
+            });
+        }
         let key = TokenKey::of(token);
         let now = Instant::now();
         if let Some(known) = lock(&self.cache).known(&key, now, FRESH) {
@@ -300,6 +341,11 @@ impl HubAttestor {
     }
 }
 
+/// Whether `token` could be a Hub API token: printable ASCII without spaces, and short.
+fn is_token_shaped(token: &str) -> bool {
+    token.len() <= MAX_TOKEN_BYTES && token.bytes().all(|byte| byte.is_ascii_graphic())
+}
+
 /// An error and its causes, in one line ("error sending request" alone says little),
 /// without the URL: it is the admin's, but this text reaches notebooks.
 fn causes(error: reqwest::Error) -> String {
@@ -313,6 +359,31 @@ fn causes(error: reqwest::Error) -> String {
             text.push_str(&cause_text);
         }
         source = cause.source();
+    }
+    // What the TLS alerts mean for the admin who reads this.
+    let hints = [
+        (
+            "CertificateRequired",
+            "the Hub asks for a client certificate: --hub-client-cert/--hub-client-key",
+        ),
+        (
+            "UnknownCA",
+            "the Hub does not trust the collector's client certificate",
+        ),
+        (
+            "UnknownIssuer",
+            "the Hub's certificate is not signed by the CA of --hub-ca-file",
+        ),
+        (
+            "NotValidForName",
+            "the Hub's certificate does not name the host of --hub-api-url",
+        ),
+    ];
+    for (alert, hint) in hints {
+        if text.contains(alert) {
+            text = format!("TLS with the Hub failed ({hint}): {text}");
+            break;
+        }
     }
     text
 }
@@ -576,6 +647,7 @@ mod tests {
             // Nothing listens there: asking would fail as unreachable, not as missing.
             api_url: "http://127.0.0.1:9/hub/api".into(),
             ca_file: None,
+            client_identity: None,
             policy,
             cache_max_age: HubOptions::DEFAULT_CACHE_MAX_AGE,
         };
@@ -603,11 +675,42 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn a_token_no_hub_issues_is_rejected_without_asking() {
+        let attestor = HubAttestor::new(&HubOptions {
+            // Nothing listens there: asking would say unreachable.
+            api_url: "http://127.0.0.1:9/hub/api".into(),
+            ca_file: None,
+            client_identity: None,
+            policy: HubPolicy::Required,
+            cache_max_age: HubOptions::DEFAULT_CACHE_MAX_AGE,
+        })
+        .expect("attestor");
+        for text in [
+            "a\nAuthorization: token b",
+            "tab\there",
+            "é",
+            &"x".repeat(2000),
+        ] {
+            match attestor.attest(Some(&token(text))).await {
+                Attestation::Refused(unverified) => {
+                    assert_eq!(
+                        unverified.reason,
+                        UnverifiedReason::TokenRejected,
+                        "{text:?}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn a_url_that_is_not_http_is_refused() {
         let options = HubOptions {
             api_url: "hub:8081/hub/api".into(),
             ca_file: None,
+            client_identity: None,
             policy: HubPolicy::Required,
             cache_max_age: HubOptions::DEFAULT_CACHE_MAX_AGE,
         };

@@ -126,6 +126,12 @@ fn samples() -> Vec<Sample> {
             version: text(),
             limits: json!({"max_connections": 1}),
             descriptor_limit: 1024,
+            hub: Some(HubSettings {
+                api_url: text(),
+                identity: "required".into(),
+                cache_max_age_secs: 60,
+                client_certificate: true,
+            }),
         }),
         sample(CollectorStop {}),
         sample(LimitExceeded {
