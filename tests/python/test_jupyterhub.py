@@ -52,7 +52,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -103,16 +103,17 @@ def run(*argv: str, check: bool = True, **kwargs: Any) -> subprocess.CompletedPr
 # --- the collector, as its own user ---------------------------------------------------------
 
 
-def hub_collector(base: Path) -> Collector:
-    """test_audit's Collector, run as its own system user, with its store and socket in
-    directories of that user's (they pass its unsafe-path checks); not started."""
+def hub_collector(base: Path, *flags: str) -> Collector:
+    """test_audit's Collector (with `flags`), run as its own system user, with its store
+    and socket in directories of that user's (they pass its unsafe-path checks); not
+    started."""
     user = system_user(COLLECTOR_USER)
     state, runtime = base / "collector", base / "run"
     for path in (state, runtime):
         path.mkdir(mode=0o755)
         os.chown(path, user.pw_uid, user.pw_gid)
     state.chmod(0o700)
-    return Collector(base, store=state / "store", socket=runtime / "collector.sock",
+    return Collector(base, *flags, store=state / "store", socket=runtime / "collector.sock",
                      run_as=(user.pw_uid, user.pw_gid))
 
 
@@ -184,13 +185,17 @@ c.Spawner.environment = {{"JUPYTER_PATH": {str(kernels)!r}}}
 
 
 class Hub:
-    def __init__(self, base: Path, kernels: Path, python: Path) -> None:
+    """A JupyterHub of the test's own; `config` builds its jupyterhub_config.py from
+    (base, port, hub_port, proxy_api_port, kernels, python) (test_hub_identity has its own)."""
+
+    def __init__(self, base: Path, kernels: Path, python: Path,
+                 config: Callable[..., str] = hub_config) -> None:
         self.base = base
         (base / "hub").mkdir(mode=0o700)
-        self.port = _free_port()
+        self.port, self.hub_port, self.proxy_api_port = _free_port(), _free_port(), _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.config = hub_config(base, self.port, _free_port(), _free_port(), kernels,
-                                 python)
+        self.config = config(base, self.port, self.hub_port, self.proxy_api_port, kernels,
+                             python)
         self.config_path = base / "hub" / "jupyterhub_config.py"
         self.config_path.write_text(self.config)
         self.log_path = base / "hub" / "jupyterhub.log"
@@ -371,13 +376,13 @@ class Env:
 USERS_PROBE = "import jupyterhub.singleuser, jupyterlab, ipykernel, matplotlib"
 
 
-def users_python(base: Path) -> tuple[Path, Path]:
+def users_python(base: Path, user: str = ALICE) -> tuple[Path, Path]:
     """(interpreter, prefix) that the users' servers and kernels run: the venv's own if the
     users can run it; else (the venv's interpreter may live under a home they cannot
     enter, e.g. pyenv's in /root) a small venv of the system's same-version Python in the
     test's directory that loads the project venv's packages (a .pth file) and shares its
     share/ and etc/ (JupyterLab's assets, the server extensions' config)."""
-    if as_user(ALICE, sys.executable, "-c", USERS_PROBE).returncode == 0:
+    if as_user(user, sys.executable, "-c", USERS_PROBE).returncode == 0:
         return Path(sys.executable), Path(sys.prefix)
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     system = next((Path(p) for p in (f"/usr/bin/{version}", f"/usr/local/bin/{version}")
@@ -393,7 +398,7 @@ def users_python(base: Path) -> tuple[Path, Path]:
     for shared in ("share", "etc"):
         (prefix / shared).symlink_to(Path(sys.prefix) / shared)
     python = prefix / "bin" / "python"
-    probe = as_user(ALICE, str(python), "-c", USERS_PROBE)
+    probe = as_user(user, str(python), "-c", USERS_PROBE)
     if probe.returncode != 0:
         pytest.skip(f"the users cannot run {sys.executable}, nor {python}: {probe.stderr}")
     return python, prefix
@@ -434,22 +439,8 @@ def hub_env():
         collector = env.collector = hub_collector(env.base)
         collector.start()
 
-        # The audited kernel, installed as the README says, on a copy of the venv's python3
-        # kernelspec in a prefix of its own (the suite's other tests keep the venv's).
-        kernels_root = env.base / "share" / "jupyter"
-        source = Path(sys.prefix) / "share" / "jupyter" / "kernels" / "python3"
-        assert (source / "kernel.json").is_file(), f"no python3 kernelspec at {source}"
-        shutil.copytree(source, kernels_root / "kernels" / "python3")
-        install_env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER")}
-        install_env.update(JUPYTER_PATH=str(kernels_root), VIRTUAL_ENV=str(env.prefix))
-        run(str(BIN), "install", "--wrap", "python3", "--replace", "--socket",
-            str(collector.socket), "--config", str(env.base / "no-admin-config.toml"),
-            env=install_env)
-        env.kernelspec = json.loads((kernels_root / "kernels" / "python3" / "kernel.json")
-                                    .read_text())
-        assert env.kernelspec["argv"][0] == str(BIN), env.kernelspec
-        for path in [env.base / "share", *(env.base / "share").rglob("*")]:
-            path.chmod(0o755 if path.is_dir() else 0o644)
+        kernels_root, env.kernelspec = install_audited_kernelspec(env.base, collector.socket,
+                                                                  env.prefix)
 
         hub = env.hub = Hub(env.base, kernels_root, env.python)
         hub.start()
@@ -478,6 +469,25 @@ def hub_env():
         for name in (ALICE, BOB):
             subprocess.run(["userdel", "--remove", name], capture_output=True, timeout=60)
         shutil.rmtree(env.base, ignore_errors=True)
+
+
+def install_audited_kernelspec(base: Path, socket: Path, prefix: Path) -> tuple[Path, dict]:
+    """The audited kernel, installed as the README says, on a copy of the venv's python3
+    kernelspec in a prefix of its own under `base` (the suite's other tests keep the
+    venv's); returns (the JUPYTER_PATH entry to give the users' servers, kernel.json)."""
+    kernels_root = base / "share" / "jupyter"
+    source = Path(sys.prefix) / "share" / "jupyter" / "kernels" / "python3"
+    assert (source / "kernel.json").is_file(), f"no python3 kernelspec at {source}"
+    shutil.copytree(source, kernels_root / "kernels" / "python3")
+    install_env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER")}
+    install_env.update(JUPYTER_PATH=str(kernels_root), VIRTUAL_ENV=str(prefix))
+    run(str(BIN), "install", "--wrap", "python3", "--replace", "--socket", str(socket),
+        "--config", str(base / "no-admin-config.toml"), env=install_env)
+    kernelspec = json.loads((kernels_root / "kernels" / "python3" / "kernel.json").read_text())
+    assert kernelspec["argv"][0] == str(BIN), kernelspec
+    for path in [base / "share", *(base / "share").rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return kernels_root, kernelspec
 
 
 def lab_for(env: Env, user: str) -> Lab:
