@@ -100,6 +100,17 @@ fn hub_options(
 ) -> anyhow::Result<Option<jupyter_audit::collector::hub::HubOptions>> {
     use jupyter_audit::collector::hub::{HubOptions, HubPolicy};
     let Some(api_url) = args.hub_api_url.clone().or(file.api_url.clone()) else {
+        let hub_setting_given = args.hub_identity.is_some()
+            || args.hub_ca_file.is_some()
+            || args.hub_client_cert.is_some()
+            || args.hub_cache_max_age_secs.is_some()
+            || *file != jupyter_audit::config::HubSection::default();
+        if hub_setting_given {
+            // A policy that silently does nothing would read as kernels being attested.
+            anyhow::bail!(
+                "Hub settings are given but no Hub API URL (--hub-api-url or [hub] api_url)"
+            );
+        }
         return Ok(None);
     };
     let policy = match args.hub_identity {

@@ -42,6 +42,36 @@ pub struct DaemonConfig {
 /// How long a stopping collector keeps forwarding what is stored before it exits.
 pub const FORWARD_DRAIN: Duration = Duration::from_secs(5);
 
+/// How often the Hub-verified tokens are saved when they changed.
+const HUB_TOKENS_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Takes back the Hub-verified tokens a previous run saved.
+async fn restore_hub_tokens(hub: &HubAttestor, store: &StoreHandle) {
+    let reading = store.clone();
+    match tokio::task::spawn_blocking(move || reading.read_hub_tokens()).await {
+        Ok(Ok(Some(saved))) => {
+            let restored = hub.restore_tokens(&saved);
+            tracing::info!(restored, "Hub-verified tokens of the previous run restored");
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "cannot read the saved Hub tokens"),
+        Err(error) => tracing::warn!(%error, "cannot read the saved Hub tokens"),
+    }
+}
+
+/// Saves the Hub-verified tokens if they changed.
+async fn save_hub_tokens(hub: &HubAttestor, store: &StoreHandle) {
+    let Some(saved) = hub.tokens_to_save() else {
+        return;
+    };
+    let writing = store.clone();
+    match tokio::task::spawn_blocking(move || writing.write_hub_tokens(&saved)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "cannot save the Hub-verified tokens"),
+        Err(error) => tracing::warn!(%error, "cannot save the Hub-verified tokens"),
+    }
+}
+
 /// Resolves a group name to its gid.
 pub fn group_id(name: &str) -> Result<u32, String> {
     match nix::unistd::Group::from_name(name) {
@@ -102,6 +132,19 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
     record_own(&store, &start).await;
     tracing::info!(socket = %config.socket.display(), store = %config.store.dir.display(), "collector listening");
     let reporting = tokio::spawn(report_limits(store.clone(), Arc::clone(&fairness)));
+    // Before the first connection: a kernel reconnecting while the Hub is down is known.
+    if let Some(hub) = &hub {
+        restore_hub_tokens(hub, &store).await;
+    }
+    let saving_tokens = hub.clone().map(|hub| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HUB_TOKENS_SAVE_INTERVAL).await;
+                save_hub_tokens(&hub, &store).await;
+            }
+        })
+    });
     let forwarding = config.forward.clone().map(|target| {
         let forwarder = Forwarder::new(
             ForwardOptions {
@@ -129,13 +172,17 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
         listener,
         store.clone(),
         Arc::clone(&fairness),
-        hub,
+        hub.clone(),
         shutdown,
     )
     .await;
     tracing::info!("collector stopping");
     let _ = std::fs::remove_file(&config.socket);
     reporting.abort();
+    if let (Some(saving), Some(hub)) = (saving_tokens, &hub) {
+        saving.abort();
+        save_hub_tokens(hub, &store).await;
+    }
     write_reports(&store, fairness.due_reports(true)).await;
     record_own(&store, &CollectorStop {}).await;
     let stats = store.stats();

@@ -10,9 +10,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
@@ -20,11 +20,15 @@ use super::protocol::HubToken;
 use crate::sync::lock;
 
 /// Within this age a verified token is taken from the cache without asking the Hub
-/// (many kernels starting at once cost the Hub one request per token).
-const FRESH: Duration = Duration::from_secs(60);
+/// (many kernels starting at once cost the Hub one request per token). It is also how
+/// long a revoked token may still open a connection.
+const FRESH: Duration = Duration::from_secs(10);
 /// A token the Hub refused is refused again without asking for this long (a kernel
 /// reconnecting, or someone trying tokens, does not hammer the Hub).
 const REJECTED_FOR: Duration = Duration::from_secs(10);
+/// A token the Hub could not be asked about is not asked about again for this long (a
+/// refused kernel reconnects at every cell run).
+const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
 /// Tokens remembered (each way); the oldest go first.
 const CACHE_ENTRIES: usize = 4096;
 /// Requests to the Hub at once.
@@ -96,7 +100,7 @@ pub enum HubError {
 }
 
 /// The Hub user a token belongs to, as the Hub said.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HubIdentity {
     pub name: String,
     /// Present when the token may read them (a server's token may not).
@@ -209,14 +213,16 @@ impl HubAttestor {
             builder = builder.identity(identity);
         }
         // A key that is not the certificate's shows only here.
-        let client = builder.build().map_err(|error| match &options.client_identity {
-            Some((cert, key)) => HubError::ClientIdentity {
-                cert: cert.clone(),
-                key: key.clone(),
-                reason: causes(error),
-            },
-            None => HubError::Client(causes(error)),
-        })?;
+        let client = builder
+            .build()
+            .map_err(|error| match &options.client_identity {
+                Some((cert, key)) => HubError::ClientIdentity {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    reason: causes(error),
+                },
+                None => HubError::Client(causes(error)),
+            })?;
         Ok(Self {
             client,
             user_url: format!("{api}/user"),
@@ -229,6 +235,57 @@ impl HubAttestor {
 
     pub fn policy(&self) -> HubPolicy {
         self.policy
+    }
+
+    /// The verified tokens to save, if they changed since the last call: the cache
+    /// outlives a restart of the collector, so that kernels reconnecting while the Hub is
+    /// down are still known. Ages are kept as wall-clock times.
+    pub fn tokens_to_save(&self) -> Option<Vec<u8>> {
+        let mut cache = lock(&self.cache);
+        if !std::mem::take(&mut cache.changed) {
+            return None;
+        }
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let tokens = cache
+            .verified
+            .iter()
+            .filter_map(|(key, (identity, at))| {
+                let age = now.saturating_duration_since(*at);
+                (age < self.cache_max_age).then(|| SavedToken {
+                    sha256: hex::encode(key.0),
+                    verified_at: unix_seconds(wall.checked_sub(age).unwrap_or(wall)),
+                    identity: identity.clone(),
+                })
+            })
+            .collect();
+        serde_json::to_vec(&SavedTokens { tokens }).ok()
+    }
+
+    /// Takes back the tokens [`tokens_to_save`](Self::tokens_to_save) gave (those still
+    /// within the cache's age); how many. A file that cannot be read is ignored: the
+    /// Hub is asked again.
+    pub fn restore_tokens(&self, saved: &[u8]) -> usize {
+        let Ok(saved) = serde_json::from_slice::<SavedTokens>(saved) else {
+            tracing::warn!("the saved Hub tokens cannot be read; the Hub will be asked again");
+            return 0;
+        };
+        let (now, wall) = (Instant::now(), unix_seconds(SystemTime::now()));
+        let mut cache = lock(&self.cache);
+        let mut restored = 0;
+        for token in saved.tokens {
+            let age = Duration::from_secs(wall.saturating_sub(token.verified_at));
+            let (Ok(Ok(key)), Some(at)) = (
+                hex::decode(&token.sha256).map(<[u8; 32]>::try_from),
+                now.checked_sub(age),
+            ) else {
+                continue;
+            };
+            if age < self.cache_max_age && cache.verified.len() < CACHE_ENTRIES {
+                cache.verified.insert(TokenKey(key), (token.identity, at));
+                restored += 1;
+            }
+        }
+        restored
     }
 
     /// The Hub identity of the connection that presented `token`, or what the policy
@@ -263,14 +320,15 @@ impl HubAttestor {
         }
         let key = TokenKey::of(token);
         let now = Instant::now();
-        if let Some(known) = lock(&self.cache).known(&key, now, FRESH) {
+        let fresh = FRESH.min(self.cache_max_age);
+        if let Some(known) = lock(&self.cache).known(&key, now, fresh) {
             return known;
         }
         let asked = {
             // Bounded: a crowd of connections waits here rather than opening sockets.
             let _turn = self.requests.acquire().await;
             // Another connection may have asked for the same token meanwhile.
-            if let Some(known) = lock(&self.cache).known(&key, Instant::now(), FRESH) {
+            if let Some(known) = lock(&self.cache).known(&key, Instant::now(), fresh) {
                 return known;
             }
             self.ask(token).await
@@ -288,7 +346,10 @@ impl HubAttestor {
                         tracing::warn!(detail = %unverified.detail, user = %identity.name, "the Hub cannot be reached; a token it verified before is accepted");
                         Ok(identity)
                     }
-                    None => Err(unverified),
+                    None => {
+                        cache.unreachable(key, unverified.clone(), now);
+                        Err(unverified)
+                    }
                 }
             }
             Err(unverified) => {
@@ -339,6 +400,11 @@ impl HubAttestor {
         })?;
         model.identity()
     }
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// Whether `token` could be a Hub API token: printable ASCII without spaces, and short.
@@ -469,6 +535,22 @@ impl TokenKey {
 struct TokenCache {
     verified: HashMap<TokenKey, (HubIdentity, Instant)>,
     rejected: HashMap<TokenKey, (Unverified, Instant)>,
+    /// `verified` changed since it was last saved.
+    changed: bool,
+}
+
+/// The verified tokens as the collector keeps them across restarts (`hub-tokens.json`):
+/// SHA-256 of each token, whom the Hub said it belongs to, and when (Unix seconds).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SavedTokens {
+    tokens: Vec<SavedToken>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedToken {
+    sha256: String,
+    verified_at: u64,
+    identity: HubIdentity,
 }
 
 impl TokenCache {
@@ -484,10 +566,14 @@ impl TokenCache {
         {
             return Some(Ok(identity.clone()));
         }
-        if let Some((unverified, at)) = self.rejected.get(key)
-            && now.saturating_duration_since(*at) < REJECTED_FOR
-        {
-            return Some(Err(unverified.clone()));
+        if let Some((unverified, at)) = self.rejected.get(key) {
+            let for_how_long = match unverified.reason {
+                UnverifiedReason::HubUnreachable => UNREACHABLE_FOR,
+                _ => REJECTED_FOR,
+            };
+            if now.saturating_duration_since(*at) < for_how_long {
+                return Some(Err(unverified.clone()));
+            }
         }
         None
     }
@@ -503,11 +589,21 @@ impl TokenCache {
         self.rejected.remove(&key);
         make_room(&mut self.verified, &key);
         self.verified.insert(key, (identity, now));
+        self.changed = true;
+    }
+
+    /// The Hub could not be asked and the token is not known: said again for a moment.
+    /// What the Hub verified before stays.
+    fn unreachable(&mut self, key: TokenKey, unverified: Unverified, now: Instant) {
+        make_room(&mut self.rejected, &key);
+        self.rejected.insert(key, (unverified, now));
     }
 
     /// The Hub said no: the token is forgotten as verified (revoked means revoked).
     fn rejected(&mut self, key: TokenKey, unverified: Unverified, now: Instant) {
-        self.verified.remove(&key);
+        if self.verified.remove(&key).is_some() {
+            self.changed = true;
+        }
         make_room(&mut self.rejected, &key);
         self.rejected.insert(key, (unverified, now));
     }
@@ -625,6 +721,38 @@ mod tests {
         );
         let debug = format!("{cache:?}");
         assert!(!debug.contains("secret-token"));
+    }
+
+    #[test]
+    fn verified_tokens_outlive_a_restart_within_their_age_and_hashed() {
+        let options = |max_age| HubOptions {
+            api_url: "http://127.0.0.1:9/hub/api".into(),
+            ca_file: None,
+            client_identity: None,
+            policy: HubPolicy::Required,
+            cache_max_age: max_age,
+        };
+        let before = HubAttestor::new(&options(Duration::from_secs(3600))).expect("attestor");
+        assert!(before.tokens_to_save().is_none(), "nothing changed");
+        let key = TokenKey::of(&token("secret-token"));
+        lock(&before.cache).verified(key, alice(), Instant::now());
+        let saved = before.tokens_to_save().expect("changed");
+        assert!(before.tokens_to_save().is_none(), "saved once");
+        let text = String::from_utf8(saved.clone()).expect("utf-8");
+        assert!(!text.contains("secret-token"), "{text}");
+        assert!(text.contains(&hex::encode(key.0)), "{text}");
+
+        let after = HubAttestor::new(&options(Duration::from_secs(3600))).expect("attestor");
+        assert_eq!(after.restore_tokens(&saved), 1);
+        let now = Instant::now();
+        assert_eq!(
+            lock(&after.cache).verified_within(&key, now, Duration::from_secs(3600)),
+            Some(alice())
+        );
+        // Past their age (here: none left), or unreadable: not taken back.
+        let strict = HubAttestor::new(&options(Duration::ZERO)).expect("attestor");
+        assert_eq!(strict.restore_tokens(&saved), 0);
+        assert_eq!(after.restore_tokens(b"not json"), 0);
     }
 
     #[test]

@@ -313,6 +313,37 @@ impl StoreHandle {
         std::fs::rename(&temp, &path).map_err(|e| StoreError::io("rename into place", &path, e))
     }
 
+    /// The collector's cache of Hub-verified tokens (`hub-tokens.json`), if it has one.
+    /// Blocking.
+    pub fn read_hub_tokens(&self) -> Result<Option<Vec<u8>>> {
+        let path = self.dir.join(layout::HUB_TOKENS_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(StoreError::io("read", &path, error)),
+        }
+    }
+
+    /// Replaces the collector's cache of Hub-verified tokens with `text`, owner only.
+    /// Blocking; not synced (losing it costs a question to the Hub, nothing else).
+    pub fn write_hub_tokens(&self, text: &[u8]) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let temp = self.dir.join(layout::HUB_TOKENS_REWRITE_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temp)
+            .map_err(|e| StoreError::io("create", &temp, e))?;
+        file.write_all(text)
+            .map_err(|e| StoreError::io("write", &temp, e))?;
+        let path = self.dir.join(layout::HUB_TOKENS_FILE);
+        std::fs::rename(&temp, &path).map_err(|e| StoreError::io("rename into place", &path, e))
+    }
+
     /// The durable head, updated after every batch and checkpoint; the sender goes away
     /// when the writer stops.
     pub fn watch_head(&self) -> watch::Receiver<StoredHead> {

@@ -13,6 +13,10 @@
 //!   store_id                    0400 (0440): the store's UUID, made with the store
 //!   forwarding.json             0600 (0640): how far forwarding to PostgreSQL got (for
 //!                               `status`; forwarding.json.new while rewritten)
+//!   hub-tokens.json             0600, owner only: the Hub API tokens the Hub vouched
+//!                               for, by SHA-256, so that a restarted collector knows
+//!                               them while the Hub is down (hub-tokens.json.new while
+//!                               rewritten)
 //! ```
 //!
 //! Before anything is created, the directory and these entries are checked with
@@ -36,6 +40,8 @@ pub(super) const SESSIONS_REWRITE_FILE: &str = "sessions.jsonl.new";
 pub(super) const STORE_ID_FILE: &str = "store_id";
 pub(super) const FORWARDING_FILE: &str = "forwarding.json";
 pub(super) const FORWARDING_REWRITE_FILE: &str = "forwarding.json.new";
+pub(super) const HUB_TOKENS_FILE: &str = "hub-tokens.json";
+pub(super) const HUB_TOKENS_REWRITE_FILE: &str = "hub-tokens.json.new";
 const SEGMENT_SUFFIX: &str = ".jsonl";
 const SEQUENCE_DIGITS: usize = 20;
 
@@ -208,6 +214,8 @@ pub(crate) fn check_store_entries(dir: &Path) -> Result<()> {
         dir.join(STORE_ID_FILE),
         dir.join(FORWARDING_FILE),
         dir.join(FORWARDING_REWRITE_FILE),
+        dir.join(HUB_TOKENS_FILE),
+        dir.join(HUB_TOKENS_REWRITE_FILE),
     ];
     if let Ok(listing) = fs::read_dir(&segments)
         && fs::symlink_metadata(&segments).is_ok_and(|m| m.is_dir())
