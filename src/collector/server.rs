@@ -247,27 +247,24 @@ async fn serve_connection(
     if let Some(hub) = &peer.hub {
         let attested = hub.attest(hub_token.as_ref()).await;
         drop(hub_token);
-        match attested {
-            Attestation::Verified(hub_identity) => identity.hub = Some(hub_identity),
-            Attestation::Unverified(unverified) => {
-                tracing::warn!(uid = identity.uid, pid = ?identity.pid, reason = unverified.reason.as_str(), detail = %unverified.detail, "accepted without a Hub identity");
-                if peer
-                    .identity_notes
-                    .worth_recording(&identity, unverified.reason)
-                {
-                    let event = identity_event(hub.policy(), &unverified, false);
-                    store_identity_record(&store, &identity, &host, &event).await;
-                }
+        let (unverified, refused) = match attested {
+            Attestation::Verified(hub_identity) => {
+                identity.hub = Some(hub_identity);
+                (None, false)
             }
-            Attestation::Refused(unverified) => {
-                tracing::warn!(uid = identity.uid, pid = ?identity.pid, reason = unverified.reason.as_str(), detail = %unverified.detail, "connection refused: no Hub identity");
-                if peer
-                    .identity_notes
-                    .worth_recording(&identity, unverified.reason)
-                {
-                    let event = identity_event(hub.policy(), &unverified, true);
-                    store_identity_record(&store, &identity, &host, &event).await;
-                }
+            Attestation::Unverified(unverified) => (Some(unverified), false),
+            Attestation::Refused(unverified) => (Some(unverified), true),
+        };
+        if let Some(unverified) = unverified {
+            tracing::warn!(uid = identity.uid, pid = ?identity.pid, refused, reason = unverified.reason.as_str(), detail = %unverified.detail, "no Hub identity for a connection");
+            if peer
+                .identity_notes
+                .worth_recording(&identity, unverified.reason)
+            {
+                let event = identity_event(hub.policy(), &unverified, refused);
+                store_identity_record(&store, &identity, &host, &event).await;
+            }
+            if refused {
                 let refusal = FromCollector::Refused {
                     reason: format!(
                         "this collector requires a JupyterHub identity, and {}",

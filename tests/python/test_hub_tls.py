@@ -46,18 +46,27 @@ from typing import Any
 import pytest
 import requests
 from certipy import Certipy
-from jupyter_client import KernelManager
 
-from helpers import BIN, REPO, KernelPool, execute, stdout_of, unique_marker, wait_until
+from helpers import (
+    BIN,
+    REPO,
+    KernelPool,
+    execute,
+    proxy_argv,
+    stdout_of,
+    unique_marker,
+    wait_until,
+)
 from test_audit import (
     Collector,
+    LoggedKernel,
     action,
-    audited_kernelspec,
     by_msg_id,
     children,
     describe,
     field,
     wait_for_records,
+    write_kernelspec,
 )
 
 CHP = REPO / ".node" / "node_modules" / ".bin" / "configurable-http-proxy"
@@ -271,27 +280,18 @@ def hub_collector(collectors: list, root: Path, hub: TlsHub, *flags: str) -> Col
     return collector.start()
 
 
-class TokenKernel:
-    """An audited kernel started with JUPYTERHUB_API_TOKEN in its environment, as a
-    Hub-spawned server's kernels have it; the proxy's stderr in a file."""
-
-    def __init__(self, pool: KernelPool, collector: Collector, token: str, log_dir: Path):
-        self.log_path = log_dir / f"proxy-{uuid.uuid4().hex[:6]}.log"
-        self.km = KernelManager(kernel_name=audited_kernelspec(collector.socket))
-        pool.managers.append(self.km)
-        env = {**os.environ, "JUPYTERHUB_API_TOKEN": token}
-        with open(self.log_path, "ab") as log:
-            self.km.start_kernel(stderr=log, env=env)
-        self.kc = pool.client(self.km)
-
-    def log(self) -> str:
-        try:
-            return f"proxy stderr ({self.log_path}):\n{self.log_path.read_text()[-6000:]}"
-        except OSError:
-            return "proxy stderr: none"
+def token_kernel(pool: KernelPool, collector: Collector, token: str,
+                 log_dir: Path) -> LoggedKernel:
+    """An audited kernel with JUPYTERHUB_API_TOKEN in its environment, as a Hub-spawned
+    server's kernels have it; the proxy's stderr in a file."""
+    ipykernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    name = write_kernelspec(proxy_argv(collector.socket) + ipykernel,
+                            env={"RUST_LOG": "jupyter_audit=info",
+                                 "JUPYTERHUB_API_TOKEN": token})
+    return LoggedKernel(pool, name, log_dir)
 
 
-def assert_token_nowhere(token: str, collector: Collector, kernel: TokenKernel) -> None:
+def assert_token_nowhere(token: str, collector: Collector, kernel: LoggedKernel) -> None:
     needle = token.encode()
     places = [collector.log_path, kernel.log_path,
               *(p for p in collector.store.rglob("*") if p.is_file())]
@@ -311,7 +311,7 @@ def test_hub_over_tls_attests_the_kernels_user(hub, alice_token, started, run_di
     cert, key = openssl_client_cert(hub, run_dir / "client-cert")
     collector = hub_collector(collectors, run_dir, hub, "--hub-ca-file", str(hub.ca_file),
                               "--hub-client-cert", cert, "--hub-client-key", key)
-    kernel = TokenKernel(pool, collector, alice_token, run_dir)
+    kernel = token_kernel(pool, collector, alice_token, run_dir)
     diagnostics = lambda: f"{collector.log()}\n{kernel.log()}\n{hub.log()}"  # noqa: E731
 
     reply, msgs = execute(kernel.kc, "print('hello from alice')")
@@ -345,7 +345,7 @@ def refused_cell(hub: TlsHub, token: str, started, run_dir: Path, *flags: str) -
     must be refused, visibly, and not run. Returns the identity_refused record."""
     collectors, pool = started
     collector = hub_collector(collectors, run_dir, hub, *flags)
-    kernel = TokenKernel(pool, collector, token, run_dir)
+    kernel = token_kernel(pool, collector, token, run_dir)
     diagnostics = lambda: f"{collector.log()}\n{kernel.log()}"  # noqa: E731
 
     marker = unique_marker(run_dir, "refused")
