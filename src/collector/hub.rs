@@ -365,13 +365,18 @@ impl HubAttestor {
             reason: UnverifiedReason::HubUnreachable,
             detail,
         };
+        // Marked sensitive: its Debug form hides it, whatever logs at trace level.
+        let mut authorization =
+            reqwest::header::HeaderValue::from_str(&format!("token {}", token.secret()))
+                .map_err(|_| Unverified {
+                    reason: UnverifiedReason::TokenRejected,
+                    detail: "the kernel's token cannot be sent in a header".into(),
+                })?;
+        authorization.set_sensitive(true);
         let response = self
             .client
             .get(&self.user_url)
-            .header(
-                reqwest::header::AUTHORIZATION,
-                format!("token {}", token.secret()),
-            )
+            .header(reqwest::header::AUTHORIZATION, authorization)
             .send()
             .await
             // Without the URL: it is the admin's, but the error text goes to notebooks.
