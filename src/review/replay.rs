@@ -539,7 +539,9 @@ fn session_metadata(session: &Session, source: &RecordSource) -> Map<String, Val
     let audit = Audit {
         session_id: &session.session_id,
         kernel_id: &session.kernel_id,
-        user: json!({"id": session.user_id, "name": session.user}),
+        // `id` is the OS account's uid; `name` the person, as `verified_by` says.
+        user: json!({"id": session.user_id, "name": session.user,
+                     "verified_by": session.verified_by}),
         host: &session.host,
         notebook_path: &session.notebook,
         start: &session.start,
