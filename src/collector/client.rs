@@ -56,6 +56,10 @@ const GAP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 pub enum AuditError {
     #[error("collector unavailable: {0}")]
     Unavailable(String),
+    /// The collector refused this kernel's connection (it could not establish the
+    /// identity it requires).
+    #[error("{0}")]
+    Refused(String),
     #[error("the collector did not store the record: {0}")]
     NotStored(String),
     #[error("the collector did not confirm the record within {0:?}")]
@@ -147,6 +151,7 @@ impl AuditClient {
                 next_id: 1,
                 connection: None,
                 last_error: "not connected yet".into(),
+                refused: false,
                 retry_at: Instant::now(),
                 retry_delay: Duration::from_millis(50),
                 gap: None,
@@ -374,6 +379,8 @@ struct ClientTask {
     next_id: u64,
     connection: Option<Connection>,
     last_error: String,
+    /// `last_error` is the collector's refusal of this kernel, not an outage.
+    refused: bool,
     retry_at: Instant,
     retry_delay: Duration,
     gap: Option<Gap>,
@@ -438,16 +445,34 @@ impl ClientTask {
                 self.resend_pending().await;
                 self.report_gap().await;
             }
-            Ok(Err(error @ ProtocolError::Refused(_))) => {
-                self.disconnected(error.to_string());
-                self.retry_at = Instant::now() + REFUSED_RETRY;
-            }
+            Ok(Err(error @ ProtocolError::Refused(_))) => self.refused(error.to_string()),
             Ok(Err(error)) => self.disconnected(error.to_string()),
             Err(_) => self.disconnected("connection attempt timed out".into()),
         }
     }
 
+    /// What those waiting for the collector are told while it is away.
+    fn unavailable(&self) -> AuditError {
+        if self.refused {
+            AuditError::Refused(self.last_error.clone())
+        } else {
+            AuditError::Unavailable(self.last_error.clone())
+        }
+    }
+
+    /// The collector would not have this connection (no identity it accepts): tried
+    /// again after a pause, or at once when someone needs it.
+    fn refused(&mut self, reason: String) {
+        self.lost_connection(reason, true);
+        self.retry_at = Instant::now() + REFUSED_RETRY;
+    }
+
     fn disconnected(&mut self, reason: String) {
+        self.lost_connection(reason, false);
+    }
+
+    fn lost_connection(&mut self, reason: String, refused: bool) {
+        self.refused = refused;
         self.connected.store(false, Ordering::Relaxed);
         if self.connection.take().is_some() || self.last_error != reason {
             tracing::warn!(socket = %self.socket.display(), %reason, "audit collector unavailable");
@@ -463,16 +488,15 @@ impl ClientTask {
         self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY);
         // Whoever waits for a durable record is told now; the record itself stays and
         // is stored once the collector is back.
+        let unavailable = self.unavailable();
         for pending in &mut self.pending {
             if let Some(ack) = pending.ack.take() {
-                let _ = ack.send(Err(AuditError::Unavailable(self.last_error.clone())));
+                let _ = ack.send(Err(unavailable.clone()));
                 mark_write_ahead_failed(&mut pending.record);
             }
         }
         for waiter in self.flushes.drain(..) {
-            let _ = waiter
-                .done
-                .send(Err(AuditError::Unavailable(self.last_error.clone())));
+            let _ = waiter.done.send(Err(unavailable.clone()));
         }
     }
 
@@ -498,7 +522,7 @@ impl ClientTask {
                     self.report_gap().await;
                 }
                 if self.connection.is_none() && !self.pending.is_empty() {
-                    let _ = done.send(Err(AuditError::Unavailable(self.last_error.clone())));
+                    let _ = done.send(Err(self.unavailable()));
                     return;
                 }
                 self.flushes.push_back(FlushWaiter {
@@ -532,7 +556,7 @@ impl ClientTask {
         if self.connection.is_some() {
             self.enqueue(record, Some(ack), None).await;
         } else {
-            let _ = ack.send(Err(AuditError::Unavailable(self.last_error.clone())));
+            let _ = ack.send(Err(self.unavailable()));
             mark_write_ahead_failed(&mut record);
             self.enqueue(record, None, None).await;
         }
@@ -551,7 +575,7 @@ impl ClientTask {
                 format!("the collector was unavailable: {}", self.last_error),
             );
             if let Some(ack) = ack {
-                let _ = ack.send(Err(AuditError::Unavailable(self.last_error.clone())));
+                let _ = ack.send(Err(self.unavailable()));
             }
             return;
         }
@@ -686,7 +710,7 @@ impl ClientTask {
             })) => (id, Err(AuditError::NotStored(error))),
             Some(Ok(FromCollector::Hello { .. })) => return,
             Some(Ok(FromCollector::Refused { reason })) => {
-                return self.disconnected(ProtocolError::Refused(reason).to_string());
+                return self.refused(ProtocolError::Refused(reason).to_string());
             }
             Some(Err(error)) => return self.disconnected(error.to_string()),
             None => return self.disconnected("the collector closed the connection".into()),

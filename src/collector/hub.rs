@@ -367,11 +367,12 @@ impl HubAttestor {
         };
         // Marked sensitive: its Debug form hides it, whatever logs at trace level.
         let mut authorization =
-            reqwest::header::HeaderValue::from_str(&format!("token {}", token.secret()))
-                .map_err(|_| Unverified {
+            reqwest::header::HeaderValue::from_str(&format!("token {}", token.secret())).map_err(
+                |_| Unverified {
                     reason: UnverifiedReason::TokenRejected,
                     detail: "the kernel's token cannot be sent in a header".into(),
-                })?;
+                },
+            )?;
         authorization.set_sensitive(true);
         let response = self
             .client

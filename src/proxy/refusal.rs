@@ -33,6 +33,13 @@ pub(crate) fn refusal(reason: &AuditError) -> (&'static str, String) {
                  nothing was run ({reason}). If this persists, contact your administrator."
             ),
         ),
+        AuditError::Refused(_) => (
+            UNAVAILABLE_ENAME,
+            format!(
+                "Execution refused: the audit log does not accept this kernel, so nothing \
+                 was run ({reason}). If this persists, contact your administrator."
+            ),
+        ),
         AuditError::Unavailable(_) | AuditError::Timeout(_) | AuditError::Stopped => (
             UNAVAILABLE_ENAME,
             format!(

@@ -75,7 +75,6 @@ from test_audit import (
     verify_output,
     write_kernelspec,
 )
-from test_faults import assert_refused
 from test_forgery import SENDER, refusal_for
 from test_forgery import assert_refused as assert_nack
 from test_jupyterhub import (
@@ -111,6 +110,20 @@ REFUSED_RETRY_BOUND = 60
 # For this long the collector takes a token it verified from its cache without asking
 # the Hub (src/collector/hub.rs, FRESH).
 FRESH_CACHE_SECS = 10
+
+def assert_refused(reply: dict, msgs: list[dict], marker: Path, diagnostics: str) -> None:
+    """A kernel the collector does not accept: an AuditLogUnavailable error that says so
+    (not "unavailable": trying again does not help until the identity is fixed), and
+    nothing ran."""
+    content = reply["content"]
+    assert content["status"] == "error", diagnostics
+    assert content["ename"] == "AuditLogUnavailable", diagnostics
+    assert content["evalue"].startswith(
+        "Execution refused: the audit log does not accept this kernel, so nothing was run"), \
+        diagnostics
+    assert "execute_input" not in [m["msg_type"] for m in msgs], "the kernel saw the request"
+    assert not marker.exists(), "a refused cell ran"
+
 
 # The reasons of the interface (collector.reason of identity_refused/identity_unverified).
 EXPECTED_REASON = {
