@@ -2,7 +2,8 @@
 //!
 //! The collector runs as its own OS user. Every record reaches it over a Unix socket
 //! whose peer credentials (uid, gid, pid, from the kernel) say who sent it; the
-//! sender cannot claim another identity.
+//! sender cannot claim another identity. With a Hub configured, the Hub names the
+//! person behind each connection from the API token its kernel presents ([`hub`]).
 
 pub mod admission;
 pub mod client;
