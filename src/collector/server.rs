@@ -287,6 +287,7 @@ async fn serve_connection(
     tokio::io::AsyncWriteExt::flush(&mut writer).await?;
     tracing::debug!(uid = identity.uid, pid = ?identity.pid, "proxy connected");
     let mut admission = Admission::new(&identity, &host, &store, &sessions).await;
+    let stamped = Stamped::of(&identity, &host);
 
     // Acknowledgements go out in the order records came in, as the store finishes them.
     // Each record's room in the in-flight budgets is given back once the store answers.
@@ -333,7 +334,7 @@ async fn serve_connection(
                 let stored = match slot.admit_record(&mut room) {
                     Err(reason) => refused(StoreError::Refused(reason)),
                     Ok(()) => match admission.admit(record).await {
-                        Verdict::Accept(record) => match stamp_sender(&record, &identity, &host) {
+                        Verdict::Accept(record) => match stamp_sender_as(&record, &stamped) {
                             Ok(record) => store.submit_prepared(record, urgent).await,
                             Err(reason) => refused(StoreError::InvalidRecord(reason)),
                         },
@@ -375,24 +376,24 @@ pub fn stamp(mut record: Record, identity: &PeerIdentity, host: &str) -> Result<
     record.insert("@timestamp".into(), json!(now_rfc3339()));
     record.insert("user".into(), stamped.user);
     record.insert("group".into(), stamped.group);
-    if let Some(process) = stamped.process {
-        record.insert("process".into(), process);
-    }
+    record.insert("process".into(), stamped.process);
     record.insert("host".into(), stamped.host);
     Ok(record)
 }
 
 /// The fields the collector sets from what it verified of the sender, shared by
-/// [`stamp`] and [`stamp_sender`].
-struct Stamped {
+/// [`stamp`] and [`stamp_sender`]. A connection's identity is fixed once its hello is
+/// answered, so a connection builds these once, not per record.
+#[derive(Debug, Clone)]
+pub struct Stamped {
     user: Value,
     group: Value,
-    process: Option<Value>,
+    process: Value,
     host: Value,
 }
 
 impl Stamped {
-    fn of(identity: &PeerIdentity, host: &str) -> Self {
+    pub fn of(identity: &PeerIdentity, host: &str) -> Self {
         // The OS account, always: under `process.user`, and as `user` itself when no
         // Hub vouched for the connection.
         let mut account = Map::new();
@@ -416,7 +417,7 @@ impl Stamped {
         Stamped {
             user,
             group: json!({ "id": identity.gid.to_string() }),
-            process: Some(Value::Object(process)),
+            process: Value::Object(process),
             host: json!({ "name": host }),
         }
     }
@@ -461,6 +462,11 @@ pub fn stamp_sender(
     identity: &PeerIdentity,
     host: &str,
 ) -> Result<Prepared, String> {
+    stamp_sender_as(record, &Stamped::of(identity, host))
+}
+
+/// [`stamp_sender`] with the connection's fields made already.
+pub fn stamp_sender_as(record: &SenderRecord, stamped: &Stamped) -> Result<Prepared, String> {
     let (Slot::Object(event), Slot::Object(jupyter)) = (&record.event, &record.jupyter) else {
         return Err("the record has no event or no jupyter object".into());
     };
@@ -479,18 +485,15 @@ pub fn stamp_sender(
         .map(|(key, value)| (key.as_str(), Part::Raw(value.get())))
         .collect();
     let timestamp = json!(now_rfc3339());
-    let stamped = Stamped::of(identity, host);
-    let mut parts = vec![
+    let parts = vec![
         ("@timestamp", Part::Value(&timestamp)),
         ("event", Part::Object(event_parts)),
         ("jupyter", Part::Object(jupyter_parts)),
         ("user", Part::Value(&stamped.user)),
         ("group", Part::Value(&stamped.group)),
         ("host", Part::Value(&stamped.host)),
+        ("process", Part::Value(&stamped.process)),
     ];
-    if let Some(process) = &stamped.process {
-        parts.push(("process", Part::Value(process)));
-    }
     record::prepare_parts(parts)
 }
 

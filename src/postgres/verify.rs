@@ -146,6 +146,23 @@ pub struct StoreVerdict {
 }
 
 impl StoreVerdict {
+    /// A verdict on a store with nothing checked yet.
+    fn new(store_id: Uuid, host: String, external_key: bool) -> Self {
+        Self {
+            store_id,
+            host,
+            records: 0,
+            first_sequence: None,
+            last_sequence: None,
+            checkpoints_checked: 0,
+            newest_checkpoint: None,
+            starts_at_checkpoint: None,
+            external_key,
+            findings: Vec::new(),
+            more_findings: 0,
+        }
+    }
+
     pub fn is_intact(&self) -> bool {
         self.findings.is_empty()
     }
@@ -198,19 +215,8 @@ pub fn verify(options: &VerifyOptions) -> Result<PostgresVerifyReport, VerifyErr
             Some((_, file)) => Some(store::read_public_key(file)?),
             None => None,
         };
-        let mut verdict = StoreVerdict {
-            store_id: forwarded.store_id,
-            host: forwarded.host.clone(),
-            records: 0,
-            first_sequence: None,
-            last_sequence: None,
-            checkpoints_checked: 0,
-            newest_checkpoint: None,
-            starts_at_checkpoint: None,
-            external_key: given.is_some(),
-            findings: Vec::new(),
-            more_findings: 0,
-        };
+        let mut verdict =
+            StoreVerdict::new(forwarded.store_id, forwarded.host.clone(), given.is_some());
         let registered = parse_key(&forwarded.public_key);
         let key = match (given, registered) {
             (Some(given), registered) => {
@@ -638,19 +644,7 @@ mod tests {
         checkpoints: Vec<ForwardedCheckpoint>,
         key: &VerifyingKey,
     ) -> StoreVerdict {
-        let verdict = StoreVerdict {
-            store_id: Uuid::nil(),
-            host: "h".into(),
-            records: 0,
-            first_sequence: None,
-            last_sequence: None,
-            checkpoints_checked: 0,
-            newest_checkpoint: None,
-            starts_at_checkpoint: None,
-            external_key: false,
-            findings: Vec::new(),
-            more_findings: 0,
-        };
+        let verdict = StoreVerdict::new(Uuid::nil(), "h".into(), false);
         let mut walk = Walk::new(verdict, checkpoints, Some(key));
         for row in rows {
             walk.row(row);
