@@ -16,6 +16,7 @@
 //! - [`launcher`]: starting, signalling and reaping the real kernel process.
 //! - [`proxy`]: the relay between frontends and the real kernel.
 //! - [`review`]: the reviewer's tools: `log`, `sessions` and `replay` over a store.
+//! - [`console`]: the review console's index of a store (its pages come next).
 //! - [`kernelspec`]: writing audited kernelspecs (`install`).
 //!
 //! The command line (`src/cli.rs`, clap) belongs to the binary (`src/main.rs`), which
@@ -27,6 +28,7 @@ pub mod audit;
 pub mod collector;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod kernelspec;
 pub mod launcher;
 pub mod memory;
