@@ -177,6 +177,9 @@ pub struct SearchHit {
 pub struct Index {
     path: PathBuf,
     connection: Connection,
+    /// The store followed by the last catch-up and where it stopped: finding the place
+    /// again would read its segment from the start.
+    follower: Option<(PathBuf, Follower)>,
 }
 
 const SCHEMA: &str = "
@@ -322,6 +325,7 @@ impl Index {
         let index = Index {
             path: path.to_path_buf(),
             connection,
+            follower: None,
         };
         index.configure()?;
         Ok(index)
@@ -426,12 +430,28 @@ impl Index {
     pub fn catch_up(&mut self, store_dir: &Path, liveness: &dyn Liveness) -> Result<CatchUp> {
         let store_id = store::store_id(store_dir)?.to_string();
         let mut outcome = CatchUp::default();
-        if !self.still_valid(store_dir, &store_id)? {
-            tracing::info!(index = %self.path.display(), "the index does not describe this store (any more): rebuilding it");
-            self.reset()?;
-            outcome.rebuilt = true;
-        }
-        let mut follower = Follower::new(store_dir, self.last_sequence()? + 1);
+        let last = self.last_sequence()?;
+        let kept = match self.follower.take() {
+            Some((dir, follower))
+                if dir == store_dir
+                    && follower.next_sequence() == last + 1
+                    && self.meta("store_id")?.as_deref() == Some(store_id.as_str()) =>
+            {
+                Some(follower)
+            }
+            _ => None,
+        };
+        let mut follower = match kept {
+            Some(follower) => follower,
+            None => {
+                if !self.still_valid(store_dir, &store_id)? {
+                    tracing::info!(index = %self.path.display(), "the index does not describe this store (any more): rebuilding it");
+                    self.reset()?;
+                    outcome.rebuilt = true;
+                }
+                Follower::new(store_dir, self.last_sequence()? + 1)
+            }
+        };
         loop {
             let records = follower.read(u64::MAX, BATCH_RECORDS, BATCH_BYTES)?;
             let Some(last) = records.last() else {
@@ -452,7 +472,7 @@ impl Index {
                 source,
             };
             for record in &records {
-                let value: Value =
+                let SlimRecord(value) =
                     serde_json::from_slice(&record.line).map_err(|e| IndexError::Record {
                         sequence: record.sequence,
                         detail: e.to_string(),
@@ -471,6 +491,7 @@ impl Index {
             transaction.commit().map_err(sqlite)?;
             outcome.records += records.len() as u64;
         }
+        self.follower = Some((store_dir.to_path_buf(), follower));
         self.refresh_open_sessions(liveness)?;
         outcome.last_sequence = self.last_sequence()?;
         Ok(outcome)
@@ -710,6 +731,80 @@ fn open_state(alive: Option<bool>, has_start: bool) -> (SessionState, Option<&'s
             SessionState::NoEndRecorded,
             Some("neither session_start nor session_end recorded"),
         ),
+    }
+}
+
+/// `jupyter.*` fields the index never reads and that make up most of a record's bytes
+/// (the message as it came, outputs' data): skipped while parsing, not built.
+const UNUSED_JUPYTER_FIELDS: &[&str] = &[
+    "request",
+    "data",
+    "text",
+    "traceback",
+    "evalue",
+    "metadata",
+    "transient",
+    "buffers",
+];
+
+/// A record without its [`UNUSED_JUPYTER_FIELDS`].
+struct SlimRecord(Value);
+
+/// The `jupyter` object of a [`SlimRecord`].
+struct SlimJupyter(serde_json::Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for SlimRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = SlimRecord;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a record (a JSON object)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SlimRecord, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = if key == "jupyter" {
+                        Value::Object(map.next_value::<SlimJupyter>()?.0)
+                    } else {
+                        map.next_value::<Value>()?
+                    };
+                    out.insert(key, value);
+                }
+                Ok(SlimRecord(Value::Object(out)))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SlimJupyter {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = SlimJupyter;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("the jupyter object of a record")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SlimJupyter, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if UNUSED_JUPYTER_FIELDS.contains(&key.as_ref()) {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    } else {
+                        out.insert(key.into_owned(), map.next_value::<Value>()?);
+                    }
+                }
+                Ok(SlimJupyter(out))
+            }
+        }
+        deserializer.deserialize_map(Visit)
     }
 }
 
