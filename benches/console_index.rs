@@ -103,6 +103,19 @@ fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU seconds this process has used (user and system).
+fn cpu_seconds() -> f64 {
+    let ticks: f64 = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let after = stat.rsplit_once(')')?.1.to_owned();
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+        })
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
 fn main() {
     let args = args();
     let store = args.dir.join("store");
@@ -144,8 +157,10 @@ fn main() {
     let liveness = LocalProcesses::default();
     let mut index = Index::open(&index_path).expect("index opened");
     let start = Instant::now();
+    let cpu = cpu_seconds();
     let caught = index.catch_up(&store, &liveness).expect("caught up");
     let elapsed = start.elapsed();
+    let cpu = cpu_seconds() - cpu;
     let rate = caught.records as f64 / elapsed.as_secs_f64();
     let start = Instant::now();
     let again = index.catch_up(&store, &liveness).expect("caught up again");
@@ -163,6 +178,12 @@ fn main() {
         ),
         format!("{rate:.0} records/s"),
         ">= 100000 records/s",
+    ));
+    rows.push((
+        "index catch-up per CPU second".into(),
+        format!("{cpu:.2} CPU s"),
+        format!("{:.0} records/s", caught.records as f64 / cpu.max(0.01)),
+        "",
     ));
     rows.push((
         "catch-up with nothing new".into(),

@@ -310,8 +310,8 @@ fn parse_state(text: &str) -> SessionState {
 #[derive(Default)]
 struct Batch {
     sessions: HashMap<SessionKey, OpenSession>,
-    /// (session key, request msg_id) → cell.
-    cells: HashMap<(SessionKey, String), Cell>,
+    /// Session key → request msg_id → cell.
+    cells: HashMap<SessionKey, HashMap<String, Cell>>,
 }
 
 impl Index {
@@ -734,20 +734,31 @@ fn open_state(alive: Option<bool>, has_start: bool) -> (SessionState, Option<&'s
     }
 }
 
-/// `jupyter.*` fields the index never reads and that make up most of a record's bytes
-/// (the message as it came, outputs' data): skipped while parsing, not built.
-const UNUSED_JUPYTER_FIELDS: &[&str] = &[
-    "request",
-    "data",
-    "text",
-    "traceback",
-    "evalue",
-    "metadata",
-    "transient",
-    "buffers",
+/// The parts of a record the index reads; the others (the chain, the message as it
+/// came, outputs' data) make up most of its bytes and are skipped while parsing.
+const USED_FIELDS: &[&str] = &["@timestamp", "event", "host", "jupyter", "process", "user"];
+
+/// The `jupyter.*` fields the index reads (those of `session_start` and `session_end`
+/// included).
+const USED_JUPYTER_FIELDS: &[&str] = &[
+    "session_id",
+    "kernel_id",
+    "kernel_name",
+    "msg_id",
+    "parent_msg_id",
+    "resent",
+    "code",
+    "execution_count",
+    "status",
+    "duration_ms",
+    "notebook_path",
+    "hub_user",
+    "exit_code",
+    "exit_signal",
+    "orphaned",
 ];
 
-/// A record without its [`UNUSED_JUPYTER_FIELDS`].
+/// A record with only its [`USED_FIELDS`] and [`USED_JUPYTER_FIELDS`].
 struct SlimRecord(Value);
 
 /// The `jupyter` object of a [`SlimRecord`].
@@ -766,13 +777,17 @@ impl<'de> serde::Deserialize<'de> for SlimRecord {
                 mut map: A,
             ) -> Result<SlimRecord, A::Error> {
                 let mut out = serde_json::Map::new();
-                while let Some(key) = map.next_key::<String>()? {
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if !USED_FIELDS.contains(&key.as_ref()) {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    }
                     let value = if key == "jupyter" {
                         Value::Object(map.next_value::<SlimJupyter>()?.0)
                     } else {
                         map.next_value::<Value>()?
                     };
-                    out.insert(key, value);
+                    out.insert(key.into_owned(), value);
                 }
                 Ok(SlimRecord(Value::Object(out)))
             }
@@ -795,10 +810,10 @@ impl<'de> serde::Deserialize<'de> for SlimJupyter {
             ) -> Result<SlimJupyter, A::Error> {
                 let mut out = serde_json::Map::new();
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if UNUSED_JUPYTER_FIELDS.contains(&key.as_ref()) {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                    } else {
+                    if USED_JUPYTER_FIELDS.contains(&key.as_ref()) {
                         out.insert(key.into_owned(), map.next_value::<Value>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
                     }
                 }
                 Ok(SlimJupyter(out))
@@ -886,14 +901,18 @@ impl Batch {
         key: &SessionKey,
         sequence: u64,
     ) -> rusqlite::Result<&mut OpenSession> {
-        use std::collections::hash_map::Entry;
-        match self.sessions.entry(key.clone()) {
-            Entry::Occupied(entry) => Ok(entry.into_mut()),
-            Entry::Vacant(entry) => {
-                let known = load_session(transaction, key)?;
-                Ok(entry.insert(known.unwrap_or_else(|| OpenSession::new(key, sequence))))
-            }
+        // Looked up before inserting: most records find their session, and the key is
+        // cloned only for a new one.
+        if !self.sessions.contains_key(key) {
+            let known = load_session(transaction, key)?;
+            self.sessions.insert(
+                key.clone(),
+                known.unwrap_or_else(|| OpenSession::new(key, sequence)),
+            );
         }
+        self.sessions
+            .get_mut(key)
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)
     }
 
     /// The cell of request `msg_id` in session `key`, from this batch or the index; a
@@ -907,20 +926,25 @@ impl Batch {
         sequence: u64,
         create: bool,
     ) -> rusqlite::Result<Option<&mut Cell>> {
-        use std::collections::hash_map::Entry;
-        let cell = match self.cells.entry((key.clone(), msg_id.to_owned())) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => {
-                let known = match session_id {
-                    Some(session) => load_cell(transaction, session, msg_id)?,
-                    None => None,
-                };
-                match known {
-                    Some(cell) => entry.insert(cell),
-                    None if create => entry.insert(Cell::new(sequence)),
-                    None => return Ok(None),
-                }
-            }
+        if !self.cells.contains_key(key) {
+            self.cells.insert(key.clone(), HashMap::new());
+        }
+        let Some(cells) = self.cells.get_mut(key) else {
+            return Ok(None);
+        };
+        if !cells.contains_key(msg_id) {
+            let known = match session_id {
+                Some(session) => load_cell(transaction, session, msg_id)?,
+                None => None,
+            };
+            match known {
+                Some(cell) => cells.insert(msg_id.to_owned(), cell),
+                None if create => cells.insert(msg_id.to_owned(), Cell::new(sequence)),
+                None => return Ok(None),
+            };
+        }
+        let Some(cell) = cells.get_mut(msg_id) else {
+            return Ok(None);
         };
         cell.first_sequence = cell.first_sequence.min(sequence);
         cell.last_sequence = cell.last_sequence.max(sequence);
@@ -1183,7 +1207,15 @@ impl Batch {
         )?;
         let mut search =
             transaction.prepare_cached("INSERT INTO code_search (rowid, code) VALUES (?1, ?2)")?;
-        let mut cells: Vec<((SessionKey, String), Cell)> = self.cells.into_iter().collect();
+        let mut cells: Vec<((SessionKey, String), Cell)> = self
+            .cells
+            .into_iter()
+            .flat_map(|(key, cells)| {
+                cells
+                    .into_iter()
+                    .map(move |(msg_id, cell)| ((key.clone(), msg_id), cell))
+            })
+            .collect();
         cells.sort_unstable_by_key(|(_, cell)| cell.first_sequence);
         for ((key, msg_id), cell) in cells {
             let Some(&session) = ids.get(&key) else {
