@@ -141,7 +141,7 @@ impl StoreGen {
             user,
             pid: 10_000 + self.session_count as u64,
             cell: 0,
-            cells: if self.long_every > 0 && self.session_count % self.long_every == 0 {
+            cells: if self.long_every > 0 && self.session_count.is_multiple_of(self.long_every) {
                 LONG_SESSION_CELLS
             } else {
                 CELLS_PER_SESSION

@@ -507,21 +507,33 @@ impl Index {
         };
         let transaction = self.connection.transaction().map_err(sqlite)?;
         {
+            /// What decides the state of a session without end, and what it says now.
+            struct Open {
+                id: i64,
+                host: Option<String>,
+                pid: Option<u32>,
+                has_start: bool,
+                start_ms: i64,
+                state: String,
+                reason: Option<String>,
+            }
             let mut select = transaction
                 .prepare(
-                    "SELECT id, host, proxy_pid, has_start, start_ms, state FROM sessions WHERE ended = 0",
+                    "SELECT id, host, proxy_pid, has_start, start_ms, state, end_reason \
+                     FROM sessions WHERE ended = 0",
                 )
                 .map_err(sqlite)?;
-            let open: Vec<(i64, Option<String>, Option<u32>, bool, i64, String)> = select
+            let open: Vec<Open> = select
                 .query_map([], |row| {
-                    Ok((
-                        row.get(0)?,
-                        row.get(1)?,
-                        row.get(2)?,
-                        row.get(3)?,
-                        row.get(4)?,
-                        row.get(5)?,
-                    ))
+                    Ok(Open {
+                        id: row.get(0)?,
+                        host: row.get(1)?,
+                        pid: row.get(2)?,
+                        has_start: row.get(3)?,
+                        start_ms: row.get(4)?,
+                        state: row.get(5)?,
+                        reason: row.get(6)?,
+                    })
                 })
                 .map_err(sqlite)?
                 .collect::<Result<_, _>>()
@@ -529,21 +541,24 @@ impl Index {
             let mut update = transaction
                 .prepare("UPDATE sessions SET state = ?2, end_reason = ?3 WHERE id = ?1")
                 .map_err(sqlite)?;
-            for (id, host, pid, has_start, start_ms, old_state) in open {
-                let started = has_start
+            for session in open {
+                let started = session
+                    .has_start
                     .then(|| {
-                        OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_ms) * 1_000_000)
-                            .ok()
+                        OffsetDateTime::from_unix_timestamp_nanos(
+                            i128::from(session.start_ms) * 1_000_000,
+                        )
+                        .ok()
                     })
                     .flatten();
-                let alive = match (&host, pid) {
+                let alive = match (&session.host, session.pid) {
                     (Some(host), Some(pid)) => liveness.alive(host, pid, started),
                     _ => None,
                 };
-                let (state, reason) = open_state(alive, has_start);
-                if state.as_str() != old_state {
+                let (state, reason) = open_state(alive, session.has_start);
+                if state.as_str() != session.state || reason != session.reason.as_deref() {
                     update
-                        .execute(params![id, state_name(state), reason])
+                        .execute(params![session.id, state_name(state), reason])
                         .map_err(sqlite)?;
                 }
             }
@@ -1578,20 +1593,39 @@ mod tests {
         assert_eq!(second.records, 12, "only the new records are read");
         assert_eq!(second.last_sequence, index.last_sequence().unwrap());
 
-        let expected = reviewed_sessions(&dir, &Fixed(Some(false)));
-        let indexed = all_sessions(&index);
+        let same_as_reviewed = |index: &Index, liveness: &dyn Liveness| {
+            let expected = reviewed_sessions(&dir, liveness);
+            let indexed = all_sessions(index);
+            assert_eq!(indexed.len(), expected.len());
+            for (got, want) in indexed.iter().zip(&expected) {
+                let mut got = serde_json::to_value(got).unwrap();
+                got.as_object_mut().unwrap().remove("id");
+                assert_eq!(got, serde_json::to_value(want).unwrap());
+            }
+            indexed
+        };
+        let indexed = same_as_reviewed(&index, &Fixed(Some(false)));
         assert_eq!(indexed.len(), 2);
-        for (got, want) in indexed.iter().zip(&expected) {
-            let mut got = serde_json::to_value(got).unwrap();
-            got.as_object_mut().unwrap().remove("id");
-            assert_eq!(got, serde_json::to_value(want).unwrap());
-        }
         assert_eq!(
             (indexed[0].cells, indexed[0].errors, indexed[0].refused),
             (2, 1, 1)
         );
         assert_eq!(indexed[0].state, SessionState::Ended);
         assert_eq!(indexed[1].state, SessionState::EndedAbnormally);
+        // Whether its proxy runs cannot be told (another host): said so, with why.
+        append(
+            &store,
+            vec![record(
+                "s2",
+                "bob",
+                120,
+                "status",
+                json!({"execution_state": "idle"}),
+            )],
+        );
+        index.catch_up(&dir, &Fixed(None)).unwrap();
+        let indexed = same_as_reviewed(&index, &Fixed(None));
+        assert_eq!(indexed[1].state, SessionState::NoEndRecorded);
         store.shutdown_blocking().unwrap();
     }
 
