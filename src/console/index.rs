@@ -53,8 +53,8 @@ pub enum IndexError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("cannot remove the outdated index {}: {source}", path.display())]
-    Remove {
+    #[error("cannot create the index {}: {source}", path.display())]
+    Create {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -315,9 +315,23 @@ struct Batch {
 }
 
 impl Index {
-    /// Opens (or creates) the index at `path` for the store at `store_dir`; it is empty
-    /// until [`catch_up`](Self::catch_up).
+    /// Opens (or creates) the index at `path`; it is empty until
+    /// [`catch_up`](Self::catch_up). A new index is readable by its owner alone (it holds
+    /// the code that ran, as the store does; SQLite gives its journal files the same mode).
     pub fn open(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Err(error) = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            && error.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(IndexError::Create {
+                path: path.to_path_buf(),
+                source: error,
+            });
+        }
         let connection = Connection::open(path).map_err(|source| IndexError::Sqlite {
             path: path.to_path_buf(),
             source,
@@ -1862,6 +1876,12 @@ mod tests {
         let path = tmp.path().join("index.sqlite");
         let mut index = Index::open(&path).unwrap();
         index.catch_up(&first_dir, &Fixed(None)).unwrap();
+        // It holds code: for its owner's eyes only, as the store's segments are.
+        use std::os::unix::fs::PermissionsExt;
+        for file in [path.clone(), tmp.path().join("index.sqlite-wal")] {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", file.display());
+        }
         let again = index.catch_up(&other_dir, &Fixed(None)).unwrap();
         assert!(again.rebuilt);
         let sessions = all_sessions(&index);
