@@ -166,7 +166,13 @@ fn main() {
     let again = index.catch_up(&store, &liveness).expect("caught up again");
     let idle = start.elapsed();
     assert_eq!(again.records, 0);
-    let index_mb = std::fs::metadata(&index_path).map_or(0, |m| m.len()) as f64 / (1 << 20) as f64;
+    // The database and its write-ahead log (not yet checkpointed into it).
+    let index_mb = ["", "-wal"]
+        .iter()
+        .filter_map(|suffix| std::fs::metadata(format!("{}{suffix}", index_path.display())).ok())
+        .map(|m| m.len())
+        .sum::<u64>() as f64
+        / (1 << 20) as f64;
 
     let mut rows: Vec<(String, String, String, &str)> = Vec::new();
     rows.push((
