@@ -353,11 +353,12 @@ impl Index {
     }
 
     fn configure(&self) -> Result<()> {
-        // The index can always be rebuilt from the store: durability of its last
-        // transactions is not worth an fsync each.
+        // The index can always be rebuilt from the store: its last transactions are not
+        // worth an fsync each (NORMAL in WAL mode syncs at checkpoints only), but a crash
+        // must not leave it corrupt (OFF could), since nothing would tell.
         self.connection
             .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; \
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                  PRAGMA temp_store = MEMORY; PRAGMA cache_size = -32000;",
             )
             .map_err(self.sqlite())?;
@@ -763,31 +764,40 @@ fn open_state(alive: Option<bool>, has_start: bool) -> (SessionState, Option<&'s
     }
 }
 
-/// The parts of a record the index reads; the others (the chain, the message as it
-/// came, outputs' data) make up most of its bytes and are skipped while parsing.
-const USED_FIELDS: &[&str] = &["@timestamp", "event", "host", "jupyter", "process", "user"];
+/// Whether the index reads this top-level field of a record. The others (the chain)
+/// are skipped while parsing, as are the `jupyter.*` fields it does not read (the
+/// message as it came, outputs' data): most of a record's bytes.
+fn is_used_field(key: &str) -> bool {
+    matches!(
+        key,
+        "@timestamp" | "event" | "host" | "jupyter" | "process" | "user"
+    )
+}
 
-/// The `jupyter.*` fields the index reads (those of `session_start` and `session_end`
-/// included).
-const USED_JUPYTER_FIELDS: &[&str] = &[
-    "session_id",
-    "kernel_id",
-    "kernel_name",
-    "msg_id",
-    "parent_msg_id",
-    "resent",
-    "code",
-    "execution_count",
-    "status",
-    "duration_ms",
-    "notebook_path",
-    "hub_user",
-    "exit_code",
-    "exit_signal",
-    "orphaned",
-];
+/// Whether the index reads this `jupyter.*` field (those of `session_start` and
+/// `session_end` included).
+fn is_used_jupyter_field(key: &str) -> bool {
+    matches!(
+        key,
+        "session_id"
+            | "kernel_id"
+            | "kernel_name"
+            | "msg_id"
+            | "parent_msg_id"
+            | "resent"
+            | "code"
+            | "execution_count"
+            | "status"
+            | "duration_ms"
+            | "notebook_path"
+            | "hub_user"
+            | "exit_code"
+            | "exit_signal"
+            | "orphaned"
+    )
+}
 
-/// A record with only its [`USED_FIELDS`] and [`USED_JUPYTER_FIELDS`].
+/// A record with only the fields the index reads ([`is_used_field`], [`is_used_jupyter_field`]).
 struct SlimRecord(Value);
 
 /// The `jupyter` object of a [`SlimRecord`].
@@ -807,7 +817,7 @@ impl<'de> serde::Deserialize<'de> for SlimRecord {
             ) -> Result<SlimRecord, A::Error> {
                 let mut out = serde_json::Map::new();
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if !USED_FIELDS.contains(&key.as_ref()) {
+                    if !is_used_field(&key) {
                         map.next_value::<serde::de::IgnoredAny>()?;
                         continue;
                     }
@@ -839,7 +849,7 @@ impl<'de> serde::Deserialize<'de> for SlimJupyter {
             ) -> Result<SlimJupyter, A::Error> {
                 let mut out = serde_json::Map::new();
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    if USED_JUPYTER_FIELDS.contains(&key.as_ref()) {
+                    if is_used_jupyter_field(&key) {
                         out.insert(key.into_owned(), map.next_value::<Value>()?);
                     } else {
                         map.next_value::<serde::de::IgnoredAny>()?;
