@@ -345,6 +345,25 @@ impl Index {
         Ok(index)
     }
 
+    /// Opens an existing index for the pages' queries only: several can read while one
+    /// [`open`](Self::open)ed index catches up (WAL mode). It cannot catch up itself.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        use rusqlite::OpenFlags;
+        let connection = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| IndexError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Index {
+            path: path.to_path_buf(),
+            connection,
+            follower: None,
+        })
+    }
+
     fn sqlite(&self) -> impl Fn(rusqlite::Error) -> IndexError + '_ {
         |source| IndexError::Sqlite {
             path: self.path.clone(),
@@ -1918,6 +1937,13 @@ mod tests {
         std::fs::write(&segment, changed).unwrap();
         let mut index = Index::open(&path).unwrap();
         assert!(index.catch_up(&other_dir, &Fixed(None)).unwrap().rebuilt);
+        // Pages read through their own connections while the index catches up.
+        let reader = Index::open_read_only(&path).unwrap();
+        assert_eq!(all_sessions(&reader)[0].session_id, "s9");
+        assert!(matches!(
+            Index::open_read_only(&tmp.path().join("missing.sqlite")),
+            Err(IndexError::Sqlite { .. })
+        ));
         // And an index left as it is is reopened without starting over.
         drop(index);
         let mut index = Index::open(&path).unwrap();
