@@ -17,6 +17,7 @@
 //! - [`proxy`]: the relay between frontends and the real kernel.
 //! - [`review`]: the reviewer's tools: `log`, `sessions` and `replay` over a store.
 //! - [`kernelspec`]: writing audited kernelspecs (`install`).
+//! - [`console`]: the review console (`serve`), a JupyterHub service with login and scopes.
 //!
 //! The command line (`src/cli.rs`, clap) belongs to the binary (`src/main.rs`), which
 //! turns its arguments into the plain options of these modules
@@ -27,6 +28,7 @@ pub mod audit;
 pub mod collector;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod kernelspec;
 pub mod launcher;
 pub mod memory;
