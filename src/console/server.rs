@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{FromRef, Query, State};
 use axum::http::header::{self, HeaderName, HeaderValue};
-use axum::http::{StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum_extra::extract::cookie::{Cookie, Key, PrivateCookieJar, SameSite};
@@ -134,6 +134,7 @@ fn signed_in(
     console: &Console,
     jar: PrivateCookieJar,
     uri: &Uri,
+    headers: &HeaderMap,
     needs: &'static str,
 ) -> Result<Session, Box<Response>> {
     let session = jar
@@ -141,13 +142,18 @@ fn signed_in(
         .and_then(|cookie| serde_json::from_str::<Session>(cookie.value()).ok())
         .filter(Session::is_valid);
     match session {
-        None => Err(Box::new(start_login(console, jar, uri))),
+        None => Err(Box::new(start_login(console, jar, uri, headers))),
         Some(session) if !session.has(needs) => Err(Box::new(forbidden(&session.user, needs))),
         Some(session) => Ok(session),
     }
 }
 
-fn start_login(console: &Console, jar: PrivateCookieJar, uri: &Uri) -> Response {
+fn start_login(
+    console: &Console,
+    jar: PrivateCookieJar,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response {
     let hub = &console.hub;
     let asked = uri
         .path_and_query()
@@ -156,16 +162,39 @@ fn start_login(console: &Console, jar: PrivateCookieJar, uri: &Uri) -> Response 
     let Ok(value) = serde_json::to_string(&pending) else {
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, "Login could not start.");
     };
-    let cookie = cookie(hub, STATE_COOKIE, value, LOGIN_LIFETIME.as_secs());
+    let cookie = cookie(
+        hub,
+        secure(hub, headers),
+        STATE_COOKIE,
+        value,
+        LOGIN_LIFETIME.as_secs(),
+    );
     let location = hub.authorize_redirect(&pending);
     (jar.add(cookie), Redirect::to(&location)).into_response()
 }
 
-fn cookie(hub: &HubService, name: &'static str, value: String, max_age: u64) -> Cookie<'static> {
+/// Browsers reach the console over https: the Hub's environment says so, or the proxy
+/// in front of it does (configurable-http-proxy sets X-Forwarded-Proto). A forged header
+/// can only make the cookies stricter.
+fn secure(hub: &HubService, headers: &HeaderMap) -> bool {
+    hub.https
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|proto| proto.split(',').next().map(str::trim) == Some("https"))
+}
+
+fn cookie(
+    hub: &HubService,
+    secure: bool,
+    name: &'static str,
+    value: String,
+    max_age: u64,
+) -> Cookie<'static> {
     Cookie::build((name, value))
         .path(hub.prefix.clone())
         .http_only(true)
-        .secure(hub.https)
+        .secure(secure)
         .same_site(SameSite::Lax)
         .max_age(time::Duration::seconds(
             i64::try_from(max_age).unwrap_or(i64::MAX),
@@ -183,6 +212,7 @@ struct CallbackQuery {
 async fn oauth_callback(
     State(console): State<Console>,
     jar: PrivateCookieJar,
+    headers: HeaderMap,
     Query(query): Query<CallbackQuery>,
 ) -> Response {
     let hub = &console.hub;
@@ -228,6 +258,7 @@ async fn oauth_callback(
             };
             let jar = jar.add(cookie(
                 hub,
+                secure(hub, &headers),
                 SESSION_COOKIE,
                 value,
                 SESSION_LIFETIME.as_secs(),
@@ -256,8 +287,13 @@ async fn oauth_callback(
     }
 }
 
-async fn home(State(console): State<Console>, jar: PrivateCookieJar, uri: Uri) -> Response {
-    let session = match signed_in(&console, jar, &uri, SCOPE_READ) {
+async fn home(
+    State(console): State<Console>,
+    jar: PrivateCookieJar,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let session = match signed_in(&console, jar, &uri, &headers, SCOPE_READ) {
         Ok(session) => session,
         Err(response) => return *response,
     };
@@ -325,4 +361,47 @@ fn page(status: StatusCode, title: &str, body: Markup) -> Response {
         document.into_string(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(public_url: Option<&str>) -> HubService {
+        HubService::from_lookup(|name| {
+            match name {
+                "JUPYTERHUB_SERVICE_URL" => Some("http://127.0.0.1:10101"),
+                "JUPYTERHUB_SERVICE_PREFIX" => Some("/services/jupyter-audit/"),
+                "JUPYTERHUB_API_URL" => Some("http://127.0.0.1:8081/hub/api"),
+                "JUPYTERHUB_API_TOKEN" => Some("secret"),
+                "JUPYTERHUB_CLIENT_ID" => Some("service-jupyter-audit"),
+                "JUPYTERHUB_PUBLIC_URL" => public_url,
+                _ => None,
+            }
+            .map(str::to_owned)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn cookies_are_secure_where_browsers_use_https() {
+        let plain = hub(None);
+        let mut headers = HeaderMap::new();
+        assert!(!secure(&plain, &headers));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(secure(&plain, &headers));
+        assert!(secure(
+            &hub(Some("https://hub.example/")),
+            &HeaderMap::new()
+        ));
+        let set = cookie(&plain, true, SESSION_COOKIE, "v".to_owned(), 60).to_string();
+        for attribute in [
+            "HttpOnly",
+            "SameSite=Lax",
+            "Secure",
+            "Path=/services/jupyter-audit/",
+        ] {
+            assert!(set.contains(attribute), "{set}");
+        }
+    }
 }

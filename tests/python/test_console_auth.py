@@ -137,6 +137,10 @@ def test_without_a_session_the_console_sends_the_browser_to_the_hub(hub):
         assert attribute in state_cookie, state_cookie
     assert query["state"][0] not in state_cookie, "the state cookie is not encrypted"
     assert_strict_headers(answer)
+    # A session cookie the console did not make is no session.
+    forged = requests.get(f"{hub.url}{PREFIX}", allow_redirects=False, timeout=10,
+                          cookies={"jupyter-audit-session": '{"user":"auditor"}'})
+    assert forged.status_code == 303
 
 
 def test_an_auditor_is_signed_in_with_both_scopes(hub):
