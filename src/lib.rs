@@ -18,6 +18,7 @@
 //! - [`review`]: the reviewer's tools: `log`, `sessions` and `replay` over a store.
 //! - [`console`]: the review console's index of a store (its pages come next).
 //! - [`kernelspec`]: writing audited kernelspecs (`install`).
+//! - [`console`]: the review console (`serve`), a JupyterHub service with login and scopes.
 //!
 //! The command line (`src/cli.rs`, clap) belongs to the binary (`src/main.rs`), which
 //! turns its arguments into the plain options of these modules
