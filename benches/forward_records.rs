@@ -80,6 +80,8 @@ struct Session {
     user: usize,
     pid: u64,
     cell: usize,
+    /// How many cells it runs before it ends.
+    cells: usize,
     started: bool,
 }
 
@@ -92,7 +94,12 @@ struct StoreGen {
     session_count: usize,
     markers: Vec<String>,
     session_ids: Vec<(String, String)>,
+    /// Every this many sessions, one runs `LONG_SESSION_CELLS` cells (0: never).
+    long_every: usize,
 }
+
+/// The cells of a long session (the console's benchmark looks one up).
+pub const LONG_SESSION_CELLS: usize = 200;
 
 fn object(value: Value) -> Map<String, Value> {
     match value {
@@ -115,6 +122,7 @@ impl StoreGen {
             session_count: 0,
             markers: Vec::new(),
             session_ids: Vec::new(),
+            long_every: 0,
         }
     }
 
@@ -133,6 +141,11 @@ impl StoreGen {
             user,
             pid: 10_000 + self.session_count as u64,
             cell: 0,
+            cells: if self.long_every > 0 && self.session_count.is_multiple_of(self.long_every) {
+                LONG_SESSION_CELLS
+            } else {
+                CELLS_PER_SESSION
+            },
             started: false,
         }
     }
@@ -167,7 +180,7 @@ impl StoreGen {
             );
             return vec![start];
         }
-        if session.cell == CELLS_PER_SESSION {
+        if session.cell == session.cells {
             return vec![self.stamp(
                 session,
                 "session_end",
@@ -263,11 +276,14 @@ impl StoreGen {
     }
 }
 
-async fn generate(dir: PathBuf, number: usize, records: usize) -> Value {
+/// Writes store `number` of `records` records into `dir`; every `long_every` sessions
+/// one is long (0: none). Returns its manifest.
+pub async fn generate(dir: PathBuf, number: usize, records: usize, long_every: usize) -> Value {
     let mut config = StoreConfig::new(&dir);
     config.checkpoint_interval = Duration::from_secs(1);
     let (handle, _) = store::open(config).expect("store opened");
     let mut generator = StoreGen::new(number);
+    generator.long_every = long_every;
     let mut written = 0;
     let mut answers = std::collections::VecDeque::new();
     while written < records {
@@ -315,7 +331,7 @@ fn main() {
         let mut tasks = Vec::new();
         for number in 0..args.stores {
             let dir = args.out.join(format!("store-{number:02}"));
-            tasks.push(tokio::spawn(generate(dir, number, args.records)));
+            tasks.push(tokio::spawn(generate(dir, number, args.records, 0)));
         }
         let mut stores = Vec::new();
         for task in tasks {

@@ -9,6 +9,9 @@
 #   scripts/bench.sh --only forward   16 stores x 200 000 records forwarded into one
 #                               PostgreSQL server, then review query p95 (benches/forward.py;
 #                               needs scripts/pg-env.sh; several minutes); not in the full run
+#   scripts/bench.sh --only console   the review console's index of a generated 1 M-record
+#                               store: catch-up rate, page query p95 (benches/console_index.rs;
+#                               about a minute); not in the full run
 # Builds the release binary, prepares .venv, starts a collector with its default, durable
 # settings (fsync before ack) on a temporary store, writes four kernelspecs in a temporary
 # JUPYTER_PATH (the direct ipykernel, the audited one, our relay with --no-audit, the plain
@@ -28,7 +31,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-relay_only="$(tr ',' '\n' <<<"$only" | grep -vxE 'collector|load|forward' | paste -sd, || true)"
+relay_only="$(tr ',' '\n' <<<"$only" | grep -vxE 'collector|load|forward|console' | paste -sd, || true)"
 # Whether --only names figure $1 (a pattern match: `… | grep -q` under pipefail can fail
 # on its writer's SIGPIPE).
 only_has() { [[ ",$only," == *",$1,"* ]]; }
@@ -69,6 +72,14 @@ fi
 if only_has forward; then
     echo "=== forward figures: stores forwarded into one PostgreSQL server, review queries there"
     "$py" benches/forward.py $quick
+fi
+
+if only_has console; then
+    echo "=== console figures: the review console's index of a generated store"
+    records=1000000
+    [ -n "$quick" ] && records=20000
+    cargo bench --quiet --bench console_index -- --dir "$tmp/console" --records "$records" \
+        ${quick:+--runs 20}
 fi
 
 if only_has load; then

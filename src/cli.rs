@@ -48,6 +48,9 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// Rebuild a session as a notebook (.ipynb) of what ran and what it displayed.
     Replay(ReplayArgs),
+    /// Run the review console, a web application, as a JupyterHub service (it reads the
+    /// JUPYTERHUB_* environment the Hub gives a service).
+    Serve(ServeArgs),
     /// Show how far a store is stored, checkpointed and forwarded to PostgreSQL (lag).
     Status(StatusArgs),
     /// The central trail in PostgreSQL.
@@ -252,6 +255,13 @@ pub struct LimitArgs {
 #[derive(Debug, Args)]
 pub struct ExportKeyArgs {
     /// The store directory.
+    #[arg(long)]
+    pub store: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The store directory (read access is enough).
     #[arg(long)]
     pub store: PathBuf,
 }

@@ -16,7 +16,9 @@
 //! - [`launcher`]: starting, signalling and reaping the real kernel process.
 //! - [`proxy`]: the relay between frontends and the real kernel.
 //! - [`review`]: the reviewer's tools: `log`, `sessions` and `replay` over a store.
+//! - [`console`]: the review console's index of a store (its pages come next).
 //! - [`kernelspec`]: writing audited kernelspecs (`install`).
+//! - [`console`]: the review console (`serve`), a JupyterHub service with login and scopes.
 //!
 //! The command line (`src/cli.rs`, clap) belongs to the binary (`src/main.rs`), which
 //! turns its arguments into the plain options of these modules
@@ -27,6 +29,7 @@ pub mod audit;
 pub mod collector;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod kernelspec;
 pub mod launcher;
 pub mod memory;

@@ -62,6 +62,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Log(args) => review::exit(review::log::run(&args.into())),
         Command::Sessions(args) => review::exit(review::sessions::run(&args.into())),
         Command::Replay(args) => review::exit(review::replay::run(&args.into())),
+        Command::Serve(args) => run_serve(args),
         Command::Status(args) => {
             let status = jupyter_audit::postgres::status::read(&(&args).into())?;
             if args.json {
@@ -140,6 +141,16 @@ fn hub_options(
         policy,
         cache_max_age,
     }))
+}
+
+fn run_serve(args: cli::ServeArgs) -> anyhow::Result<()> {
+    let options = jupyter_audit::console::ServeOptions { store: args.store };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(jupyter_audit::console::serve(options))?;
+    Ok(())
 }
 
 fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {

@@ -1,0 +1,407 @@
+//! The console's HTTP server: the routes under the service prefix, the session check every
+//! page goes through (no session: off to the Hub to log in; a scope missing: 403 saying
+//! which), and the security headers every answer carries.
+//!
+//! What the console shows is written by notebook users (code, outputs), so every answer
+//! forbids scripts, frames elsewhere and sniffing from the start.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRef, Query, State};
+use axum::http::header::{self, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum_extra::extract::cookie::{Cookie, Key, PrivateCookieJar, SameSite};
+use maud::{DOCTYPE, Markup, html};
+use rand::RngCore;
+use serde::Deserialize;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+use super::auth::{
+    AuthError, HubClient, HubService, LOGIN_LIFETIME, PendingLogin, SCOPE_READ, SCOPE_READ_OUTPUTS,
+    SESSION_LIFETIME, Session,
+};
+use super::{ConsoleError, ServeOptions};
+
+const SESSION_COOKIE: &str = "jupyter-audit-session";
+const STATE_COOKIE: &str = "jupyter-audit-oauth-state";
+
+/// Scripts, plugins, forms to elsewhere and framing by other sites are off; styles and
+/// images come only from the console itself (images also inline, as notebooks embed them).
+const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; frame-ancestors 'self'";
+
+#[derive(Clone)]
+struct Console {
+    hub: Arc<HubService>,
+    client: HubClient,
+    /// Encrypts and authenticates the console's cookies. New at every start: a restart
+    /// means logging in again (through the Hub, usually without a prompt).
+    cookie_key: Key,
+    #[allow(dead_code)] // the pages over the store come next
+    store: Arc<PathBuf>,
+}
+
+impl FromRef<Console> for Key {
+    fn from_ref(console: &Console) -> Self {
+        console.cookie_key.clone()
+    }
+}
+
+/// Runs the console until SIGTERM or SIGINT.
+pub async fn serve(options: ServeOptions) -> Result<(), ConsoleError> {
+    if !options.store.is_dir() {
+        return Err(ConsoleError::Store(options.store));
+    }
+    let hub = HubService::from_env()?;
+    let console = Console {
+        client: HubClient::new()?,
+        cookie_key: new_cookie_key()?,
+        store: Arc::new(options.store),
+        hub: Arc::new(hub),
+    };
+    let listen = console.hub.listen.clone();
+    let prefix = console.hub.prefix.clone();
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|source| ConsoleError::Listen {
+            address: listen.clone(),
+            source,
+        })?;
+    tracing::info!(%listen, %prefix, "review console listening");
+    axum::serve(listener, router(console))
+        .with_graceful_shutdown(stopped())
+        .await
+        .map_err(ConsoleError::Server)
+}
+
+fn new_cookie_key() -> Result<Key, ConsoleError> {
+    let mut bytes = [0u8; 64];
+    rand::rng().fill_bytes(&mut bytes);
+    Key::try_from(&bytes[..]).map_err(|error| ConsoleError::HttpClient(error.to_string()))
+}
+
+async fn stopped() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn router(console: Console) -> Router {
+    let prefix = console.hub.prefix.clone();
+    let mut routes = Router::new()
+        .route(&prefix, get(home))
+        .route(&console.hub.callback_path, get(oauth_callback));
+    let bare = prefix.trim_end_matches('/');
+    if !bare.is_empty() {
+        let to = prefix.clone();
+        routes = routes.route(bare, get(move || async move { Redirect::to(&to) }));
+    }
+    let header = |name: HeaderName, value: &'static str| {
+        SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
+    };
+    routes
+        .fallback(not_found)
+        .with_state(console)
+        .layer(header(
+            header::CONTENT_SECURITY_POLICY,
+            CONTENT_SECURITY_POLICY,
+        ))
+        .layer(header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(header(header::REFERRER_POLICY, "no-referrer"))
+        .layer(header(header::X_FRAME_OPTIONS, "SAMEORIGIN"))
+        // Pages show the trail: no copies in shared caches or the browser's.
+        .layer(header(header::CACHE_CONTROL, "no-store"))
+}
+
+/// The signed-in reviewer, or where to send the browser instead.
+fn signed_in(
+    console: &Console,
+    jar: PrivateCookieJar,
+    uri: &Uri,
+    headers: &HeaderMap,
+    needs: &'static str,
+) -> Result<Session, Box<Response>> {
+    let session = jar
+        .get(SESSION_COOKIE)
+        .and_then(|cookie| serde_json::from_str::<Session>(cookie.value()).ok())
+        .filter(Session::is_valid);
+    match session {
+        None => Err(Box::new(start_login(console, jar, uri, headers))),
+        Some(session) if !session.has(needs) => Err(Box::new(forbidden(&session.user, needs))),
+        Some(session) => Ok(session),
+    }
+}
+
+fn start_login(
+    console: &Console,
+    jar: PrivateCookieJar,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response {
+    let hub = &console.hub;
+    let asked = uri
+        .path_and_query()
+        .map_or(hub.prefix.as_str(), |path| path.as_str());
+    let pending = PendingLogin::new(hub.safe_next(asked));
+    let Ok(value) = serde_json::to_string(&pending) else {
+        return error_page(StatusCode::INTERNAL_SERVER_ERROR, "Login could not start.");
+    };
+    let cookie = cookie(
+        hub,
+        secure(hub, headers),
+        STATE_COOKIE,
+        value,
+        LOGIN_LIFETIME.as_secs(),
+    );
+    let location = hub.authorize_redirect(&pending);
+    (jar.add(cookie), Redirect::to(&location)).into_response()
+}
+
+/// Browsers reach the console over https: the Hub's environment says so, or the proxy
+/// in front of it does (configurable-http-proxy sets X-Forwarded-Proto). A forged header
+/// can only make the cookies stricter.
+fn secure(hub: &HubService, headers: &HeaderMap) -> bool {
+    hub.https
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|proto| proto.split(',').next().map(str::trim) == Some("https"))
+}
+
+fn cookie(
+    hub: &HubService,
+    secure: bool,
+    name: &'static str,
+    value: String,
+    max_age: u64,
+) -> Cookie<'static> {
+    Cookie::build((name, value))
+        .path(hub.prefix.clone())
+        .http_only(true)
+        .secure(secure)
+        .same_site(SameSite::Lax)
+        .max_age(time::Duration::seconds(
+            i64::try_from(max_age).unwrap_or(i64::MAX),
+        ))
+        .build()
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+async fn oauth_callback(
+    State(console): State<Console>,
+    jar: PrivateCookieJar,
+    headers: HeaderMap,
+    Query(query): Query<CallbackQuery>,
+) -> Response {
+    let hub = &console.hub;
+    let pending = jar
+        .get(STATE_COOKIE)
+        .and_then(|cookie| serde_json::from_str::<PendingLogin>(cookie.value()).ok());
+    let jar = jar.remove(Cookie::build(STATE_COOKIE).path(hub.prefix.clone()));
+    let Some(pending) = pending.filter(|pending| {
+        query
+            .state
+            .as_deref()
+            .is_some_and(|state| pending.matches(state))
+    }) else {
+        return (
+            jar,
+            error_page(
+                StatusCode::BAD_REQUEST,
+                "This login was not started here or took too long. Open the console again.",
+            ),
+        )
+            .into_response();
+    };
+    if let Some(error) = query.error {
+        tracing::info!(%error, "the Hub did not grant a login");
+        return (
+            jar,
+            error_page(StatusCode::FORBIDDEN, "The Hub did not grant the login."),
+        )
+            .into_response();
+    }
+    let Some(code) = query.code else {
+        return (
+            jar,
+            error_page(StatusCode::BAD_REQUEST, "The Hub sent no code."),
+        )
+            .into_response();
+    };
+    match console.client.finish_login(hub, &pending, &code).await {
+        Ok(session) => {
+            tracing::info!(user = %session.user, scopes = ?session.scopes, "signed in");
+            let Ok(value) = serde_json::to_string(&session) else {
+                return error_page(StatusCode::INTERNAL_SERVER_ERROR, "Login failed.");
+            };
+            let jar = jar.add(cookie(
+                hub,
+                secure(hub, &headers),
+                SESSION_COOKIE,
+                value,
+                SESSION_LIFETIME.as_secs(),
+            ));
+            (jar, Redirect::to(hub.safe_next(&pending.next))).into_response()
+        }
+        Err(AuthError::NoAccess) => (
+            jar,
+            error_page(
+                StatusCode::FORBIDDEN,
+                "Your Hub account may not use this service.",
+            ),
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "login with the Hub failed");
+            (
+                jar,
+                error_page(
+                    StatusCode::BAD_GATEWAY,
+                    "Login with the Hub failed; try again.",
+                ),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn home(
+    State(console): State<Console>,
+    jar: PrivateCookieJar,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let session = match signed_in(&console, jar, &uri, &headers, SCOPE_READ) {
+        Ok(session) => session,
+        Err(response) => return *response,
+    };
+    let outputs = session.has(SCOPE_READ_OUTPUTS);
+    page(
+        StatusCode::OK,
+        "jupyter-audit",
+        html! {
+            h1 { "jupyter-audit review console" }
+            p { "Signed in as " strong #user { (session.user) } "." }
+            p { "Scopes:" }
+            ul #scopes {
+                @for scope in &session.scopes { li { code { (scope) } } }
+            }
+            p {
+                @if outputs { "You may read sessions, code and outputs." }
+                @else { "You may read sessions and code; outputs stay hidden." }
+            }
+        },
+    )
+}
+
+async fn not_found() -> Response {
+    error_page(StatusCode::NOT_FOUND, "No such page.")
+}
+
+fn forbidden(user: &str, scope: &'static str) -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        html! {
+            h1 { "Forbidden" }
+            p {
+                "Your Hub account " strong { (user) } " lacks the scope "
+                code #missing-scope { (scope) } ", which this page needs."
+            }
+            p { "A Hub admin grants it with a role (c.JupyterHub.load_roles)." }
+        },
+    )
+}
+
+fn error_page(status: StatusCode, text: &str) -> Response {
+    page(
+        status,
+        status.canonical_reason().unwrap_or("Error"),
+        html! { p { (text) } },
+    )
+}
+
+fn page(status: StatusCode, title: &str, body: Markup) -> Response {
+    let document = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+            }
+            body { (body) }
+        }
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        document.into_string(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(public_url: Option<&str>) -> HubService {
+        HubService::from_lookup(|name| {
+            match name {
+                "JUPYTERHUB_SERVICE_URL" => Some("http://127.0.0.1:10101"),
+                "JUPYTERHUB_SERVICE_PREFIX" => Some("/services/jupyter-audit/"),
+                "JUPYTERHUB_API_URL" => Some("http://127.0.0.1:8081/hub/api"),
+                "JUPYTERHUB_API_TOKEN" => Some("secret"),
+                "JUPYTERHUB_CLIENT_ID" => Some("service-jupyter-audit"),
+                "JUPYTERHUB_PUBLIC_URL" => public_url,
+                _ => None,
+            }
+            .map(str::to_owned)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn cookies_are_secure_where_browsers_use_https() {
+        let plain = hub(None);
+        let mut headers = HeaderMap::new();
+        assert!(!secure(&plain, &headers));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(secure(&plain, &headers));
+        assert!(secure(
+            &hub(Some("https://hub.example/")),
+            &HeaderMap::new()
+        ));
+        let set = cookie(&plain, true, SESSION_COOKIE, "v".to_owned(), 60).to_string();
+        for attribute in [
+            "HttpOnly",
+            "SameSite=Lax",
+            "Secure",
+            "Path=/services/jupyter-audit/",
+        ] {
+            assert!(set.contains(attribute), "{set}");
+        }
+    }
+}

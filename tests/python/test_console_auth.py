@@ -1,0 +1,191 @@
+"""The review console (`jupyter-audit serve`) as a JupyterHub service: login with the Hub
+and the console's custom scopes, against a real JupyterHub 6.
+
+A Hub of the test's own (DummyAuthenticator, no user servers) defines the custom scopes
+`custom:jupyter-audit:read` and `custom:jupyter-audit:read-outputs` and three roles: an
+auditor with both, a reviewer with read only, a plain user with neither (but allowed to
+reach the service, so that the console itself must refuse). The console runs as a managed
+service (`c.JupyterHub.services` with `command`), behind the Hub's configurable-http-proxy.
+A browser is played by `requests`: it opens the console, is sent to the Hub, logs in on
+the Hub's login form and follows the OAuth redirects back to the console.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import requests
+
+from helpers import BIN, wait_until
+from test_jupyterhub import CHP, Hub, _free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+SERVICE = "jupyter-audit"
+PREFIX = f"/services/{SERVICE}/"
+READ = "custom:jupyter-audit:read"
+READ_OUTPUTS = "custom:jupyter-audit:read-outputs"
+ACCESS = f"access:services!service={SERVICE}"
+AUDITOR, REVIEWER, PLAIN = "auditor", "reviewer", "plain"
+PASSWORD = secrets.token_urlsafe(12)
+CSP = "default-src 'none'; style-src 'self'; img-src 'self' data:; frame-ancestors 'self'"
+
+# A liveness bound only.
+SERVICE_START_TIMEOUT = 30
+
+
+def console_hub_config(store: Path, service_port: int):
+    def config(base: Path, port: int, hub_port: int, api_port: int, _kernels, _python) -> str:
+        return f"""\
+c = get_config()  # noqa
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {port}
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {hub_port}
+c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
+c.JupyterHub.db_url = "sqlite:///{base}/hub/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{base}/hub/jupyterhub_cookie_secret"
+c.JupyterHub.pid_file = "{base}/hub/jupyterhub.pid"
+
+c.JupyterHub.authenticator_class = "dummy"
+c.DummyAuthenticator.password = {PASSWORD!r}
+c.Authenticator.allowed_users = {{{AUDITOR!r}, {REVIEWER!r}, {PLAIN!r}}}
+
+c.JupyterHub.custom_scopes = {{
+    {READ!r}: {{"description": "Read the audit trail: sessions, code, metadata."}},
+    {READ_OUTPUTS!r}: {{"description": "Read the outputs in the audit trail too."}},
+}}
+c.JupyterHub.load_roles = [
+    {{"name": "audit-auditor", "scopes": [{ACCESS!r}, {READ!r}, {READ_OUTPUTS!r}],
+      "users": [{AUDITOR!r}]}},
+    {{"name": "audit-reviewer", "scopes": [{ACCESS!r}, {READ!r}], "users": [{REVIEWER!r}]}},
+    # May reach the service, holds none of its scopes: the console itself must refuse.
+    {{"name": "audit-visitor", "scopes": [{ACCESS!r}], "users": [{PLAIN!r}]}},
+]
+c.JupyterHub.services = [{{
+    "name": {SERVICE!r},
+    "url": "http://127.0.0.1:{service_port}",
+    "command": [{str(BIN)!r}, "serve", "--store", {str(store)!r}],
+    "oauth_client_allowed_scopes": [{READ!r}, {READ_OUTPUTS!r}],
+    # An admin-operated service: no "authorize this application" page.
+    "oauth_no_confirm": True,
+}}]
+"""
+    return config
+
+
+@pytest.fixture(scope="module")
+def hub():
+    base = Path(tempfile.mkdtemp(prefix="jaudit-console-"))
+    store = base / "store"
+    store.mkdir()
+    hub = Hub(base, base, base, config=console_hub_config(store, _free_port()))
+    hub.start()
+    console = f"{hub.url}{PREFIX}"
+
+    def answers() -> bool:
+        try:
+            return requests.get(console, allow_redirects=False, timeout=2).status_code == 303
+        except requests.RequestException:
+            return False
+
+    try:
+        assert wait_until(answers, SERVICE_START_TIMEOUT, 0.3), \
+            f"the console did not answer\n{hub.log()}"
+        yield hub
+    finally:
+        hub.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def log_in(hub: Hub, user: str) -> tuple[requests.Session, requests.Response]:
+    """Opens the console in a fresh browser and logs in as `user` where it is sent."""
+    browser = requests.Session()
+    login_form = browser.get(f"{hub.url}{PREFIX}", timeout=10)
+    assert urlparse(login_form.url).path == "/hub/login", (login_form.url, hub.log())
+    xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', login_form.text)
+    assert xsrf, login_form.text
+    page = browser.post(login_form.url, timeout=10, data={
+        "username": user, "password": PASSWORD, "_xsrf": xsrf.group(1)})
+    return browser, page
+
+
+def assert_strict_headers(response: requests.Response) -> None:
+    assert response.headers.get("Content-Security-Policy") == CSP
+    assert response.headers.get("X-Content-Type-Options") == "nosniff"
+    assert response.headers.get("Referrer-Policy") == "no-referrer"
+
+
+def test_without_a_session_the_console_sends_the_browser_to_the_hub(hub):
+    answer = requests.get(f"{hub.url}{PREFIX}", allow_redirects=False, timeout=10)
+    assert answer.status_code == 303
+    location = urlparse(answer.headers["Location"])
+    assert location.path == "/hub/api/oauth2/authorize"
+    query = parse_qs(location.query)
+    assert query["client_id"] == [f"service-{SERVICE}"]
+    assert query["redirect_uri"] == [f"{PREFIX}oauth_callback"]
+    assert query["code_challenge_method"] == ["S256"]
+    state_cookie = answer.headers["Set-Cookie"]
+    for attribute in ("HttpOnly", "SameSite=Lax", f"Path={PREFIX}"):
+        assert attribute in state_cookie, state_cookie
+    assert query["state"][0] not in state_cookie, "the state cookie is not encrypted"
+    assert_strict_headers(answer)
+    # A session cookie the console did not make is no session.
+    forged = requests.get(f"{hub.url}{PREFIX}", allow_redirects=False, timeout=10,
+                          cookies={"jupyter-audit-session": '{"user":"auditor"}'})
+    assert forged.status_code == 303
+
+
+def test_an_auditor_is_signed_in_with_both_scopes(hub):
+    browser, page = log_in(hub, AUDITOR)
+    assert page.status_code == 200, (page.url, page.text, hub.log())
+    assert urlparse(page.url).path == PREFIX
+    assert f'<strong id="user">{AUDITOR}</strong>' in page.text
+    assert f"<code>{READ}</code>" in page.text and f"<code>{READ_OUTPUTS}</code>" in page.text
+    assert_strict_headers(page)
+    callback = next(r for r in page.history if urlparse(r.url).path == f"{PREFIX}oauth_callback")
+    session_cookie = next(value for value in callback.raw.headers.getlist("Set-Cookie")
+                          if value.startswith("jupyter-audit-session="))
+    for attribute in ("HttpOnly", "SameSite=Lax", f"Path={PREFIX}"):
+        assert attribute in session_cookie, session_cookie
+    assert AUDITOR not in session_cookie, "the session cookie is readable"
+    # The session holds: the next visit does not go through the Hub.
+    again = browser.get(f"{hub.url}{PREFIX}", allow_redirects=False, timeout=10)
+    assert again.status_code == 200 and AUDITOR in again.text
+
+
+def test_a_reviewer_reads_without_outputs(hub):
+    _, page = log_in(hub, REVIEWER)
+    assert page.status_code == 200, (page.url, page.text)
+    assert f'<strong id="user">{REVIEWER}</strong>' in page.text
+    assert f"<code>{READ}</code>" in page.text
+    assert READ_OUTPUTS not in page.text
+    assert "outputs stay hidden" in page.text
+
+
+def test_a_user_without_the_scope_gets_403_naming_it(hub):
+    _, page = log_in(hub, PLAIN)
+    assert page.status_code == 403, (page.url, page.text)
+    assert urlparse(page.url).path == PREFIX
+    assert f'<code id="missing-scope">{READ}</code>' in page.text
+    assert PLAIN in page.text
+    assert_strict_headers(page)
+
+
+def test_a_callback_the_browser_did_not_start_is_refused(hub):
+    # A login the attacker started, finished in the victim's browser (login CSRF): the
+    # state is not the one in this browser's cookie.
+    attacker_redirect = requests.get(f"{hub.url}{PREFIX}", allow_redirects=False, timeout=10)
+    state = parse_qs(urlparse(attacker_redirect.headers["Location"]).query)["state"][0]
+    answer = requests.get(f"{hub.url}{PREFIX}oauth_callback",
+                          params={"code": "whatever", "state": state},
+                          allow_redirects=False, timeout=10)
+    assert answer.status_code == 400
+    assert "jupyter-audit-session" not in answer.headers.get("Set-Cookie", "")
