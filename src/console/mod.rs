@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod index;
 pub mod server;
+pub mod trail;
 
 use std::path::PathBuf;
 
