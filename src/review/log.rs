@@ -218,6 +218,18 @@ fn event_summary(action: Action, value: &Value) -> String {
                 unattested.reason, unattested.policy, unattested.detail
             )
         }
+        Action::ReviewAccess => review_access(&fields::event(value)),
+        Action::ReviewMark => {
+            let mark: events::ReviewMark = fields::event(value);
+            let mut line = format!(
+                "{} marked session {} {}",
+                mark.reviewer.name, mark.session_id, mark.mark
+            );
+            if !mark.note.is_empty() {
+                line.push_str(&format!(": {}", mark.note));
+            }
+            line
+        }
         Action::ParentExited
         | Action::CollectorStop
         | Action::LimitExceeded
@@ -225,6 +237,29 @@ fn event_summary(action: Action, value: &Value) -> String {
         | Action::RecordRefused
         | Action::RefusalsSuppressed => String::new(),
     }
+}
+
+/// What a reviewer looked at, in one line: who, which page, and what on it.
+fn review_access(access: &events::ReviewAccess) -> String {
+    let mut line = format!("{} viewed {}", access.reviewer.name, access.view);
+    if let Some(session) = &access.session_id {
+        line.push_str(&format!(" session {session}"));
+    }
+    if let Some(sequence) = access.sequence {
+        line.push_str(&format!(" output #{sequence}"));
+    }
+    if let Some(user) = &access.user {
+        line.push_str(&format!(" of {user}"));
+    }
+    if let Some(query) = access.query.as_deref().filter(|query| !query.is_empty()) {
+        line.push_str(&format!(" {query:?}"));
+    }
+    match access.outputs {
+        Some(true) => line.push_str(" with outputs"),
+        Some(false) => line.push_str(" without outputs"),
+        None => {}
+    }
+    line
 }
 
 /// What a record of a Jupyter message says.
