@@ -440,6 +440,10 @@ pub struct CollectorStart {
     /// The JupyterHub the collector asks who runs each kernel, when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hub: Option<HubSettings>,
+    /// The OS accounts whose connections are the review console's (the only writers
+    /// of review records).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub console_users: Vec<String>,
 }
 event!(CollectorStart => Action::CollectorStart);
 

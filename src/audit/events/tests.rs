@@ -132,6 +132,7 @@ fn samples() -> Vec<Sample> {
                 cache_max_age_secs: 60,
                 client_certificate: true,
             }),
+            console_users: vec![text()],
         }),
         sample(CollectorStop {}),
         sample(LimitExceeded {
