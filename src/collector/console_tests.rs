@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::client::{AuditClient, AuditError};
+use super::hub::{HubAttestor, HubOptions, HubPolicy};
 use super::limits::{Fairness, Limits};
 use super::server::{self, ConsoleAccounts};
 use crate::audit::{Record, RecordBuilder, SessionContext, SizePolicy, event_record};
@@ -19,15 +20,24 @@ fn our_uid() -> u32 {
     nix::unistd::getuid().as_raw()
 }
 
-/// A collector on a store in `dir`, whose console accounts are `console`.
-fn start_collector(
-    dir: &std::path::Path,
-    console: ConsoleAccounts,
-) -> (
+/// A running collector: its store, socket, and the sender that stops it.
+type Started = (
     StoreHandle,
     std::path::PathBuf,
     tokio::sync::oneshot::Sender<()>,
-) {
+);
+
+/// A collector on a store in `dir`, whose console accounts are `console`.
+fn start_collector(dir: &std::path::Path, console: ConsoleAccounts) -> Started {
+    start_collector_with_hub(dir, console, None)
+}
+
+/// [`start_collector`], asking `hub` whose kernel each connection is.
+fn start_collector_with_hub(
+    dir: &std::path::Path,
+    console: ConsoleAccounts,
+    hub: Option<std::sync::Arc<HubAttestor>>,
+) -> Started {
     let socket = dir.join("collector.sock");
     let (handle, _) = store::open(StoreConfig::new(dir.join("store"))).expect("store opens");
     let listener = server::bind(&socket, 0o600).expect("socket binds");
@@ -35,7 +45,7 @@ fn start_collector(
     let serving = handle.clone();
     tokio::spawn(async move {
         let fairness = Fairness::new(Limits::default(), None);
-        server::serve_fairly(listener, serving, fairness, None, console, async {
+        server::serve_fairly(listener, serving, fairness, hub, console, async {
             let _ = stopped.await;
         })
         .await;
@@ -250,4 +260,47 @@ async fn without_a_collector_a_view_is_refused_not_kept_waiting() {
     }
     let none = ReviewTrail::default();
     assert!(none.viewed(&auditor(), Viewed::Running).await.is_err());
+}
+
+#[tokio::test]
+async fn the_console_is_known_by_its_account_where_kernels_need_the_hubs_word() {
+    // Hub identity required, and the Hub out of reach: every kernel is refused.
+    let hub = HubAttestor::new(&HubOptions {
+        api_url: "http://127.0.0.1:9/hub/api".into(),
+        ca_file: None,
+        client_identity: None,
+        policy: HubPolicy::Required,
+        cache_max_age: HubOptions::DEFAULT_CACHE_MAX_AGE,
+    })
+    .expect("hub options");
+    let hub = Some(std::sync::Arc::new(hub));
+    let console_dir = tempfile::tempdir().expect("tempdir");
+    let (store, socket, _stop) = start_collector_with_hub(
+        console_dir.path(),
+        ConsoleAccounts::new([our_uid()]),
+        hub.clone(),
+    );
+    let trail = ReviewTrail::connect(socket);
+    tokio::time::timeout(HANG, trail.viewed(&auditor(), Viewed::Health))
+        .await
+        .expect("answered")
+        .expect("the console's view is recorded without the Hub");
+    let records = stored(store, console_dir.path()).await;
+    assert_eq!(of_action(&records, "review_access").len(), 1);
+    assert!(of_action(&records, "identity_refused").is_empty());
+
+    let kernel_dir = tempfile::tempdir().expect("tempdir");
+    let (store, socket, _stop) = start_collector_with_hub(
+        kernel_dir.path(),
+        ConsoleAccounts::new([our_uid().wrapping_add(1)]),
+        hub,
+    );
+    let trail = ReviewTrail::connect(socket);
+    let refused = tokio::time::timeout(HANG, trail.viewed(&auditor(), Viewed::Health))
+        .await
+        .expect("answered");
+    assert!(refused.is_err(), "not the console: the Hub policy applies");
+    let records = stored(store, kernel_dir.path()).await;
+    assert!(of_action(&records, "review_access").is_empty());
+    assert_eq!(of_action(&records, "identity_refused").len(), 1);
 }

@@ -184,7 +184,7 @@ pub fn check_as(record: &SenderRecord, kind: SenderKind) -> Result<String, Field
                 ));
             }
         }
-        SenderKind::Console => check_review(action, &record.review)?,
+        SenderKind::Console => check_review(action, record.event_str("outcome"), &record.review)?,
     }
     match record.jupyter_str("session_id") {
         Some(session) if !session.is_empty() => Ok(session),
@@ -198,11 +198,18 @@ pub fn check_as(record: &SenderRecord, kind: SenderKind) -> Result<String, Field
 /// The console's record: a review action, and a `review` object that its type reads.
 fn check_review(
     action: Option<Action>,
+    outcome: Option<&str>,
     review: &Slot<serde_json::Map<String, Value>>,
 ) -> Result<(), FieldRefusal> {
     let Some(action) = action.filter(|action| action.is_review()) else {
         return Err(FieldRefusal::of(REVIEW_ONLY, "event.action"));
     };
+    if outcome.is_some_and(|outcome| outcome != Outcome::Success.as_str()) {
+        return Err(FieldRefusal::of(
+            "a review record's event.outcome is success",
+            "event.outcome",
+        ));
+    }
     let review = match review {
         Slot::Object(review) => review,
         Slot::NotObject => return Err(FieldRefusal::of("review is not an object", "review")),
@@ -506,6 +513,9 @@ mod tests {
                 "{path:?}"
             );
         }
+        let mut failed = review_record();
+        failed["event"]["outcome"] = json!("failure");
+        assert_eq!(console_refusal(failed).fields, ["event.outcome"]);
         let mut no_review = review_record();
         no_review.as_object_mut().expect("object").remove("review");
         assert_eq!(console_refusal(no_review).fields, ["review"]);
