@@ -448,4 +448,12 @@ mod tests {
             ConfigFile::default()
         );
     }
+
+    #[test]
+    fn the_console_section_names_the_consoles_accounts() {
+        let named = file("[console]\nusers = [\"jupyter-audit-review\"]");
+        assert_eq!(named.console.users, ["jupyter-audit-review"]);
+        assert!(file("").console.users.is_empty());
+        assert!(toml::from_str::<ConfigFile>("[console]\nuser = \"x\"").is_err());
+    }
 }
