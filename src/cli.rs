@@ -174,6 +174,13 @@ pub struct CollectorArgs {
     #[arg(long, value_name = "SECS")]
     pub hub_cache_max_age_secs: Option<u64>,
 
+    /// An OS account whose connections are the review console's (`jupyter-audit serve`):
+    /// they may write review records (review_access, review_mark) and nothing else,
+    /// and no one else may write those; the Hub is not asked about them. Repeatable;
+    /// also `users` in the config file's [console] (the flags replace it).
+    #[arg(long, value_name = "NAME")]
+    pub console_user: Vec<String>,
+
     /// The admin config file; its [limits] section sets the fairness limits, its
     /// [forward] section the PostgreSQL target and its [hub] section the JupyterHub
     /// (the flags override them). A missing file is an empty one.
@@ -264,7 +271,15 @@ pub struct ServeArgs {
     /// The store directory (read access is enough).
     #[arg(long)]
     pub store: PathBuf,
+
+    /// The collector's socket, where every view is put on the record before it is
+    /// shown (the collector names this console's OS account with --console-user).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_COLLECTOR_SOCKET)]
+    pub collector_socket: PathBuf,
 }
+
+/// The collector's socket where the README's systemd unit puts it.
+pub const DEFAULT_COLLECTOR_SOCKET: &str = "/run/jupyter-audit/collector.sock";
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {

@@ -3,8 +3,9 @@
 //! notebook user wrote. Nothing is read from the user's environment or home.
 //!
 //! The collector reads the same file for its fairness limits (`[limits]`) and where to
-//! forward its store (`[forward]`) and the JupyterHub it asks who runs each kernel
-//! (`[hub]`); there its command line wins, since the administrator writes both.
+//! forward its store (`[forward]`), the JupyterHub it asks who runs each kernel
+//! (`[hub]`) and the review console's accounts (`[console]`); there its command line
+//! wins, since the administrator writes both.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -66,6 +67,17 @@ pub struct ConfigFile {
     pub forward: ForwardSection,
     #[serde(default)]
     pub hub: HubSection,
+    #[serde(default)]
+    pub console: ConsoleSection,
+}
+
+/// The review console's OS accounts (`[console]`): the collector takes review records
+/// from them only, and nothing else from them.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSection {
+    #[serde(default)]
+    pub users: Vec<String>,
 }
 
 /// Where the collector asks JupyterHub whose kernel a connection is (`[hub]`).
@@ -435,5 +447,13 @@ mod tests {
             ConfigFile::load(Path::new("/nonexistent/config.toml")).expect("empty"),
             ConfigFile::default()
         );
+    }
+
+    #[test]
+    fn the_console_section_names_the_consoles_accounts() {
+        let named = file("[console]\nusers = [\"jupyter-audit-review\"]");
+        assert_eq!(named.console.users, ["jupyter-audit-review"]);
+        assert!(file("").console.users.is_empty());
+        assert!(toml::from_str::<ConfigFile>("[console]\nuser = \"x\"").is_err());
     }
 }

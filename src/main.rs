@@ -144,7 +144,10 @@ fn hub_options(
 }
 
 fn run_serve(args: cli::ServeArgs) -> anyhow::Result<()> {
-    let options = jupyter_audit::console::ServeOptions { store: args.store };
+    let options = jupyter_audit::console::ServeOptions {
+        store: args.store,
+        collector_socket: args.collector_socket,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -191,7 +194,19 @@ fn run_collector(args: CollectorArgs) -> anyhow::Result<()> {
     let limits = LimitsSection::from(&args.limits)
         .or(&file.limits)
         .resolve()?;
+    let console_names = if args.console_user.is_empty() {
+        file.console.users.clone()
+    } else {
+        args.console_user.clone()
+    };
+    let console_users = console_names
+        .iter()
+        .map(|name| daemon::console_user(name))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)
+        .context("--console-user")?;
     let config = DaemonConfig {
+        console_users,
         store,
         socket: args.socket,
         socket_mode: args.socket_mode,

@@ -59,10 +59,14 @@ pub enum Action {
     IdentityRefused,
     /// A connection without a JupyterHub identity, accepted under its OS account.
     IdentityUnverified,
+    /// A reviewer opened a page of the review console (or searched, or downloaded).
+    ReviewAccess,
+    /// A reviewer marked a session reviewed or flagged it, with a note.
+    ReviewMark,
 }
 
 impl Action {
-    pub const ALL: [Action; 19] = [
+    pub const ALL: [Action; 21] = [
         Self::SessionStart,
         Self::SessionEnd,
         Self::ParentExited,
@@ -82,6 +86,8 @@ impl Action {
         Self::ForwardConflict,
         Self::IdentityRefused,
         Self::IdentityUnverified,
+        Self::ReviewAccess,
+        Self::ReviewMark,
     ];
 
     /// The name as `event.action` holds it.
@@ -106,6 +112,8 @@ impl Action {
             Self::ForwardConflict => "forward_conflict",
             Self::IdentityRefused => "identity_refused",
             Self::IdentityUnverified => "identity_unverified",
+            Self::ReviewAccess => "review_access",
+            Self::ReviewMark => "review_mark",
         }
     }
 
@@ -129,6 +137,24 @@ impl Action {
                 | Self::IdentityRefused
                 | Self::IdentityUnverified
         )
+    }
+
+    /// Whether records of this action are the review console's: written only by the
+    /// OS accounts the collector names as the console's (`--console-user`), with their
+    /// fields in the record's `review` object.
+    pub const fn is_review(self) -> bool {
+        matches!(self, Self::ReviewAccess | Self::ReviewMark)
+    }
+
+    /// The record's object that holds this action's own fields.
+    pub const fn fields_object(self) -> &'static str {
+        if self.is_collectors() {
+            "collector"
+        } else if self.is_review() {
+            "review"
+        } else {
+            "jupyter"
+        }
     }
 }
 
@@ -196,7 +222,8 @@ impl<'a> EventHeader<'a> {
 }
 
 /// One event's record fields, and its action. Proxy events go into `jupyter` (besides
-/// the session's context), the collector's into `collector`.
+/// the session's context), the collector's into `collector`, the console's into
+/// `review`.
 pub trait AuditEvent: Serialize + DeserializeOwned {
     fn action(&self) -> Action;
 
@@ -213,7 +240,7 @@ pub trait AuditEvent: Serialize + DeserializeOwned {
         }
     }
 
-    /// The record's fields (`jupyter` or `collector`).
+    /// The record's fields (`jupyter`, `collector` or `review`).
     fn fields(&self) -> Map<String, Value> {
         match serde_json::to_value(self) {
             Ok(Value::Object(fields)) => fields,
@@ -413,6 +440,10 @@ pub struct CollectorStart {
     /// The JupyterHub the collector asks who runs each kernel, when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hub: Option<HubSettings>,
+    /// The OS accounts whose connections are the review console's (the only writers
+    /// of review records).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub console_users: Vec<String>,
 }
 event!(CollectorStart => Action::CollectorStart);
 
@@ -576,6 +607,59 @@ impl AuditEvent for IdentityUnattested {
         Some(Outcome::Failure)
     }
 }
+
+/// `review.reviewer` of the console's records: the Hub user the console's login
+/// verified, and the console scopes their login held.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReviewerFields {
+    pub name: String,
+    pub scopes: Vec<String>,
+}
+
+/// `review.view` of a `review_mark` record.
+pub const MARK_VIEW: &str = "mark";
+
+/// `review_access`: a reviewer looked at something in the review console. Recorded
+/// before the console shows it; what was looked at is named by the fields its page has.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReviewAccess {
+    pub reviewer: ReviewerFields,
+    /// `sessions`, `timeline`, `session`, `output`, `search`, `download`, `health` or
+    /// `running`.
+    pub view: String,
+    /// The viewed session's `jupyter.session_id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The timeline's user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The search text, or the sessions page's filters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The shown output's `event.sequence`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+    /// Whether outputs were shown or exported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<bool>,
+}
+event!(ReviewAccess => Action::ReviewAccess, Outcome::Success);
+
+/// `review_mark`: a reviewer marked a session reviewed or flagged it, with a note.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReviewMark {
+    pub reviewer: ReviewerFields,
+    /// Always [`MARK_VIEW`].
+    pub view: String,
+    pub session_id: String,
+    /// `reviewed` or `flagged`.
+    pub mark: String,
+    pub note: String,
+}
+event!(ReviewMark => Action::ReviewMark, Outcome::Success);
 
 #[cfg(test)]
 mod tests;

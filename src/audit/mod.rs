@@ -15,7 +15,7 @@ mod record;
 pub use policy::{CutText, InvalidBase64, KeptBytes, KeptText, SizePolicy};
 pub use record::{
     Direction, OUTPUT_RECORD_BUDGET, Observation, ParsedMessage, RecordBuilder, SessionContext,
-    UnreadablePart, event_record, now_rfc3339, record_event,
+    UnreadablePart, event_record, now_rfc3339, record_event, review_record,
 };
 
 /// One audit record as the proxy hands it to the collector.

@@ -126,6 +126,22 @@ pub fn record_event(context: &SessionContext, event: &impl AuditEvent) -> Record
     record_with(context, &event.header(), event.fields())
 }
 
+/// The record of one of the review console's events: `event`, the console run's
+/// session (`jupyter.session_id`, which the collector binds to the console process as
+/// it binds a kernel's session to its proxy) and the event's fields under `review`.
+pub fn review_record(console_session_id: &str, event: &impl AuditEvent) -> Record {
+    let mut record = record_with(
+        &SessionContext {
+            session_id: console_session_id.to_owned(),
+            ..SessionContext::default()
+        },
+        &event.header(),
+        Map::new(),
+    );
+    record.insert("review".into(), Value::Object(event.fields()));
+    record
+}
+
 /// Bookkeeping kept between messages is capped; past this it starts afresh.
 const MAX_TRACKED: usize = 10_000;
 

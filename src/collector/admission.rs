@@ -2,11 +2,18 @@
 //! sender fields ([`fields`](super::fields)) for a session the sending process owns
 //! ([`sessions`](super::sessions)). Every refusal is answered (not retried) and, within
 //! a rate limit per connection, recorded under the sender's verified identity.
+//!
+//! The review console's connection ([`SenderKind::Console`]) goes through the same gate
+//! with its own field rules: its records are review records only, and their
+//! `jupyter.session_id` is the console process's own session (one per `serve` process,
+//! made by its trail writer), bound to that process as a kernel's session is bound to
+//! its proxy. Such a session has no `session_start` or `session_end`: the review tools
+//! do not count review records as a kernel session's.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use super::fields::{self, FieldRefusal, capped};
+use super::fields::{self, FieldRefusal, SenderKind, capped};
 use super::incoming::SenderRecord;
 use super::refusals::{RefusalLimiter, refusal_record, stamp_collector_record};
 use super::server::PeerIdentity;
@@ -30,6 +37,7 @@ pub enum Verdict {
 /// One connection's gate to the store.
 pub struct Admission {
     identity: PeerIdentity,
+    kind: SenderKind,
     owner: Owner,
     host: String,
     store: StoreHandle,
@@ -40,8 +48,20 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// The gate of a kernel's connection.
     pub async fn new(
         identity: &PeerIdentity,
+        host: &str,
+        store: &StoreHandle,
+        sessions: &SessionTable,
+    ) -> Self {
+        Self::of_kind(identity, SenderKind::Kernel, host, store, sessions).await
+    }
+
+    /// The gate of a connection of `kind` (the review console's, or a kernel's).
+    pub async fn of_kind(
+        identity: &PeerIdentity,
+        kind: SenderKind,
         host: &str,
         store: &StoreHandle,
         sessions: &SessionTable,
@@ -49,6 +69,7 @@ impl Admission {
         Admission {
             owner: Owner::of(identity).await,
             identity: identity.clone(),
+            kind,
             host: host.to_owned(),
             store: store.clone(),
             sessions: sessions.clone(),
@@ -59,7 +80,7 @@ impl Admission {
 
     /// Decides about `record`; a refusal is recorded (rate limited) before this returns.
     pub async fn admit(&mut self, record: SenderRecord) -> Verdict {
-        let session = match fields::check(&record) {
+        let session = match fields::check_as(&record, self.kind) {
             // The common case, one record after another of the connection's session.
             Ok(session) if self.granted.iter().any(|granted| *granted == session) => {
                 return Verdict::Accept(record);

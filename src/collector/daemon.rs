@@ -37,6 +37,28 @@ pub struct DaemonConfig {
     pub forward: Option<PostgresTarget>,
     /// Ask this JupyterHub whose kernel each connection is.
     pub hub: Option<HubOptions>,
+    /// The review console's OS accounts (`--console-user`): the only senders of review
+    /// records, and senders of nothing else.
+    pub console_users: Vec<ConsoleUser>,
+}
+
+/// An OS account named as the review console's, resolved at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleUser {
+    pub name: String,
+    pub uid: u32,
+}
+
+/// Resolves a user name to its uid (`--console-user`).
+pub fn console_user(name: &str) -> Result<ConsoleUser, String> {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(user)) => Ok(ConsoleUser {
+            name: name.to_owned(),
+            uid: user.uid.as_raw(),
+        }),
+        Ok(None) => Err(format!("no user named {name:?}")),
+        Err(error) => Err(format!("cannot look up user {name:?}: {error}")),
+    }
 }
 
 /// How long a stopping collector keeps forwarding what is stored before it exits.
@@ -128,6 +150,11 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
             cache_max_age_secs: hub.cache_max_age.as_secs(),
             client_certificate: hub.client_identity.is_some(),
         }),
+        console_users: config
+            .console_users
+            .iter()
+            .map(|user| user.name.clone())
+            .collect(),
     };
     record_own(&store, &start).await;
     tracing::info!(socket = %config.socket.display(), store = %config.store.dir.display(), "collector listening");
@@ -173,6 +200,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), CollectorError> {
         store.clone(),
         Arc::clone(&fairness),
         hub.clone(),
+        server::ConsoleAccounts::new(config.console_users.iter().map(|user| user.uid)),
         shutdown,
     )
     .await;

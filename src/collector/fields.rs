@@ -7,13 +7,24 @@
 //! sender that writes one is worth a record of its own. `jupyter` stays open to new
 //! fields (later versions add them), so its keys are checked by shape — plain names —
 //! not against a list; what lies inside its values is the sender's.
+//!
+//! The review console is a sender of another kind ([`SenderKind::Console`]: a connection
+//! from an OS account the collector names with `--console-user`). It writes only
+//! `review_access` and `review_mark` records: `event`, `jupyter` with its own session id
+//! (and the client's `resent`/`write_ahead_failed` marks) and a `review` object whose
+//! keys and value types are checked against [`ReviewAccess`]/[`ReviewMark`]. A kernel's
+//! connection may write neither those actions nor a `review` object: a notebook user
+//! must not put words in a reviewer's mouth, and the console account must not write
+//! into a kernel's trail.
 
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::incoming::{SenderRecord, Slot};
-use crate::audit::events::{Action, EVENT_KIND, Outcome};
+use crate::audit::events::{
+    Action, AuditEvent, EVENT_KIND, MARK_VIEW, Outcome, ReviewAccess, ReviewMark,
+};
 
 /// `event` keys a sender may write.
 const SENDER_EVENT_KEYS: &[&str] = &["action", "created", "kind", "outcome"];
@@ -44,8 +55,49 @@ impl FieldRefusal {
     }
 }
 
-/// Checks that `record` holds only what a sender may write; returns its session id.
+/// Who is on a connection, as far as what it may write goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderKind {
+    /// An audited kernel's proxy (or anything else that is not the console).
+    Kernel,
+    /// The review console (its OS account is one of `--console-user`).
+    Console,
+}
+
+/// `jupyter` keys the console writes: its session, and the marks the collector client
+/// adds to records it sends again or stores late.
+const CONSOLE_JUPYTER_KEYS: &[&str] = &["session_id", "resent", "write_ahead_failed"];
+/// `review` keys (schema: `$defs/review`).
+const REVIEW_KEYS: &[&str] = &[
+    "reviewer",
+    "view",
+    "session_id",
+    "user",
+    "query",
+    "sequence",
+    "outputs",
+    "mark",
+    "note",
+];
+/// `review.view` of a `review_access`.
+const ACCESS_VIEWS: &[&str] = &[
+    "sessions", "timeline", "session", "output", "search", "download", "health", "running",
+];
+/// Why a kernel's connection may not write review records.
+const CONSOLE_ONLY: &str = "only the review console (an OS account the collector names with --console-user) writes review records";
+/// Why the console's connection may write nothing else.
+const REVIEW_ONLY: &str =
+    "the review console's connection writes only review_access and review_mark records";
+
+/// Checks that a kernel's `record` holds only what a sender may write; returns its
+/// session id.
 pub fn check(record: &SenderRecord) -> Result<String, FieldRefusal> {
+    check_as(record, SenderKind::Kernel)
+}
+
+/// Checks that `record` holds only what a sender of `kind` may write; returns its
+/// session id.
+pub fn check_as(record: &SenderRecord, kind: SenderKind) -> Result<String, FieldRefusal> {
     if !record.duplicates.is_empty() {
         let shown = record.duplicates.len().min(MAX_NAMED_FIELDS);
         let fields: Vec<String> = record.duplicates[..shown]
@@ -59,6 +111,14 @@ pub fn check(record: &SenderRecord) -> Result<String, FieldRefusal> {
             ),
             fields,
         });
+    }
+    let review_action = record
+        .event_str("action")
+        .and_then(Action::from_name)
+        .is_some_and(Action::is_review);
+    if kind == SenderKind::Console && !review_action {
+        // Said first: whatever else is wrong with it, this is why it is refused.
+        return Err(FieldRefusal::of(REVIEW_ONLY, "event.action"));
     }
     let mut foreign = record.other_keys.clone();
     foreign.sort();
@@ -85,7 +145,11 @@ pub fn check(record: &SenderRecord) -> Result<String, FieldRefusal> {
         }
     };
     for key in jupyter.keys() {
-        if !is_plain_name(key) {
+        let allowed = match kind {
+            SenderKind::Kernel => is_plain_name(key),
+            SenderKind::Console => CONSOLE_JUPYTER_KEYS.contains(&key.as_str()),
+        };
+        if !allowed {
             foreign.push(format!("jupyter.{key}"));
         }
     }
@@ -104,6 +168,24 @@ pub fn check(record: &SenderRecord) -> Result<String, FieldRefusal> {
         });
     }
     check_event_values(event)?;
+    let action = record.event_str("action").and_then(Action::from_name);
+    match kind {
+        SenderKind::Kernel => {
+            if action.is_some_and(Action::is_review) {
+                return Err(FieldRefusal::of(
+                    format!("event.action is the review console's: {CONSOLE_ONLY}"),
+                    "event.action",
+                ));
+            }
+            if !matches!(record.review, Slot::Missing) {
+                return Err(FieldRefusal::of(
+                    format!("a review object: {CONSOLE_ONLY}"),
+                    "review",
+                ));
+            }
+        }
+        SenderKind::Console => check_review(action, record.event_str("outcome"), &record.review)?,
+    }
     match record.jupyter_str("session_id") {
         Some(session) if !session.is_empty() => Ok(session),
         _ => Err(FieldRefusal::of(
@@ -111,6 +193,91 @@ pub fn check(record: &SenderRecord) -> Result<String, FieldRefusal> {
             "jupyter.session_id",
         )),
     }
+}
+
+/// The console's record: a review action, and a `review` object that its type reads.
+fn check_review(
+    action: Option<Action>,
+    outcome: Option<&str>,
+    review: &Slot<serde_json::Map<String, Value>>,
+) -> Result<(), FieldRefusal> {
+    let Some(action) = action.filter(|action| action.is_review()) else {
+        return Err(FieldRefusal::of(REVIEW_ONLY, "event.action"));
+    };
+    if outcome.is_some_and(|outcome| outcome != Outcome::Success.as_str()) {
+        return Err(FieldRefusal::of(
+            "a review record's event.outcome is success",
+            "event.outcome",
+        ));
+    }
+    let review = match review {
+        Slot::Object(review) => review,
+        Slot::NotObject => return Err(FieldRefusal::of("review is not an object", "review")),
+        Slot::Missing => {
+            return Err(FieldRefusal::of(
+                "a review record has no review object",
+                "review",
+            ));
+        }
+    };
+    let foreign: Vec<String> = review
+        .keys()
+        .filter(|key| !REVIEW_KEYS.contains(&key.as_str()))
+        .take(MAX_NAMED_FIELDS)
+        .map(|key| capped(&format!("review.{key}")))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(FieldRefusal {
+            reason: format!("fields outside the schema: {}", foreign.join(", ")),
+            fields: foreign,
+        });
+    }
+    let fields = Value::Object(review.clone());
+    let wrong = |reason: &str, field: &str| Err(FieldRefusal::of(reason.to_owned(), field));
+    let (reviewer, view) = match action {
+        Action::ReviewMark => {
+            let Some(mark) = ReviewMark::read(&fields) else {
+                return wrong("review has a field of the wrong type", "review");
+            };
+            if !["reviewed", "flagged"].contains(&mark.mark.as_str()) {
+                return wrong("review.mark is neither reviewed nor flagged", "review.mark");
+            }
+            if mark.session_id.is_empty() {
+                return wrong("review.session_id is missing", "review.session_id");
+            }
+            if !review.contains_key("note") {
+                return wrong("review.note is missing", "review.note");
+            }
+            (mark.reviewer, (mark.view == MARK_VIEW).then_some(()))
+        }
+        _ => {
+            let Some(access) = ReviewAccess::read(&fields) else {
+                return wrong("review has a field of the wrong type", "review");
+            };
+            let view = ACCESS_VIEWS.contains(&access.view.as_str()).then_some(());
+            (access.reviewer, view)
+        }
+    };
+    if reviewer.name.is_empty() || !review.get("reviewer").is_some_and(reviewer_shape) {
+        return wrong(
+            "review.reviewer needs a name and scopes, and nothing else",
+            "review.reviewer",
+        );
+    }
+    if view.is_none() {
+        return wrong(
+            "review.view is not one of this action's views",
+            "review.view",
+        );
+    }
+    Ok(())
+}
+
+/// `review.reviewer` holds `name` and `scopes` and nothing else.
+fn reviewer_shape(reviewer: &Value) -> bool {
+    reviewer.as_object().is_some_and(|reviewer| {
+        reviewer.len() == 2 && reviewer.contains_key("name") && reviewer.contains_key("scopes")
+    })
 }
 
 fn check_event_values(event: &serde_json::Map<String, Value>) -> Result<(), FieldRefusal> {
@@ -289,6 +456,83 @@ mod tests {
             refusal(json!({"event": {"action": "x"}, "jupyter": {"session_id": 7}})).fields,
             ["jupyter.session_id"]
         );
+    }
+
+    fn review_record() -> Value {
+        json!({
+            "event": {"action": "review_access", "created": "2024-05-01T12:00:00.123Z",
+                      "kind": "event", "outcome": "success"},
+            "jupyter": {"session_id": "console-1"},
+            "review": {"reviewer": {"name": "auditor", "scopes": ["custom:jupyter-audit:read"]},
+                       "view": "session", "session_id": "s1", "outputs": false}
+        })
+    }
+
+    fn console_refusal(value: Value) -> FieldRefusal {
+        check_as(&record(value), SenderKind::Console).expect_err("refused")
+    }
+
+    #[test]
+    fn the_console_writes_review_records_and_nothing_else() {
+        assert_eq!(
+            check_as(&record(review_record()), SenderKind::Console),
+            Ok("console-1".to_owned())
+        );
+        let mark = json!({
+            "event": {"action": "review_mark", "kind": "event", "outcome": "success"},
+            "jupyter": {"session_id": "console-1", "resent": true},
+            "review": {"reviewer": {"name": "auditor", "scopes": []}, "view": "mark",
+                       "session_id": "s1", "mark": "reviewed", "note": ""}
+        });
+        assert!(check_as(&record(mark.clone()), SenderKind::Console).is_ok());
+        // A kernel's record, or an event of a kernel's session, from the console.
+        for action in ["execute_request", "session_start", "audit_gap", "stream"] {
+            let mut value = proxy_record();
+            value["event"]["action"] = json!(action);
+            let refused = console_refusal(value);
+            assert_eq!(refused.fields, ["event.action"], "{action}");
+            assert!(refused.reason.contains("only review_access"), "{refused:?}");
+        }
+        for (path, bad) in [
+            (vec!["jupyter", "code"], json!("import os")),
+            (vec!["review", "extra"], json!(1)),
+            (vec!["review", "sequence"], json!("7")),
+            (vec!["review", "view"], json!("everything")),
+            (vec!["review", "reviewer", "name"], json!("")),
+            (vec!["review", "reviewer", "admin"], json!(true)),
+        ] {
+            let mut value = review_record();
+            let (last, parents) = path.split_last().expect("a path");
+            let mut node = &mut value;
+            for key in parents {
+                node = &mut node[*key];
+            }
+            node[*last] = bad;
+            assert!(
+                check_as(&record(value), SenderKind::Console).is_err(),
+                "{path:?}"
+            );
+        }
+        let mut failed = review_record();
+        failed["event"]["outcome"] = json!("failure");
+        assert_eq!(console_refusal(failed).fields, ["event.outcome"]);
+        let mut no_review = review_record();
+        no_review.as_object_mut().expect("object").remove("review");
+        assert_eq!(console_refusal(no_review).fields, ["review"]);
+        let mut bad_mark = mark;
+        bad_mark["review"]["mark"] = json!("approved");
+        assert_eq!(console_refusal(bad_mark).fields, ["review.mark"]);
+    }
+
+    #[test]
+    fn a_kernel_writes_no_review_record() {
+        let refused = refusal(review_record());
+        assert!(refused.reason.contains("--console-user"), "{refused:?}");
+        let mut value = review_record();
+        value["event"]["action"] = json!("execute_request");
+        let refused = refusal(value);
+        assert_eq!(refused.fields, ["review"]);
+        assert!(refused.reason.contains("--console-user"), "{refused:?}");
     }
 
     #[test]

@@ -45,13 +45,17 @@ pub enum Slot<T> {
 }
 
 /// A sender's record: its `event` decoded (a few short fields), its `jupyter` values
-/// as checked JSON text.
+/// as checked JSON text, and its `review` object decoded (the review console's records
+/// only: a few short fields).
 #[derive(Debug, Default)]
 pub struct SenderRecord {
-    /// Top-level keys other than `event` and `jupyter` (none is the sender's to write).
+    /// Top-level keys other than `event`, `jupyter` and `review` (none is the sender's
+    /// to write).
     pub other_keys: Vec<String>,
     pub event: Slot<Map<String, Value>>,
     pub jupyter: Slot<BTreeMap<String, Box<RawValue>>>,
+    /// Only the review console may write one ([`fields`](super::fields)).
+    pub review: Slot<Map<String, Value>>,
     /// Keys sent more than once, as dotted paths.
     pub duplicates: Vec<String>,
 }
@@ -164,6 +168,14 @@ impl<'de> Visitor<'de> for RecordVisitor {
                 "event" => {
                     record.event = map
                         .next_value_seed(FieldsSeed::<Value>::new("event", &mut record.duplicates))?
+                        .map(|fields| fields.into_iter().collect());
+                }
+                "review" => {
+                    record.review = map
+                        .next_value_seed(FieldsSeed::<Value>::new(
+                            "review",
+                            &mut record.duplicates,
+                        ))?
                         .map(|fields| fields.into_iter().collect());
                 }
                 "jupyter" => {

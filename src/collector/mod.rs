@@ -22,6 +22,8 @@ pub mod unattested;
 pub use client::{AuditClient, AuditError, Recorder, Ticket};
 
 #[cfg(test)]
+mod console_tests;
+#[cfg(test)]
 mod forgery_tests;
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{Admission, Verdict};
+use super::fields::SenderKind;
 use super::hub::{Attestation, HubAttestor, HubIdentity};
 use super::incoming::{SenderFrame, SenderRecord, Slot};
 use super::limits::{ConnectionSlot, Fairness, Limits, Room};
@@ -35,6 +36,27 @@ const RESERVED_KEYS: &[&str] = &[
     "chain",
     "collector",
 ];
+/// The OS accounts whose connections are the review console's (`--console-user`):
+/// exempt from the Hub-identity policy (their identity is the account), and limited to
+/// review records ([`SenderKind::Console`]).
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleAccounts(Arc<[u32]>);
+
+impl ConsoleAccounts {
+    pub fn new(uids: impl IntoIterator<Item = u32>) -> Self {
+        Self(uids.into_iter().collect())
+    }
+
+    /// What a connection from `uid` is.
+    pub fn kind_of(&self, uid: u32) -> SenderKind {
+        if self.0.contains(&uid) {
+            SenderKind::Console
+        } else {
+            SenderKind::Kernel
+        }
+    }
+}
+
 /// Records of one connection waiting for their acknowledgement.
 const ACKS_IN_FLIGHT: usize = 4096;
 
@@ -104,18 +126,21 @@ pub async fn serve(
         store,
         Fairness::new(Limits::default(), None),
         None,
+        ConsoleAccounts::default(),
         shutdown,
     )
     .await
 }
 
 /// Serves connections until `shutdown` resolves, each within its user's share; with
-/// `hub`, each under the JupyterHub identity of the token it presents.
+/// `hub`, each under the JupyterHub identity of the token it presents (but the review
+/// console's, from one of `console`).
 pub async fn serve_fairly(
     listener: UnixListener,
     store: StoreHandle,
     fairness: Arc<Fairness>,
     hub: Option<Arc<HubAttestor>>,
+    console: ConsoleAccounts,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let identity_notes = IdentityNotes::default();
@@ -142,8 +167,9 @@ pub async fn serve_fairly(
                     let sessions = sessions.clone();
                     let hub = hub.clone();
                     let identity_notes = identity_notes.clone();
+                    let console = console.clone();
                     tokio::spawn(async move {
-                        let peer = Peer { names, hub, identity_notes };
+                        let peer = Peer { names, hub, identity_notes, console };
                         match serve_connection(stream, slot, store, host, peer, sessions).await {
                             Ok(()) => {}
                             // A proxy killed mid-session; its records so far are stored.
@@ -212,6 +238,7 @@ struct Peer {
     names: UserNames,
     hub: Option<Arc<HubAttestor>>,
     identity_notes: IdentityNotes,
+    console: ConsoleAccounts,
 }
 
 async fn serve_connection(
@@ -244,7 +271,12 @@ async fn serve_connection(
         }
         None => return Ok(()),
     };
-    if let Some(hub) = &peer.hub {
+    let kind = peer.console.kind_of(identity.uid);
+    if kind == SenderKind::Console {
+        // The console's identity is its OS account; the Hub is not asked (a token it
+        // sent anyway is dropped unread).
+        drop(hub_token);
+    } else if let Some(hub) = &peer.hub {
         let attested = hub.attest(hub_token.as_ref()).await;
         drop(hub_token);
         let (unverified, refused) = match attested {
@@ -285,8 +317,8 @@ async fn serve_connection(
     )
     .await?;
     tokio::io::AsyncWriteExt::flush(&mut writer).await?;
-    tracing::debug!(uid = identity.uid, pid = ?identity.pid, "proxy connected");
-    let mut admission = Admission::new(&identity, &host, &store, &sessions).await;
+    tracing::debug!(uid = identity.uid, pid = ?identity.pid, ?kind, "sender connected");
+    let mut admission = Admission::of_kind(&identity, kind, &host, &store, &sessions).await;
     let stamped = Stamped::of(&identity, &host);
 
     // Acknowledgements go out in the order records came in, as the store finishes them.
@@ -485,7 +517,7 @@ pub fn stamp_sender_as(record: &SenderRecord, stamped: &Stamped) -> Result<Prepa
         .map(|(key, value)| (key.as_str(), Part::Raw(value.get())))
         .collect();
     let timestamp = json!(now_rfc3339());
-    let parts = vec![
+    let mut parts = vec![
         ("@timestamp", Part::Value(&timestamp)),
         ("event", Part::Object(event_parts)),
         ("jupyter", Part::Object(jupyter_parts)),
@@ -494,6 +526,14 @@ pub fn stamp_sender_as(record: &SenderRecord, stamped: &Stamped) -> Result<Prepa
         ("host", Part::Value(&stamped.host)),
         ("process", Part::Value(&stamped.process)),
     ];
+    // The review console's records only (fields::check refuses one from anyone else).
+    if let Slot::Object(review) = &record.review {
+        let review_parts = review
+            .iter()
+            .map(|(key, value)| (key.as_str(), Part::Value(value)))
+            .collect();
+        parts.push(("review", Part::Object(review_parts)));
+    }
     record::prepare_parts(parts)
 }
 

@@ -24,6 +24,8 @@ pub use server::serve;
 pub struct ServeOptions {
     /// The store directory the console reads (read access is enough).
     pub store: PathBuf,
+    /// The collector's socket: every view is on the record before it is shown.
+    pub collector_socket: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,7 @@ use super::auth::{
     AuthError, HubClient, HubService, LOGIN_LIFETIME, PendingLogin, SCOPE_READ, SCOPE_READ_OUTPUTS,
     SESSION_LIFETIME, Session,
 };
+use super::trail::ReviewTrail;
 use super::{ConsoleError, ServeOptions};
 
 const SESSION_COOKIE: &str = "jupyter-audit-session";
@@ -43,6 +44,9 @@ struct Console {
     cookie_key: Key,
     #[allow(dead_code)] // the pages over the store come next
     store: Arc<PathBuf>,
+    /// Every view goes on the record through it before it is shown.
+    #[allow(dead_code)] // the pages over the store come next
+    trail: ReviewTrail,
 }
 
 impl FromRef<Console> for Key {
@@ -62,6 +66,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ConsoleError> {
         cookie_key: new_cookie_key()?,
         store: Arc::new(options.store),
         hub: Arc::new(hub),
+        trail: ReviewTrail::connect(options.collector_socket),
     };
     let listen = console.hub.listen.clone();
     let prefix = console.hub.prefix.clone();

@@ -3,8 +3,38 @@
 //! socket like any other record, and written before the page is shown (a view that
 //! cannot be recorded is not shown).
 //!
-//! INTERFACE STUB (issue 14 in progress): the pages call these; the writer through the
-//! collector socket replaces the bodies. Not done until then.
+//! One [`ReviewTrail`] per `serve` process: one connection to the collector (the
+//! proxy's client, [`AuditClient`], which reconnects and resends), shared by every page
+//! view. Each record is urgent and waits for the collector's acknowledgement that it is
+//! on disk, within [`PATIENCE`]; at most [`MAX_WAITING`] views wait at once (more wait
+//! for a place, within the same bound). A dead collector is an error within the bound,
+//! never a hang.
+//!
+//! The records carry `jupyter.session_id` = this process's console session (a new id
+//! at every start), which the collector binds to this process as it binds a kernel's
+//! session to its proxy; the collector takes review records only from the OS accounts
+//! it names with `--console-user`. A view refused for want of the collector is still
+//! queued and stored once the collector is back, marked `jupyter.write_ahead_failed`
+//! (the reviewer asked for it and was not shown it). The console never presents its
+//! Hub token to the collector (it is not a kernel; its identity is its OS account).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use super::auth::{SCOPE_READ, SCOPE_READ_OUTPUTS};
+use crate::audit::events::{MARK_VIEW, ReviewAccess, ReviewMark, ReviewerFields};
+use crate::audit::{Observation, Record, SessionContext, review_record};
+use crate::collector::{AuditClient, Recorder};
+
+/// The longest a page waits for its record to be on disk (a place in the queue, the
+/// connection, the acknowledgement, together).
+pub const PATIENCE: Duration = Duration::from_secs(4);
+/// Views waiting for their acknowledgement at once; well under the client's queue, so
+/// that no record is ever dropped for want of room in it.
+pub const MAX_WAITING: usize = 256;
 
 /// Who is looking: the Hub user the console's login verified, and the console scopes
 /// their token held.
@@ -12,6 +42,21 @@
 pub struct Reviewer {
     pub name: String,
     pub outputs_visible: bool,
+}
+
+impl Reviewer {
+    /// `review.reviewer`: the name and the console scopes (read, and read-outputs when
+    /// outputs are visible).
+    fn fields(&self) -> ReviewerFields {
+        let mut scopes = vec![SCOPE_READ.to_owned()];
+        if self.outputs_visible {
+            scopes.push(SCOPE_READ_OUTPUTS.to_owned());
+        }
+        ReviewerFields {
+            name: self.name.clone(),
+            scopes,
+        }
+    }
 }
 
 /// What a reviewer looked at.
@@ -35,11 +80,73 @@ pub enum Viewed {
     Running,
 }
 
+impl Viewed {
+    /// The record's `review` fields for `reviewer`.
+    fn event(self, reviewer: &Reviewer) -> ReviewAccess {
+        let access = |view: &str| ReviewAccess {
+            reviewer: reviewer.fields(),
+            view: view.to_owned(),
+            ..ReviewAccess::default()
+        };
+        match self {
+            Self::Sessions { filters } => ReviewAccess {
+                query: Some(filters),
+                ..access("sessions")
+            },
+            Self::Timeline { user } => ReviewAccess {
+                user: Some(user),
+                ..access("timeline")
+            },
+            Self::Session {
+                session_id,
+                outputs,
+            } => ReviewAccess {
+                session_id: Some(session_id),
+                outputs: Some(outputs),
+                ..access("session")
+            },
+            Self::Output {
+                session_id,
+                sequence,
+            } => ReviewAccess {
+                session_id: Some(session_id),
+                sequence: Some(sequence),
+                outputs: Some(true),
+                ..access("output")
+            },
+            Self::Search { query } => ReviewAccess {
+                query: Some(query),
+                ..access("search")
+            },
+            Self::Download {
+                session_id,
+                outputs,
+            } => ReviewAccess {
+                session_id: Some(session_id),
+                outputs: Some(outputs),
+                ..access("download")
+            },
+            Self::Health => access("health"),
+            Self::Running => access("running"),
+        }
+    }
+}
+
 /// A reviewer's mark on a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mark {
     Reviewed,
     Flagged,
+}
+
+impl Mark {
+    /// `review.mark`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Reviewed => "reviewed",
+            Self::Flagged => "flagged",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,15 +157,67 @@ pub enum TrailError {
     Unavailable(String),
 }
 
-/// The writer of the console's records (one per `serve` process).
+/// The writer of the console's records (one per `serve` process; clones share it).
+/// [`Default`] is a trail with no collector: every view is refused.
 #[derive(Debug, Clone, Default)]
-pub struct ReviewTrail {}
+pub struct ReviewTrail {
+    writer: Option<Arc<Writer>>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    client: AuditClient,
+    /// This process's console session (`jupyter.session_id` of its records).
+    session_id: String,
+    waiting: Semaphore,
+}
+
+/// The console submits records only; it relays no messages.
+struct NoMessages;
+
+impl Recorder for NoMessages {
+    fn observed(&mut self, _: Observation) -> Option<Record> {
+        None
+    }
+
+    fn write_ahead(&mut self, _: Observation) -> Record {
+        Record::new()
+    }
+}
 
 impl ReviewTrail {
+    /// A trail through the collector listening on `socket`. Connects in the
+    /// background (and again whenever the connection breaks); must be called inside
+    /// the runtime.
+    pub fn connect(socket: PathBuf) -> Self {
+        let session_id = format!("console-{}", uuid::Uuid::new_v4());
+        let context = SessionContext {
+            session_id: session_id.clone(),
+            ..SessionContext::default()
+        };
+        // No Hub token: the collector knows the console by its OS account.
+        let (client, _task) = AuditClient::spawn(socket, context, Box::new(NoMessages));
+        tracing::info!(%session_id, "review trail: the console's views are recorded under this session");
+        Self {
+            writer: Some(Arc::new(Writer {
+                client,
+                session_id,
+                waiting: Semaphore::new(MAX_WAITING),
+            })),
+        }
+    }
+
+    /// The console session its records carry, if it has a collector.
+    pub fn session_id(&self) -> Option<&str> {
+        self.writer
+            .as_deref()
+            .map(|writer| writer.session_id.as_str())
+    }
+
     /// Records that `reviewer` viewed `viewed`; returns once the record is on disk.
     pub async fn viewed(&self, reviewer: &Reviewer, viewed: Viewed) -> Result<(), TrailError> {
-        let _ = (reviewer, viewed);
-        Ok(())
+        self.write(|session| review_record(session, &viewed.event(reviewer)))
+            .await
     }
 
     /// Records `reviewer`'s mark on a session with a note; returns once it is on disk.
@@ -69,7 +228,48 @@ impl ReviewTrail {
         mark: Mark,
         note: &str,
     ) -> Result<(), TrailError> {
-        let _ = (reviewer, session_id, mark, note);
-        Ok(())
+        let event = ReviewMark {
+            reviewer: reviewer.fields(),
+            view: MARK_VIEW.to_owned(),
+            session_id: session_id.to_owned(),
+            mark: mark.as_str().to_owned(),
+            note: note.to_owned(),
+        };
+        self.write(|session| review_record(session, &event)).await
+    }
+
+    async fn write(&self, record: impl FnOnce(&str) -> Record) -> Result<(), TrailError> {
+        let Some(writer) = &self.writer else {
+            return Err(TrailError::Unavailable(
+                "the console has no collector to record views to".into(),
+            ));
+        };
+        let record = record(&writer.session_id);
+        let stored = async {
+            let _place = writer
+                .waiting
+                .acquire()
+                .await
+                .map_err(|_| TrailError::Unavailable("the console is stopping".into()))?;
+            writer
+                .client
+                .submit_durable(record)
+                .wait(PATIENCE)
+                .await
+                .map_err(|error| TrailError::Unavailable(error.to_string()))
+        };
+        match tokio::time::timeout(PATIENCE, stored).await {
+            Ok(Ok(_sequence)) => Ok(()),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "a view could not be recorded; it is not shown");
+                Err(error)
+            }
+            Err(_) => {
+                tracing::warn!("a view was not recorded in time; it is not shown");
+                Err(TrailError::Unavailable(format!(
+                    "the collector did not confirm the record within {PATIENCE:?}"
+                )))
+            }
+        }
     }
 }

@@ -36,13 +36,16 @@ pub fn action(value: &Value) -> &str {
     str_at(value, &["event", "action"]).unwrap_or_default()
 }
 
-/// The event a record of `E`'s action holds, read through its type from `jupyter`
-/// (proxy events) or `collector` (the collector's). Missing fields take their
+/// The event a record of `E`'s action holds, read through its type from `review` (the
+/// console's events), `jupyter` (proxy events) or `collector` (the collector's; the
+/// console's records have a `jupyter` object too, so `review` is looked at first, and
+/// only the console's records have one). Missing fields take their
 /// defaults; a record whose fields have the wrong types was not written by
 /// jupyter-audit and reads as the default event.
 pub fn event<E: AuditEvent + Default>(value: &Value) -> E {
     value
-        .get("jupyter")
+        .get("review")
+        .or_else(|| value.get("jupyter"))
         .or_else(|| value.get("collector"))
         .and_then(E::read)
         .unwrap_or_default()

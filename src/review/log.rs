@@ -218,6 +218,18 @@ fn event_summary(action: Action, value: &Value) -> String {
                 unattested.reason, unattested.policy, unattested.detail
             )
         }
+        Action::ReviewAccess => review_access(&fields::event(value)),
+        Action::ReviewMark => {
+            let mark: events::ReviewMark = fields::event(value);
+            let mut line = format!(
+                "{} marked session {} {}",
+                mark.reviewer.name, mark.session_id, mark.mark
+            );
+            if !mark.note.is_empty() {
+                line.push_str(&format!(": {}", mark.note));
+            }
+            line
+        }
         Action::ParentExited
         | Action::CollectorStop
         | Action::LimitExceeded
@@ -225,6 +237,36 @@ fn event_summary(action: Action, value: &Value) -> String {
         | Action::RecordRefused
         | Action::RefusalsSuppressed => String::new(),
     }
+}
+
+/// What a reviewer looked at, in one line: who, which page, and what on it.
+fn review_access(access: &events::ReviewAccess) -> String {
+    let session = access.session_id.as_deref().unwrap_or("?");
+    let query = access.query.as_deref().unwrap_or_default();
+    let mut line = match access.view.as_str() {
+        "sessions" if query.is_empty() => "viewed the sessions list".to_owned(),
+        "sessions" => format!("viewed the sessions list {query:?}"),
+        "timeline" => format!(
+            "viewed the timeline of {}",
+            access.user.as_deref().unwrap_or("?")
+        ),
+        "session" => format!("viewed session {session}"),
+        "output" => format!(
+            "viewed output #{} of session {session}",
+            access.sequence.unwrap_or_default()
+        ),
+        "search" => format!("searched {query:?}"),
+        "download" => format!("downloaded session {session}"),
+        "health" => "viewed the store's health".to_owned(),
+        "running" => "viewed the running sessions".to_owned(),
+        other => format!("viewed {other}"),
+    };
+    match (access.view.as_str(), access.outputs) {
+        ("session" | "download", Some(true)) => line.push_str(" with outputs"),
+        ("session" | "download", Some(false)) => line.push_str(" without outputs"),
+        _ => {}
+    }
+    format!("{} {line}", access.reviewer.name)
 }
 
 /// What a record of a Jupyter message says.
@@ -399,6 +441,38 @@ mod tests {
 
     fn summary_of(action: &str, jupyter: Value) -> String {
         summary(&json!({"event": {"action": action}, "jupyter": jupyter}))
+    }
+
+    #[test]
+    fn review_records_say_who_looked_at_what() {
+        let reviewer = json!({"name": "auditor", "scopes": ["custom:jupyter-audit:read"]});
+        let review = |action: &str, review: Value| {
+            summary(&json!({"event": {"action": action},
+                            "jupyter": {"session_id": "console-1"}, "review": review}))
+        };
+        assert_eq!(
+            review(
+                "review_access",
+                json!({"reviewer": reviewer, "view": "output", "session_id": "s1",
+                       "sequence": 42, "outputs": true})
+            ),
+            "auditor viewed output #42 of session s1"
+        );
+        assert_eq!(
+            review(
+                "review_access",
+                json!({"reviewer": reviewer, "view": "search", "query": "os.remove"})
+            ),
+            "auditor searched \"os.remove\""
+        );
+        assert_eq!(
+            review(
+                "review_mark",
+                json!({"reviewer": reviewer, "view": "mark", "session_id": "s1",
+                       "mark": "reviewed", "note": "fine"})
+            ),
+            "auditor marked session s1 reviewed: fine"
+        );
     }
 
     #[test]

@@ -70,8 +70,12 @@ pub struct SessionKey {
 
 impl SessionKey {
     /// The session a record belongs to; None for records outside sessions (the
-    /// collector's own).
+    /// collector's own, and the review console's: their `jupyter.session_id` is the
+    /// console process's, not a kernel's).
     pub fn of(value: &Value) -> Option<Self> {
+        if Action::from_name(fields::action(value)).is_some_and(Action::is_review) {
+            return None;
+        }
         Some(SessionKey {
             session_id: fields::jupyter(value, "session_id")?.to_owned(),
             user_id: fields::os_user_id(value).unwrap_or_default().to_owned(),

@@ -132,6 +132,7 @@ fn samples() -> Vec<Sample> {
                 cache_max_age_secs: 60,
                 client_certificate: true,
             }),
+            console_users: vec![text()],
         }),
         sample(CollectorStop {}),
         sample(LimitExceeded {
@@ -181,6 +182,28 @@ fn samples() -> Vec<Sample> {
             detail: text(),
             policy: "required".into(),
         }),
+        sample(ReviewAccess {
+            reviewer: ReviewerFields {
+                name: "auditor".into(),
+                scopes: vec!["custom:jupyter-audit:read".into()],
+            },
+            view: "output".into(),
+            session_id: Some(text()),
+            user: Some(text()),
+            query: Some(text()),
+            sequence: Some(7),
+            outputs: Some(true),
+        }),
+        sample(ReviewMark {
+            reviewer: ReviewerFields {
+                name: "auditor".into(),
+                scopes: vec!["custom:jupyter-audit:read".into()],
+            },
+            view: MARK_VIEW.into(),
+            session_id: text(),
+            mark: "flagged".into(),
+            note: text(),
+        }),
         sample(IdentityUnattested {
             refused: false,
             reason: "missing_token".into(),
@@ -229,7 +252,7 @@ fn assert_declared(schema: &Value, node: &Value, fields: &Map<String, Value>, pa
 }
 
 /// The actions an `if` of the schema's `allOf` selects, and the fields its `then`
-/// requires of `jupyter` or `collector` (and `event.outcome`'s const, as
+/// requires of `jupyter`, `collector` or `review` (and `event.outcome`'s const, as
 /// `outcome=<value>`).
 fn required_by_action(schema: &Value) -> Vec<(String, Vec<String>)> {
     let mut rules = Vec::new();
@@ -242,7 +265,11 @@ fn required_by_action(schema: &Value) -> Vec<(String, Vec<String>)> {
             _ => continue,
         };
         let then = &rule["then"]["properties"];
-        let required = [&then["jupyter"]["required"], &then["collector"]["required"]];
+        let required = [
+            &then["jupyter"]["required"],
+            &then["collector"]["required"],
+            &then["review"]["required"],
+        ];
         let mut required: Vec<String> = required
             .into_iter()
             .filter_map(Value::as_array)
@@ -305,11 +332,8 @@ fn every_field_written_is_in_the_schema_and_every_required_one_is_written() {
     let covered: BTreeSet<Action> = samples.iter().map(|sample| sample.action).collect();
     assert_eq!(covered.len(), Action::ALL.len(), "a sample of every action");
     for Sample { action, fields, .. } in &samples {
-        let (object, node) = if action.is_collectors() {
-            ("collector", &schema["properties"]["collector"])
-        } else {
-            ("jupyter", &schema["properties"]["jupyter"])
-        };
+        let object = action.fields_object();
+        let node = &schema["properties"][object];
         assert_declared(&schema, node, fields, &format!("{action}: {object}"));
     }
     let rules = required_by_action(&schema);
