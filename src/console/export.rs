@@ -46,14 +46,19 @@
 //!   would hand out other users' data. Records before such a gap are consistent (hash and
 //!   neighbour links) but not authenticated offline, and the verifier says so; what lies
 //!   in a gap (another session's record, or a record of this session that was left out)
-//!   is not known offline. Checking those parts needs the store (`jupyter-audit verify`
-//!   there, or the console); `verify-export --strict` fails when anything is left
-//!   unproven.
+//!   is not known offline. Checking those parts needs the store (below);
+//!   `verify-export --strict` fails when anything is left unproven.
 //! - The notebook is rebuilt from the exported records with replay's code and compared
 //!   with the file: cells (code, outputs, execution counts, cell metadata) and notebook
 //!   metadata, except what does not come from the records (`state` of a session without
 //!   an end, which depends on whether its process ran at export time; `store`, the path
 //!   it was read from; `generator`).
+//!
+//! With the store at hand (`verify-export --store DIR`), [`check_against_store`] closes
+//! what offline checks leave open: each exported line is the store's line at its
+//! sequence, the chain from the first exported record through the records not exported
+//! recomputes to the checkpoint's signed hash, and the store holds no record of the
+//! session up to the export's last one that the export should carry and does not.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -788,7 +793,125 @@ pub fn run_verify_export(options: &VerifyExportOptions) -> Result<ExportReport, 
             Some(store::store_id(dir)?.to_string()),
         ),
     };
-    Ok(verify_export(&bytes, &key, store_id.as_deref()))
+    let mut report = verify_export(&bytes, &key, store_id.as_deref());
+    if let PublicKeySource::Store(dir) = &options.key
+        && report.passed()
+        && let Some(proof) = read_proof(&bytes)
+    {
+        check_against_store(&proof, dir, &mut report)?;
+    }
+    Ok(report)
+}
+
+/// The proof of an export, if it has one that reads.
+fn read_proof(bytes: &[u8]) -> Option<Proof> {
+    let notebook: Value = serde_json::from_slice(bytes).ok()?;
+    let proof = notebook.pointer(&format!("/metadata/jupyter_audit/{PROOF_KEY}"))?;
+    serde_json::from_value(proof.clone()).ok()
+}
+
+/// With the store at hand, what offline checks leave open: every exported line is the
+/// store's line at its sequence, the chain from the first exported record through the
+/// records not exported recomputes to the checkpoint's signed hash, and the store holds
+/// no record of the session that the export should carry and does not. When that holds,
+/// nothing is left unproven.
+pub fn check_against_store(
+    proof: &Proof,
+    dir: &Path,
+    report: &mut ExportReport,
+) -> Result<(), ExportError> {
+    let (Some(first), Some(end)) = (proof.records.first(), proof.checkpoint.chain_hash_bytes())
+    else {
+        return Ok(());
+    };
+    let first = first.sequence;
+    let last = proof.records.last().map_or(first, |record| record.sequence);
+    let expected = SessionKey {
+        session_id: proof.session_id.clone(),
+        user_id: proof.user_id.clone(),
+    };
+    let exported: std::collections::HashMap<u64, &str> = proof
+        .records
+        .iter()
+        .map(|record| (record.sequence, record.line.as_str()))
+        .collect();
+    let before = report.outcomes.len();
+    let mut previous: Option<(u64, record::ChainHash)> = None;
+    let mut reached = false;
+    for stored in store::Reader::open(dir)? {
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(error) => {
+                report.failed(format!("the store: {error}"));
+                continue;
+            }
+        };
+        let sequence = stored.sequence;
+        let of_session = SessionKey::of(&stored.value).as_ref() == Some(&expected);
+        // Up to the last exported record: a running session goes on after its export.
+        let should_be_exported = of_session
+            && sequence <= last
+            && (proof.outputs || holds_no_output(fields::action(&stored.value)));
+        match exported.get(&sequence) {
+            Some(line) if *line != stored.raw => report.failed(format!(
+                "record {sequence} is not the store's record at that sequence"
+            )),
+            None if should_be_exported => report.failed(format!(
+                "the store holds record {sequence} of this session ({}), which the export leaves out",
+                fields::action(&stored.value)
+            )),
+            _ => {}
+        }
+        if sequence < first || sequence > proof.checkpoint.sequence {
+            continue;
+        }
+        let Ok(unsealed) = record::unseal(stored.raw.as_bytes()) else {
+            report.failed(format!(
+                "the store's record {sequence} is not a stored line"
+            ));
+            continue;
+        };
+        if !unsealed.hash_matches() {
+            report.failed(format!(
+                "the store's record {sequence} does not match its hash"
+            ));
+        }
+        if let Some((at, hash)) = previous
+            && (at + 1 != sequence || unsealed.prev != hash)
+        {
+            report.failed(format!(
+                "the store's chain breaks between records {at} and {sequence}"
+            ));
+        }
+        previous = Some((sequence, unsealed.hash));
+        if sequence == proof.checkpoint.sequence {
+            reached = true;
+            if unsealed.hash != end {
+                report.failed(format!(
+                    "the store's chain hash at {sequence} is not the one the checkpoint signs"
+                ));
+            }
+        }
+    }
+    if !reached {
+        report.failed(format!(
+            "the store does not reach the checkpoint's sequence {}",
+            proof.checkpoint.sequence
+        ));
+    }
+    if report.outcomes.len() == before {
+        report
+            .outcomes
+            .retain(|outcome| !matches!(outcome, Outcome::Unproven(_)));
+        report.verified(format!(
+            "against the store: every exported record is the store's line at its sequence, \
+             the chain from record {first} to the checkpoint at {} (through the records not \
+             exported) recomputes to the signed hash, and the export leaves out no record of \
+             the session it should carry",
+            proof.checkpoint.sequence
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1085,8 +1208,16 @@ mod tests {
         let mut removed = notebook.clone();
         lines(&mut removed).remove(3);
         removed["cells"][0]["outputs"] = json!([]);
+        removed["metadata"]["jupyter_audit"]["records"] = json!(8);
         let report = verify(&removed, &key);
+        // Offline, the gap it leaves is not a failure: only what follows it is proven.
+        assert!(report.passed(), "{report}");
         assert!(!report.fully_proven(), "{report}");
+        assert!(
+            report
+                .to_string()
+                .contains("records 5..=9 are in the signed store")
+        );
 
         // Another session's record slipped in.
         let mut foreign = notebook;
@@ -1124,6 +1255,69 @@ mod tests {
             Some("00000000-0000-0000-0000-000000000000"),
         );
         assert_fails(&report, "not this store");
+    }
+
+    fn against_store(notebook: &Value, dir: &Path, key: &VerifyingKey) -> ExportReport {
+        let bytes = serde_json::to_vec(notebook).unwrap();
+        let mut report = verify_export(&bytes, key, None);
+        check_against_store(&read_proof(&bytes).unwrap(), dir, &mut report).unwrap();
+        report
+    }
+
+    #[test]
+    fn with_the_store_what_offline_checks_leave_open_is_proven_or_caught() {
+        let (_tmp, dir, key) = store();
+        for outputs in [true, false] {
+            let notebook = exported(&dir, "bob-s", outputs);
+            assert!(!verify(&notebook, &key).fully_proven());
+            let report = against_store(&notebook, &dir, &key);
+            assert!(report.fully_proven(), "{report}");
+            assert!(report.to_string().contains("against the store"), "{report}");
+        }
+
+        // A record of the session left out of the proof, with what it showed: consistent
+        // offline, caught against the store.
+        let mut removed = exported(&dir, "bob-s", true);
+        lines(&mut removed).remove(3);
+        removed["cells"][0]["outputs"] = json!([]);
+        removed["metadata"]["jupyter_audit"]["records"] = json!(8);
+        assert!(
+            verify(&removed, &key).passed(),
+            "{}",
+            verify(&removed, &key)
+        );
+        assert_fails(
+            &against_store(&removed, &dir, &key),
+            "which the export leaves out",
+        );
+
+        // A record rewritten and rehashed, with its cell: offline only the broken link to
+        // a neighbour could show it; the store does.
+        let mut rewritten = exported(&dir, "bob-s", true);
+        let line = rewritten["metadata"]["jupyter_audit"]["export"]["records"][1]["line"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let unsealed = record::unseal(line.as_bytes()).unwrap();
+        let body = String::from_utf8(unsealed.body)
+            .unwrap()
+            .replace("42", "41");
+        let hash = record::chain_hash(&unsealed.prev, body.as_bytes());
+        lines(&mut rewritten)[1]["line"] = json!(format!(
+            "{},\"chain\":{{\"prev\":\"{}\",\"hash\":\"{}\"}}}}",
+            &body[..body.len() - 1],
+            hex::encode(unsealed.prev),
+            hex::encode(hash)
+        ));
+        rewritten["cells"][0]["source"] = json!("print('total', 41)");
+        assert!(
+            verify(&rewritten, &key).passed(),
+            "bob's records are not neighbours"
+        );
+        assert_fails(
+            &against_store(&rewritten, &dir, &key),
+            "is not the store's record at that sequence",
+        );
     }
 
     #[test]
