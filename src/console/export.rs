@@ -61,6 +61,7 @@
 //! session up to the export's last one that the export should carry and does not.
 
 use std::io::Write;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::VerifyingKey;
@@ -166,13 +167,93 @@ pub fn export_session(
 ) -> Result<Export, ExportError> {
     let mut warnings = Vec::new();
     let result = export(store, session_id, None, outputs, &mut warnings);
+    log_warnings(&warnings);
+    result
+}
+
+/// The same for a session whose records the console's index places within `sequences`
+/// (its row's first and last sequence): only the segments that hold them are read, so
+/// an export from a large store takes the time its session takes. Records of the session
+/// after the range (a session still running) are not in it.
+pub fn export_session_within(
+    store: &Path,
+    session_id: &str,
+    sequences: RangeInclusive<u64>,
+    outputs: bool,
+) -> Result<Export, ExportError> {
+    let mut warnings = Vec::new();
+    let result = (|| {
+        let records = session_records_within(store, session_id, &sequences, &mut warnings)?;
+        let key = records
+            .first()
+            .and_then(|record| SessionKey::of(&record.value))
+            .ok_or_else(|| ReviewError::NoSession(session_id.to_owned()))?;
+        assemble(store, key, records, outputs)
+    })();
+    log_warnings(&warnings);
+    result
+}
+
+/// The records of `session_id` (an exact id, one user) within `sequences`.
+fn session_records_within(
+    store_dir: &Path,
+    session_id: &str,
+    sequences: &RangeInclusive<u64>,
+    warnings: &mut dyn Write,
+) -> Result<Vec<StoredRecord>, ExportError> {
+    let reader = store::Reader::open(store_dir)?.starting_at(*sequences.start());
+    let last_segment = reader.segments().last().map(|entry| entry.path.clone());
+    let mut records: Vec<StoredRecord> = Vec::new();
+    let mut unreadable = 0;
+    for item in reader {
+        let record = match item {
+            Ok(record) => record,
+            Err(error) => {
+                let in_progress = matches!(error.kind, store::ReadErrorKind::Torn { .. })
+                    && Some(&error.segment) == last_segment.as_ref();
+                if !in_progress {
+                    unreadable += 1;
+                }
+                let _ = writeln!(warnings, "jupyter-audit: warning: {error}: skipped");
+                continue;
+            }
+        };
+        if record.sequence > *sequences.end() {
+            break;
+        }
+        if record.sequence < *sequences.start() {
+            continue;
+        }
+        let Some(key) = SessionKey::of(&record.value) else {
+            continue;
+        };
+        if key.session_id != session_id {
+            continue;
+        }
+        if let Some(first) = records.first().and_then(|r| SessionKey::of(&r.value))
+            && first.user_id != key.user_id
+        {
+            return Err(ReviewError::AmbiguousSession {
+                prefix: session_id.to_owned(),
+                matches: format!("uid {} and uid {}", first.user_id, key.user_id),
+            }
+            .into());
+        }
+        records.push(record);
+    }
+    if unreadable > 0 {
+        return Err(ReviewError::Unreadable { count: unreadable }.into());
+    }
+    Ok(records)
+}
+
+fn log_warnings(warnings: &[u8]) {
     if !warnings.is_empty() {
         tracing::warn!(
-            warnings = %String::from_utf8_lossy(&warnings).trim_end(),
+            warnings = %String::from_utf8_lossy(warnings).trim_end(),
             "reading the store for an export"
         );
     }
-    result
 }
 
 /// The export of the one session that `session` (its id, or the start of it; an exact
@@ -186,6 +267,17 @@ pub fn export(
     warnings: &mut dyn Write,
 ) -> Result<Export, ExportError> {
     let (key, records) = session_records(store_dir, session, user, warnings)?;
+    assemble(store_dir, key, records, outputs)
+}
+
+/// The export of `records`, all of the session `key`, in store order.
+fn assemble(
+    store_dir: &Path,
+    key: SessionKey,
+    records: Vec<StoredRecord>,
+    outputs: bool,
+) -> Result<Export, ExportError> {
+    let session = key.session_id.as_str();
     let last = records
         .last()
         .map(|record| record.sequence)
@@ -1318,6 +1410,45 @@ mod tests {
             &against_store(&rewritten, &dir, &key),
             "is not the store's record at that sequence",
         );
+    }
+
+    #[test]
+    fn the_consoles_range_export_reads_only_the_segments_of_the_session() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let config = StoreConfig {
+            segment_max_bytes: 2000,
+            ..StoreConfig::new(&dir)
+        };
+        let store = store::open(config).unwrap().0;
+        append(&store, session("alice-s", "alice"));
+        append(&store, session("bob-s", "bob"));
+        store.shutdown_blocking().unwrap();
+
+        let whole = export(&dir, "bob-s", None, true, &mut Vec::new()).unwrap();
+        let notebook: Value = serde_json::from_slice(&whole.bytes).unwrap();
+        let sequences: Vec<u64> = notebook["metadata"]["jupyter_audit"]["export"]["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|record| record["sequence"].as_u64().unwrap())
+            .collect();
+        let range = sequences[0]..=sequences[sequences.len() - 1];
+        let within = export_session_within(&dir, "bob-s", range.clone(), true).unwrap();
+        assert_eq!(within.bytes, whole.bytes);
+        assert_eq!(within.file_name, "jupyter-audit-bob-s.ipynb");
+
+        // Alice's first segment is not read at all: damaged, it fails a whole scan, not
+        // the range export.
+        let segments = crate::store::layout::list_segments(&dir).unwrap();
+        assert!(segments.len() > 2, "{segments:?}");
+        let first = &segments[0].path;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(first, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(first, "not a record\n").unwrap();
+        assert!(export(&dir, "bob-s", None, true, &mut Vec::new()).is_err());
+        let within = export_session_within(&dir, "bob-s", range, true).unwrap();
+        assert_eq!(within.bytes, whole.bytes);
     }
 
     #[test]
