@@ -50,9 +50,9 @@
 //!   `verify-export --strict` fails when anything is left unproven.
 //! - The notebook is rebuilt from the exported records with replay's code and compared
 //!   with the file: cells (code, outputs, execution counts, cell metadata) and notebook
-//!   metadata, except what does not come from the records (`state` of a session without
-//!   an end, which depends on whether its process ran at export time; `store`, the path
-//!   it was read from; `generator`).
+//!   metadata, except what does not come from the records (`state` and `end_reason` of a
+//!   session without a recorded end, which depend on whether its process ran at export
+//!   time; `store`, the path it was read from; `generator`).
 //!
 //! With the store at hand (`verify-export --store DIR`), [`check_against_store`] closes
 //! what offline checks leave open: each exported line is the store's line at its
@@ -85,7 +85,10 @@ pub const CONTENT_TYPE: &str = "application/x-ipynb+json";
 /// Where the proof sits in the notebook's metadata (under `jupyter_audit`).
 const PROOF_KEY: &str = "export";
 /// Keys of the notebook's `metadata.jupyter_audit` that do not come from the records.
-const NOT_FROM_RECORDS: [&str; 4] = [PROOF_KEY, "state", "store", "generator"];
+const NOT_FROM_RECORDS: [&str; 3] = [PROOF_KEY, "store", "generator"];
+/// Keys that come from whether the proxy ran at export time, for a session without a
+/// recorded end.
+const FROM_LIVENESS: [&str; 2] = ["state", "end_reason"];
 
 /// The proof in `metadata.jupyter_audit.export` (see the module doc).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -828,6 +831,9 @@ fn check_notebook(notebook: &Value, records: &[StoredRecord], report: &mut Expor
             }
         ));
     }
+    let ended = rebuilt
+        .pointer("/metadata/jupyter_audit/end")
+        .is_some_and(|end| !end.is_null());
     let rest = |notebook: &Value| {
         let mut rest = notebook.clone();
         if let Some(object) = rest.as_object_mut() {
@@ -837,15 +843,21 @@ fn check_notebook(notebook: &Value, records: &[StoredRecord], report: &mut Expor
             for key in NOT_FROM_RECORDS {
                 audit.remove(key);
             }
+            if !ended {
+                for key in FROM_LIVENESS {
+                    audit.remove(key);
+                }
+            }
         }
         rest
     };
-    if rest(notebook) != rest(&rebuilt) {
+    let (given, expected) = (rest(notebook), rest(&rebuilt));
+    if given != expected {
         same = false;
-        report.failed(
-            "the notebook's metadata (kernel, session, user, times, sequences) differs from \
-             what the records say",
-        );
+        report.failed(format!(
+            "the notebook's metadata differs from what the records say: {}",
+            differing_keys(&given, &expected).join(", ")
+        ));
     }
     if same {
         report.verified(format!(
@@ -854,6 +866,35 @@ fn check_notebook(notebook: &Value, records: &[StoredRecord], report: &mut Expor
             cells.len()
         ));
     }
+}
+
+/// The paths (`metadata.jupyter_audit.user`, …) where two JSON values differ, down to
+/// the keys of `metadata.jupyter_audit`.
+fn differing_keys(given: &Value, expected: &Value) -> Vec<String> {
+    fn walk(path: &str, depth: usize, given: &Value, expected: &Value, out: &mut Vec<String>) {
+        match (given, expected) {
+            (Value::Object(a), Value::Object(b)) if depth < 3 => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for key in keys {
+                    let (x, y) = (a.get(key), b.get(key));
+                    if x != y {
+                        let inner = format!("{path}.{key}");
+                        walk(
+                            &inner,
+                            depth + 1,
+                            x.unwrap_or(&Value::Null),
+                            y.unwrap_or(&Value::Null),
+                            out,
+                        );
+                    }
+                }
+            }
+            _ => out.push(path.trim_start_matches('.').to_owned()),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", 0, given, expected, &mut out);
+    out
 }
 
 /// Where `verify-export` takes the store's public key from.
@@ -1237,7 +1278,7 @@ mod tests {
 
         let mut metadata = notebook;
         metadata["metadata"]["jupyter_audit"]["user"]["name"] = json!("mallory");
-        assert_fails(&verify(&metadata, &key), "metadata");
+        assert_fails(&verify(&metadata, &key), "metadata.jupyter_audit.user");
     }
 
     fn lines(notebook: &mut Value) -> &mut Vec<Value> {
@@ -1449,6 +1490,38 @@ mod tests {
         assert!(export(&dir, "bob-s", None, true, &mut Vec::new()).is_err());
         let within = export_session_within(&dir, "bob-s", range, true).unwrap();
         assert_eq!(within.bytes, whole.bytes);
+    }
+
+    #[test]
+    fn a_running_session_verifies_whatever_its_state_was_at_export() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let store = store::open(StoreConfig::new(&dir)).unwrap().0;
+        // This process, on this host: the exporter sees the proxy running.
+        let host = nix::unistd::gethostname()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let now = OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let mut records = session("live-s", "alice");
+        records.pop();
+        for record in &mut records {
+            record.insert("@timestamp".into(), json!(now));
+            record.insert("host".into(), json!({"name": host}));
+            record.insert(
+                "process".into(),
+                json!({"pid": std::process::id(), "user": {"id": "uid-alice"}}),
+            );
+        }
+        append(&store, records);
+        store.shutdown_blocking().unwrap();
+        let key = store::read_public_key(&store::public_key_file(&dir)).unwrap();
+        let notebook = exported(&dir, "live-s", true);
+        assert_eq!(notebook["metadata"]["jupyter_audit"]["state"], "running");
+        let report = verify(&notebook, &key);
+        assert!(report.fully_proven(), "{report}");
     }
 
     #[test]
