@@ -69,6 +69,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use super::index::SessionRow;
 use crate::audit::events::Action;
 use crate::review::ReviewError;
 use crate::review::fields;
@@ -174,33 +175,37 @@ pub fn export_session(
     result
 }
 
-/// The same for a session whose records the console's index places within `sequences`
-/// (its row's first and last sequence): only the segments that hold them are read, so
-/// an export from a large store takes the time its session takes. Records of the session
-/// after the range (a session still running) are not in it.
+/// The export of the session of a row of the console's index (its session id, user id
+/// and sequence range): what the session page's download calls.
+pub fn export_row(store: &Path, row: &SessionRow, outputs: bool) -> Result<Export, ExportError> {
+    let key = SessionKey {
+        session_id: row.session_id.clone(),
+        user_id: row.user_id.clone(),
+    };
+    export_session_within(store, &key, row.first_sequence..=row.last_sequence, outputs)
+}
+
+/// The export of the session `key` whose records lie within `sequences` (as the
+/// console's index knows them): only the segments that hold them are read, so an export
+/// from a large store takes the time its session takes. Records of the session after the
+/// range (a session still running) are not in it.
 pub fn export_session_within(
     store: &Path,
-    session_id: &str,
+    key: &SessionKey,
     sequences: RangeInclusive<u64>,
     outputs: bool,
 ) -> Result<Export, ExportError> {
     let mut warnings = Vec::new();
-    let result = (|| {
-        let records = session_records_within(store, session_id, &sequences, &mut warnings)?;
-        let key = records
-            .first()
-            .and_then(|record| SessionKey::of(&record.value))
-            .ok_or_else(|| ReviewError::NoSession(session_id.to_owned()))?;
-        assemble(store, key, records, outputs)
-    })();
+    let result = session_records_within(store, key, &sequences, &mut warnings)
+        .and_then(|records| assemble(store, key.clone(), records, outputs));
     log_warnings(&warnings);
     result
 }
 
-/// The records of `session_id` (an exact id, one user) within `sequences`.
+/// The records of the session `key` within `sequences`, in store order.
 fn session_records_within(
     store_dir: &Path,
-    session_id: &str,
+    key: &SessionKey,
     sequences: &RangeInclusive<u64>,
     warnings: &mut dyn Write,
 ) -> Result<Vec<StoredRecord>, ExportError> {
@@ -224,28 +229,17 @@ fn session_records_within(
         if record.sequence > *sequences.end() {
             break;
         }
-        if record.sequence < *sequences.start() {
-            continue;
-        }
-        let Some(key) = SessionKey::of(&record.value) else {
-            continue;
-        };
-        if key.session_id != session_id {
-            continue;
-        }
-        if let Some(first) = records.first().and_then(|r| SessionKey::of(&r.value))
-            && first.user_id != key.user_id
+        if record.sequence >= *sequences.start()
+            && SessionKey::of(&record.value).as_ref() == Some(key)
         {
-            return Err(ReviewError::AmbiguousSession {
-                prefix: session_id.to_owned(),
-                matches: format!("uid {} and uid {}", first.user_id, key.user_id),
-            }
-            .into());
+            records.push(record);
         }
-        records.push(record);
     }
     if unreadable > 0 {
         return Err(ReviewError::Unreadable { count: unreadable }.into());
+    }
+    if records.is_empty() {
+        return Err(ReviewError::NoSession(key.session_id.clone()).into());
     }
     Ok(records)
 }
@@ -1475,7 +1469,11 @@ mod tests {
             .map(|record| record["sequence"].as_u64().unwrap())
             .collect();
         let range = sequences[0]..=sequences[sequences.len() - 1];
-        let within = export_session_within(&dir, "bob-s", range.clone(), true).unwrap();
+        let bob = SessionKey {
+            session_id: "bob-s".into(),
+            user_id: "uid-bob".into(),
+        };
+        let within = export_session_within(&dir, &bob, range.clone(), true).unwrap();
         assert_eq!(within.bytes, whole.bytes);
         assert_eq!(within.file_name, "jupyter-audit-bob-s.ipynb");
 
@@ -1488,8 +1486,16 @@ mod tests {
         std::fs::set_permissions(first, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(first, "not a record\n").unwrap();
         assert!(export(&dir, "bob-s", None, true, &mut Vec::new()).is_err());
-        let within = export_session_within(&dir, "bob-s", range, true).unwrap();
+        let within = export_session_within(&dir, &bob, range.clone(), true).unwrap();
         assert_eq!(within.bytes, whole.bytes);
+        let mallory = SessionKey {
+            user_id: "uid-mallory".into(),
+            ..bob
+        };
+        assert!(matches!(
+            export_session_within(&dir, &mallory, range, true),
+            Err(ExportError::Review(ReviewError::NoSession(_)))
+        ));
     }
 
     #[test]
