@@ -40,6 +40,10 @@
 //!   signed chain hash is that record's hash: the run of neighbouring records ending
 //!   there is authenticated — they are in the signed store exactly as exported, and no
 //!   record in that run was added, removed or changed.
+//! - Whether the export begins with the session's `session_start` and ends with its
+//!   `session_end`: an authenticated run says nothing of records of the session before
+//!   or after it (an export cut short under an earlier checkpoint, or a session still
+//!   running), so without them the verifier says the session may go beyond the export.
 //! - A link that crosses records of other sessions (interleaved users, or the output
 //!   records an export without outputs leaves out) cannot be checked without those
 //!   records' bytes; SHA-256 offers no way to skip them, and putting them in the export
@@ -58,7 +62,8 @@
 //! what offline checks leave open: each exported line is the store's line at its
 //! sequence, the chain from the first exported record through the records not exported
 //! recomputes to the checkpoint's signed hash, and the store holds no record of the
-//! session up to the export's last one that the export should carry and does not.
+//! session up to the export's last one that the export should carry and does not; it
+//! says how many records of the session the store holds after the export's last.
 
 use std::io::Write;
 use std::ops::RangeInclusive;
@@ -561,6 +566,7 @@ pub fn verify_export(bytes: &[u8], key: &VerifyingKey, store_id: Option<&str>) -
         return report;
     };
     check_chain(&proof, &checked, &mut report);
+    check_ends(&records, &mut report);
     check_notebook(&notebook, &records, &mut report);
     report
 }
@@ -784,6 +790,31 @@ fn check_chain(proof: &Proof, checked: &[Checked], report: &mut ExportReport) {
     }
 }
 
+/// Whether the export starts where the session started and ends where it ended: a run
+/// of records the checkpoint authenticates says nothing of records of the session before
+/// or after it.
+fn check_ends(records: &[StoredRecord], report: &mut ExportReport) {
+    fn action(record: Option<&StoredRecord>) -> &str {
+        record.map_or("", |record| fields::action(&record.value))
+    }
+    if action(records.first()) == Action::SessionStart.as_str() {
+        report.verified("the export starts with the session's session_start");
+    } else {
+        report.unproven(
+            "the export does not start with a session_start: whether the session has \
+             earlier records is not known offline",
+        );
+    }
+    if action(records.last()) == Action::SessionEnd.as_str() {
+        report.verified("the export ends with the session's session_end");
+    } else {
+        report.unproven(
+            "the export does not end with a session_end (a session still running, or cut \
+             short): later records of the session are not covered",
+        );
+    }
+}
+
 /// Rebuilds the notebook from the records with replay's code and compares.
 fn check_notebook(notebook: &Value, records: &[StoredRecord], report: &mut ExportReport) {
     let Some(rebuilt) = replay::notebook_of(records, "", &Offline) else {
@@ -965,6 +996,7 @@ pub fn check_against_store(
     let before = report.outcomes.len();
     let mut previous: Option<(u64, record::ChainHash)> = None;
     let mut reached = false;
+    let mut later = 0u64;
     for stored in store::Reader::open(dir)? {
         let stored = match stored {
             Ok(stored) => stored,
@@ -975,10 +1007,13 @@ pub fn check_against_store(
         };
         let sequence = stored.sequence;
         let of_session = SessionKey::of(&stored.value).as_ref() == Some(&expected);
-        // Up to the last exported record: a running session goes on after its export.
-        let should_be_exported = of_session
-            && sequence <= last
-            && (proof.outputs || holds_no_output(fields::action(&stored.value)));
+        let should_be_exported =
+            of_session && (proof.outputs || holds_no_output(fields::action(&stored.value)));
+        // After the last exported record: a running session goes on after its export.
+        if should_be_exported && sequence > last {
+            later += 1;
+            continue;
+        }
         match exported.get(&sequence) {
             Some(line) if *line != stored.raw => report.failed(format!(
                 "record {sequence} is not the store's record at that sequence"
@@ -1037,6 +1072,12 @@ pub fn check_against_store(
              the session it should carry",
             proof.checkpoint.sequence
         ));
+        if later > 0 {
+            report.unproven(format!(
+                "the store holds {later} record(s) of the session after the export's last: \
+                 the session went on after the export (or the export was cut short)"
+            ));
+        }
     }
     Ok(())
 }
@@ -1527,7 +1568,59 @@ mod tests {
         let notebook = exported(&dir, "live-s", true);
         assert_eq!(notebook["metadata"]["jupyter_audit"]["state"], "running");
         let report = verify(&notebook, &key);
-        assert!(report.fully_proven(), "{report}");
+        assert!(report.passed(), "{report}");
+        // All of it is authenticated, but without a session_end nothing says it is all.
+        let unproven: Vec<&Outcome> = report
+            .outcomes
+            .iter()
+            .filter(|outcome| matches!(outcome, Outcome::Unproven(_)))
+            .collect();
+        assert_eq!(unproven.len(), 1, "{report}");
+        assert!(
+            report
+                .to_string()
+                .contains("does not end with a session_end")
+        );
+    }
+
+    #[test]
+    fn an_export_cut_short_at_a_checkpoint_is_not_taken_for_the_whole_session() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let mut records = session("alice-s", "alice");
+        let rest = records.split_off(5);
+        let store = store::open(StoreConfig::new(&dir)).unwrap().0;
+        append(&store, records);
+        // A checkpoint in the middle of the session (as the timer makes them).
+        store.shutdown_blocking().unwrap();
+        let store = store::open(StoreConfig::new(&dir)).unwrap().0;
+        append(&store, rest);
+        store.shutdown_blocking().unwrap();
+        let key = store::read_public_key(&store::public_key_file(&dir)).unwrap();
+
+        // An exporter who leaves out the session's last cell: records 1..=5, under the
+        // checkpoint signed at 5.
+        let (session_key, mut all) =
+            session_records(&dir, "alice-s", None, &mut Vec::new()).unwrap();
+        all.truncate(5);
+        let cut = assemble(&dir, session_key, all, true).unwrap();
+        let cut: Value = serde_json::from_slice(&cut.bytes).unwrap();
+        assert_eq!(cut["cells"].as_array().unwrap().len(), 1);
+        let report = verify(&cut, &key);
+        assert!(report.passed(), "{report}");
+        assert!(!report.fully_proven(), "{report}");
+        assert!(
+            report
+                .to_string()
+                .contains("does not end with a session_end")
+        );
+        let report = against_store(&cut, &dir, &key);
+        assert!(!report.fully_proven(), "{report}");
+        assert!(
+            report
+                .to_string()
+                .contains("4 record(s) of the session after")
+        );
     }
 
     #[test]
