@@ -11,6 +11,7 @@ use jupyter_audit::config::{
     DEFAULT_CONFIG_PATH, KernelAuditOptions, LimitsSection, OnAuditFailure,
 };
 use jupyter_audit::connection::KernelTransport;
+use jupyter_audit::console::export::{ExportOptions, PublicKeySource, VerifyExportOptions};
 use jupyter_audit::kernelspec::InstallOptions;
 use jupyter_audit::postgres::connect::PostgresOptions;
 use jupyter_audit::postgres::review::StoreSelection;
@@ -48,6 +49,15 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// Rebuild a session as a notebook (.ipynb) of what ran and what it displayed.
     Replay(ReplayArgs),
+    /// Write a session as a notebook (what `replay` writes) that carries its proof: the
+    /// records it is built from, with their chain hashes, and the signed checkpoint that
+    /// covers them, for `verify-export` to check offline.
+    Export(ExportArgs),
+    /// Check an export offline with the store's public key: the notebook against its
+    /// records, their hashes and links, the checkpoint's signature. Exit 0 when no check
+    /// failed, 1 when one did (or, with --strict, when something is left unproven), 2 when
+    /// it cannot check.
+    VerifyExport(VerifyExportArgs),
     /// Run the review console, a web application, as a JupyterHub service (it reads the
     /// JUPYTERHUB_* environment the Hub gives a service).
     Serve(ServeArgs),
@@ -609,6 +619,77 @@ pub struct ReplayArgs {
     /// The notebook to write (`-`: stdout).
     #[arg(short = 'o', long = "output", value_name = "FILE.ipynb")]
     pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The store directory.
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+
+    /// The session: its id, or the start of it (as `sessions` shows it).
+    #[arg(long, value_name = "S")]
+    pub session: String,
+
+    /// The session's user (name or id), when several users' sessions share the id.
+    #[arg(long, value_name = "U")]
+    pub user: Option<String>,
+
+    /// Leave the outputs out (of the notebook and of the proof): code and counts only.
+    #[arg(long)]
+    pub no_outputs: bool,
+
+    /// The file to write (`-`: stdout).
+    #[arg(short = 'o', long = "out", value_name = "FILE.ipynb")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("key").required(true).args(["public_key", "store"])))]
+pub struct VerifyExportArgs {
+    /// The exported notebook.
+    #[arg(value_name = "FILE.ipynb")]
+    pub file: PathBuf,
+
+    /// The store's public key (64 hex digits, as `export-key` prints it), kept where the
+    /// store's writers cannot reach.
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
+
+    /// Take the public key (checkpoint.pub) and the store id from this store directory.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+
+    /// Fail (exit 1) also when part of the export cannot be proven offline.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+impl From<ExportArgs> for ExportOptions {
+    fn from(args: ExportArgs) -> Self {
+        ExportOptions {
+            store: args.store,
+            session: args.session,
+            user: args.user,
+            outputs: !args.no_outputs,
+            output: args.out,
+        }
+    }
+}
+
+impl From<&VerifyExportArgs> for VerifyExportOptions {
+    fn from(args: &VerifyExportArgs) -> Self {
+        let key = match (&args.public_key, &args.store) {
+            (Some(file), _) => PublicKeySource::File(file.clone()),
+            (None, Some(dir)) => PublicKeySource::Store(dir.clone()),
+            // clap requires one of the two.
+            (None, None) => PublicKeySource::File(PathBuf::new()),
+        };
+        VerifyExportOptions {
+            file: args.file.clone(),
+            key,
+        }
+    }
 }
 
 impl KernelArgs {

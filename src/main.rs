@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use cli::{
     Cli, CollectorArgs, Command, HubIdentityPolicy, KernelArgs, PostgresCommand, PostgresInitArgs,
-    VerifyArgs,
+    VerifyArgs, VerifyExportArgs,
 };
 use jupyter_audit::config::{self, ConfigFile, LimitsSection};
 use jupyter_audit::proxy::{self, ProxyConfig};
@@ -62,6 +62,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Log(args) => review::exit(review::log::run(&args.into())),
         Command::Sessions(args) => review::exit(review::sessions::run(&args.into())),
         Command::Replay(args) => review::exit(review::replay::run(&args.into())),
+        Command::Export(args) => run_export(args),
+        Command::VerifyExport(args) => run_verify_export(&args),
         Command::Serve(args) => run_serve(args),
         Command::Status(args) => {
             let status = jupyter_audit::postgres::status::read(&(&args).into())?;
@@ -255,6 +257,39 @@ fn run_kernel(args: KernelArgs) -> anyhow::Result<()> {
     let status = runtime.block_on(proxy::run(config))?;
     runtime.shutdown_background();
     launcher::exit_like(status)
+}
+
+/// `export`: exits 0 when written, else says why on stderr and exits 2 (as `replay`).
+fn run_export(args: cli::ExportArgs) -> ! {
+    use jupyter_audit::console::export;
+    match export::run_export(&args.into()) {
+        Ok(()) => std::process::exit(0),
+        Err(error) => {
+            eprintln!("jupyter-audit: {error}");
+            std::process::exit(2)
+        }
+    }
+}
+
+/// `verify-export`: prints what was checked; exits 0 when no check failed (and, with
+/// --strict, nothing is left unproven), 1 when one did, 2 when it cannot check.
+fn run_verify_export(args: &VerifyExportArgs) -> ! {
+    use jupyter_audit::console::export;
+    match export::run_verify_export(&args.into()) {
+        Ok(report) => {
+            print!("{report}");
+            let good = if args.strict {
+                report.fully_proven()
+            } else {
+                report.passed()
+            };
+            std::process::exit(if good { 0 } else { 1 })
+        }
+        Err(error) => {
+            eprintln!("jupyter-audit: {error}");
+            std::process::exit(2)
+        }
+    }
 }
 
 /// Prints the report; exits 0 when intact, 1 when tampered, 2 when it cannot check.

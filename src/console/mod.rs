@@ -6,10 +6,13 @@
 //!   prefix (from the environment the Hub gives every service), login with the Hub and the
 //!   HTTP server with its security headers. For now one page says who is signed in with
 //!   which scopes; the pages over the index come next (docs/console-notes.md).
+//! - [`export`]: a session as a notebook with the proof an auditor verifies offline (the
+//!   download, `export`, `verify-export`).
 //! - [`index`]: a rebuildable SQLite index beside the store (sessions, cells, code search),
 //!   caught up incrementally from the store, which stays the source of truth.
 
 pub mod auth;
+pub mod export;
 pub mod index;
 pub mod server;
 pub mod trail;

@@ -519,7 +519,7 @@ impl NotebookBuilder {
 }
 
 /// The notebook-level `jupyter_audit` metadata of a session.
-fn session_metadata(session: &Session, source: &RecordSource) -> Map<String, Value> {
+fn session_metadata(session: &Session, store: &str) -> Map<String, Value> {
     #[derive(Serialize)]
     struct Audit<'a> {
         session_id: &'a str,
@@ -531,7 +531,7 @@ fn session_metadata(session: &Session, source: &RecordSource) -> Map<String, Val
         end: &'a Option<String>,
         state: &'static str,
         end_reason: &'a Option<String>,
-        store: String,
+        store: &'a str,
         sequence: Value,
         records: u64,
         generator: String,
@@ -548,7 +548,7 @@ fn session_metadata(session: &Session, source: &RecordSource) -> Map<String, Val
         end: &session.end,
         state: session.state.as_str(),
         end_reason: &session.end_reason,
-        store: source.label(),
+        store,
         sequence: json!({"first": session.first_sequence, "last": session.last_sequence}),
         records: session.records,
         generator: format!("jupyter-audit replay {}", env!("CARGO_PKG_VERSION")),
@@ -615,7 +615,33 @@ pub fn build(
     let builder = builders
         .remove(&key)
         .ok_or_else(|| ReviewError::NoSession(session.to_owned()))?;
-    Ok((builder.finish(session_metadata(&summary, source)), report))
+    Ok((
+        builder.finish(session_metadata(&summary, &source.label())),
+        report,
+    ))
+}
+
+/// The notebook of one session from records already picked out of the store (those of
+/// one session and user, in store order), exactly as `replay` builds it from all of
+/// them; `store` names where they came from. None when no record belongs to a session.
+/// The console's export and `verify-export` build (and rebuild) notebooks with it.
+pub fn notebook_of<'a>(
+    records: impl IntoIterator<Item = &'a StoredRecord>,
+    store: &str,
+    liveness: &dyn Liveness,
+) -> Option<Value> {
+    let mut index = SessionIndex::new();
+    let mut builder = NotebookBuilder::new();
+    let mut key = None;
+    for record in records {
+        if key.is_none() {
+            key = SessionKey::of(&record.value);
+        }
+        index.add(record, true);
+        builder.add(record);
+    }
+    let summary = index.take(&key?, liveness)?;
+    Some(builder.finish(session_metadata(&summary, store)))
 }
 
 /// Serialises a notebook the way nbformat writes one (one-space indent, final newline).
@@ -668,7 +694,7 @@ pub fn run(args: &ReplayOptions) -> Result<(), ReviewError> {
 
 /// Writes `bytes` to `path` through a temporary file renamed into place, so a reader
 /// never sees half a notebook.
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ReviewError> {
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ReviewError> {
     let failed = |source: io::Error| ReviewError::WriteFile {
         path: path.to_path_buf(),
         source,

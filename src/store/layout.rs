@@ -51,6 +51,11 @@ pub fn segments_dir(dir: &Path) -> PathBuf {
     dir.join(SEGMENTS_DIR)
 }
 
+/// The store's checkpoint verification (public) key, hex text: all a verifier needs.
+pub fn public_key_file(dir: &Path) -> PathBuf {
+    dir.join(PUBLIC_KEY_FILE)
+}
+
 /// The collector's session bindings (which process owns each session) in the store at
 /// `dir`; the store checks it like its own files but never reads it.
 pub fn sessions_file(dir: &Path) -> PathBuf {

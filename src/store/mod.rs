@@ -60,7 +60,9 @@ pub use follow::{FollowedRecord, Follower, last_record, read_checkpoints};
 pub use handle::{StoreHandle, StoreStats, open};
 pub use identity::store_id;
 pub use keys::{export_public_key, key_id, read_public_key};
-pub use layout::{forwarding_file, segments_dir, sessions_file, sessions_rewrite_file};
+pub use layout::{
+    forwarding_file, public_key_file, segments_dir, sessions_file, sessions_rewrite_file,
+};
 pub(crate) use reader::parse_line;
 pub use reader::{ReadError, ReadErrorKind, Reader, StoredRecord};
 pub use recovery::{Recovery, TornLine};

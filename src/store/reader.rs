@@ -86,6 +86,18 @@ impl Reader {
         })
     }
 
+    /// Leaves out the segments that end before `sequence` (by their names): a reader
+    /// for a range of sequences reads from the segment that holds its first.
+    pub fn starting_at(mut self, sequence: u64) -> Self {
+        let skip = self
+            .segments
+            .iter()
+            .rposition(|entry| entry.first <= sequence)
+            .unwrap_or(0);
+        self.next_segment = self.next_segment.max(skip);
+        self
+    }
+
     /// The segments this reader goes through, in order.
     pub fn segments(&self) -> &[SegmentEntry] {
         &self.segments
