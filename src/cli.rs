@@ -264,6 +264,12 @@ pub struct ServeArgs {
     /// The store directory (read access is enough).
     #[arg(long)]
     pub store: PathBuf,
+
+    /// The console's index of the store (an SQLite file it writes; rebuilt from the store
+    /// when deleted) [default: $STATE_DIRECTORY, else $XDG_STATE_HOME/jupyter-audit, else
+    /// ~/.local/state/jupyter-audit, /console-index-<store id>.sqlite].
+    #[arg(long)]
+    pub index: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

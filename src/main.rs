@@ -144,7 +144,10 @@ fn hub_options(
 }
 
 fn run_serve(args: cli::ServeArgs) -> anyhow::Result<()> {
-    let options = jupyter_audit::console::ServeOptions { store: args.store };
+    let options = jupyter_audit::console::ServeOptions {
+        store: args.store,
+        index: args.index,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
