@@ -41,12 +41,18 @@ pub struct ServeOptions {
 /// `StateDirectory=`), else `$XDG_STATE_HOME/jupyter-audit`, else
 /// `~/.local/state/jupyter-audit` (the home from the password database when `HOME` is not
 /// set, as for a Hub-managed service). One file per store:
-/// `console-index-<store id>.sqlite`.
+/// `console-index-<store id>.sqlite` (`path-<hash of its path>` before the store has an id).
 pub fn default_index_path(store: &std::path::Path) -> Result<PathBuf, ConsoleError> {
-    let store_id = crate::store::store_id(store).map_err(|error| ConsoleError::Index {
-        path: store.to_path_buf(),
-        reason: error.to_string(),
-    })?;
+    // A store the collector has not made yet has no id: name the file after its path.
+    let store_id = match crate::store::store_id(store) {
+        Ok(id) => id.to_string(),
+        Err(_) => {
+            use sha2::Digest;
+            let path = std::path::absolute(store).unwrap_or_else(|_| store.to_path_buf());
+            let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+            format!("path-{}", &hex::encode(digest)[..16])
+        }
+    };
     let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
     let directory = if let Some(state) = non_empty("STATE_DIRECTORY") {
         // systemd may list several, separated by ':'.

@@ -161,9 +161,13 @@ async fn catch_up_forever(mut writer: Index, store: PathBuf, progress: Arc<Progr
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, "cannot catch the index up; trying again");
+                let text = error.to_string();
                 if let Ok(mut last) = progress.last_error.lock() {
-                    *last = Some(error.to_string());
+                    // Said once, not every second while it lasts.
+                    if last.as_deref() != Some(text.as_str()) {
+                        tracing::warn!(%error, "cannot catch the index up; trying again every second");
+                    }
+                    *last = Some(text);
                 }
             }
         }

@@ -91,6 +91,23 @@ impl Console {
     }
 }
 
+#[cfg(test)]
+impl Console {
+    /// A console over `store` and `index` for handler tests (no Hub is asked anything).
+    pub(crate) fn for_tests(hub: HubService, store: PathBuf, index: Arc<IndexPool>) -> Self {
+        Console {
+            hub: Arc::new(hub),
+            client: HubClient::new().unwrap(),
+            cookie_key: Key::generate(),
+            csrf_key: Arc::new([7; 32]),
+            store: Arc::new(store),
+            index,
+            trail: ReviewTrail::default(),
+            health: Arc::new(pages::health::HealthCache::default()),
+        }
+    }
+}
+
 /// A signed-in reviewer holding at least `custom:jupyter-audit:read`; the rejection is
 /// the login redirect or the 403 page.
 pub struct SignedIn {
@@ -436,10 +453,10 @@ fn page(status: StatusCode, title: &str, body: Markup) -> Response {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn hub(public_url: Option<&str>) -> HubService {
+    pub(crate) fn hub(public_url: Option<&str>) -> HubService {
         HubService::from_lookup(|name| {
             match name {
                 "JUPYTERHUB_SERVICE_URL" => Some("http://127.0.0.1:10101"),

@@ -15,6 +15,8 @@ pub mod running;
 pub mod search;
 pub mod session;
 pub mod sessions;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::Ordering;
 
