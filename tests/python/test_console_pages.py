@@ -14,8 +14,11 @@ suite's store, with the Hub of test_console_auth.py. `requests` plays the browse
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import urljoin
@@ -25,7 +28,7 @@ import pytest
 import requests
 from nbclient import NotebookClient
 
-from helpers import AUDITED, wait_until
+from helpers import proxy_argv, wait_until
 from test_console_auth import (AUDITOR, CSP, PREFIX, READ_OUTPUTS, REVIEWER,
                                SERVICE_START_TIMEOUT, console_hub_config, log_in)
 from test_jupyterhub import Hub, _free_port
@@ -49,10 +52,26 @@ CELLS = [
 ]
 
 
+# The audited kernel, keeping images in full (by default the store keeps only their hash
+# and size, and the page says so) so that the figure can be shown.
+KEEP_BINARY = "python3-audited-keep-binary"
+
+
+def keep_binary_kernelspec() -> None:
+    spec_dir = Path(os.environ["JUPYTER_PATH"]) / "kernels" / KEEP_BINARY
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    argv = proxy_argv(None, "--keep-binary") + [
+        sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec_dir / "kernel.json").write_text(json.dumps(
+        {"display_name": KEEP_BINARY, "language": "python", "argv": argv,
+         "interrupt_mode": "signal"}))
+
+
 def run_notebook(workdir: Path) -> None:
+    keep_binary_kernelspec()
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(code) for code in CELLS]
-    NotebookClient(nb, kernel_name=AUDITED, timeout=60, startup_timeout=60, allow_errors=True,
+    NotebookClient(nb, kernel_name=KEEP_BINARY, timeout=60, startup_timeout=60, allow_errors=True,
                    resources={"metadata": {"path": str(workdir)}}).execute()
     errors = [o for o in nb.cells[2].outputs if o["output_type"] == "error"]
     assert errors, nb.cells[2].outputs
