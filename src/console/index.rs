@@ -35,7 +35,7 @@ use crate::store::{self, Follower, StoreError};
 
 /// Changes whenever the tables or what goes into them change: an index of another
 /// version is rebuilt.
-const SCHEMA_VERSION: &str = "2";
+const SCHEMA_VERSION: &str = "3";
 
 /// Records read and indexed in one transaction.
 const BATCH_RECORDS: usize = 20_000;
@@ -162,8 +162,9 @@ pub struct MarkRow {
     pub time: Option<String>,
 }
 
-/// The actions the health page counts and lists (the collector's and the proxies'
-/// reports of trouble, and collectors starting and stopping).
+/// The actions kept in `store_events`: what the health page counts and lists (the
+/// collector's and the proxies' reports of trouble, collectors starting and stopping) and
+/// what a session page shows between its cells (interrupts, signals, gaps).
 pub const HEALTH_ACTIONS: &[&str] = &[
     "message_rejected",
     "rejections_suppressed",
@@ -177,6 +178,8 @@ pub const HEALTH_ACTIONS: &[&str] = &[
     "limit_exceeded",
     "forward_conflict",
     "audit_bypassed",
+    "interrupt",
+    "signal",
 ];
 
 /// One record the health page tells about.
@@ -188,6 +191,9 @@ pub struct StoreEvent {
     pub host: Option<String>,
     pub pid: Option<u64>,
     pub summary: String,
+    /// The session it happened in, when one.
+    pub session_id: Option<String>,
+    pub user_id: Option<String>,
 }
 
 /// A page of sessions and where the next one starts (None: this is the last).
@@ -272,9 +278,11 @@ CREATE TABLE marks (
 CREATE INDEX marks_by_session ON marks (session_id, sequence);
 CREATE TABLE store_events (
     sequence INTEGER PRIMARY KEY, action TEXT NOT NULL, time TEXT, host TEXT, pid INTEGER,
-    summary TEXT
+    summary TEXT, session_id TEXT, user_id TEXT
 );
 CREATE INDEX store_events_by_action ON store_events (action, sequence);
+CREATE INDEX store_events_by_session ON store_events (session_id, sequence)
+    WHERE session_id IS NOT NULL;
 CREATE VIRTUAL TABLE code_search USING fts5 (
     code, content = 'cells', content_rowid = 'id', tokenize = 'trigram'
 );
@@ -815,21 +823,28 @@ impl Index {
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
-            "SELECT sequence, action, time, host, pid, summary FROM store_events \
+            "SELECT {EVENT_COLUMNS} FROM store_events \
              WHERE action IN ({placeholders}) ORDER BY sequence DESC LIMIT {limit}"
         );
         let mut statement = self.connection.prepare(&sql).map_err(self.sqlite())?;
         statement
-            .query_map(rusqlite::params_from_iter(actions.iter()), |row| {
-                Ok(StoreEvent {
-                    sequence: to_u64(row.get(0)?),
-                    action: row.get(1)?,
-                    time: row.get(2)?,
-                    host: row.get(3)?,
-                    pid: row.get::<_, Option<i64>>(4)?.map(to_u64),
-                    summary: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
-                })
-            })
+            .query_map(rusqlite::params_from_iter(actions.iter()), store_event)
+            .map_err(self.sqlite())?
+            .collect::<Result<_, _>>()
+            .map_err(self.sqlite())
+    }
+
+    /// The `store_events` of one session (interrupts, signals, gaps, …), in record order.
+    pub fn session_events(&self, session_id: &str, user_id: &str) -> Result<Vec<StoreEvent>> {
+        let mut statement = self
+            .connection
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM store_events WHERE session_id = ?1 \
+                 AND coalesce(user_id, '') = ?2 ORDER BY sequence"
+            ))
+            .map_err(self.sqlite())?;
+        statement
+            .query_map([session_id, user_id], store_event)
             .map_err(self.sqlite())?
             .collect::<Result<_, _>>()
             .map_err(self.sqlite())
@@ -1024,6 +1039,21 @@ impl<'de> serde::Deserialize<'de> for SlimJupyter {
     }
 }
 
+const EVENT_COLUMNS: &str = "sequence, action, time, host, pid, summary, session_id, user_id";
+
+fn store_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreEvent> {
+    Ok(StoreEvent {
+        sequence: to_u64(row.get(0)?),
+        action: row.get(1)?,
+        time: row.get(2)?,
+        host: row.get(3)?,
+        pid: row.get::<_, Option<i64>>(4)?.map(to_u64),
+        summary: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+        session_id: row.get(6)?,
+        user_id: row.get(7)?,
+    })
+}
+
 /// The action of the console's records of a reviewer's mark.
 pub const REVIEW_MARK: &str = "review_mark";
 
@@ -1201,6 +1231,8 @@ impl Batch {
                 host: owned(fields::str_at(value, &["host", "name"])),
                 pid: fields::at(value, &["process", "pid"]).and_then(Value::as_u64),
                 summary: crate::review::log::summary(value),
+                session_id: owned(fields::jupyter(value, "session_id")),
+                user_id: owned(fields::os_user_id(value)),
             });
         }
         let Some(key) = SessionKey::of(value) else {
@@ -1365,8 +1397,8 @@ impl Batch {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut event = transaction.prepare_cached(
-                "INSERT OR REPLACE INTO store_events (sequence, action, time, host, pid, summary) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO store_events (sequence, action, time, host, pid, summary, \
+                 session_id, user_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for row in &self.events {
                 event.execute(params![
@@ -1376,6 +1408,8 @@ impl Batch {
                     row.host,
                     row.pid.map(to_i64),
                     row.summary,
+                    row.session_id,
+                    row.user_id,
                 ])?;
             }
             for mark in &self.marks {
@@ -1882,6 +1916,9 @@ mod tests {
         let gaps = index.events(&["audit_gap"], 5).unwrap();
         assert_eq!(gaps.len(), 1);
         assert_eq!(gaps[0].host.as_deref(), Some("node-1"));
+        let in_session = index.session_events("s2", "uid-bob").unwrap();
+        assert_eq!(in_session.len(), 1, "the gap is shown in its session");
+        assert!(index.session_events("s2", "uid-alice").unwrap().is_empty());
     }
 
     fn all_sessions(index: &Index) -> Vec<SessionRow> {

@@ -15,7 +15,7 @@ use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 
 use super::{Nav, duration, mark_badge, query_failed, record_view, shell, short_time, state_badge};
-use crate::console::index::{CellRow, MarkRow, SessionRow};
+use crate::console::index::{CellRow, MarkRow, SessionRow, StoreEvent};
 use crate::console::outputs::{self, SessionOutputs};
 use crate::console::render::{code, output};
 use crate::console::server::{Console, SignedIn, error_page};
@@ -39,6 +39,8 @@ struct Loaded {
     session: SessionRow,
     cells: Vec<CellRow>,
     marks: Vec<MarkRow>,
+    /// Interrupts, signals, gaps, … recorded in the session.
+    events: Vec<StoreEvent>,
 }
 
 async fn load(console: &Console, id: i64) -> Result<Option<Loaded>, Response> {
@@ -50,10 +52,12 @@ async fn load(console: &Console, id: i64) -> Result<Option<Loaded>, Response> {
             };
             let cells = index.cells(id)?;
             let marks = index.marks(&session.session_id)?;
+            let events = index.session_events(&session.session_id, &session.user_id)?;
             Ok(Some(Loaded {
                 session,
                 cells,
                 marks,
+                events,
             }))
         })
         .await
@@ -169,7 +173,13 @@ fn render(
                     @if let Some(gap) = gap_before(&loaded.cells, index) {
                         li class="gap" { "… " (gap) " without activity …" }
                     }
+                    @for event in events_before(&loaded.events, &loaded.cells, index) {
+                        (event_view(event))
+                    }
                     (cell_view(cell, outputs.and_then(|o| o.as_ref().ok()), &frame_url))
+                }
+                @for event in events_before(&loaded.events, &loaded.cells, loaded.cells.len()) {
+                    (event_view(event))
                 }
             }
             @if loaded.cells.is_empty() { p class="empty" { "No cells ran in this session." } }
@@ -182,6 +192,34 @@ fn render(
                     @if let Some(reason) = &session.end_reason { " (" (reason) ")" }
                 }
             }
+        }
+    }
+}
+
+/// The session's events recorded after cell `index - 1` started and before cell `index`
+/// (all of them after the last cell when `index` is past the end).
+fn events_before<'a>(
+    events: &'a [StoreEvent],
+    cells: &[CellRow],
+    index: usize,
+) -> impl Iterator<Item = &'a StoreEvent> {
+    let from = index
+        .checked_sub(1)
+        .and_then(|previous| cells.get(previous))
+        .map_or(0, |cell| cell.first_sequence);
+    let to = cells
+        .get(index)
+        .map_or(u64::MAX, |cell| cell.first_sequence);
+    events
+        .iter()
+        .filter(move |event| event.sequence > from && event.sequence < to)
+}
+
+fn event_view(event: &StoreEvent) -> Markup {
+    html! {
+        li class={ "event " (event.action) } data-sequence=(event.sequence) {
+            span class="badge event" { (event.action.replace('_', " ")) }
+            " " (short_time(event.time.as_deref())) " — " (event.summary)
         }
     }
 }

@@ -72,6 +72,11 @@ async fn console() -> (tempfile::TempDir, Console) {
             "execute_reply",
             json!({"parent_msg_id": "r1", "status": "error", "execution_count": 1}),
         ),
+        {
+            let mut interrupt = record(5, "interrupt", json!({}));
+            interrupt["event"]["signal"] = json!("SIGINT");
+            interrupt
+        },
         record(
             6,
             "session_end",
@@ -146,6 +151,10 @@ async fn an_auditor_sees_outputs_in_safe_forms_and_a_reviewer_sees_none() {
     assert!(
         html.contains("<span class=\"ansi-fg-1\">ValueError</span>: bad &lt;b&gt;"),
         "{html}"
+    );
+    assert!(
+        html.contains("<li class=\"event interrupt\""),
+        "the interrupt is shown: {html}"
     );
     for live in ["<script", "onerror=", "<b>"] {
         assert!(!html.contains(live), "{live} in {html}");
