@@ -219,7 +219,8 @@ fn event_view(event: &StoreEvent) -> Markup {
     html! {
         li class={ "event " (event.action) } data-sequence=(event.sequence) {
             span class="badge event" { (event.action.replace('_', " ")) }
-            " " (short_time(event.time.as_deref())) " — " (event.summary)
+            " " (short_time(event.time.as_deref()))
+            @if !event.summary.is_empty() { " — " (event.summary) }
         }
     }
 }
