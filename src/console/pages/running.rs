@@ -1,7 +1,8 @@
 //! Sessions running now (`P/running`): no end recorded and their proxy alive (the
 //! index's liveness check, redone at every catch-up). The page works without
-//! JavaScript (a link to reload); `static/running.js`, same origin, replaces the table
-//! with `P/running/fragment` every few seconds.
+//! JavaScript (it reloads itself every 10 s through a `<noscript>` meta refresh);
+//! `static/running.js`, same origin, replaces the table with `P/running/fragment` every
+//! 5 s.
 
 use axum::extract::State;
 use axum::http::header;
@@ -51,6 +52,8 @@ pub async fn running(State(console): State<Console>, signed: SignedIn) -> Respon
     let body = html! {
         h1 { "Running now" }
         p class="dim" { "Updates every few seconds. " a href=(console.url("running")) { "Reload" } }
+        // Without JavaScript the page reloads itself instead.
+        noscript { meta http-equiv="refresh" content="10"; }
         div #running data-fragment=(console.url("running/fragment")) { (fragment_markup(&console, &page)) }
         script src=(console.url("static/running.js")) defer {}
     };
