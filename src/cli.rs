@@ -286,6 +286,12 @@ pub struct ServeArgs {
     /// shown (the collector names this console's OS account with --console-user).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_COLLECTOR_SOCKET)]
     pub collector_socket: PathBuf,
+
+    /// The console's index of the store (an SQLite file it writes; rebuilt from the store
+    /// when deleted) [default: $STATE_DIRECTORY, else $XDG_STATE_HOME/jupyter-audit, else
+    /// ~/.local/state/jupyter-audit, /console-index-<store id>.sqlite].
+    #[arg(long)]
+    pub index: Option<PathBuf>,
 }
 
 /// The collector's socket where the README's systemd unit puts it.

@@ -149,6 +149,7 @@ fn run_serve(args: cli::ServeArgs) -> anyhow::Result<()> {
     let options = jupyter_audit::console::ServeOptions {
         store: args.store,
         collector_socket: args.collector_socket,
+        index: args.index,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -3,17 +3,20 @@
 //! which), and the security headers every answer carries.
 //!
 //! What the console shows is written by notebook users (code, outputs), so every answer
-//! forbids scripts, frames elsewhere and sniffing from the start.
+//! forbids scripts, frames elsewhere and sniffing from the start. The pages themselves
+//! live in [`super::pages`]; this module owns the state they share ([`Console`]), the
+//! [`SignedIn`] extractor, the page shell and the headers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRef, Query, State};
+use axum::extract::{FromRef, FromRequestParts, Query, State};
 use axum::http::header::{self, HeaderName, HeaderValue};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum_extra::extract::cookie::{Cookie, Key, PrivateCookieJar, SameSite};
 use maud::{DOCTYPE, Markup, html};
 use rand::RngCore;
@@ -24,29 +27,109 @@ use super::auth::{
     AuthError, HubClient, HubService, LOGIN_LIFETIME, PendingLogin, SCOPE_READ, SCOPE_READ_OUTPUTS,
     SESSION_LIFETIME, Session,
 };
-use super::trail::ReviewTrail;
+use super::pages;
+use super::pool::IndexPool;
+use super::trail::{ReviewTrail, Reviewer};
 use super::{ConsoleError, ServeOptions};
 
 const SESSION_COOKIE: &str = "jupyter-audit-session";
 const STATE_COOKIE: &str = "jupyter-audit-oauth-state";
 
-/// Scripts, plugins, forms to elsewhere and framing by other sites are off; styles and
-/// images come only from the console itself (images also inline, as notebooks embed them).
-const CONTENT_SECURITY_POLICY: &str =
-    "default-src 'none'; style-src 'self'; img-src 'self' data:; frame-ancestors 'self'";
+/// Scripts other than the console's own file, plugins, forms to elsewhere and framing
+/// by other sites are off; styles and images come only from the console itself (images
+/// also inline, as notebooks embed them); frames only from the console (the sandboxed
+/// HTML outputs, which answer with a sandboxing CSP of their own).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; frame-src 'self'; form-action 'self'; base-uri 'none'; \
+     frame-ancestors 'self'";
 
+/// What every page handler shares.
 #[derive(Clone)]
-struct Console {
-    hub: Arc<HubService>,
+pub struct Console {
+    pub hub: Arc<HubService>,
     client: HubClient,
     /// Encrypts and authenticates the console's cookies. New at every start: a restart
     /// means logging in again (through the Hub, usually without a prompt).
     cookie_key: Key,
-    #[allow(dead_code)] // the pages over the store come next
-    store: Arc<PathBuf>,
-    /// Every view goes on the record through it before it is shown.
-    #[allow(dead_code)] // the pages over the store come next
-    trail: ReviewTrail,
+    /// Signs the per-session CSRF tokens of the console's forms.
+    csrf_key: Arc<[u8; 32]>,
+    pub store: Arc<PathBuf>,
+    pub index: Arc<IndexPool>,
+    pub trail: ReviewTrail,
+    pub health: Arc<pages::health::HealthCache>,
+}
+
+impl Console {
+    /// An address under the service prefix (`rest` without its leading `/`).
+    pub fn url(&self, rest: &str) -> String {
+        format!("{}{rest}", self.hub.prefix)
+    }
+
+    /// The CSRF token of a signed-in session: an HMAC of who and until when.
+    pub fn csrf_token(&self, session: &Session) -> String {
+        use hmac::{Mac, digest::KeyInit};
+        let Ok(mut mac) = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.csrf_key[..])
+        else {
+            return String::new();
+        };
+        mac.update(session.user.as_bytes());
+        mac.update(&[0]);
+        mac.update(session.expires.to_string().as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `token` is the CSRF token of `session` (compared in constant time).
+    pub fn csrf_matches(&self, session: &Session, token: &str) -> bool {
+        let expected = self.csrf_token(session);
+        !expected.is_empty()
+            && expected.len() == token.len()
+            && expected
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    }
+}
+
+#[cfg(test)]
+impl Console {
+    /// A console over `store` and `index` for handler tests (no Hub is asked anything).
+    pub(crate) fn for_tests(hub: HubService, store: PathBuf, index: Arc<IndexPool>) -> Self {
+        Console {
+            hub: Arc::new(hub),
+            client: HubClient::new().unwrap(),
+            cookie_key: Key::generate(),
+            csrf_key: Arc::new([7; 32]),
+            store: Arc::new(store),
+            index,
+            trail: ReviewTrail::default(),
+            health: Arc::new(pages::health::HealthCache::default()),
+        }
+    }
+}
+
+/// A signed-in reviewer holding at least `custom:jupyter-audit:read`; the rejection is
+/// the login redirect or the 403 page.
+pub struct SignedIn {
+    pub session: Session,
+    pub reviewer: Reviewer,
+}
+
+impl FromRequestParts<Console> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, console: &Console) -> Result<Self, Response> {
+        let jar = PrivateCookieJar::<Key>::from_request_parts(parts, console)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let session = signed_in(console, jar, &parts.uri, &parts.headers, SCOPE_READ)
+            .map_err(|response| *response)?;
+        let reviewer = Reviewer {
+            name: session.user.clone(),
+            outputs_visible: session.has(SCOPE_READ_OUTPUTS),
+        };
+        Ok(SignedIn { session, reviewer })
+    }
 }
 
 impl FromRef<Console> for Key {
@@ -61,12 +144,27 @@ pub async fn serve(options: ServeOptions) -> Result<(), ConsoleError> {
         return Err(ConsoleError::Store(options.store));
     }
     let hub = HubService::from_env()?;
+    let index_path = match options.index {
+        Some(path) => path,
+        None => super::default_index_path(&options.store)?,
+    };
+    let index =
+        IndexPool::start(&options.store, &index_path).map_err(|error| ConsoleError::Index {
+            path: index_path.clone(),
+            reason: error.to_string(),
+        })?;
+    tracing::info!(index = %index_path.display(), "console index");
+    let mut csrf_key = [0u8; 32];
+    rand::rng().fill_bytes(&mut csrf_key);
     let console = Console {
         client: HubClient::new()?,
         cookie_key: new_cookie_key()?,
+        csrf_key: Arc::new(csrf_key),
         store: Arc::new(options.store),
         hub: Arc::new(hub),
+        index,
         trail: ReviewTrail::connect(options.collector_socket),
+        health: Arc::new(pages::health::HealthCache::default()),
     };
     let listen = console.hub.listen.clone();
     let prefix = console.hub.prefix.clone();
@@ -109,8 +207,21 @@ async fn stopped() {
 
 fn router(console: Console) -> Router {
     let prefix = console.hub.prefix.clone();
+    let at = |rest: &str| format!("{prefix}{rest}");
     let mut routes = Router::new()
-        .route(&prefix, get(home))
+        .route(&prefix, get(pages::sessions::list))
+        .route(&at("user/{name}"), get(pages::sessions::timeline))
+        .route(&at("session/{id}"), get(pages::session::show))
+        .route(
+            &at("session/{id}/output/{sequence}"),
+            get(pages::session::output),
+        )
+        .route(&at("session/{id}/mark"), post(pages::session::mark))
+        .route(&at("search"), get(pages::search::search))
+        .route(&at("health"), get(pages::health::health))
+        .route(&at("running"), get(pages::running::running))
+        .route(&at("running/fragment"), get(pages::running::fragment))
+        .route(&at("static/{file}"), get(pages::static_file))
         .route(&console.hub.callback_path, get(oauth_callback));
     let bare = prefix.trim_end_matches('/');
     if !bare.is_empty() {
@@ -123,9 +234,10 @@ fn router(console: Console) -> Router {
     routes
         .fallback(not_found)
         .with_state(console)
-        .layer(header(
+        // Not overriding: the output route answers with a stricter, sandboxing policy.
+        .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
-            CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
         ))
         .layer(header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(header(header::REFERRER_POLICY, "no-referrer"))
@@ -292,35 +404,6 @@ async fn oauth_callback(
     }
 }
 
-async fn home(
-    State(console): State<Console>,
-    jar: PrivateCookieJar,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let session = match signed_in(&console, jar, &uri, &headers, SCOPE_READ) {
-        Ok(session) => session,
-        Err(response) => return *response,
-    };
-    let outputs = session.has(SCOPE_READ_OUTPUTS);
-    page(
-        StatusCode::OK,
-        "jupyter-audit",
-        html! {
-            h1 { "jupyter-audit review console" }
-            p { "Signed in as " strong #user { (session.user) } "." }
-            p { "Scopes:" }
-            ul #scopes {
-                @for scope in &session.scopes { li { code { (scope) } } }
-            }
-            p {
-                @if outputs { "You may read sessions, code and outputs." }
-                @else { "You may read sessions and code; outputs stay hidden." }
-            }
-        },
-    )
-}
-
 async fn not_found() -> Response {
     error_page(StatusCode::NOT_FOUND, "No such page.")
 }
@@ -340,7 +423,7 @@ fn forbidden(user: &str, scope: &'static str) -> Response {
     )
 }
 
-fn error_page(status: StatusCode, text: &str) -> Response {
+pub fn error_page(status: StatusCode, text: &str) -> Response {
     page(
         status,
         status.canonical_reason().unwrap_or("Error"),
@@ -348,6 +431,7 @@ fn error_page(status: StatusCode, text: &str) -> Response {
     )
 }
 
+/// A bare page (login errors, 403): no navigation, the console's stylesheet only.
 fn page(status: StatusCode, title: &str, body: Markup) -> Response {
     let document = html! {
         (DOCTYPE)
@@ -357,7 +441,7 @@ fn page(status: StatusCode, title: &str, body: Markup) -> Response {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) }
             }
-            body { (body) }
+            body { main class="bare" { (body) } }
         }
     };
     (
@@ -369,10 +453,10 @@ fn page(status: StatusCode, title: &str, body: Markup) -> Response {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn hub(public_url: Option<&str>) -> HubService {
+    pub(crate) fn hub(public_url: Option<&str>) -> HubService {
         HubService::from_lookup(|name| {
             match name {
                 "JUPYTERHUB_SERVICE_URL" => Some("http://127.0.0.1:10101"),

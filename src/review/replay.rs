@@ -146,7 +146,7 @@ fn language_of(argv: &[String]) -> Option<&'static str> {
 }
 
 /// A MIME bundle as stored, turned back into one nbformat accepts.
-fn mime_bundle(stored: Option<&Value>) -> Map<String, Value> {
+pub fn mime_bundle(stored: Option<&Value>) -> Map<String, Value> {
     let mut bundle = Map::new();
     let entries = match stored {
         Some(Value::Object(entries)) => entries,

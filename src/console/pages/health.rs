@@ -1,0 +1,224 @@
+//! The store's health (`P/health`): the verify result (the store's own [`verify`], run
+//! in the background and kept with its time, since a full check of a big store takes
+//! seconds), the last stored record and checkpoint and forwarding (what `status`
+//! says), rejections, audit gaps and other trouble the store recorded, the collectors
+//! seen starting and stopping, and how far the console's index lags.
+
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::response::Response;
+use maud::html;
+
+use super::{Nav, query_failed, record_view, shell, short_time};
+use crate::console::index::StoreEvent;
+use crate::console::server::{Console, SignedIn};
+use crate::console::trail::Viewed;
+use crate::postgres::status::{self, StatusOptions, StoreStatus};
+use crate::store::verify;
+
+/// A verify result older than this is redone (in the background) when the page is opened.
+const VERIFY_EVERY: Duration = Duration::from_secs(10 * 60);
+const LIST_EVENTS: usize = 20;
+
+/// The last verify result and when it was made.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub at: String,
+    pub took: Duration,
+    /// The report as `verify` prints it, and whether the store is intact.
+    pub outcome: Result<(String, bool), String>,
+}
+
+/// The verify result kept between page views.
+#[derive(Debug, Default)]
+pub struct HealthCache {
+    verified: Mutex<Option<(Instant, Verified)>>,
+    running: std::sync::atomic::AtomicBool,
+}
+
+impl HealthCache {
+    /// The last result; starts a new verify in the background when it is old or missing.
+    fn verified(self: &std::sync::Arc<Self>, console: &Console) -> Option<Verified> {
+        let last = self.verified.lock().ok().and_then(|kept| kept.clone());
+        let stale = last
+            .as_ref()
+            .is_none_or(|(when, _)| when.elapsed() > VERIFY_EVERY);
+        if stale && !self.running.swap(true, Ordering::SeqCst) {
+            let cache = self.clone();
+            let store = console.store.clone();
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let outcome = verify(&store, None, None)
+                    .map(|report| (report.to_string(), report.is_intact()))
+                    .map_err(|error| error.to_string());
+                let verified = Verified {
+                    at: time::OffsetDateTime::now_utc()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    took: started.elapsed(),
+                    outcome,
+                };
+                if let Ok(mut kept) = cache.verified.lock() {
+                    *kept = Some((Instant::now(), verified));
+                }
+                cache.running.store(false, Ordering::SeqCst);
+            });
+        }
+        last.map(|(_, verified)| verified)
+    }
+}
+
+struct Facts {
+    status: Result<StoreStatus, String>,
+    counts: Vec<(String, u64)>,
+    trouble: Vec<StoreEvent>,
+    collectors: Vec<StoreEvent>,
+}
+
+/// `P/health`.
+pub async fn health(State(console): State<Console>, signed: SignedIn) -> Response {
+    if let Err(response) = record_view(&console, &signed, Viewed::Health).await {
+        return response;
+    }
+    let verified = console.health.verified(&console);
+    let store = console.store.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        status::read(&StatusOptions {
+            store: store.to_path_buf(),
+        })
+        .map_err(|error| error.to_string())
+    })
+    .await
+    .unwrap_or_else(|error| Err(error.to_string()));
+    let facts = console
+        .index
+        .query(move |index| {
+            Ok(Facts {
+                status,
+                counts: index.event_counts()?,
+                trouble: index.events(
+                    &[
+                        "message_rejected",
+                        "rejections_suppressed",
+                        "audit_gap",
+                        "record_refused",
+                        "refusals_suppressed",
+                        "forged_record",
+                        "identity_refused",
+                        "limit_exceeded",
+                        "forward_conflict",
+                        "audit_bypassed",
+                    ],
+                    LIST_EVENTS,
+                )?,
+                collectors: index.events(&["collector_start", "collector_stop"], LIST_EVENTS)?,
+            })
+        })
+        .await;
+    let facts = match facts {
+        Ok(facts) => facts,
+        Err(error) => return query_failed(error),
+    };
+    let progress = &console.index.progress;
+    let stored = progress.stored.load(Ordering::Relaxed);
+    let indexed = progress.indexed.load(Ordering::Relaxed);
+    let index_error = progress
+        .last_error
+        .lock()
+        .ok()
+        .and_then(|error| error.clone());
+    let count = |action: &str| {
+        facts
+            .counts
+            .iter()
+            .find(|(name, _)| name == action)
+            .map_or(0, |(_, n)| *n)
+    };
+    let body = html! {
+        h1 { "Store health" }
+        section #verify class="panel" {
+            h2 { "Verify" }
+            @match &verified {
+                None => p class="dim" { "Verifying the store now (in the background); reload in a moment." },
+                Some(verified) => {
+                    @match &verified.outcome {
+                        Ok((report, intact)) => {
+                            p class={ "verdict " @if *intact { "intact" } @else { "tampered" } } {
+                                @if *intact { "Intact" } @else { "NOT intact" }
+                            }
+                            pre class="text" { (report) }
+                        }
+                        Err(error) => p class="verdict problem" { "Could not verify: " (error) },
+                    }
+                    p class="dim" { "Checked at " (short_time(Some(&verified.at))) " in " (format!("{:.1}", verified.took.as_secs_f64())) " s; redone every " (VERIFY_EVERY.as_secs() / 60) " minutes when this page is opened." }
+                }
+            }
+        }
+        section #status class="panel" {
+            h2 { "Store" }
+            @match &facts.status {
+                Err(error) => p class="problem" { (error) },
+                Ok(status) => dl class="facts" {
+                    dt { "Store id" } dd { code { (status.store_id.as_deref().unwrap_or("?")) } }
+                    dt { "Last record" } dd #last-record { @if let Some(point) = &status.last_stored { (point.sequence) " at " (short_time(point.time.as_deref())) } @else { "none" } }
+                    dt { "Last checkpoint" } dd #last-checkpoint { @if let Some(point) = &status.last_checkpoint { (point.sequence) " at " (short_time(point.time.as_deref())) } @else { "none" } }
+                    dt { "Forwarding" } dd #forwarding {
+                        @match &status.forwarding {
+                            None => "not configured",
+                            Some(forwarding) => {
+                                (forwarding.target) ": " (forwarding.lag_records) " records behind (" (format!("{:.0}", forwarding.lag_seconds)) " s)"
+                                @if let Some(error) = &forwarding.last_error { " — last error: " span class="problem" { (format!("{error:?}")) } }
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        section #index-lag class="panel" {
+            h2 { "Console index" }
+            p { (indexed) " of " (stored) " records indexed (" (stored.saturating_sub(indexed)) " behind)."
+                @if let Some(error) = &index_error { " Last error: " span class="problem" { (error) } } }
+        }
+        section #trouble class="panel" {
+            h2 { "Rejections, audit gaps and refusals" }
+            table class="grid counts" {
+                tbody {
+                    @for action in ["message_rejected", "rejections_suppressed", "audit_gap", "record_refused", "refusals_suppressed", "forged_record", "identity_refused", "limit_exceeded", "forward_conflict", "audit_bypassed"] {
+                        tr class={ @if count(action) > 0 { "nonzero" } } { td { code { (action) } } td class="num" { (count(action)) } }
+                    }
+                }
+            }
+            (events_table(&facts.trouble))
+        }
+        section #collectors class="panel" {
+            h2 { "Collectors" }
+            (events_table(&facts.collectors))
+        }
+    };
+    shell(&console, &signed, Nav::Health, "Health", body)
+}
+
+fn events_table(events: &[StoreEvent]) -> maud::Markup {
+    html! {
+        @if events.is_empty() { p class="empty" { "None recorded." } } @else {
+            table class="grid events" {
+                thead { tr { th { "Sequence" } th { "Time (UTC)" } th { "Action" } th { "Host" } th { "Pid" } th { "What" } } }
+                tbody {
+                    @for event in events {
+                        tr class={ "event " (event.action) } {
+                            td class="num" { (event.sequence) }
+                            td { (short_time(event.time.as_deref())) }
+                            td { code { (event.action) } }
+                            td { (event.host.as_deref().unwrap_or("—")) }
+                            td class="num" { (event.pid.map_or("—".to_owned(), |pid| pid.to_string())) }
+                            td { (event.summary) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
