@@ -8,7 +8,7 @@
 //! [`SignedIn`] extractor, the page shell and the headers.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::{FromRef, FromRequestParts, Query, State};
@@ -207,6 +207,8 @@ async fn stopped() {
 
 fn router(console: Console) -> Router {
     let prefix = console.hub.prefix.clone();
+    // One console per process: a second router (tests) keeps the first address.
+    let _ = BARE_STYLESHEET.set(console.url("static/console.css"));
     let at = |rest: &str| format!("{prefix}{rest}");
     let mut routes = Router::new()
         .route(&prefix, get(pages::sessions::list))
@@ -216,6 +218,7 @@ fn router(console: Console) -> Router {
             &at("session/{id}/output/{sequence}"),
             get(pages::session::output),
         )
+        .route(&at("session/{id}/download"), get(pages::download::download))
         .route(&at("session/{id}/mark"), post(pages::session::mark))
         .route(&at("search"), get(pages::search::search))
         .route(&at("health"), get(pages::health::health))
@@ -432,6 +435,10 @@ pub fn error_page(status: StatusCode, text: &str) -> Response {
 }
 
 /// A bare page (login errors, 403): no navigation, the console's stylesheet only.
+/// The stylesheet's address for bare pages, which are answered from places that do not
+/// hold the console (extractors, error paths); set once when the router is built.
+static BARE_STYLESHEET: OnceLock<String> = OnceLock::new();
+
 fn page(status: StatusCode, title: &str, body: Markup) -> Response {
     let document = html! {
         (DOCTYPE)
@@ -440,6 +447,9 @@ fn page(status: StatusCode, title: &str, body: Markup) -> Response {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) }
+                @if let Some(stylesheet) = BARE_STYLESHEET.get() {
+                    link rel="stylesheet" href=(stylesheet);
+                }
             }
             body { main class="bare" { (body) } }
         }

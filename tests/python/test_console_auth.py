@@ -12,6 +12,8 @@ the Hub's login form and follows the OAuth redirects back to the console.
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import secrets
 import shutil
@@ -23,6 +25,7 @@ import pytest
 import requests
 
 from helpers import BIN, wait_until
+from test_audit import Collector
 from test_jupyterhub import CHP, Hub, _free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -42,10 +45,9 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 SERVICE_START_TIMEOUT = 30
 
 
-def console_hub_config(store: Path, service_port: int, index: Path | None = None):
-    serve = [str(BIN), "serve", "--store", str(store)]
-    if index is not None:
-        serve += ["--index", str(index)]
+def console_hub_config(store: Path, service_port: int, index: Path, collector_socket: Path):
+    serve = [str(BIN), "serve", "--store", str(store), "--index", str(index),
+             "--collector-socket", str(collector_socket)]
 
     def config(base: Path, port: int, hub_port: int, api_port: int, _kernels, _python) -> str:
         return f"""\
@@ -90,10 +92,11 @@ c.JupyterHub.services = [{{
 @pytest.fixture(scope="module")
 def hub():
     base = Path(tempfile.mkdtemp(prefix="jaudit-console-"))
-    store = base / "store"
-    store.mkdir()
-    hub = Hub(base, base, base,
-              config=console_hub_config(store, _free_port(), index=base / "index.sqlite"))
+    # Every page is on the record before it is shown: the console's account (here the
+    # test's own: no kernel writes to this collector) is the collector's console user.
+    collector = Collector(base, "--console-user", pwd.getpwuid(os.geteuid()).pw_name).start()
+    hub = Hub(base, base, base, config=console_hub_config(
+        collector.store, _free_port(), base / "index.sqlite", collector.socket))
     hub.start()
     console = f"{hub.url}{PREFIX}"
 
@@ -109,6 +112,7 @@ def hub():
         yield hub
     finally:
         hub.stop()
+        collector.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -10,6 +10,7 @@
 //! - [`health`]: the store's health.
 //! - [`running`]: sessions running now, updating live.
 
+pub mod download;
 pub mod health;
 pub mod running;
 pub mod search;
