@@ -26,7 +26,7 @@ import requests
 
 from helpers import BIN, wait_until
 from test_audit import Collector
-from test_jupyterhub import CHP, Hub, _free_port
+from test_jupyterhub import Hub, _free_port, hub_config_head
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,6 +36,7 @@ READ = "custom:jupyter-audit:read"
 READ_OUTPUTS = "custom:jupyter-audit:read-outputs"
 ACCESS = f"access:services!service={SERVICE}"
 AUDITOR, REVIEWER, PLAIN = "auditor", "reviewer", "plain"
+DRIVER = "console-test-driver"
 PASSWORD = secrets.token_urlsafe(12)
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-src 'self'; form-action 'self'; base-uri 'none'; "
@@ -45,26 +46,33 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 SERVICE_START_TIMEOUT = 30
 
 
-def console_hub_config(store: Path, service_port: int, index: Path, collector_socket: Path):
+def console_hub_config(store: Path, service_port: int, index: Path, collector_socket: Path,
+                       *, notebook_users: tuple[str, ...] = (), account: str | None = None,
+                       driver_token: str | None = None):
+    """The Hub with the console's scopes, roles and managed service. `notebook_users` are
+    Hub users without a console role; `account` is the OS account the console runs as
+    (default: the Hub's); `driver_token` makes a service `DRIVER` that may create users'
+    tokens (for kernels that present them)."""
     serve = [str(BIN), "serve", "--store", str(store), "--index", str(index),
              "--collector-socket", str(collector_socket)]
+    users = {AUDITOR, REVIEWER, PLAIN, *notebook_users}
+    service_extra = ""
+    if account is not None:
+        service_extra = f"""
+    "user": {account!r},
+    "cwd": {str(index.parent)!r},"""
+    driver_role = driver_service = ""
+    if driver_token is not None:
+        driver_role = f"""
+    {{"name": "test-driver", "scopes": ["admin:users", "tokens"], "services": [{DRIVER!r}]}},"""
+        driver_service = f"""
+    {{"name": {DRIVER!r}, "api_token": {driver_token!r}}},"""
 
     def config(base: Path, port: int, hub_port: int, api_port: int, _kernels, _python) -> str:
-        return f"""\
-c = get_config()  # noqa
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.port = {port}
-c.JupyterHub.hub_ip = "127.0.0.1"
-c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
-c.JupyterHub.db_url = "sqlite:///{base}/hub/jupyterhub.sqlite"
-c.JupyterHub.cookie_secret_file = "{base}/hub/jupyterhub_cookie_secret"
-c.JupyterHub.pid_file = "{base}/hub/jupyterhub.pid"
-
+        return hub_config_head(base, port, hub_port, api_port) + f"""\
 c.JupyterHub.authenticator_class = "dummy"
 c.DummyAuthenticator.password = {PASSWORD!r}
-c.Authenticator.allowed_users = {{{AUDITOR!r}, {REVIEWER!r}, {PLAIN!r}}}
+c.Authenticator.allowed_users = {users!r}
 
 c.JupyterHub.custom_scopes = {{
     {READ!r}: {{"description": "Read the audit trail: sessions, code, metadata."}},
@@ -75,16 +83,19 @@ c.JupyterHub.load_roles = [
       "users": [{AUDITOR!r}]}},
     {{"name": "audit-reviewer", "scopes": [{ACCESS!r}, {READ!r}], "users": [{REVIEWER!r}]}},
     # May reach the service, holds none of its scopes: the console itself must refuse.
-    {{"name": "audit-visitor", "scopes": [{ACCESS!r}], "users": [{PLAIN!r}]}},
+    {{"name": "audit-visitor", "scopes": [{ACCESS!r}], "users": [{PLAIN!r}]}},{driver_role}
 ]
-c.JupyterHub.services = [{{
+c.JupyterHub.services = [{driver_service}
+    {{
     "name": {SERVICE!r},
     "url": "http://127.0.0.1:{service_port}",
-    "command": {serve!r},
+    "command": {serve!r},{service_extra}
+    "environment": {{"RUST_LOG": "jupyter_audit=info"}},
     "oauth_client_allowed_scopes": [{READ!r}, {READ_OUTPUTS!r}],
     # An admin-operated service: no "authorize this application" page.
     "oauth_no_confirm": True,
-}}]
+    }},
+]
 """
     return config
 

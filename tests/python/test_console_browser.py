@@ -42,7 +42,9 @@ from nbclient import NotebookClient
 from helpers import BIN, proxy_argv, system_user, wait_until
 from test_audit import Collector
 from test_schema import SCHEMA_PATH, log_json, validate_all
-from test_jupyterhub import CHP, CHROMIUM, CHROMIUM_ARGS, REPO, Hub
+from test_console_auth import (AUDITOR, PASSWORD, PLAIN, PREFIX, READ, REVIEWER,
+                               console_hub_config)
+from test_jupyterhub import CHP, CHROMIUM, CHROMIUM_ARGS, REPO, Hub, _free_port
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the console runs as a system "
@@ -51,20 +53,12 @@ pytestmark = [
 ]
 
 ARTIFACTS = REPO / "test-artifacts" / "console"
-SERVICE = "jupyter-audit"
-PREFIX = f"/services/{SERVICE}/"
-READ = "custom:jupyter-audit:read"
-READ_OUTPUTS = "custom:jupyter-audit:read-outputs"
-ACCESS = f"access:services!service={SERVICE}"
-AUDITOR, REVIEWER, PLAIN, ALICE = "auditor", "reviewer", "plain", "alice"
+ALICE = "alice"
 CONSOLE_USER = "jaudit-review"
-DRIVER = "console-test-driver"
-PASSWORD = secrets.token_urlsafe(12)
 
 # Liveness bounds only; no timing is asserted.
 PAGE_TIMEOUT = 30_000  # ms (Playwright)
 INDEX_TIMEOUT = 60
-SERVICE_START_TIMEOUT = 30
 
 NEEDLE = "quartz-zebra-" + "7731"
 # Every hostile output tries to leave a mark where the test looks for one.
@@ -95,58 +89,6 @@ CELLS = [
     f"display(Markdown({'[markdown link](javascript:' + MARK + ')'!r}))",
     "print('A' * 3_000_000)",
 ]
-
-
-def console_config(store: Path, index: Path, socket: Path, driver_token: str):
-    def config(base: Path, port: int, hub_port: int, api_port: int, _kernels, _python) -> str:
-        return f"""\
-c = get_config()  # noqa
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.port = {port}
-c.JupyterHub.hub_ip = "127.0.0.1"
-c.JupyterHub.hub_port = {hub_port}
-c.ConfigurableHTTPProxy.command = [{str(CHP)!r}]
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
-c.JupyterHub.db_url = "sqlite:///{base}/hub/jupyterhub.sqlite"
-c.JupyterHub.cookie_secret_file = "{base}/hub/jupyterhub_cookie_secret"
-c.JupyterHub.pid_file = "{base}/hub/jupyterhub.pid"
-
-c.JupyterHub.authenticator_class = "dummy"
-c.DummyAuthenticator.password = {PASSWORD!r}
-c.Authenticator.allowed_users = {{{AUDITOR!r}, {REVIEWER!r}, {PLAIN!r}, {ALICE!r}}}
-
-c.JupyterHub.custom_scopes = {{
-    {READ!r}: {{"description": "Read the audit trail: sessions, code, metadata."}},
-    {READ_OUTPUTS!r}: {{"description": "Read the outputs in the audit trail too."}},
-}}
-c.JupyterHub.load_roles = [
-    {{"name": "audit-auditor", "scopes": [{ACCESS!r}, {READ!r}, {READ_OUTPUTS!r}],
-      "users": [{AUDITOR!r}]}},
-    {{"name": "audit-reviewer", "scopes": [{ACCESS!r}, {READ!r}], "users": [{REVIEWER!r}]}},
-    {{"name": "audit-visitor", "scopes": [{ACCESS!r}], "users": [{PLAIN!r}]}},
-    {{"name": "test-driver", "scopes": ["admin:users", "tokens"], "services": [{DRIVER!r}]}},
-]
-c.JupyterHub.services = [
-    {{"name": {DRIVER!r}, "api_token": {driver_token!r}}},
-    {{
-        "name": {SERVICE!r},
-        "url": "http://127.0.0.1:{_free_port()}",
-        "command": [{str(BIN)!r}, "serve", "--store", {str(store)!r}, "--index", {str(index)!r},
-                    "--collector-socket", {str(socket)!r}],
-        "user": {CONSOLE_USER!r},
-        "cwd": {str(index.parent)!r},
-        "environment": {{"RUST_LOG": "jupyter_audit=info"}},
-        "oauth_client_allowed_scopes": [{READ!r}, {READ_OUTPUTS!r}],
-        "oauth_no_confirm": True,
-    }},
-]
-"""
-    return config
-
-
-def _free_port() -> int:
-    from test_jupyterhub import _free_port as free
-    return free()
 
 
 class Env:
@@ -213,8 +155,9 @@ def env():
     driver_token = secrets.token_hex(16)
     hub = collector = playwright = None
     try:
-        hub = env.hub = Hub(env.base, env.base, env.base, config=console_config(
-            env.store, console_dir / "index.sqlite", socket, driver_token))
+        hub = env.hub = Hub(env.base, env.base, env.base, config=console_hub_config(
+            env.store, _free_port(), console_dir / "index.sqlite", socket,
+            notebook_users=(ALICE,), account=CONSOLE_USER, driver_token=driver_token))
         collector = env.collector = Collector(
             env.base, "--hub-api-url", f"{hub.url}/hub/api", "--console-user", CONSOLE_USER,
             "--reviewers-group", CONSOLE_USER, "--checkpoint-interval-secs", "1",
@@ -526,7 +469,8 @@ def test_a_flag_with_a_note_is_shown_filterable_and_needs_the_form_token(env, au
     href = alices_session(auditor)
     note = "figure differs from the report, ask alice"
     page.fill("#mark-form input[name='note']", note)
-    page.click("#mark-form button[value='flagged']")
+    with page.expect_navigation():  # the POST answers 303 back to the session
+        page.click("#mark-form button[value='flagged']")
 
     def shown() -> bool:
         page.reload()

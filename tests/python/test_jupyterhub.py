@@ -142,9 +142,8 @@ def describe(recs: list[dict], limit: int = 80) -> str:
 # --- the Hub ----------------------------------------------------------------------------------
 
 
-def hub_config(base: Path, port: int, hub_port: int, api_port: int, kernels: Path,
-               python: Path) -> str:
-    """The jupyterhub_config.py of this test (printed in the report as it is)."""
+def hub_config_head(base: Path, port: int, hub_port: int, api_port: int) -> str:
+    """Where a test's Hub listens and keeps its state, its proxy started by the Hub."""
     return f"""\
 c = get_config()  # noqa
 c.JupyterHub.ip = "127.0.0.1"
@@ -157,6 +156,13 @@ c.JupyterHub.db_url = "sqlite:///{base}/hub/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "{base}/hub/jupyterhub_cookie_secret"
 c.JupyterHub.pid_file = "{base}/hub/jupyterhub.pid"
 
+"""
+
+
+def hub_config(base: Path, port: int, hub_port: int, api_port: int, kernels: Path,
+               python: Path) -> str:
+    """The jupyterhub_config.py of this test (printed in the report as it is)."""
+    return hub_config_head(base, port, hub_port, api_port) + f"""\
 c.JupyterHub.authenticator_class = "pam"
 c.Authenticator.allowed_users = {{{ALICE!r}, {BOB!r}}}
 # Authentication is PAM's ("login" service, pam_unix). No PAM session: without a logind
