@@ -67,27 +67,29 @@ impl Console {
 
     /// The CSRF token of a signed-in session: an HMAC of who and until when.
     pub fn csrf_token(&self, session: &Session) -> String {
-        use hmac::{Mac, digest::KeyInit};
-        let Ok(mut mac) = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.csrf_key[..])
-        else {
-            return String::new();
+        use hmac::Mac;
+        self.csrf_mac(session)
+            .map(|mac| hex::encode(mac.finalize().into_bytes()))
+            .unwrap_or_default()
+    }
+
+    /// Whether `token` is the CSRF token of `session` (the MAC's own constant-time check).
+    pub fn csrf_matches(&self, session: &Session, token: &str) -> bool {
+        use hmac::Mac;
+        let (Some(mac), Ok(token)) = (self.csrf_mac(session), hex::decode(token)) else {
+            return false;
         };
+        mac.verify_slice(&token).is_ok()
+    }
+
+    fn csrf_mac(&self, session: &Session) -> Option<hmac::Hmac<sha2::Sha256>> {
+        use hmac::{Mac, digest::KeyInit};
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&self.csrf_key[..]).ok()?;
         mac.update(session.user.as_bytes());
         mac.update(&[0]);
         mac.update(session.expires.to_string().as_bytes());
-        hex::encode(mac.finalize().into_bytes())
-    }
-
-    /// Whether `token` is the CSRF token of `session` (compared in constant time).
-    pub fn csrf_matches(&self, session: &Session, token: &str) -> bool {
-        let expected = self.csrf_token(session);
-        !expected.is_empty()
-            && expected.len() == token.len()
-            && expected
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-                == 0
+        Some(mac)
     }
 }
 
@@ -102,7 +104,7 @@ impl Console {
             csrf_key: Arc::new([7; 32]),
             store: Arc::new(store),
             index,
-            trail: ReviewTrail::default(),
+            trail: ReviewTrail::kept_in_memory().0,
             health: Arc::new(pages::health::HealthCache::default()),
         }
     }

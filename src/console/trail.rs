@@ -162,6 +162,9 @@ pub enum TrailError {
 #[derive(Debug, Clone, Default)]
 pub struct ReviewTrail {
     writer: Option<Arc<Writer>>,
+    /// Handler tests: records kept in memory instead of a collector.
+    #[cfg(test)]
+    kept: Option<Arc<std::sync::Mutex<Vec<Record>>>>,
 }
 
 #[derive(Debug)]
@@ -204,7 +207,29 @@ impl ReviewTrail {
                 session_id,
                 waiting: Semaphore::new(MAX_WAITING),
             })),
+            #[cfg(test)]
+            kept: None,
         }
+    }
+
+    /// For handler tests: a trail that keeps its records in memory, and those records.
+    #[cfg(test)]
+    pub(crate) fn kept_in_memory() -> (Self, Arc<std::sync::Mutex<Vec<Record>>>) {
+        let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let trail = Self {
+            writer: None,
+            kept: Some(kept.clone()),
+        };
+        (trail, kept)
+    }
+
+    /// For handler tests: the records a [`Self::kept_in_memory`] trail holds.
+    #[cfg(test)]
+    pub(crate) fn kept_records(&self) -> Vec<Record> {
+        self.kept
+            .as_ref()
+            .and_then(|kept| kept.lock().ok().map(|records| records.clone()))
+            .unwrap_or_default()
     }
 
     /// The console session its records carry, if it has a collector.
@@ -239,6 +264,13 @@ impl ReviewTrail {
     }
 
     async fn write(&self, record: impl FnOnce(&str) -> Record) -> Result<(), TrailError> {
+        #[cfg(test)]
+        if let Some(kept) = &self.kept {
+            kept.lock()
+                .map_err(|_| TrailError::Unavailable("poisoned".into()))?
+                .push(record("console-test"));
+            return Ok(());
+        }
         let Some(writer) = &self.writer else {
             return Err(TrailError::Unavailable(
                 "the console has no collector to record views to".into(),

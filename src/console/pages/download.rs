@@ -108,7 +108,7 @@ mod tests {
     fn a_file_name_cannot_break_out_of_its_header() {
         assert_eq!(
             safe_file_name("a\"; x=\r\n.ipynb"),
-            "a___x____.ipynb".to_owned()
+            "a___x___.ipynb".to_owned()
         );
         assert_eq!(safe_file_name("alice-1.ipynb"), "alice-1.ipynb");
         assert_eq!(safe_file_name(""), "session.ipynb");

@@ -135,6 +135,17 @@ async fn an_auditor_sees_outputs_in_safe_forms_and_a_reviewer_sees_none() {
     let (_tmp, console) = console().await;
     let page = super::session::show(State(console.clone()), signed(true), Path(1)).await;
     assert_eq!(page.status(), StatusCode::OK);
+    let viewed = console.trail.kept_records();
+    let review = viewed.last().and_then(|record| record.get("review"));
+    assert_eq!(
+        review.and_then(|review| review.get("view")),
+        Some(&serde_json::json!("session")),
+        "the view is on the record: {viewed:?}"
+    );
+    assert_eq!(
+        review.and_then(|review| review.get("outputs")),
+        Some(&serde_json::json!(true))
+    );
     let html = body(page).await;
     assert!(
         html.contains("&#39;&lt;script&gt;alert(1)&lt;/script&gt;&#39;"),
