@@ -221,6 +221,9 @@ pub struct CellRow {
     pub last_sequence: u64,
     /// `@timestamp` of its request.
     pub requested_at: Option<String>,
+    /// The whole code's length in characters (`code` holds at most
+    /// [`CODE_SHOWN_CHARS`] of them).
+    pub code_chars: u64,
 }
 
 /// A cell whose code matched a search, with its session.
@@ -788,14 +791,23 @@ impl Index {
     /// The cells of a session in the order they were recorded (refused ones included,
     /// outputs without a recorded request too).
     pub fn cells(&self, session: i64) -> Result<Vec<CellRow>> {
+        self.cells_after(session, 0, u32::MAX)
+    }
+
+    /// At most `limit` cells of a session that start after the record `after`, in
+    /// record order (a session page at a time).
+    pub fn cells_after(&self, session: i64, after: u64, limit: u32) -> Result<Vec<CellRow>> {
         let mut statement = self
             .connection
             .prepare_cached(&format!(
-                "SELECT {CELL_COLUMNS} FROM cells WHERE session = ?1 ORDER BY first_sequence"
+                "SELECT {} FROM cells WHERE session = ?1 AND first_sequence > ?2 \
+                 ORDER BY first_sequence LIMIT ?3",
+                cell_columns("cells")
             ))
             .map_err(self.sqlite())?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
         statement
-            .query_map([session], cell_row)
+            .query_map(rusqlite::params![session, after, limit], cell_row)
             .map_err(self.sqlite())?
             .collect::<Result<_, _>>()
             .map_err(self.sqlite())
@@ -888,11 +900,7 @@ impl Index {
         }
         // One FTS5 string: the text matches as it is, operators and all.
         let phrase = format!("\"{}\"", text.replace('"', "\"\""));
-        let columns = CELL_COLUMNS
-            .split(", ")
-            .map(|column| format!("c.{column}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = cell_columns("c");
         let sql = format!(
             "SELECT {columns}, s.session_id, s.user, s.notebook
              FROM (SELECT rowid FROM code_search WHERE code_search MATCH ?1 AND rowid < ?2
@@ -1131,9 +1139,20 @@ fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(SessionRow, i64)> {
     ))
 }
 
-const CELL_COLUMNS: &str = "id, session, msg_id, execution_count, code, status, failed, \
-    refused, duration_ms, first_sequence, last_sequence, requested_at";
-const CELL_COLUMN_COUNT: usize = 12;
+/// The most of a cell's code a page reads (characters); the length says how much more
+/// there is. A notebook user's cell can be tens of megabytes: pages must not be.
+pub const CODE_SHOWN_CHARS: u64 = 65_536;
+
+/// The columns of a [`CellRow`], of the table named `table` (an alias, or `cells`).
+fn cell_columns(table: &str) -> String {
+    format!(
+        "{table}.id, {table}.session, {table}.msg_id, {table}.execution_count, \
+         substr({table}.code, 1, {CODE_SHOWN_CHARS}), {table}.status, {table}.failed, \
+         {table}.refused, {table}.duration_ms, {table}.first_sequence, {table}.last_sequence, \
+         {table}.requested_at, length({table}.code)"
+    )
+}
+const CELL_COLUMN_COUNT: usize = 13;
 
 fn cell_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CellRow> {
     Ok(CellRow {
@@ -1149,6 +1168,7 @@ fn cell_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CellRow> {
         first_sequence: to_u64(row.get(9)?),
         last_sequence: to_u64(row.get(10)?),
         requested_at: row.get(11)?,
+        code_chars: row.get::<_, Option<i64>>(12)?.map_or(0, to_u64),
     })
 }
 

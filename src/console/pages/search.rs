@@ -110,7 +110,7 @@ pub async fn search(
                     @let user = hit.user.as_deref().unwrap_or("?");
                     li class="hit" data-session-id=(hit.session_id) {
                         p class="hit-head" {
-                            a class="hit-link" href=(console.url(&format!("session/{}#cell-{}", hit.cell.session, hit.cell.id))) {
+                            a class="hit-link" href=(console.url(&format!("session/{}?from={}#cell-{}", hit.cell.session, hit.cell.first_sequence, hit.cell.id))) {
                                 "[" (hit.cell.execution_count.map_or(" ".to_owned(), |n| n.to_string())) "] "
                                 (hit.notebook.as_deref().unwrap_or("(no notebook)"))
                             }

@@ -8,14 +8,14 @@
 //! `sandbox`, no scripts); `P/session/<id>/mark` takes the mark form (POST, CSRF token).
 
 use axum::Form;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 
 use super::{Nav, duration, mark_badge, query_failed, record_view, shell, short_time, state_badge};
-use crate::console::index::{CellRow, MarkRow, SessionRow, StoreEvent};
+use crate::console::index::{CODE_SHOWN_CHARS, CellRow, MarkRow, SessionRow, StoreEvent};
 use crate::console::outputs::{self, SessionOutputs};
 use crate::console::render::{code, output};
 use crate::console::server::{Console, SignedIn, error_page};
@@ -27,6 +27,16 @@ use crate::review::sessions::SessionKey;
 const GAP_SECONDS: i64 = 10 * 60;
 /// The longest note a mark takes.
 const MAX_NOTE: usize = 2_000;
+/// Cells on one page of a session: a session of many thousands of cells is read and
+/// shown a page at a time.
+const CELLS_PER_PAGE: u32 = 500;
+
+/// Where a page of a session starts: `from` is the first record of its first cell.
+#[derive(Debug, Default, Deserialize)]
+pub struct SessionPageQuery {
+    #[serde(default)]
+    from: u64,
+}
 
 fn key_of(session: &SessionRow) -> SessionKey {
     SessionKey {
@@ -38,24 +48,37 @@ fn key_of(session: &SessionRow) -> SessionKey {
 struct Loaded {
     session: SessionRow,
     cells: Vec<CellRow>,
+    /// Where the next page of cells starts, if there is one.
+    next_from: Option<u64>,
+    /// Whether cells come before this page.
+    earlier: bool,
     marks: Vec<MarkRow>,
     /// Interrupts, signals, gaps, … recorded in the session.
     events: Vec<StoreEvent>,
 }
 
-async fn load(console: &Console, id: i64) -> Result<Option<Loaded>, Response> {
+async fn load(console: &Console, id: i64, from: u64) -> Result<Option<Loaded>, Response> {
     console
         .index
         .query(move |index| {
             let Some(session) = index.session(id)? else {
                 return Ok(None);
             };
-            let cells = index.cells(id)?;
+            let mut cells = index.cells_after(id, from.saturating_sub(1), CELLS_PER_PAGE + 1)?;
+            let next_from = (cells.len() > CELLS_PER_PAGE as usize)
+                .then(|| cells.pop().map(|next| next.first_sequence))
+                .flatten();
+            let earlier = index
+                .cells_after(id, 0, 1)?
+                .first()
+                .is_some_and(|first| first.first_sequence < from);
             let marks = index.marks(&session.session_id)?;
             let events = index.session_events(&session.session_id, &session.user_id)?;
             Ok(Some(Loaded {
                 session,
                 cells,
+                next_from,
+                earlier,
                 marks,
                 events,
             }))
@@ -73,8 +96,9 @@ pub async fn show(
     State(console): State<Console>,
     signed: SignedIn,
     Path(id): Path<i64>,
+    Query(page): Query<SessionPageQuery>,
 ) -> Response {
-    let loaded = match load(&console, id).await {
+    let loaded = match load(&console, id, page.from).await {
         Ok(Some(loaded)) => loaded,
         Ok(None) => return no_session(),
         Err(response) => return response,
@@ -101,7 +125,10 @@ pub async fn show(
             .map(|cell| cell.first_sequence)
             .min()
             .unwrap_or(loaded.session.first_sequence);
-        let last = loaded.session.last_sequence;
+        // A page's outputs end where the next page's first cell starts.
+        let last = loaded
+            .next_from
+            .map_or(loaded.session.last_sequence, |next| next.saturating_sub(1));
         let read =
             tokio::task::spawn_blocking(move || outputs::read(&store, &key, first, last)).await;
         match read {
@@ -183,6 +210,17 @@ fn render(
                 }
             }
             @if loaded.cells.is_empty() { p class="empty" { "No cells ran in this session." } }
+            @if loaded.earlier || loaded.next_from.is_some() {
+                nav #cell-pages class="pager" {
+                    @if loaded.earlier {
+                        a #first-cells href=(console.url(&format!("session/{}", session.id))) { "← First cells" }
+                    }
+                    @if let Some(next) = loaded.next_from {
+                        " "
+                        a #next-cells href=(console.url(&format!("session/{}?from={next}", session.id))) { "Next " (CELLS_PER_PAGE) " cells →" }
+                    }
+                }
+            }
             footer class="session-end" {
                 @if session.end.is_some() {
                     "Session ended " (short_time(session.end.as_deref()))
@@ -271,6 +309,11 @@ fn cell_view(
                 p class="refusal" { "Refused: not run, because it could not be recorded first." }
             }
             pre class="code" { code { (PreEscaped(code::to_html(cell.code.as_deref().unwrap_or("")))) } }
+            @if cell.code_chars > CODE_SHOWN_CHARS {
+                p class="cut" {
+                    "… " (cell.code_chars - CODE_SHOWN_CHARS) " more characters of this cell not shown (the .ipynb download holds it whole)."
+                }
+            }
             @if let Some(outputs) = outputs {
                 @if let Some(list) = outputs.by_request.get(&cell.msg_id) {
                     div class="outputs" {

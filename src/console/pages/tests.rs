@@ -39,9 +39,6 @@ fn record(second: u32, action: &str, jupyter: Value) -> Map<String, Value> {
 /// A console over a store with one session: a cell whose outputs are hostile HTML,
 /// a traceback and a PNG.
 async fn console() -> (tempfile::TempDir, Console) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("store");
-    let (handle, _) = store::open(StoreConfig::new(&dir)).unwrap();
     let records = vec![
         record(0, "session_start", json!({"notebook_path": "work/a.ipynb"})),
         record(
@@ -83,6 +80,14 @@ async fn console() -> (tempfile::TempDir, Console) {
             json!({"exit_code": 0, "exit_signal": null, "orphaned": false}),
         ),
     ];
+    console_over(records).await
+}
+
+/// A console over a store of `records`, indexed.
+async fn console_over(records: Vec<Map<String, Value>>) -> (tempfile::TempDir, Console) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("store");
+    let (handle, _) = store::open(StoreConfig::new(&dir)).unwrap();
     let writer = std::thread::spawn(move || {
         for record in records {
             handle.append_blocking(record).unwrap();
@@ -133,7 +138,13 @@ async fn body(response: Response) -> String {
 #[tokio::test]
 async fn an_auditor_sees_outputs_in_safe_forms_and_a_reviewer_sees_none() {
     let (_tmp, console) = console().await;
-    let page = super::session::show(State(console.clone()), signed(true), Path(1)).await;
+    let page = super::session::show(
+        State(console.clone()),
+        signed(true),
+        Path(1),
+        Query(Default::default()),
+    )
+    .await;
     assert_eq!(page.status(), StatusCode::OK);
     let viewed = console.trail.kept_records();
     let review = viewed.last().and_then(|record| record.get("review"));
@@ -185,7 +196,13 @@ async fn an_auditor_sees_outputs_in_safe_forms_and_a_reviewer_sees_none() {
     let other = super::session::output(State(console.clone()), signed(true), Path((1, 2))).await;
     assert_eq!(other.status(), StatusCode::NOT_FOUND);
 
-    let page = super::session::show(State(console.clone()), signed(false), Path(1)).await;
+    let page = super::session::show(
+        State(console.clone()),
+        signed(false),
+        Path(1),
+        Query(Default::default()),
+    )
+    .await;
     let html = body(page).await;
     assert!(html.contains("id=\"outputs-hidden\""), "{html}");
     assert!(html.contains("&lt;script&gt;alert(1)"), "the code is shown");
@@ -218,7 +235,7 @@ async fn lists_search_and_marks() {
     .await;
     let html = body(search).await;
     assert!(
-        html.contains("href=\"/services/jupyter-audit/session/1#cell-1\""),
+        html.contains("href=\"/services/jupyter-audit/session/1?from=2#cell-1\""),
         "{html}"
     );
     assert!(html.contains("<mark>&lt;script&gt;</mark>"), "{html}");
@@ -243,4 +260,51 @@ async fn lists_search_and_marks() {
     let token = console.csrf_token(&reviewer.session);
     let marked = super::session::mark(State(console.clone()), reviewer, Path(1), form(token)).await;
     assert_eq!(marked.status(), StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn a_huge_session_is_shown_a_page_of_cells_at_a_time_and_huge_code_cut() {
+    let huge = format!("x = '{}'", "y".repeat(200_000));
+    let mut records = vec![record(0, "session_start", json!({}))];
+    for n in 0..501 {
+        let code = if n == 0 {
+            huge.clone()
+        } else {
+            format!("cell_{n} = {n}")
+        };
+        records.push(record(
+            1,
+            "execute_request",
+            json!({"msg_id": format!("r{n}"), "code": code}),
+        ));
+    }
+    let (_tmp, console) = console_over(records).await;
+    let page = super::session::show(
+        State(console.clone()),
+        signed(true),
+        Path(1),
+        Query(Default::default()),
+    )
+    .await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = body(page).await;
+    assert!(!html.contains(&"y".repeat(70_000)), "the huge cell is cut");
+    assert!(html.contains("more characters of this cell not shown"));
+    assert!(html.contains("cell_499 ") && !html.contains("cell_500 "));
+    let next = html
+        .split("id=\"next-cells\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a link to the next cells");
+    let from: u64 = next.rsplit("from=").next().unwrap().parse().unwrap();
+    let page = super::session::show(
+        State(console.clone()),
+        signed(true),
+        Path(1),
+        Query(serde_json::from_value(json!({"from": from})).unwrap()),
+    )
+    .await;
+    let html = body(page).await;
+    assert!(html.contains("cell_500 ") && !html.contains("cell_499 "));
+    assert!(html.contains("id=\"first-cells\""));
 }
