@@ -33,13 +33,22 @@ use crate::review::log::end_description;
 use crate::review::sessions::{Liveness, SessionKey, SessionState};
 use crate::store::{self, Follower, StoreError};
 
+mod record;
+use record::LeanRecord;
+
 /// Changes whenever the tables or what goes into them change: an index of another
 /// version is rebuilt.
 const SCHEMA_VERSION: &str = "3";
 
-/// Records read and indexed in one transaction.
+/// Records read and indexed at a time (the lines of a batch are held in memory).
 const BATCH_RECORDS: usize = 20_000;
 const BATCH_BYTES: usize = 32 << 20;
+/// Records indexed in one transaction (several batches): the code search's index is
+/// written at each commit, and fewer, larger writes merge less.
+const TRANSACTION_RECORDS: usize = 100_000;
+/// Memory FTS5 may hold for the code search's pending writes before it writes them
+/// (its default is 1 MiB): with [`TRANSACTION_RECORDS`], one write per transaction.
+const SEARCH_HASH_BYTES: usize = 8 << 20;
 
 /// Shortest code search (the trigram tokenizer needs three characters).
 pub const MIN_SEARCH_CHARS: usize = 3;
@@ -476,7 +485,9 @@ impl Index {
     fn create(&self) -> Result<()> {
         self.connection
             .execute_batch(&format!(
-                "BEGIN; {SCHEMA} INSERT INTO meta VALUES ('schema', '{SCHEMA_VERSION}'); COMMIT;"
+                "BEGIN; {SCHEMA} INSERT INTO meta VALUES ('schema', '{SCHEMA_VERSION}'); \
+                 INSERT INTO code_search (code_search, rank) VALUES ('hashsize', {SEARCH_HASH_BYTES}); \
+                 COMMIT;"
             ))
             .map_err(self.sqlite())
     }
@@ -564,14 +575,8 @@ impl Index {
                 Follower::new(store_dir, self.last_sequence()? + 1)
             }
         };
-        loop {
-            let records = follower.read(u64::MAX, BATCH_RECORDS, BATCH_BYTES)?;
-            let Some(last) = records.last() else {
-                break;
-            };
-            let last_sequence = last.sequence;
-            let last_hash = chain_hash_of(&last.line).unwrap_or_default();
-            let mut batch = Batch::default();
+        let mut done = false;
+        while !done {
             let transaction =
                 self.connection
                     .transaction()
@@ -583,17 +588,32 @@ impl Index {
                 path: self.path.clone(),
                 source,
             };
-            for record in &records {
-                let SlimRecord(value) =
-                    serde_json::from_slice(&record.line).map_err(|e| IndexError::Record {
-                        sequence: record.sequence,
-                        detail: e.to_string(),
-                    })?;
-                batch
-                    .add(&transaction, record.sequence, &value)
-                    .map_err(sqlite)?;
+            let mut indexed = 0;
+            let mut last_indexed = None;
+            while indexed < TRANSACTION_RECORDS {
+                let records = follower.read(u64::MAX, BATCH_RECORDS, BATCH_BYTES)?;
+                let Some(last) = records.last() else {
+                    done = true;
+                    break;
+                };
+                last_indexed = Some((last.sequence, chain_hash_of(&last.line).unwrap_or_default()));
+                let mut batch = Batch::default();
+                for record in &records {
+                    index_record(
+                        &mut batch,
+                        &transaction,
+                        &self.path,
+                        record.sequence,
+                        &record.line,
+                    )?;
+                }
+                batch.write(&transaction).map_err(sqlite)?;
+                indexed += records.len();
             }
-            batch.write(&transaction).map_err(sqlite)?;
+            // Nothing read: the transaction is dropped (rolled back) with nothing in it.
+            let Some((last_sequence, last_hash)) = last_indexed else {
+                break;
+            };
             transaction
                 .execute(
                     "INSERT OR REPLACE INTO meta VALUES ('last_sequence', ?1), ('last_hash', ?2), ('store_id', ?3)",
@@ -601,7 +621,7 @@ impl Index {
                 )
                 .map_err(sqlite)?;
             transaction.commit().map_err(sqlite)?;
-            outcome.records += records.len() as u64;
+            outcome.records += indexed as u64;
         }
         self.follower = Some((store_dir.to_path_buf(), follower));
         self.refresh_open_sessions(liveness)?;
@@ -949,6 +969,51 @@ fn open_state(alive: Option<bool>, has_start: bool) -> (SessionState, Option<&'s
     }
 }
 
+/// Takes the stored `line` of record `sequence` into `batch`: most records through
+/// [`LeanRecord`] alone; those that need more fields (marks, health events, a session's
+/// start and end), and a line the lean parse cannot read, through a [`SlimRecord`] too.
+fn index_record(
+    batch: &mut Batch,
+    transaction: &Transaction<'_>,
+    path: &Path,
+    sequence: u64,
+    line: &[u8],
+) -> Result<()> {
+    let sqlite = |source| IndexError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Ok(lean) = serde_json::from_slice::<LeanRecord<'_>>(line)
+        && !needs_whole_record(lean.action())
+    {
+        return batch
+            .add(transaction, sequence, &lean, None)
+            .map_err(sqlite);
+    }
+    let SlimRecord(value) = serde_json::from_slice(line).map_err(|e| IndexError::Record {
+        sequence,
+        detail: e.to_string(),
+    })?;
+    batch
+        .add(
+            transaction,
+            sequence,
+            &LeanRecord::of_value(&value),
+            Some(&value),
+        )
+        .map_err(sqlite)
+}
+
+/// Whether [`Batch::add`] reads more of a record of `action` than a [`LeanRecord`] holds.
+fn needs_whole_record(action: &str) -> bool {
+    action == REVIEW_MARK
+        || HEALTH_ACTIONS.contains(&action)
+        || matches!(
+            Action::from_name(action),
+            Some(Action::SessionStart | Action::SessionEnd)
+        )
+}
+
 /// Whether the index reads this top-level field of a record. The others (the chain)
 /// are skipped while parsing, as are the `jupyter.*` fields it does not read (the
 /// message as it came, outputs' data): most of a record's bytes.
@@ -1230,49 +1295,62 @@ impl Batch {
         Ok(Some(cell))
     }
 
-    /// Takes one record into the batch.
+    /// Takes one record into the batch: `record`, and `whole` for the records that
+    /// [`needs_whole_record`] names.
     fn add(
         &mut self,
         transaction: &Transaction<'_>,
         sequence: u64,
-        value: &Value,
+        record: &LeanRecord<'_>,
+        whole: Option<&Value>,
     ) -> rusqlite::Result<()> {
-        if fields::action(value) == REVIEW_MARK {
-            if let Some(mark) = mark_of(sequence, value) {
+        let action = record.action();
+        if action == REVIEW_MARK {
+            if let Some(mark) = whole.and_then(|value| mark_of(sequence, value)) {
                 self.marks.push(mark);
             }
             return Ok(());
         }
-        if HEALTH_ACTIONS.contains(&fields::action(value)) {
+        if let Some(value) = whole
+            && HEALTH_ACTIONS.contains(&action)
+        {
             self.events.push(StoreEvent {
                 sequence,
-                action: fields::action(value).to_owned(),
-                time: owned(fields::str_at(value, &["@timestamp"])),
-                host: owned(fields::str_at(value, &["host", "name"])),
-                pid: fields::at(value, &["process", "pid"]).and_then(Value::as_u64),
+                action: action.to_owned(),
+                time: owned(record.timestamp.as_str()),
+                host: owned(record.host.0.name.as_str()),
+                pid: record.process.0.pid.as_u64(),
                 summary: crate::review::log::summary(value),
-                session_id: owned(fields::jupyter(value, "session_id")),
-                user_id: owned(fields::os_user_id(value)),
+                session_id: owned(record.jupyter.0.session_id.as_str()),
+                user_id: owned(record.os_user_id()),
             });
         }
-        let Some(key) = SessionKey::of(value) else {
+        let Some(key) = record.session_key() else {
             return Ok(());
         };
-        let timestamp = fields::str_at(value, &["@timestamp"]);
+        let timestamp = record.timestamp.as_str();
+        let jupyter = &record.jupyter.0;
+        let host = record.host.0.name.as_str();
         let session = self.session(transaction, &key, sequence)?;
-        let text = |name: &str| fields::jupyter(value, name);
         session.records += 1;
         session.first_sequence = session.first_sequence.min(sequence);
         session.last_sequence = session.last_sequence.max(sequence);
-        session.last_record = owned(timestamp);
+        match (&mut session.last_record, timestamp) {
+            // The string of the previous record is reused: most records change it.
+            (Some(last), Some(timestamp)) => {
+                last.clear();
+                last.push_str(timestamp);
+            }
+            (last, timestamp) => *last = owned(timestamp),
+        }
         if session.start.is_none() {
             session.start = owned(timestamp);
-            session.start_ms = fields::timestamp(value).map_or(0, millis);
+            session.start_ms = timestamp.and_then(fields::parse_rfc3339).map_or(0, millis);
         }
         if session.user.is_none() {
-            session.user = owned(fields::str_at(value, &["user", "name"]));
+            session.user = owned(record.user.0.name.as_str());
         }
-        let verified_by = fields::str_at(value, &["user", "verified_by"]).unwrap_or("peercred");
+        let verified_by = record.user.0.verified_by.as_str().unwrap_or("peercred");
         match &session.verified_by {
             None => session.verified_by = Some(verified_by.to_owned()),
             Some(known) if known != verified_by && known != "mixed" => {
@@ -1281,40 +1359,47 @@ impl Batch {
             Some(_) => {}
         }
         if session.host.is_none() {
-            session.host = owned(fields::str_at(value, &["host", "name"]));
+            session.host = owned(host);
         }
         if session.kernel_id.is_none() {
-            session.kernel_id = owned(text("kernel_id"));
+            session.kernel_id = owned(jupyter.kernel_id.as_str());
         }
         if session.kernel_name.is_none() {
-            session.kernel_name = owned(text("kernel_name"));
+            session.kernel_name = owned(jupyter.kernel_name.as_str());
         }
         let session_id = session.id;
-        let action = fields::action(value);
-        let resent = fields::at(value, &["jupyter", "resent"]) == Some(&Value::Bool(true));
+        let code = || {
+            jupyter
+                .code
+                .as_ref()
+                .and_then(fields::stored_text)
+                .map(std::borrow::Cow::into_owned)
+        };
         match (Action::from_name(action), action) {
             (Some(Action::SessionStart), _) if !session.has_start => {
-                let start: crate::audit::events::SessionStart = fields::event(value);
+                let start: crate::audit::events::SessionStart =
+                    whole.map(fields::event).unwrap_or_default();
                 session.has_start = true;
                 session.start = owned(timestamp);
-                session.start_ms = fields::timestamp(value).map_or(0, millis);
-                session.host = owned(fields::str_at(value, &["host", "name"]));
+                session.start_ms = timestamp.and_then(fields::parse_rfc3339).map_or(0, millis);
+                session.host = owned(host);
                 session.notebook = start.notebook_path;
                 session.hub_user = start.hub_user;
-                session.proxy_pid = fields::at(value, &["process", "pid"])
-                    .and_then(Value::as_u64)
+                session.proxy_pid = record
+                    .process
+                    .0
+                    .pid
+                    .as_u64()
                     .and_then(|pid| u32::try_from(pid).ok());
             }
             (Some(Action::SessionEnd), _) => {
                 session.ended = true;
                 session.end = owned(timestamp);
-                session.end_reason = end_description(value);
+                session.end_reason = whole.and_then(end_description);
             }
             (Some(Action::ExecutionRefused), _) => {
-                if let Some(msg_id) = text("msg_id") {
-                    let code = fields::at(value, &["jupyter", "code"])
-                        .and_then(fields::stored_text)
-                        .map(|code| code.into_owned());
+                if let Some(msg_id) = jupyter.msg_id.as_str() {
+                    let code = code();
                     let Some(cell) =
                         self.cell(transaction, &key, session_id, msg_id, sequence, true)?
                     else {
@@ -1330,33 +1415,33 @@ impl Batch {
             }
             (Some(_), _) => {}
             (None, "execute_request") => {
-                if let Some(msg_id) = text("msg_id") {
-                    let code = fields::at(value, &["jupyter", "code"])
-                        .and_then(fields::stored_text)
-                        .map(|code| code.into_owned());
+                if let Some(msg_id) = jupyter.msg_id.as_str() {
                     let Some(cell) =
                         self.cell(transaction, &key, session_id, msg_id, sequence, true)?
                     else {
                         return Ok(());
                     };
                     // The proxy sends a request again after a reconnection: one cell.
-                    if resent && cell.requests > 0 {
+                    if jupyter.resent.is_true() && cell.requests > 0 {
                         return Ok(());
                     }
                     cell.requests += 1;
                     if cell.requested_at.is_none() {
                         cell.requested_at = owned(timestamp);
                     }
-                    if cell.code.is_none() && code.is_some() {
-                        cell.code = code;
+                    if cell.code.is_none()
+                        && let Some(code) = code()
+                    {
+                        cell.code = Some(code);
                         cell.code_is_new = true;
                     }
                 }
             }
             (None, "execute_input") => {
-                let count =
-                    fields::at(value, &["jupyter", "execution_count"]).and_then(Value::as_u64);
-                if let (Some(parent), Some(count)) = (text("parent_msg_id"), count) {
+                if let (Some(parent), Some(count)) = (
+                    jupyter.parent_msg_id.as_str(),
+                    jupyter.execution_count.as_u64(),
+                ) {
                     let Some(cell) =
                         self.cell(transaction, &key, session_id, parent, sequence, true)?
                     else {
@@ -1366,12 +1451,10 @@ impl Batch {
                 }
             }
             (None, "execute_reply") => {
-                if let Some(parent) = text("parent_msg_id") {
-                    let count =
-                        fields::at(value, &["jupyter", "execution_count"]).and_then(Value::as_u64);
-                    let duration =
-                        fields::at(value, &["jupyter", "duration_ms"]).and_then(Value::as_f64);
-                    let status = text("status").map(str::to_owned);
+                if let Some(parent) = jupyter.parent_msg_id.as_str() {
+                    let count = jupyter.execution_count.as_u64();
+                    let duration = jupyter.duration_ms.as_f64();
+                    let status = jupyter.status.as_str().map(str::to_owned);
                     let Some(cell) =
                         self.cell(transaction, &key, session_id, parent, sequence, true)?
                     else {
@@ -1390,7 +1473,7 @@ impl Batch {
                 }
             }
             (None, "error") => {
-                if let Some(parent) = text("parent_msg_id") {
+                if let Some(parent) = jupyter.parent_msg_id.as_str() {
                     let Some(cell) =
                         self.cell(transaction, &key, session_id, parent, sequence, true)?
                     else {
@@ -1401,7 +1484,7 @@ impl Batch {
             }
             (None, _) => {
                 // Any other output of a request makes it last longer.
-                if let Some(parent) = text("parent_msg_id") {
+                if let Some(parent) = jupyter.parent_msg_id.as_str() {
                     self.cell(transaction, &key, session_id, parent, sequence, false)?;
                 }
             }
