@@ -107,6 +107,14 @@ pub fn default_index_path(source: &ConsoleSource) -> Result<PathBuf, ConsoleErro
 /// The database a PostgreSQL URL names (the path after the host), as a file name part:
 /// letters, digits, `-` and `_` only.
 fn database_name(url: &str) -> String {
+    // A key=value connection string (`host=… dbname=audit`).
+    if !url.contains("://") {
+        let database = url
+            .split_whitespace()
+            .find_map(|pair| pair.strip_prefix("dbname="))
+            .unwrap_or_default();
+        return file_name_part(database);
+    }
     let without_query = url.split(['?', '#']).next().unwrap_or_default();
     let after_scheme = without_query
         .split_once("://")
@@ -117,7 +125,12 @@ fn database_name(url: &str) -> String {
         .rsplit('/')
         .next()
         .unwrap_or_default();
-    let safe: String = database
+    file_name_part(database)
+}
+
+/// `text` with letters, digits, `-` and `_` only (at most 40), or `postgres` if none.
+fn file_name_part(text: &str) -> String {
+    let safe: String = text
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
         .take(40)
@@ -168,5 +181,9 @@ mod tests {
         );
         assert_eq!(database_name("postgresql://db.example"), "postgres");
         assert_eq!(database_name("postgresql://h/../x y"), "xy");
+        assert_eq!(
+            database_name("host=/run/pg port=5432 user=r dbname=trail"),
+            "trail"
+        );
     }
 }
