@@ -322,8 +322,9 @@ fn main() {
             user_id: session.user_id.clone(),
         };
         let first = cells.iter().map(|c| c.first_sequence).min().unwrap_or(1);
-        let outputs =
-            console::outputs::read(&store, &key, first, session.last_sequence).expect("outputs");
+        let source = console::ConsoleSource::Store(store.clone());
+        let outputs = console::outputs::read(&source, "", &key, first, session.last_sequence)
+            .expect("outputs");
         let frame = |sequence: u64| format!("/p/session/{id}/output/{sequence}");
         let mut html = String::new();
         for cell in &cells {

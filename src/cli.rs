@@ -279,8 +279,21 @@ pub struct ExportKeyArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// The store directory (read access is enough).
-    #[arg(long)]
-    pub store: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "postgres",
+        conflicts_with = "postgres"
+    )]
+    pub store: Option<PathBuf>,
+
+    /// Review the records forwarded to this PostgreSQL server instead, every store the
+    /// collectors forward there (libpq URL, without a password; the reader role is enough).
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+
+    /// The file that holds the PostgreSQL password.
+    #[arg(long, value_name = "FILE", conflicts_with = "store")]
+    pub postgres_password_file: Option<PathBuf>,
 
     /// The collector's socket, where every view is put on the record before it is
     /// shown (the collector names this console's OS account with --console-user).
@@ -289,7 +302,8 @@ pub struct ServeArgs {
 
     /// The console's index of the store (an SQLite file it writes; rebuilt from the store
     /// when deleted) [default: $STATE_DIRECTORY, else $XDG_STATE_HOME/jupyter-audit, else
-    /// ~/.local/state/jupyter-audit, /console-index-<store id>.sqlite].
+    /// ~/.local/state/jupyter-audit, /console-index-<store id>.sqlite; with --postgres,
+    /// console-index-pg-<database>-<hash of the URL>.sqlite].
     #[arg(long)]
     pub index: Option<PathBuf>,
 }

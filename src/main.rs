@@ -146,8 +146,16 @@ fn hub_options(
 }
 
 fn run_serve(args: cli::ServeArgs) -> anyhow::Result<()> {
+    use jupyter_audit::console::ConsoleSource;
+    let source = match (args.store, args.postgres) {
+        (Some(store), _) => ConsoleSource::Store(store),
+        (None, url) => ConsoleSource::Postgres(jupyter_audit::postgres::connect::PostgresOptions {
+            url: url.unwrap_or_default(),
+            password_file: args.postgres_password_file,
+        }),
+    };
     let options = jupyter_audit::console::ServeOptions {
-        store: args.store,
+        source,
         collector_socket: args.collector_socket,
         index: args.index,
     };

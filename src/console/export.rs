@@ -76,6 +76,9 @@ use time::OffsetDateTime;
 
 use super::index::SessionRow;
 use crate::audit::events::Action;
+use crate::postgres::PostgresError;
+use crate::postgres::connect::{PostgresOptions, PostgresTarget};
+use crate::postgres::review::ReviewReader;
 use crate::review::ReviewError;
 use crate::review::fields;
 use crate::review::filter::Filter;
@@ -135,6 +138,8 @@ pub enum ExportError {
     Review(#[from] ReviewError),
     #[error("cannot read the store: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Postgres(#[from] PostgresError),
     #[error(
         "the session's last record (sequence {last}) is not covered by a signed checkpoint \
          yet; the collector signs one within its checkpoint interval: try again then"
@@ -249,6 +254,82 @@ fn session_records_within(
     Ok(records)
 }
 
+/// The export of the session of a row of the console's index over PostgreSQL: its
+/// records read by store id, sequence range and session id (the primary key and the
+/// session index `postgres init` makes), covered by the store's forwarded checkpoints,
+/// so that `verify-export --public-key` checks it as an export from the store itself.
+pub fn export_forwarded(
+    options: &PostgresOptions,
+    row: &SessionRow,
+    outputs: bool,
+) -> Result<Export, ExportError> {
+    let key = SessionKey {
+        session_id: row.session_id.clone(),
+        user_id: row.user_id.clone(),
+    };
+    let store_id = uuid::Uuid::parse_str(&row.store)
+        .map_err(|_| ReviewError::NoSession(row.session_id.clone()))?;
+    let mut reader = ReviewReader::connect(&PostgresTarget::new(options)?)?;
+    let mut records: Vec<StoredRecord> = Vec::new();
+    let mut unreadable = 0;
+    let first = i64::try_from(row.first_sequence).unwrap_or(i64::MAX);
+    let last = i64::try_from(row.last_sequence).unwrap_or(i64::MAX);
+    reader.for_each_line_between::<ExportError>(
+        store_id,
+        first,
+        last,
+        Some(&row.session_id),
+        |line| {
+            let sequence = u64::try_from(line.sequence).unwrap_or_default();
+            match store::parse_line(line.line.into_bytes()) {
+                Ok((raw, value, _)) => {
+                    if SessionKey::of(&value).as_ref() == Some(&key) {
+                        records.push(StoredRecord {
+                            segment: PathBuf::from(format!("postgresql:{store_id}")),
+                            line: sequence,
+                            sequence,
+                            raw,
+                            value,
+                        });
+                    }
+                }
+                Err(kind) => {
+                    unreadable += 1;
+                    tracing::warn!(%store_id, sequence, %kind, "an unreadable forwarded record");
+                }
+            }
+            Ok(())
+        },
+    )?;
+    if unreadable > 0 {
+        return Err(ReviewError::Unreadable { count: unreadable }.into());
+    }
+    if records.is_empty() {
+        return Err(ReviewError::NoSession(key.session_id.clone()).into());
+    }
+    let checkpoints = reader
+        .checkpoints(store_id)?
+        .into_iter()
+        .map(|forwarded| Checkpoint {
+            sequence: u64::try_from(forwarded.sequence).unwrap_or_default(),
+            chain_hash: forwarded.chain_hash,
+            segment: forwarded.segment,
+            time: forwarded.time,
+            key_id: forwarded.key_id,
+            signature: forwarded.signature,
+        })
+        .collect();
+    let label = format!("postgresql: {} store {store_id}", options.url);
+    assemble_from(
+        &store_id.to_string(),
+        checkpoints,
+        &label,
+        key,
+        records,
+        outputs,
+    )
+}
+
 fn log_warnings(warnings: &[u8]) {
     if !warnings.is_empty() {
         tracing::warn!(
@@ -279,12 +360,28 @@ fn assemble(
     records: Vec<StoredRecord>,
     outputs: bool,
 ) -> Result<Export, ExportError> {
+    let (checkpoints, _) = store::read_checkpoints(store_dir, 0)?;
+    let store_id = store::store_id(store_dir)?.to_string();
+    let label = RecordSource::Store(store_dir.to_path_buf()).label();
+    assemble_from(&store_id, checkpoints, &label, key, records, outputs)
+}
+
+/// The export of `records`, all of the session `key`, in the order of the store
+/// `store_id` whose signed `checkpoints` they are covered by; `label` names where they
+/// were read (the notebook's metadata).
+fn assemble_from(
+    store_id: &str,
+    checkpoints: Vec<Checkpoint>,
+    label: &str,
+    key: SessionKey,
+    records: Vec<StoredRecord>,
+    outputs: bool,
+) -> Result<Export, ExportError> {
     let session = key.session_id.as_str();
     let last = records
         .last()
         .map(|record| record.sequence)
         .ok_or_else(|| ReviewError::NoSession(session.to_owned()))?;
-    let (checkpoints, _) = store::read_checkpoints(store_dir, 0)?;
     let checkpoint = checkpoints
         .into_iter()
         .find(|checkpoint| checkpoint.sequence >= last)
@@ -293,13 +390,12 @@ fn assemble(
         .iter()
         .filter(|record| outputs || holds_no_output(fields::action(&record.value)))
         .collect();
-    let label = RecordSource::Store(store_dir.to_path_buf()).label();
     let mut notebook =
-        replay::notebook_of(included.iter().copied(), &label, &LocalProcesses::default())
+        replay::notebook_of(included.iter().copied(), label, &LocalProcesses::default())
             .ok_or_else(|| ReviewError::NoSession(session.to_owned()))?;
     let proof = Proof {
         format: FORMAT.to_owned(),
-        store_id: store::store_id(store_dir)?.to_string(),
+        store_id: store_id.to_owned(),
         session_id: key.session_id.clone(),
         user_id: key.user_id.clone(),
         outputs,

@@ -38,7 +38,7 @@ use record::LeanRecord;
 
 /// Changes whenever the tables or what goes into them change: an index of another
 /// version is rebuilt.
-const SCHEMA_VERSION: &str = "3";
+const SCHEMA_VERSION: &str = "4";
 
 /// Records read and indexed at a time (the lines of a batch are held in memory).
 const BATCH_RECORDS: usize = 20_000;
@@ -74,6 +74,8 @@ pub enum IndexError {
     Record { sequence: u64, detail: String },
     #[error("a code search needs at least {MIN_SEARCH_CHARS} characters")]
     SearchTooShort,
+    #[error("cannot read the forwarded records: {0}")]
+    Forwarded(String),
 }
 
 type Result<T, E = IndexError> = std::result::Result<T, E>;
@@ -87,6 +89,9 @@ pub struct CatchUp {
     pub last_sequence: u64,
     /// Whether the index was started over (another store, a changed record, a new schema).
     pub rebuilt: bool,
+    /// From forwarded stores: the records they hold, summed (what `last_sequence` reaches
+    /// once caught up).
+    pub stored: Option<u64>,
 }
 
 /// One session as the sessions page lists it (the facts of `sessions --json`).
@@ -94,6 +99,10 @@ pub struct CatchUp {
 pub struct SessionRow {
     /// The index's number for the session (for links and paging).
     pub id: i64,
+    /// The forwarded store it was recorded in (its id), when read from PostgreSQL;
+    /// empty for the store directory's own sessions.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub store: String,
     pub session_id: String,
     pub user: Option<String>,
     pub verified_by: Option<String>,
@@ -203,6 +212,8 @@ pub struct StoreEvent {
     /// The session it happened in, when one.
     pub session_id: Option<String>,
     pub user_id: Option<String>,
+    /// The forwarded store that recorded it (empty: the store directory).
+    pub store: String,
 }
 
 /// A page of sessions and where the next one starts (None: this is the last).
@@ -251,12 +262,42 @@ pub struct Index {
     /// The store followed by the last catch-up and where it stopped: finding the place
     /// again would read its segment from the start.
     follower: Option<(PathBuf, Follower)>,
+    /// Whether this process checked that the index still describes the forwarded stores.
+    forwarded_checked: bool,
+}
+
+/// Forwarded records read per transaction of [`Index::catch_up_forwarded`].
+const FORWARDED_BATCH: usize = 5_000;
+
+/// One forwarded record: its store's sequence and the stored line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedRow {
+    pub sequence: u64,
+    pub line: String,
+}
+
+/// Where [`Index::catch_up_forwarded`] reads from: stores forwarded to a central trail
+/// (PostgreSQL), each a store id and records by sequence. Errors are said as text (the
+/// index does not know the source's error types).
+pub trait ForwardedRecords {
+    /// Every store and its last sequence.
+    fn stores(&mut self) -> Result<Vec<(String, u64)>, IndexError>;
+    /// At most `limit` records of `store` after sequence `after`, in sequence order.
+    fn after(
+        &mut self,
+        store: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ForwardedRow>, IndexError>;
+    /// The line of `store` at `sequence`, if there is one.
+    fn line_at(&mut self, store: &str, sequence: u64) -> Result<Option<String>, IndexError>;
 }
 
 const SCHEMA: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE sessions (
     id INTEGER PRIMARY KEY,
+    store TEXT NOT NULL,
     session_id TEXT NOT NULL,
     user_id TEXT NOT NULL,
     user TEXT, verified_by TEXT, host TEXT, kernel_id TEXT, kernel_name TEXT,
@@ -266,7 +307,7 @@ CREATE TABLE sessions (
     cells INTEGER NOT NULL, errors INTEGER NOT NULL, refused INTEGER NOT NULL,
     records INTEGER NOT NULL, first_sequence INTEGER NOT NULL, last_sequence INTEGER NOT NULL,
     last_record TEXT, proxy_pid INTEGER,
-    UNIQUE (session_id, user_id)
+    UNIQUE (store, session_id, user_id)
 );
 CREATE INDEX sessions_by_start ON sessions (start_ms, id);
 CREATE INDEX sessions_by_user ON sessions (user, start_ms, id);
@@ -283,16 +324,21 @@ CREATE TABLE cells (
 );
 CREATE INDEX cells_in_order ON cells (session, first_sequence);
 CREATE TABLE marks (
-    sequence INTEGER PRIMARY KEY,
+    store TEXT NOT NULL, sequence INTEGER NOT NULL,
     session_id TEXT NOT NULL, reviewer TEXT NOT NULL, mark TEXT NOT NULL,
-    note TEXT, time TEXT
+    note TEXT, time TEXT,
+    PRIMARY KEY (store, sequence)
 );
-CREATE INDEX marks_by_session ON marks (session_id, sequence);
+CREATE INDEX marks_by_session ON marks (session_id, time, sequence);
 CREATE TABLE store_events (
-    sequence INTEGER PRIMARY KEY, action TEXT NOT NULL, time TEXT, host TEXT, pid INTEGER,
-    summary TEXT, session_id TEXT, user_id TEXT
+    store TEXT NOT NULL, sequence INTEGER NOT NULL, action TEXT NOT NULL, time TEXT,
+    host TEXT, pid INTEGER, summary TEXT, session_id TEXT, user_id TEXT,
+    PRIMARY KEY (store, sequence)
 );
-CREATE INDEX store_events_by_action ON store_events (action, sequence);
+CREATE INDEX store_events_by_action ON store_events (action, time);
+CREATE TABLE sources (
+    store TEXT PRIMARY KEY, last_sequence INTEGER NOT NULL, last_hash TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE INDEX store_events_by_session ON store_events (session_id, sequence)
     WHERE session_id IS NOT NULL;
 CREATE VIRTUAL TABLE code_search USING fts5 (
@@ -393,6 +439,8 @@ fn parse_state(text: &str) -> SessionState {
 /// The records of one batch, gathered in memory and written at its end.
 #[derive(Default)]
 struct Batch {
+    /// The store the batch's records come from (empty: the store directory).
+    store: String,
     sessions: HashMap<SessionKey, OpenSession>,
     /// Session key → request msg_id → cell.
     cells: HashMap<SessionKey, HashMap<String, Cell>>,
@@ -426,6 +474,7 @@ impl Index {
             path: path.to_path_buf(),
             connection,
             follower: None,
+            forwarded_checked: false,
         };
         index.configure()?;
         Ok(index)
@@ -447,6 +496,7 @@ impl Index {
             path: path.to_path_buf(),
             connection,
             follower: None,
+            forwarded_checked: false,
         })
     }
 
@@ -498,7 +548,8 @@ impl Index {
             .execute_batch(
                 "BEGIN; DROP TABLE IF EXISTS code_search; DROP TABLE IF EXISTS cells; \
                  DROP TABLE IF EXISTS marks; DROP TABLE IF EXISTS store_events; \
-                 DROP TABLE IF EXISTS sessions; DROP TABLE IF EXISTS meta; COMMIT; VACUUM;",
+                 DROP TABLE IF EXISTS sessions; DROP TABLE IF EXISTS sources; \
+                 DROP TABLE IF EXISTS meta; COMMIT; VACUUM;",
             )
             .map_err(self.sqlite())?;
         self.create()
@@ -523,7 +574,8 @@ impl Index {
 
     /// Whether what the index holds still describes the store at `store_dir`.
     fn still_valid(&self, store_dir: &Path, store_id: &str) -> Result<bool> {
-        if self.meta("schema")?.as_deref() != Some(SCHEMA_VERSION) {
+        if self.meta("schema")?.as_deref() != Some(SCHEMA_VERSION) || self.meta("source")?.is_some()
+        {
             return Ok(false);
         }
         match self.meta("store_id")? {
@@ -627,6 +679,139 @@ impl Index {
         self.refresh_open_sessions(liveness)?;
         outcome.last_sequence = self.last_sequence()?;
         Ok(outcome)
+    }
+
+    /// Indexes the records `source` forwarded since the last call, store by store (all
+    /// of them the first time, or when the index no longer describes what it holds: made
+    /// from a store directory, by another schema, or a record it stopped at is not the
+    /// same any more), then asks `liveness` about the sessions that have no end.
+    /// [`CatchUp::last_sequence`] is then the number of records indexed, summed over the
+    /// stores (their sequences start at 1 and have no holes).
+    pub fn catch_up_forwarded(
+        &mut self,
+        source: &mut dyn ForwardedRecords,
+        liveness: &dyn Liveness,
+    ) -> Result<CatchUp> {
+        let mut outcome = CatchUp::default();
+        if !self.forwarded_checked {
+            if !self.still_valid_forwarded(source)? {
+                tracing::info!(index = %self.path.display(), "the index does not describe these forwarded stores (any more): rebuilding it");
+                self.reset()?;
+                self.connection
+                    .execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('source', 'forwarded')",
+                        [],
+                    )
+                    .map_err(self.sqlite())?;
+                outcome.rebuilt = true;
+            }
+            self.forwarded_checked = true;
+        }
+        let stores = source.stores()?;
+        outcome.stored = Some(stores.iter().map(|(_, last)| last).sum());
+        for (store, stored) in stores {
+            let mut last = self.source_sequence(&store)?;
+            while last < stored {
+                let rows = source.after(&store, last, FORWARDED_BATCH)?;
+                let Some(final_row) = rows.last() else {
+                    break;
+                };
+                let last_sequence = final_row.sequence;
+                let last_hash = chain_hash_of(final_row.line.as_bytes()).unwrap_or_default();
+                let path = self.path.clone();
+                let sqlite = |source| IndexError::Sqlite {
+                    path: path.clone(),
+                    source,
+                };
+                let transaction = self.connection.transaction().map_err(sqlite)?;
+                let mut batch = Batch {
+                    store: store.clone(),
+                    ..Batch::default()
+                };
+                for row in &rows {
+                    index_record(
+                        &mut batch,
+                        &transaction,
+                        &path,
+                        row.sequence,
+                        row.line.as_bytes(),
+                    )?;
+                }
+                batch.write(&transaction).map_err(sqlite)?;
+                transaction
+                    .execute(
+                        "INSERT OR REPLACE INTO sources VALUES (?1, ?2, ?3)",
+                        params![store, to_i64(last_sequence), last_hash],
+                    )
+                    .map_err(sqlite)?;
+                transaction.commit().map_err(sqlite)?;
+                outcome.records += rows.len() as u64;
+                last = last_sequence;
+            }
+        }
+        self.refresh_open_sessions(liveness)?;
+        outcome.last_sequence = self.forwarded_count()?;
+        Ok(outcome)
+    }
+
+    /// The last sequence of `store` indexed (0: none).
+    fn source_sequence(&self, store: &str) -> Result<u64> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT last_sequence FROM sources WHERE store = ?1",
+                [store],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map_err(self.sqlite())?
+            .map_or(0, to_u64))
+    }
+
+    /// The records indexed from forwarded stores (the sum of their last sequences).
+    pub fn forwarded_count(&self) -> Result<u64> {
+        self.connection
+            .query_row(
+                "SELECT coalesce(sum(last_sequence), 0) FROM sources",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(to_u64)
+            .map_err(self.sqlite())
+    }
+
+    /// Whether the index holds forwarded stores' records, of this schema, each store's
+    /// last one still the same.
+    fn still_valid_forwarded(&self, source: &mut dyn ForwardedRecords) -> Result<bool> {
+        if self.meta("schema")?.as_deref() != Some(SCHEMA_VERSION) {
+            return Ok(false);
+        }
+        if self.meta("source")?.as_deref() != Some("forwarded") {
+            // Only an empty index may become one of forwarded stores.
+            return Ok(false);
+        }
+        let known: Vec<(String, i64, String)> = {
+            let mut statement = self
+                .connection
+                .prepare("SELECT store, last_sequence, last_hash FROM sources")
+                .map_err(self.sqlite())?;
+            statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .map_err(self.sqlite())?
+                .collect::<Result<_, _>>()
+                .map_err(self.sqlite())?
+        };
+        for (store, sequence, hash) in known {
+            let line = source.line_at(&store, to_u64(sequence))?;
+            if line
+                .as_deref()
+                .and_then(|line| chain_hash_of(line.as_bytes()))
+                != Some(hash)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Decides the state of the sessions without `session_end` again (their proxy may
@@ -856,7 +1041,7 @@ impl Index {
             .join(", ");
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM store_events \
-             WHERE action IN ({placeholders}) ORDER BY sequence DESC LIMIT {limit}"
+             WHERE action IN ({placeholders}) ORDER BY time DESC, sequence DESC LIMIT {limit}"
         );
         let mut statement = self.connection.prepare(&sql).map_err(self.sqlite())?;
         statement
@@ -867,16 +1052,21 @@ impl Index {
     }
 
     /// The `store_events` of one session (interrupts, signals, gaps, …), in record order.
-    pub fn session_events(&self, session_id: &str, user_id: &str) -> Result<Vec<StoreEvent>> {
+    pub fn session_events(
+        &self,
+        store: &str,
+        session_id: &str,
+        user_id: &str,
+    ) -> Result<Vec<StoreEvent>> {
         let mut statement = self
             .connection
             .prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS} FROM store_events WHERE session_id = ?1 \
-                 AND coalesce(user_id, '') = ?2 ORDER BY sequence"
+                 AND coalesce(user_id, '') = ?2 AND store = ?3 ORDER BY sequence"
             ))
             .map_err(self.sqlite())?;
         statement
-            .query_map([session_id, user_id], store_event)
+            .query_map([session_id, user_id, store], store_event)
             .map_err(self.sqlite())?
             .collect::<Result<_, _>>()
             .map_err(self.sqlite())
@@ -1112,7 +1302,8 @@ impl<'de> serde::Deserialize<'de> for SlimJupyter {
     }
 }
 
-const EVENT_COLUMNS: &str = "sequence, action, time, host, pid, summary, session_id, user_id";
+const EVENT_COLUMNS: &str =
+    "sequence, action, time, host, pid, summary, session_id, user_id, store";
 
 fn store_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreEvent> {
     Ok(StoreEvent {
@@ -1124,6 +1315,7 @@ fn store_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoreEvent> {
         summary: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
         session_id: row.get(6)?,
         user_id: row.get(7)?,
+        store: row.get(8)?,
     })
 }
 
@@ -1165,13 +1357,13 @@ fn chain_hash_of(line: &[u8]) -> Option<String> {
 
 /// The latest mark of a session row's `session_id`.
 const LATEST_MARK: &str = "(SELECT mark FROM marks WHERE marks.session_id = sessions.session_id \
-    ORDER BY marks.sequence DESC LIMIT 1)";
+    ORDER BY marks.time DESC, marks.sequence DESC LIMIT 1)";
 
 const SESSION_COLUMNS: &str = "id, session_id, user, verified_by, user_id, host, kernel_id, \
     kernel_name, notebook, hub_user, start, end, state, end_reason, cells, errors, refused, \
     records, first_sequence, last_sequence, last_record, proxy_pid, start_ms, \
     (SELECT mark FROM marks WHERE marks.session_id = sessions.session_id \
-    ORDER BY marks.sequence DESC LIMIT 1)";
+    ORDER BY marks.time DESC, marks.sequence DESC LIMIT 1), store";
 
 fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(SessionRow, i64)> {
     Ok((
@@ -1199,6 +1391,7 @@ fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(SessionRow, i64)> {
             last_record: row.get(20)?,
             proxy_pid: row.get(21)?,
             mark: row.get(23)?,
+            store: row.get(24)?,
         },
         row.get(22)?,
     ))
@@ -1248,7 +1441,7 @@ impl Batch {
         // Looked up before inserting: most records find their session, and the key is
         // cloned only for a new one.
         if !self.sessions.contains_key(key) {
-            let known = load_session(transaction, key)?;
+            let known = load_session(transaction, &self.store, key)?;
             self.sessions.insert(
                 key.clone(),
                 known.unwrap_or_else(|| OpenSession::new(key, sequence)),
@@ -1323,6 +1516,7 @@ impl Batch {
                 summary: crate::review::log::summary(value),
                 session_id: owned(record.jupyter.0.session_id.as_str()),
                 user_id: owned(record.os_user_id()),
+                store: self.store.clone(),
             });
         }
         let Some(key) = record.session_key() else {
@@ -1496,12 +1690,12 @@ impl Batch {
     fn write(self, transaction: &Transaction<'_>) -> rusqlite::Result<()> {
         {
             let mut insert = transaction.prepare_cached(
-                "INSERT OR REPLACE INTO marks (sequence, session_id, reviewer, mark, note, time) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO marks (sequence, session_id, reviewer, mark, note, time, \
+                 store) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut event = transaction.prepare_cached(
                 "INSERT OR REPLACE INTO store_events (sequence, action, time, host, pid, summary, \
-                 session_id, user_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 session_id, user_id, store) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for row in &self.events {
                 event.execute(params![
@@ -1513,6 +1707,7 @@ impl Batch {
                     row.summary,
                     row.session_id,
                     row.user_id,
+                    self.store,
                 ])?;
             }
             for mark in &self.marks {
@@ -1523,6 +1718,7 @@ impl Batch {
                     mark.mark,
                     mark.note,
                     mark.time,
+                    self.store,
                 ])?;
             }
         }
@@ -1532,8 +1728,9 @@ impl Batch {
                 "INSERT INTO sessions (session_id, user_id, user, verified_by, host, kernel_id, \
                  kernel_name, notebook, hub_user, start, start_ms, has_start, end, ended, \
                  end_reason, state, cells, errors, refused, records, first_sequence, \
-                 last_sequence, last_record, proxy_pid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
-                 ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, 0, 0, ?17, ?18, ?19, ?20, ?21)",
+                 last_sequence, last_record, proxy_pid, store) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
+                 ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, 0, 0, ?17, ?18, ?19, ?20, \
+                 ?21, ?22)",
             )?;
             let mut update = transaction.prepare_cached(
                 "UPDATE sessions SET user = ?2, verified_by = ?3, host = ?4, kernel_id = ?5, \
@@ -1601,6 +1798,7 @@ impl Batch {
                             to_i64(session.last_sequence),
                             session.last_record,
                             session.proxy_pid,
+                            self.store,
                         ])?;
                         ids.insert(session.key, transaction.last_insert_rowid());
                     }
@@ -1718,6 +1916,7 @@ impl OpenSession {
 /// The indexed session of `key`, if there is one.
 fn load_session(
     transaction: &Transaction<'_>,
+    store: &str,
     key: &SessionKey,
 ) -> rusqlite::Result<Option<OpenSession>> {
     transaction
@@ -1725,9 +1924,9 @@ fn load_session(
             "SELECT id, user, verified_by, host, kernel_id, kernel_name, notebook, \
              hub_user, start, start_ms, has_start, end, ended, end_reason, records, \
              first_sequence, last_sequence, last_record, proxy_pid \
-             FROM sessions WHERE session_id = ?1 AND user_id = ?2",
+             FROM sessions WHERE session_id = ?1 AND user_id = ?2 AND store = ?3",
         )?
-        .query_row(params![key.session_id, key.user_id], |row| {
+        .query_row(params![key.session_id, key.user_id, store], |row| {
             Ok(OpenSession {
                 id: row.get(0)?,
                 key: key.clone(),
@@ -1965,6 +2164,164 @@ mod tests {
         }
     }
 
+    /// Stores forwarded to a central trail, as PostgreSQL hands them to the index: each
+    /// store id with its store directory's lines.
+    struct Forwarded {
+        stores: Vec<(String, PathBuf)>,
+        /// How many `after` reads were made, to tell that a catch-up reads only what is new.
+        reads: u64,
+    }
+
+    impl Forwarded {
+        fn lines(&self, store: &str) -> Vec<ForwardedRow> {
+            let dir = &self.stores.iter().find(|(id, _)| id == store).unwrap().1;
+            Reader::open(dir)
+                .unwrap()
+                .map(|record| {
+                    let record = record.unwrap();
+                    ForwardedRow {
+                        sequence: record.sequence,
+                        line: record.raw,
+                    }
+                })
+                .collect()
+        }
+    }
+
+    impl ForwardedRecords for Forwarded {
+        fn stores(&mut self) -> Result<Vec<(String, u64)>> {
+            Ok(self
+                .stores
+                .iter()
+                .map(|(id, _)| {
+                    (
+                        id.clone(),
+                        self.lines(id).last().map_or(0, |row| row.sequence),
+                    )
+                })
+                .collect())
+        }
+        fn after(&mut self, store: &str, after: u64, limit: usize) -> Result<Vec<ForwardedRow>> {
+            self.reads += 1;
+            Ok(self
+                .lines(store)
+                .into_iter()
+                .filter(|row| row.sequence > after)
+                .take(limit)
+                .collect())
+        }
+        fn line_at(&mut self, store: &str, sequence: u64) -> Result<Option<String>> {
+            Ok(self
+                .lines(store)
+                .into_iter()
+                .find(|row| row.sequence == sequence)
+                .map(|row| row.line))
+        }
+    }
+
+    #[test]
+    fn forwarded_stores_are_indexed_apart_and_incrementally() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let (store_a, store_b) = (new_store(&dir_a), new_store(&dir_b));
+        // Two hosts, the same session id and uid, the same sequences: two sessions.
+        append(&store_a, session_records("s1", "alice", 0, true));
+        append(&store_b, session_records("s1", "alice", 50, false));
+        append(&store_b, vec![mark_record("s1", "flagged", "two hosts")]);
+        let mut gap = record("s1", "alice", 90, "audit_gap", json!({}));
+        gap["event"]["reason"] = json!("the collector was down");
+        append(&store_b, vec![gap]);
+        let (id_a, id_b) = (
+            store::store_id(&dir_a).unwrap().to_string(),
+            store::store_id(&dir_b).unwrap().to_string(),
+        );
+        let mut forwarded = Forwarded {
+            stores: vec![(id_a.clone(), dir_a.clone()), (id_b.clone(), dir_b.clone())],
+            reads: 0,
+        };
+        let path = tmp.path().join("index.sqlite");
+        let mut index = Index::open(&path).unwrap();
+        let done = index
+            .catch_up_forwarded(&mut forwarded, &Fixed(None))
+            .unwrap();
+        let records_a = forwarded.lines(&id_a).len() as u64;
+        let records_b = forwarded.lines(&id_b).len() as u64;
+        assert_eq!(done.records, records_a + records_b);
+        assert_eq!(done.last_sequence, records_a + records_b);
+        assert_eq!(done.stored, Some(records_a + records_b));
+        let mut sessions = all_sessions(&index);
+        sessions.sort_by(|x, y| x.store.cmp(&y.store));
+        let mut expected = vec![id_a.clone(), id_b.clone()];
+        expected.sort();
+        assert_eq!(
+            sessions.iter().map(|s| s.store.clone()).collect::<Vec<_>>(),
+            expected
+        );
+        let on_a = sessions.iter().find(|s| s.store == id_a).unwrap();
+        let on_b = sessions.iter().find(|s| s.store == id_b).unwrap();
+        assert_eq!(
+            (on_a.session_id.as_str(), on_b.session_id.as_str()),
+            ("s1", "s1")
+        );
+        assert_eq!(on_a.state, SessionState::Ended);
+        assert_eq!(on_b.state, SessionState::NoEndRecorded);
+        assert_eq!((on_a.cells, on_a.errors, on_a.refused), (2, 1, 1));
+        assert_eq!(index.cells(on_b.id).unwrap().len(), 3);
+        // The gap is told in its own store's session only.
+        assert_eq!(
+            index
+                .session_events(&id_b, "s1", "uid-alice")
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            index
+                .session_events(&id_a, "s1", "uid-alice")
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(on_b.mark.as_deref(), Some("flagged"));
+        let hits = index.search_code("read_csv", None, 10).unwrap();
+        assert_eq!(hits.len(), 2);
+
+        // Incremental: what came since, nothing read again.
+        append(
+            &store_b,
+            vec![record(
+                "s1",
+                "alice",
+                95,
+                "session_end",
+                json!({"exit_code": 0, "exit_signal": null, "orphaned": false}),
+            )],
+        );
+        drop(index);
+        let mut index = Index::open(&path).unwrap();
+        let again = index
+            .catch_up_forwarded(&mut forwarded, &Fixed(None))
+            .unwrap();
+        assert_eq!((again.records, again.rebuilt), (1, false));
+        let on_b = index.session(on_b.id).unwrap().unwrap();
+        assert_eq!(on_b.state, SessionState::Ended);
+        // All of store b's records but the mark, and the end.
+        assert_eq!(on_b.records, records_b - 1 + 1);
+
+        // An index of a store directory is not taken for one of forwarded stores.
+        let from_store = tmp.path().join("store-index.sqlite");
+        let mut index = Index::open(&from_store).unwrap();
+        index.catch_up(&dir_a, &Fixed(None)).unwrap();
+        drop(index);
+        let mut index = Index::open(&from_store).unwrap();
+        assert!(
+            index
+                .catch_up_forwarded(&mut forwarded, &Fixed(None))
+                .unwrap()
+                .rebuilt
+        );
+        assert_eq!(all_sessions(&index).len(), 2);
+    }
+
     #[test]
     fn review_marks_and_store_trouble_are_indexed_and_filter_the_sessions() {
         let tmp = tempfile::tempdir().unwrap();
@@ -2019,9 +2376,14 @@ mod tests {
         let gaps = index.events(&["audit_gap"], 5).unwrap();
         assert_eq!(gaps.len(), 1);
         assert_eq!(gaps[0].host.as_deref(), Some("node-1"));
-        let in_session = index.session_events("s2", "uid-bob").unwrap();
+        let in_session = index.session_events("", "s2", "uid-bob").unwrap();
         assert_eq!(in_session.len(), 1, "the gap is shown in its session");
-        assert!(index.session_events("s2", "uid-alice").unwrap().is_empty());
+        assert!(
+            index
+                .session_events("", "s2", "uid-alice")
+                .unwrap()
+                .is_empty()
+        );
     }
 
     fn all_sessions(index: &Index) -> Vec<SessionRow> {

@@ -11,8 +11,10 @@
 //! - [`export`]: a session as a notebook with the proof an auditor verifies offline (the
 //!   download, `export`, `verify-export`).
 //! - [`index`]: a rebuildable SQLite index beside the store (sessions, cells, code search,
-//!   review marks), caught up incrementally from the store, which stays the source of
-//!   truth; [`pool`]: its writer and the pages' read-only connections.
+//!   review marks), caught up incrementally from the store or from the stores forwarded
+//!   to PostgreSQL, which stay the source of truth; [`pool`]: its writer and the pages'
+//!   read-only connections; [`source`]: where records are read (a store directory or
+//!   PostgreSQL).
 //! - [`trail`]: every view and mark on the record, before the page is shown.
 
 pub mod auth;
@@ -23,18 +25,21 @@ pub mod pages;
 pub mod pool;
 pub mod render;
 pub mod server;
+pub mod source;
 pub mod trail;
 
 use std::path::PathBuf;
 
 pub use auth::{SCOPE_READ, SCOPE_READ_OUTPUTS};
 pub use server::serve;
+pub use source::ConsoleSource;
 
 /// What `serve` is given on its command line; the rest comes from the Hub's environment.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// The store directory the console reads (read access is enough).
-    pub store: PathBuf,
+    /// What the console reads: a store directory (read access is enough) or PostgreSQL
+    /// (the reader role is enough).
+    pub source: ConsoleSource,
     /// The collector's socket: every view is on the record before it is shown.
     pub collector_socket: PathBuf,
     /// The index file; None: [`default_index_path`].
@@ -46,16 +51,27 @@ pub struct ServeOptions {
 /// `StateDirectory=`), else `$XDG_STATE_HOME/jupyter-audit`, else
 /// `~/.local/state/jupyter-audit` (the home from the password database when `HOME` is not
 /// set, as for a Hub-managed service). One file per store:
-/// `console-index-<store id>.sqlite` (`path-<hash of its path>` before the store has an id).
-pub fn default_index_path(store: &std::path::Path) -> Result<PathBuf, ConsoleError> {
-    // A store the collector has not made yet has no id: name the file after its path.
-    let store_id = match crate::store::store_id(store) {
-        Ok(id) => id.to_string(),
-        Err(_) => {
-            use sha2::Digest;
-            let path = std::path::absolute(store).unwrap_or_else(|_| store.to_path_buf());
-            let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
-            format!("path-{}", &hex::encode(digest)[..16])
+/// `console-index-<store id>.sqlite` (`path-<hash of its path>` before the store has an
+/// id); one per database for PostgreSQL: `console-index-pg-<database>-<hash of the URL>.sqlite`.
+pub fn default_index_path(source: &ConsoleSource) -> Result<PathBuf, ConsoleError> {
+    use sha2::Digest;
+    let name = match source {
+        ConsoleSource::Store(store) => match crate::store::store_id(store) {
+            Ok(id) => id.to_string(),
+            // A store the collector has not made yet has no id: name the file after its path.
+            Err(_) => {
+                let path = std::path::absolute(store).unwrap_or_else(|_| store.to_path_buf());
+                let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+                format!("path-{}", &hex::encode(digest)[..16])
+            }
+        },
+        ConsoleSource::Postgres(options) => {
+            let digest = sha2::Sha256::digest(options.url.as_bytes());
+            format!(
+                "pg-{}-{}",
+                database_name(&options.url),
+                &hex::encode(digest)[..12]
+            )
         }
     };
     let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
@@ -79,13 +95,51 @@ pub fn default_index_path(store: &std::path::Path) -> Result<PathBuf, ConsoleErr
         });
         let Some(home) = home else {
             return Err(ConsoleError::Index {
-                path: store.to_path_buf(),
+                path: PathBuf::from(source.label()),
                 reason: "no state directory or home: give --index FILE".into(),
             });
         };
         home.join(".local/state/jupyter-audit")
     };
-    Ok(directory.join(format!("console-index-{store_id}.sqlite")))
+    Ok(directory.join(format!("console-index-{name}.sqlite")))
+}
+
+/// The database a PostgreSQL URL names (the path after the host), as a file name part:
+/// letters, digits, `-` and `_` only.
+fn database_name(url: &str) -> String {
+    // A key=value connection string (`host=… dbname=audit`).
+    if !url.contains("://") {
+        let database = url
+            .split_whitespace()
+            .find_map(|pair| pair.strip_prefix("dbname="))
+            .unwrap_or_default();
+        return file_name_part(database);
+    }
+    let without_query = url.split(['?', '#']).next().unwrap_or_default();
+    let after_scheme = without_query
+        .split_once("://")
+        .map_or(without_query, |(_, rest)| rest);
+    let database = after_scheme
+        .split_once('/')
+        .map_or("", |(_, path)| path)
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    file_name_part(database)
+}
+
+/// `text` with letters, digits, `-` and `_` only (at most 40), or `postgres` if none.
+fn file_name_part(text: &str) -> String {
+    let safe: String = text
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .take(40)
+        .collect();
+    if safe.is_empty() {
+        "postgres".to_owned()
+    } else {
+        safe
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +150,8 @@ pub enum ConsoleError {
     BadEnvironment { name: &'static str, reason: String },
     #[error("the store {0} is not a directory")]
     Store(PathBuf),
+    #[error(transparent)]
+    Postgres(#[from] crate::postgres::PostgresError),
     #[error("the console index {}: {reason}", path.display())]
     Index { path: PathBuf, reason: String },
     #[error("cannot build the HTTP client for the Hub: {0}")]
@@ -107,4 +163,27 @@ pub enum ConsoleError {
     },
     #[error("the server stopped: {0}")]
     Server(std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_of_postgres_is_named_after_its_database() {
+        assert_eq!(
+            database_name("postgresql://reader@db.example:5432/audit?sslmode=require"),
+            "audit"
+        );
+        assert_eq!(
+            database_name("postgresql:///trail?host=/run/postgresql"),
+            "trail"
+        );
+        assert_eq!(database_name("postgresql://db.example"), "postgres");
+        assert_eq!(database_name("postgresql://h/../x y"), "xy");
+        assert_eq!(
+            database_name("host=/run/pg port=5432 user=r dbname=trail"),
+            "trail"
+        );
+    }
 }

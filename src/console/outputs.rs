@@ -1,17 +1,17 @@
-//! The outputs of a session's cells, read from the store (the index keeps no outputs):
+//! The outputs of a session's cells, read from the store or PostgreSQL (the index keeps
+//! no outputs):
 //! the records of the session's range whose `parent_msg_id` is one of its cells, applied
 //! as a frontend does (streams of one name merged, `clear_output`, `update_display_data`),
 //! each kept with the sequence of the record it shows. Sizes are capped per output and
 //! per page; what is cut is said.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use serde_json::{Map, Value};
 
+use super::source::{ConsoleSource, SourceError};
 use crate::review::replay::mime_bundle;
 use crate::review::{fields, sessions::SessionKey};
-use crate::store::{Follower, StoreError};
 
 /// The most text kept of one output (stream, text, traceback, HTML source).
 pub const MAX_OUTPUT_TEXT: usize = 256 * 1024;
@@ -19,10 +19,6 @@ pub const MAX_OUTPUT_TEXT: usize = 256 * 1024;
 pub const MAX_IMAGE_BYTES: usize = 4 << 20;
 /// The most output bytes one session page holds; later outputs are left out (said).
 pub const MAX_PAGE_OUTPUT: usize = 12 << 20;
-
-/// Records read from the store per read.
-const READ_RECORDS: usize = 4_096;
-const READ_BYTES: usize = 8 << 20;
 
 /// One output as a notebook shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -208,14 +204,15 @@ impl Collector<'_> {
     }
 }
 
-/// The outputs of the session `key`, from the records `first..=last` of the store.
-/// Only records that name the session's id are parsed.
+/// The outputs of the session `key`, from the records `first..=last` of `store` in
+/// `source`. Only records that name the session's id are parsed.
 pub fn read(
-    store: &Path,
+    source: &ConsoleSource,
+    store: &str,
     key: &SessionKey,
     first: u64,
     last: u64,
-) -> Result<SessionOutputs, StoreError> {
+) -> Result<SessionOutputs, SourceError> {
     let mut collector = Collector {
         key,
         outputs: SessionOutputs::default(),
@@ -224,40 +221,30 @@ pub fn read(
     };
     let needle = key.session_id.as_bytes();
     let finder = memchr::memmem::Finder::new(needle);
-    let mut follower = Follower::new(store, first);
-    while follower.next_sequence() <= last {
-        let records = follower.read(last, READ_RECORDS, READ_BYTES)?;
-        if records.is_empty() {
-            break;
+    source.for_each_between(store, first, last, &key.session_id, |sequence, line| {
+        collector.outputs.records_read += 1;
+        if finder.find(line).is_none() {
+            return;
         }
-        for record in records {
-            collector.outputs.records_read += 1;
-            if finder.find(&record.line).is_none() {
-                continue;
-            }
-            let Ok(value) = serde_json::from_slice::<Value>(&record.line) else {
-                continue;
-            };
-            collector.add(record.sequence, &value);
-        }
-    }
+        let Ok(value) = serde_json::from_slice::<Value>(line) else {
+            return;
+        };
+        collector.add(sequence, &value);
+    })?;
     Ok(collector.outputs)
 }
 
 /// One record of the session `key`, when it shows data (the output route's source).
 pub fn read_data_record(
-    store: &Path,
+    source: &ConsoleSource,
+    store: &str,
     key: &SessionKey,
     sequence: u64,
-) -> Result<Option<Map<String, Value>>, StoreError> {
-    let mut follower = Follower::new(store, sequence);
-    let Some(record) = follower.read(sequence, 1, READ_BYTES)?.into_iter().next() else {
+) -> Result<Option<Map<String, Value>>, SourceError> {
+    let Some(line) = source.record_at(store, sequence)? else {
         return Ok(None);
     };
-    if record.sequence != sequence {
-        return Ok(None);
-    }
-    let Ok(value) = serde_json::from_slice::<Value>(&record.line) else {
+    let Ok(value) = serde_json::from_slice::<Value>(&line) else {
         return Ok(None);
     };
     if SessionKey::of(&value).as_ref() != Some(key)

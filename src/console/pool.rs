@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::index::{Index, IndexError};
+use super::source::{ConsoleSource, PostgresRecords};
 use crate::review::sessions::LocalProcesses;
 use crate::store;
 
@@ -54,7 +55,7 @@ pub struct IndexPool {
 impl IndexPool {
     /// Opens the index at `path` (made if new), starts its writer on `store`, and opens
     /// the pages' connections. Call inside the runtime.
-    pub fn start(store: &Path, path: &Path) -> Result<Arc<Self>, IndexError> {
+    pub fn start(source: &ConsoleSource, path: &Path) -> Result<Arc<Self>, IndexError> {
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
@@ -73,14 +74,18 @@ impl IndexPool {
             .map(|_| Index::open_read_only(path))
             .collect::<Result<Vec<_>, _>>()?;
         let progress = Arc::new(Progress::default());
-        progress
-            .indexed
-            .store(writer.last_sequence()?, Ordering::Relaxed);
-        tokio::spawn(catch_up_forever(
-            writer,
-            store.to_path_buf(),
-            progress.clone(),
-        ));
+        let indexed = match source {
+            ConsoleSource::Store(_) => writer.last_sequence()?,
+            ConsoleSource::Postgres(_) => writer.forwarded_count()?,
+        };
+        progress.indexed.store(indexed, Ordering::Relaxed);
+        let records = match source {
+            ConsoleSource::Store(dir) => Records::Store(dir.clone()),
+            ConsoleSource::Postgres(options) => {
+                Records::Postgres(Box::new(PostgresRecords::new(options.clone())))
+            }
+        };
+        tokio::spawn(catch_up_forever(writer, records, progress.clone()));
         Ok(Arc::new(IndexPool {
             readers: Mutex::new(readers),
             permits: Semaphore::new(READERS),
@@ -119,27 +124,43 @@ impl IndexPool {
     }
 }
 
-async fn catch_up_forever(mut writer: Index, store: PathBuf, progress: Arc<Progress>) {
+/// What the writer catches up from.
+enum Records {
+    Store(PathBuf),
+    Postgres(Box<PostgresRecords>),
+}
+
+async fn catch_up_forever(mut writer: Index, mut records: Records, progress: Arc<Progress>) {
     let liveness = LocalProcesses::default();
     loop {
-        let dir = store.clone();
         let shared = progress.clone();
         let liveness = liveness.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            if let Ok(Some(last)) = store::last_record(&dir) {
-                shared.stored.store(last.sequence, Ordering::Relaxed);
-            }
-            let outcome = writer.catch_up(&dir, &liveness);
-            (writer, outcome)
+            let outcome = match &mut records {
+                Records::Store(dir) => {
+                    if let Ok(Some(last)) = store::last_record(dir) {
+                        shared.stored.store(last.sequence, Ordering::Relaxed);
+                    }
+                    writer.catch_up(dir, &liveness)
+                }
+                Records::Postgres(postgres) => {
+                    writer.catch_up_forwarded(postgres.as_mut(), &liveness)
+                }
+            };
+            (writer, records, outcome)
         })
         .await;
-        let Ok((returned, outcome)) = joined else {
+        let Ok((returned, returned_records, outcome)) = joined else {
             tracing::error!("the index writer panicked; the pages show the index as it is");
             return;
         };
         writer = returned;
+        records = returned_records;
         match outcome {
             Ok(done) => {
+                if let Some(stored) = done.stored {
+                    progress.stored.store(stored, Ordering::Relaxed);
+                }
                 if done.records > 0 || done.rebuilt {
                     tracing::debug!(
                         records = done.records,

@@ -7,7 +7,6 @@
 //! live in [`super::pages`]; this module owns the state they share ([`Console`]), the
 //! [`SignedIn`] extractor, the page shell and the headers.
 
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
@@ -30,7 +29,7 @@ use super::auth::{
 use super::pages;
 use super::pool::IndexPool;
 use super::trail::{ReviewTrail, Reviewer};
-use super::{ConsoleError, ServeOptions};
+use super::{ConsoleError, ConsoleSource, ServeOptions};
 
 const SESSION_COOKIE: &str = "jupyter-audit-session";
 const STATE_COOKIE: &str = "jupyter-audit-oauth-state";
@@ -53,7 +52,7 @@ pub struct Console {
     cookie_key: Key,
     /// Signs the per-session CSRF tokens of the console's forms.
     csrf_key: Arc<[u8; 32]>,
-    pub store: Arc<PathBuf>,
+    pub source: Arc<ConsoleSource>,
     pub index: Arc<IndexPool>,
     pub trail: ReviewTrail,
     pub health: Arc<pages::health::HealthCache>,
@@ -96,13 +95,17 @@ impl Console {
 #[cfg(test)]
 impl Console {
     /// A console over `store` and `index` for handler tests (no Hub is asked anything).
-    pub(crate) fn for_tests(hub: HubService, store: PathBuf, index: Arc<IndexPool>) -> Self {
+    pub(crate) fn for_tests(
+        hub: HubService,
+        store: std::path::PathBuf,
+        index: Arc<IndexPool>,
+    ) -> Self {
         Console {
             hub: Arc::new(hub),
             client: HubClient::new().unwrap(),
             cookie_key: Key::generate(),
             csrf_key: Arc::new([7; 32]),
-            store: Arc::new(store),
+            source: Arc::new(ConsoleSource::Store(store)),
             index,
             trail: ReviewTrail::kept_in_memory().0,
             health: Arc::new(pages::health::HealthCache::default()),
@@ -142,16 +145,21 @@ impl FromRef<Console> for Key {
 
 /// Runs the console until SIGTERM or SIGINT.
 pub async fn serve(options: ServeOptions) -> Result<(), ConsoleError> {
-    if !options.store.is_dir() {
-        return Err(ConsoleError::Store(options.store));
+    match &options.source {
+        ConsoleSource::Store(dir) if !dir.is_dir() => return Err(ConsoleError::Store(dir.clone())),
+        ConsoleSource::Store(_) => {}
+        // A bad URL or password file is said now, not at every catch-up.
+        ConsoleSource::Postgres(postgres) => {
+            crate::postgres::connect::PostgresTarget::new(postgres)?;
+        }
     }
     let hub = HubService::from_env()?;
     let index_path = match options.index {
         Some(path) => path,
-        None => super::default_index_path(&options.store)?,
+        None => super::default_index_path(&options.source)?,
     };
     let index =
-        IndexPool::start(&options.store, &index_path).map_err(|error| ConsoleError::Index {
+        IndexPool::start(&options.source, &index_path).map_err(|error| ConsoleError::Index {
             path: index_path.clone(),
             reason: error.to_string(),
         })?;
@@ -162,7 +170,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ConsoleError> {
         client: HubClient::new()?,
         cookie_key: new_cookie_key()?,
         csrf_key: Arc::new(csrf_key),
-        store: Arc::new(options.store),
+        source: Arc::new(options.source),
         hub: Arc::new(hub),
         index,
         trail: ReviewTrail::connect(options.collector_socket),

@@ -326,6 +326,89 @@ impl ReviewReader {
             .collect()
     }
 
+    /// Every store and its last forwarded sequence (0: none yet), by store id. Each
+    /// maximum is read from the primary key's end.
+    pub fn last_sequences(&mut self) -> Result<Vec<(Uuid, i64)>, PostgresError> {
+        let doing = "read the stores' last sequences";
+        let rows = self
+            .runtime
+            .block_on(self.client()?.query(
+                "SELECT s.store_id, coalesce((SELECT max(r.sequence) FROM jupyter_audit.records r \
+                 WHERE r.store_id = s.store_id), 0) FROM jupyter_audit.stores s ORDER BY s.store_id",
+                &[],
+            ))
+            .map_err(not_initialised_or(doing))?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0).map_err(PostgresError::query(doing))?,
+                    row.try_get(1).map_err(PostgresError::query(doing))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// At most `limit` records of `store_id` after sequence `after`, by sequence.
+    pub fn lines_after(
+        &mut self,
+        store_id: Uuid,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<ForwardedLine>, PostgresError> {
+        let rows = self
+            .runtime
+            .block_on(self.client()?.query(
+                "SELECT store_id, sequence, line FROM jupyter_audit.records \
+                 WHERE store_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+                &[&store_id, &after, &limit],
+            ))
+            .map_err(not_initialised_or("read the records"))?;
+        rows.iter().map(forwarded_line).collect()
+    }
+
+    /// The line of `store_id` at `sequence`, if forwarded.
+    pub fn line_at(
+        &mut self,
+        store_id: Uuid,
+        sequence: i64,
+    ) -> Result<Option<String>, PostgresError> {
+        let row = self
+            .runtime
+            .block_on(self.client()?.query_opt(
+                "SELECT line FROM jupyter_audit.records WHERE store_id = $1 AND sequence = $2",
+                &[&store_id, &sequence],
+            ))
+            .map_err(not_initialised_or("read a record"))?;
+        row.map(|row| {
+            row.try_get(0)
+                .map_err(PostgresError::query("read a record"))
+        })
+        .transpose()
+    }
+
+    /// The records of `store_id` from `first` to `last` by sequence (the primary key's
+    /// range), only those of `session_id` when given.
+    pub fn for_each_line_between<E: From<PostgresError>>(
+        &mut self,
+        store_id: Uuid,
+        first: i64,
+        last: i64,
+        session_id: Option<&str>,
+        mut each: impl FnMut(ForwardedLine) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut params: Params = vec![Box::new(store_id), Box::new(first), Box::new(last)];
+        let mut sql = String::from(
+            "SELECT store_id, sequence, line FROM jupyter_audit.records \
+             WHERE store_id = $1 AND sequence BETWEEN $2 AND $3",
+        );
+        if let Some(session_id) = session_id {
+            params.push(Box::new(session_id.to_owned()));
+            sql.push_str(" AND session_id = $4");
+        }
+        sql.push_str(" ORDER BY sequence");
+        self.stream(sql, params, None, forwarded_line, &mut each)
+    }
+
     /// Runs `sql` in a read-only transaction and hands its rows to `each` in order. A
     /// task reads them through a portal, a batch at a time and at most two batches
     /// ahead, so memory stays bounded and the server works while `each` does.

@@ -46,14 +46,17 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 SERVICE_START_TIMEOUT = 30
 
 
-def console_hub_config(store: Path, service_port: int, index: Path, collector_socket: Path,
-                       *, notebook_users: tuple[str, ...] = (), account: str | None = None,
-                       driver_token: str | None = None):
+def console_hub_config(store: Path | None, service_port: int, index: Path,
+                       collector_socket: Path, *, notebook_users: tuple[str, ...] = (),
+                       account: str | None = None, driver_token: str | None = None,
+                       postgres: str | None = None):
     """The Hub with the console's scopes, roles and managed service. `notebook_users` are
     Hub users without a console role; `account` is the OS account the console runs as
     (default: the Hub's); `driver_token` makes a service `DRIVER` that may create users'
-    tokens (for kernels that present them)."""
-    serve = [str(BIN), "serve", "--store", str(store), "--index", str(index),
+    tokens (for kernels that present them); `postgres`: the console reads this database
+    (`serve --postgres`) instead of `store`."""
+    source = ["--postgres", postgres] if postgres is not None else ["--store", str(store)]
+    serve = [str(BIN), "serve", *source, "--index", str(index),
              "--collector-socket", str(collector_socket)]
     users = {AUDITOR, REVIEWER, PLAIN, *notebook_users}
     service_extra = ""

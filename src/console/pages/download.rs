@@ -1,5 +1,6 @@
 //! `P/session/<row id>/download`: the session as the .ipynb `replay` writes, with the
-//! proof an auditor verifies offline (`verify-export`), outputs only for reviewers who
+//! proof an auditor verifies offline (`verify-export`; from PostgreSQL, the forwarded
+//! records and checkpoints make the same proof), outputs only for reviewers who
 //! hold `custom:jupyter-audit:read-outputs`. The download is on the record before its
 //! bytes leave.
 
@@ -8,6 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{query_failed, record_view};
+use crate::console::ConsoleSource;
 use crate::console::export::{self, ExportError};
 use crate::console::server::{Console, SignedIn, error_page};
 use crate::console::trail::Viewed;
@@ -26,9 +28,12 @@ pub async fn download(
     };
     let outputs = signed.reviewer.outputs_visible;
     let session_id = row.session_id.clone();
-    let store = console.store.clone();
-    let exported =
-        tokio::task::spawn_blocking(move || export::export_row(&store, &row, outputs)).await;
+    let source = console.source.clone();
+    let exported = tokio::task::spawn_blocking(move || match source.as_ref() {
+        ConsoleSource::Store(store) => export::export_row(store, &row, outputs),
+        ConsoleSource::Postgres(options) => export::export_forwarded(options, &row, outputs),
+    })
+    .await;
     let export = match exported {
         Ok(Ok(export)) => export,
         Ok(Err(error)) => return export_failed(&error),

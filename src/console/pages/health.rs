@@ -1,4 +1,5 @@
-//! The store's health (`P/health`): the verify result (the store's own [`verify`], run
+//! The store's health (`P/health`): the verify result (the store's own [`verify`], or
+//! `verify --postgres` over every forwarded store with each one's newest checkpoint, run
 //! in the background and kept with its time, since a full check of a big store takes
 //! seconds), the last stored record and checkpoint and forwarding (what `status`
 //! says), rejections, audit gaps and other trouble the store recorded, the collectors
@@ -13,10 +14,12 @@ use axum::response::Response;
 use maud::html;
 
 use super::{Nav, query_failed, record_view, shell, short_time};
+use crate::console::ConsoleSource;
 use crate::console::index::StoreEvent;
 use crate::console::server::{Console, SignedIn};
 use crate::console::trail::Viewed;
 use crate::postgres::status::{self, StatusOptions, StoreStatus};
+use crate::postgres::verify::{StoreVerdict, VerifyOptions, verify as postgres_verify};
 use crate::store::verify;
 
 /// A verify result older than this is redone (in the background) when the page is opened.
@@ -30,6 +33,9 @@ pub struct Verified {
     pub took: Duration,
     /// The report as `verify` prints it, and whether the store is intact.
     pub outcome: Result<(String, bool), String>,
+    /// From PostgreSQL: the verdict on each forwarded store (its host, records, newest
+    /// checkpoint), which tells how far each collector's forwarding has come.
+    pub stores: Vec<StoreVerdict>,
 }
 
 /// The verify result kept between page views.
@@ -48,18 +54,33 @@ impl HealthCache {
             .is_none_or(|(when, _)| when.elapsed() > VERIFY_EVERY);
         if stale && !self.running.swap(true, Ordering::SeqCst) {
             let cache = self.clone();
-            let store = console.store.clone();
+            let source = console.source.clone();
             tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
-                let outcome = verify(&store, None, None)
-                    .map(|report| (report.to_string(), report.is_intact()))
-                    .map_err(|error| error.to_string());
+                let mut stores = Vec::new();
+                let outcome = match source.as_ref() {
+                    ConsoleSource::Store(store) => verify(store, None, None)
+                        .map(|report| (report.to_string(), report.is_intact()))
+                        .map_err(|error| error.to_string()),
+                    ConsoleSource::Postgres(options) => postgres_verify(&VerifyOptions {
+                        postgres: options.clone(),
+                        store_id: None,
+                        keys: Vec::new(),
+                    })
+                    .map(|report| {
+                        let text = (report.to_string(), report.is_intact());
+                        stores = report.stores;
+                        text
+                    })
+                    .map_err(|error| error.to_string()),
+                };
                 let verified = Verified {
                     at: time::OffsetDateTime::now_utc()
                         .format(&time::format_description::well_known::Rfc3339)
                         .unwrap_or_default(),
                     took: started.elapsed(),
                     outcome,
+                    stores,
                 };
                 if let Ok(mut kept) = cache.verified.lock() {
                     *kept = Some((Instant::now(), verified));
@@ -72,7 +93,8 @@ impl HealthCache {
 }
 
 struct Facts {
-    status: Result<StoreStatus, String>,
+    /// The store directory's status (None: the console reads PostgreSQL).
+    status: Option<Result<StoreStatus, String>>,
     counts: Vec<(String, u64)>,
     trouble: Vec<StoreEvent>,
     collectors: Vec<StoreEvent>,
@@ -84,15 +106,19 @@ pub async fn health(State(console): State<Console>, signed: SignedIn) -> Respons
         return response;
     }
     let verified = console.health.verified(&console);
-    let store = console.store.clone();
-    let status = tokio::task::spawn_blocking(move || {
-        status::read(&StatusOptions {
-            store: store.to_path_buf(),
-        })
-        .map_err(|error| error.to_string())
-    })
-    .await
-    .unwrap_or_else(|error| Err(error.to_string()));
+    let status = match console.source.store_dir() {
+        Some(store) => {
+            let store = store.to_path_buf();
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    status::read(&StatusOptions { store }).map_err(|error| error.to_string())
+                })
+                .await
+                .unwrap_or_else(|error| Err(error.to_string())),
+            )
+        }
+        None => None,
+    };
     let facts = console
         .index
         .query(move |index| {
@@ -157,9 +183,20 @@ pub async fn health(State(console): State<Console>, signed: SignedIn) -> Respons
                 }
             }
         }
+        @if facts.status.is_none() {
+            section #forwarded class="panel" {
+                h2 { "Forwarded stores" }
+                p class="dim" { "Read from " (console.source.label()) "; as of the last verify." }
+                @match &verified {
+                    None => p class="dim" { "Not verified yet." },
+                    Some(verified) => (forwarded_table(&verified.stores)),
+                }
+            }
+        }
+        @if let Some(status) = &facts.status {
         section #status class="panel" {
             h2 { "Store" }
-            @match &facts.status {
+            @match status {
                 Err(error) => p class="problem" { (error) },
                 Ok(status) => dl class="facts" {
                     dt { "Store id" } dd { code { (status.store_id.as_deref().unwrap_or("?")) } }
@@ -176,6 +213,7 @@ pub async fn health(State(console): State<Console>, signed: SignedIn) -> Respons
                     }
                 },
             }
+        }
         }
         section #index-lag class="panel" {
             h2 { "Console index" }
@@ -199,6 +237,33 @@ pub async fn health(State(console): State<Console>, signed: SignedIn) -> Respons
         }
     };
     shell(&console, &signed, Nav::Health, "Health", body)
+}
+
+/// Each forwarded store: its host, what arrived, its newest signed checkpoint and the
+/// records after it (which a root on that host could still erase unseen).
+fn forwarded_table(stores: &[StoreVerdict]) -> maud::Markup {
+    html! {
+        @if stores.is_empty() { p class="empty" { "No store has been forwarded yet." } } @else {
+            table class="grid forwarded" {
+                thead { tr { th { "Store" } th { "Host" } th { "Records" } th { "Last sequence" } th { "Newest checkpoint" } th { "Not yet checkpointed" } th { "Verdict" } } }
+                tbody {
+                    @for store in stores {
+                        @let last = store.last_sequence.unwrap_or(0);
+                        @let checkpointed = store.newest_checkpoint.as_ref().map_or(0, |(sequence, _)| *sequence);
+                        tr class="store" {
+                            td { code { (store.store_id) } }
+                            td { (store.host) }
+                            td class="num" { (store.records) }
+                            td class="num" { (last) }
+                            td { @if let Some((sequence, time)) = &store.newest_checkpoint { (sequence) " at " (short_time(Some(time))) } @else { "none" } }
+                            td class="num" { (last.saturating_sub(checkpointed)) }
+                            td { @if store.is_intact() { span class="intact" { "intact" } } @else { span class="problem" { "NOT intact" } } }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn events_table(events: &[StoreEvent]) -> maud::Markup {

@@ -73,7 +73,8 @@ async fn load(console: &Console, id: i64, from: u64) -> Result<Option<Loaded>, R
                 .first()
                 .is_some_and(|first| first.first_sequence < from);
             let marks = index.marks(&session.session_id)?;
-            let events = index.session_events(&session.session_id, &session.user_id)?;
+            let events =
+                index.session_events(&session.store, &session.session_id, &session.user_id)?;
             Ok(Some(Loaded {
                 session,
                 cells,
@@ -117,7 +118,8 @@ pub async fn show(
         return response;
     }
     let outputs = if outputs_visible {
-        let store = console.store.clone();
+        let source = console.source.clone();
+        let store = loaded.session.store.clone();
         let key = key_of(&loaded.session);
         let first = loaded
             .cells
@@ -130,7 +132,8 @@ pub async fn show(
             .next_from
             .map_or(loaded.session.last_sequence, |next| next.saturating_sub(1));
         let read =
-            tokio::task::spawn_blocking(move || outputs::read(&store, &key, first, last)).await;
+            tokio::task::spawn_blocking(move || outputs::read(&source, &store, &key, first, last))
+                .await;
         match read {
             Ok(Ok(outputs)) => Some(Ok(outputs)),
             Ok(Err(error)) => {
@@ -381,11 +384,13 @@ pub async fn output(
     {
         return response;
     }
-    let store = console.store.clone();
+    let source = console.source.clone();
+    let store = session.store.clone();
     let key = key_of(&session);
-    let read =
-        tokio::task::spawn_blocking(move || outputs::read_data_record(&store, &key, sequence))
-            .await;
+    let read = tokio::task::spawn_blocking(move || {
+        outputs::read_data_record(&source, &store, &key, sequence)
+    })
+    .await;
     let document = match read {
         Ok(Ok(Some(bundle))) => output::sandboxed_document(&bundle),
         Ok(Ok(None)) => None,

@@ -96,7 +96,11 @@ async fn console_over(records: Vec<Map<String, Value>>) -> (tempfile::TempDir, C
     });
     let handle = writer.join().unwrap();
     drop(handle);
-    let pool = IndexPool::start(&dir, &tmp.path().join("index.sqlite")).unwrap();
+    let pool = IndexPool::start(
+        &crate::console::ConsoleSource::Store(dir.clone()),
+        &tmp.path().join("index.sqlite"),
+    )
+    .unwrap();
     for _ in 0..100 {
         if pool.progress.ready.load(Ordering::Relaxed) {
             break;
