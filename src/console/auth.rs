@@ -72,6 +72,9 @@ pub struct HubService {
     pub callback_path: String,
     /// Where browsers are sent to log in (the Hub's authorize endpoint, through the proxy).
     pub authorize_url: String,
+    /// Where browsers are sent after the console's logout: the Hub's own logout, which
+    /// ends the Hub login and deletes the OAuth tokens issued in it.
+    pub logout_url: String,
     /// A token must hold one of these to use the service at all (the Hub's access scopes
     /// for it, JUPYTERHUB_OAUTH_ACCESS_SCOPES).
     pub access_scopes: Vec<String>,
@@ -153,6 +156,7 @@ impl HubService {
             "{}{base_url}hub/api/oauth2/authorize",
             hub_host.trim_end_matches('/')
         );
+        let logout_url = format!("{}{base_url}hub/logout", hub_host.trim_end_matches('/'));
 
         let access_scopes = match lookup("JUPYTERHUB_OAUTH_ACCESS_SCOPES")
             .or_else(|| lookup("JUPYTERHUB_OAUTH_SCOPES"))
@@ -182,6 +186,7 @@ impl HubService {
             callback_url,
             callback_path,
             authorize_url,
+            logout_url,
             access_scopes,
             https,
         })
@@ -468,6 +473,7 @@ mod tests {
         assert_eq!(hub.api_url, "http://127.0.0.1:8081/hub/api");
         assert_eq!(hub.callback_path, "/services/jupyter-audit/oauth_callback");
         assert_eq!(hub.authorize_url, "/hub/api/oauth2/authorize");
+        assert_eq!(hub.logout_url, "/hub/logout");
         assert!(!hub.https);
         assert!(!format!("{hub:?}").contains("service-secret"));
         let pending = PendingLogin::new("/services/jupyter-audit/");

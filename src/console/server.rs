@@ -29,7 +29,7 @@ use super::auth::{
 };
 use super::pages;
 use super::pool::IndexPool;
-use super::trail::{ReviewTrail, Reviewer};
+use super::trail::{ReviewTrail, Reviewer, Viewed};
 use super::{ConsoleError, ServeOptions};
 
 const SESSION_COOKIE: &str = "jupyter-audit-session";
@@ -122,8 +122,13 @@ impl FromRequestParts<Console> for SignedIn {
         let jar = PrivateCookieJar::<Key>::from_request_parts(parts, console)
             .await
             .map_err(IntoResponse::into_response)?;
-        let session = signed_in(console, jar, &parts.uri, &parts.headers, SCOPE_READ)
-            .map_err(|response| *response)?;
+        let session = match signed_in(console, jar, &parts.uri, &parts.headers) {
+            Ok(session) => session,
+            Err(response) => return Err(*response),
+        };
+        if !session.has(SCOPE_READ) {
+            return Err(refuse(console, &session, &parts.uri, SCOPE_READ).await);
+        }
         let reviewer = Reviewer {
             name: session.user.clone(),
             outputs_visible: session.has(SCOPE_READ_OUTPUTS),
@@ -225,6 +230,7 @@ fn router(console: Console) -> Router {
         .route(&at("running"), get(pages::running::running))
         .route(&at("running/fragment"), get(pages::running::fragment))
         .route(&at("static/{file}"), get(pages::static_file))
+        .route(&at("logout"), get(logout))
         .route(&console.hub.callback_path, get(oauth_callback));
     let bare = prefix.trim_end_matches('/');
     if !bare.is_empty() {
@@ -249,13 +255,12 @@ fn router(console: Console) -> Router {
         .layer(header(header::CACHE_CONTROL, "no-store"))
 }
 
-/// The signed-in reviewer, or where to send the browser instead.
+/// The signed-in Hub user, or where to send the browser instead (the Hub's login).
 fn signed_in(
     console: &Console,
     jar: PrivateCookieJar,
     uri: &Uri,
     headers: &HeaderMap,
-    needs: &'static str,
 ) -> Result<Session, Box<Response>> {
     let session = jar
         .get(SESSION_COOKIE)
@@ -263,9 +268,110 @@ fn signed_in(
         .filter(Session::is_valid);
     match session {
         None => Err(Box::new(start_login(console, jar, uri, headers))),
-        Some(session) if !session.has(needs) => Err(Box::new(forbidden(&session.user, needs))),
         Some(session) => Ok(session),
     }
+}
+
+/// The 403 for a signed-in Hub user without `needs`, put on the record first (see
+/// [`ReviewTrail::denied`]); the refusal stands whether or not the record could be
+/// written.
+pub async fn refuse(
+    console: &Console,
+    session: &Session,
+    uri: &Uri,
+    needs: &'static str,
+) -> Response {
+    let viewed = asked_view(console, uri).await;
+    refuse_view(console, session, viewed, needs).await
+}
+
+/// [`refuse`] when the handler knows what was asked.
+pub async fn refuse_view(
+    console: &Console,
+    session: &Session,
+    viewed: Viewed,
+    needs: &'static str,
+) -> Response {
+    match console
+        .trail
+        .denied(&session.user, &session.scopes, viewed)
+        .await
+    {
+        Ok(recorded) => {
+            tracing::info!(user = %session.user, missing = needs, recorded, "page refused");
+        }
+        Err(error) => {
+            tracing::warn!(%error, user = %session.user, "a refused page could not be recorded");
+        }
+    }
+    forbidden(&session.user, needs)
+}
+
+/// Which page `uri` asks for, as a view's record names it (the session's
+/// `jupyter.session_id` looked up in the index).
+async fn asked_view(console: &Console, uri: &Uri) -> Viewed {
+    let rest = uri
+        .path()
+        .strip_prefix(console.hub.prefix.as_str())
+        .unwrap_or_default();
+    let query = uri.query().unwrap_or_default();
+    let parts: Vec<&str> = rest.split('/').collect();
+    let decoded = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let session_id = |row: &str| {
+        let row = row.parse::<i64>().ok();
+        async move {
+            let Some(id) = row else {
+                return String::new();
+            };
+            match console.index.query(move |index| index.session(id)).await {
+                Ok(Some(session)) => session.session_id,
+                _ => String::new(),
+            }
+        }
+    };
+    match parts.as_slice() {
+        ["user", name, ..] => Viewed::Timeline {
+            user: decoded(name),
+        },
+        ["session", row, "output", sequence, ..] => Viewed::Output {
+            session_id: session_id(row).await,
+            sequence: sequence.parse().unwrap_or_default(),
+        },
+        ["session", row, "download", ..] => Viewed::Download {
+            session_id: session_id(row).await,
+            outputs: false,
+        },
+        ["session", row, ..] => Viewed::Session {
+            session_id: session_id(row).await,
+            outputs: false,
+        },
+        ["search", ..] => Viewed::Search {
+            query: query_value(query, "q"),
+        },
+        ["health", ..] => Viewed::Health,
+        ["running", ..] => Viewed::Running,
+        _ => Viewed::Sessions {
+            filters: query.to_owned(),
+        },
+    }
+}
+
+/// The value of `name` in a query string, decoded ("" when absent).
+fn query_value(query: &str, name: &str) -> String {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| {
+            percent_encoding::percent_decode_str(&value.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default()
 }
 
 fn start_login(
@@ -405,6 +511,22 @@ async fn oauth_callback(
                 .into_response()
         }
     }
+}
+
+/// `P/logout`: forgets the console's login (its session cookie) and sends the browser
+/// on to the Hub's logout, which ends the Hub login too (else the next page would sign
+/// the browser in again without a prompt) and deletes the Hub's OAuth tokens of that
+/// login.
+async fn logout(State(console): State<Console>, jar: PrivateCookieJar) -> Response {
+    let hub = &console.hub;
+    if let Some(session) = jar
+        .get(SESSION_COOKIE)
+        .and_then(|cookie| serde_json::from_str::<Session>(cookie.value()).ok())
+    {
+        tracing::info!(user = %session.user, "signed out");
+    }
+    let jar = jar.remove(Cookie::build(SESSION_COOKIE).path(hub.prefix.clone()));
+    (jar, Redirect::to(&hub.logout_url)).into_response()
 }
 
 async fn not_found() -> Response {

@@ -17,6 +17,7 @@ import pwd
 import re
 import secrets
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -25,7 +26,7 @@ import pytest
 import requests
 
 from helpers import BIN, wait_until
-from test_audit import Collector
+from test_audit import Collector, read_store
 from test_jupyterhub import Hub, _free_port, hub_config_head
 
 pytestmark = pytest.mark.timeout(120)
@@ -109,6 +110,7 @@ def hub():
     hub = Hub(base, base, base, config=console_hub_config(
         collector.store, _free_port(), base / "index.sqlite", collector.socket))
     hub.start()
+    hub.audit_store = collector.store
     console = f"{hub.url}{PREFIX}"
 
     def answers() -> bool:
@@ -198,6 +200,49 @@ def test_a_user_without_the_scope_gets_403_naming_it(hub):
     assert f'<code id="missing-scope">{READ}</code>' in page.text
     assert PLAIN in page.text
     assert_strict_headers(page)
+
+
+def test_a_refused_user_is_on_the_record_once_per_page_and_minute(hub):
+    browser, page = log_in(hub, PLAIN)
+    assert page.status_code == 403, (page.url, page.text)
+    # Reloading the refused page does not flood the trail; another page is its own record.
+    for _ in range(3):
+        assert browser.get(f"{hub.url}{PREFIX}", timeout=10).status_code == 403
+    search = browser.get(f"{hub.url}{PREFIX}search", params={"q": "aws_secret"}, timeout=10)
+    assert search.status_code == 403
+
+    def refusals() -> list[dict]:
+        return [r for r in read_store(hub.audit_store)
+                if r["event"]["action"] == "review_access"
+                and r["review"]["reviewer"]["name"] == PLAIN]
+
+    assert wait_until(lambda: len(refusals()) >= 2, 10, 0.2), refusals()
+    records = refusals()
+    # An auditor sees who tried, what for, and with which console scopes (none).
+    assert [(r["review"]["view"], r["review"].get("query")) for r in records] == [
+        ("sessions", ""), ("search", "aws_secret")], records
+    for record in records:
+        assert record["event"]["outcome"] == "failure", record
+        assert record["review"]["reviewer"]["scopes"] == [], record
+    listing = subprocess.run(
+        [str(BIN), "log", "--store", str(hub.audit_store), "--action", "review_access"],
+        capture_output=True, text=True, check=True).stdout
+    assert f"{PLAIN} was REFUSED" in listing, listing
+
+
+def test_logout_ends_the_console_login_and_the_hubs(hub):
+    browser, page = log_in(hub, AUDITOR)
+    assert page.status_code == 200, (page.url, page.text)
+    assert f'href="{PREFIX}logout"' in page.text
+    answer = browser.get(f"{hub.url}{PREFIX}logout", allow_redirects=False, timeout=10)
+    assert answer.status_code == 303
+    assert urlparse(answer.headers["Location"]).path == "/hub/logout"
+    cleared = answer.headers.get("Set-Cookie", "")
+    assert cleared.startswith("jupyter-audit-session=") and "Max-Age=0" in cleared, cleared
+    browser.get(f"{hub.url}/hub/logout", timeout=10)
+    # Neither the console nor the Hub lets the browser in again without the login form.
+    again = browser.get(f"{hub.url}{PREFIX}", timeout=10)
+    assert urlparse(again.url).path == "/hub/login", again.url
 
 
 def test_a_callback_the_browser_did_not_start_is_refused(hub):

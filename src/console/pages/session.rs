@@ -15,10 +15,11 @@ use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 
 use super::{Nav, duration, mark_badge, query_failed, record_view, shell, short_time, state_badge};
+use crate::console::auth::SCOPE_READ_OUTPUTS;
 use crate::console::index::{CellRow, MarkRow, SessionRow, StoreEvent};
 use crate::console::outputs::{self, SessionOutputs};
 use crate::console::render::{code, output};
-use crate::console::server::{Console, SignedIn, error_page};
+use crate::console::server::{Console, SignedIn, error_page, refuse_view};
 use crate::console::trail::{Mark, Viewed};
 use crate::review::fields::parse_rfc3339;
 use crate::review::sessions::SessionKey;
@@ -312,17 +313,18 @@ pub async fn output(
     signed: SignedIn,
     Path((id, sequence)): Path<(i64, u64)>,
 ) -> Response {
-    if !signed.reviewer.outputs_visible {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "Outputs are hidden for your role (custom:jupyter-audit:read-outputs is needed).",
-        );
-    }
     let session = match console.index.query(move |index| index.session(id)).await {
         Ok(Some(session)) => session,
         Ok(None) => return no_session(),
         Err(error) => return query_failed(error),
     };
+    if !signed.reviewer.outputs_visible {
+        let asked = Viewed::Output {
+            session_id: session.session_id.clone(),
+            sequence,
+        };
+        return refuse_view(&console, &signed.session, asked, SCOPE_READ_OUTPUTS).await;
+    }
     if sequence < session.first_sequence || sequence > session.last_sequence {
         return error_page(StatusCode::NOT_FOUND, "No such output in this session.");
     }
