@@ -14,6 +14,7 @@
 //!   review marks), caught up incrementally from the store, which stays the source of
 //!   truth; [`pool`]: its writer and the pages' read-only connections.
 //! - [`trail`]: every view and mark on the record, before the page is shown.
+//! - [`tls`]: https with the certificate the Hub gives its services under internal_ssl.
 
 pub mod auth;
 pub mod export;
@@ -23,6 +24,7 @@ pub mod pages;
 pub mod pool;
 pub mod render;
 pub mod server;
+pub mod tls;
 pub mod trail;
 
 use std::path::PathBuf;
@@ -98,6 +100,8 @@ pub enum ConsoleError {
     Store(PathBuf),
     #[error("the console index {}: {reason}", path.display())]
     Index { path: PathBuf, reason: String },
+    #[error("the TLS file {} is not usable: {reason}", path.display())]
+    Tls { path: PathBuf, reason: String },
     #[error("cannot build the HTTP client for the Hub: {0}")]
     HttpClient(String),
     #[error("cannot listen on {address}: {source}")]

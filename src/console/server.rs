@@ -7,8 +7,12 @@
 //! live in [`super::pages`]; this module owns the state they share ([`Console`]), the
 //! [`SignedIn`] extractor, the page shell and the headers.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::Router;
 use axum::extract::{FromRef, FromRequestParts, Query, State};
@@ -24,11 +28,13 @@ use serde::Deserialize;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::auth::{
-    AuthError, HubClient, HubService, LOGIN_LIFETIME, PendingLogin, SCOPE_READ, SCOPE_READ_OUTPUTS,
-    SESSION_LIFETIME, Session,
+    AuthError, Grant, HubClient, HubService, LOGIN_LIFETIME, PendingLogin, SCOPE_READ,
+    SCOPE_READ_OUTPUTS, SESSION_LIFETIME, Session,
 };
+use super::index::{SessionRow, Visibility};
 use super::pages;
 use super::pool::IndexPool;
+use super::tls::TlsListener;
 use super::trail::{ReviewTrail, Reviewer, Viewed};
 use super::{ConsoleError, ServeOptions};
 
@@ -57,12 +63,62 @@ pub struct Console {
     pub index: Arc<IndexPool>,
     pub trail: ReviewTrail,
     pub health: Arc<pages::health::HealthCache>,
+    /// Members of the Hub groups filtered grants name, and when the Hub was asked.
+    groups: Arc<Mutex<GroupMembers>>,
 }
+
+/// Hub groups: when the Hub was asked, and who it said is in each.
+type GroupMembers = HashMap<String, (Instant, Vec<String>)>;
+
+/// How long the members of a Hub group are taken as the Hub last said.
+const GROUP_MEMBERS_FOR: Duration = Duration::from_secs(60);
+/// Groups whose members are remembered at once.
+const MAX_GROUPS_REMEMBERED: usize = 1024;
 
 impl Console {
     /// An address under the service prefix (`rest` without its leading `/`).
     pub fn url(&self, rest: &str) -> String {
         format!("{}{rest}", self.hub.prefix)
+    }
+
+    /// The sessions `grant` shows: all, or those of its Hub users and of the members
+    /// of its groups (asked of the Hub, remembered for [`GROUP_MEMBERS_FOR`]; a group
+    /// the Hub does not answer for shows nobody).
+    pub async fn visibility(&self, grant: &Grant) -> Visibility {
+        if grant.all {
+            return Visibility::All;
+        }
+        let mut users = grant.users.clone();
+        for group in &grant.groups {
+            users.extend(self.group_members(group).await);
+        }
+        users.sort();
+        users.dedup();
+        Visibility::HubUsers(users)
+    }
+
+    async fn group_members(&self, group: &str) -> Vec<String> {
+        let now = Instant::now();
+        if let Ok(groups) = self.groups.lock()
+            && let Some((asked, members)) = groups.get(group)
+            && now.duration_since(*asked) < GROUP_MEMBERS_FOR
+        {
+            return members.clone();
+        }
+        let members = match self.client.group_members(&self.hub, group).await {
+            Ok(members) => members,
+            Err(error) => {
+                tracing::warn!(%error, %group, "the Hub did not say who is in a group a grant names: it shows nobody (the console's token needs read:groups)");
+                return Vec::new();
+            }
+        };
+        if let Ok(mut groups) = self.groups.lock() {
+            if groups.len() >= MAX_GROUPS_REMEMBERED {
+                groups.clear();
+            }
+            groups.insert(group.to_owned(), (now, members.clone()));
+        }
+        members
     }
 
     /// The CSRF token of a signed-in session: an HMAC of who and until when.
@@ -95,15 +151,17 @@ impl Console {
 impl Console {
     /// A console over `store` and `index` for handler tests (no Hub is asked anything).
     pub(crate) fn for_tests(hub: HubService, store: PathBuf, index: Arc<IndexPool>) -> Self {
+        let client = HubClient::new(&hub.tls).unwrap();
         Console {
             hub: Arc::new(hub),
-            client: HubClient::new().unwrap(),
+            client,
             cookie_key: Key::generate(),
             csrf_key: Arc::new([7; 32]),
             store: Arc::new(store),
             index,
             trail: ReviewTrail::default(),
             health: Arc::new(pages::health::HealthCache::default()),
+            groups: Arc::default(),
         }
     }
 }
@@ -113,6 +171,26 @@ impl Console {
 pub struct SignedIn {
     pub session: Session,
     pub reviewer: Reviewer,
+    /// The sessions `read` shows them.
+    pub visible: Visibility,
+    /// The sessions whose outputs `read-outputs` shows them; None without it.
+    pub outputs: Option<Visibility>,
+}
+
+impl SignedIn {
+    /// Whether `row`'s session may be shown at all.
+    pub fn may_see(&self, row: &SessionRow) -> bool {
+        self.visible.allows(row)
+    }
+
+    /// Whether `row`'s outputs may be shown.
+    pub fn may_see_outputs(&self, row: &SessionRow) -> bool {
+        self.may_see(row)
+            && self
+                .outputs
+                .as_ref()
+                .is_some_and(|outputs| outputs.allows(row))
+    }
 }
 
 impl FromRequestParts<Console> for SignedIn {
@@ -126,14 +204,24 @@ impl FromRequestParts<Console> for SignedIn {
             Ok(session) => session,
             Err(response) => return Err(*response),
         };
-        if !session.has(SCOPE_READ) {
+        let Some(read) = session.grant(SCOPE_READ) else {
             return Err(refuse(console, &session, &parts.uri, SCOPE_READ).await);
-        }
+        };
+        let visible = console.visibility(&read).await;
+        let outputs = match session.grant(SCOPE_READ_OUTPUTS) {
+            Some(grant) => Some(console.visibility(&grant).await),
+            None => None,
+        };
         let reviewer = Reviewer {
             name: session.user.clone(),
-            outputs_visible: session.has(SCOPE_READ_OUTPUTS),
+            outputs_visible: outputs.is_some(),
         };
-        Ok(SignedIn { session, reviewer })
+        Ok(SignedIn {
+            session,
+            reviewer,
+            visible,
+            outputs,
+        })
     }
 }
 
@@ -162,7 +250,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ConsoleError> {
     let mut csrf_key = [0u8; 32];
     rand::rng().fill_bytes(&mut csrf_key);
     let console = Console {
-        client: HubClient::new()?,
+        client: HubClient::new(&hub.tls)?,
         cookie_key: new_cookie_key()?,
         csrf_key: Arc::new(csrf_key),
         store: Arc::new(options.store),
@@ -170,6 +258,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ConsoleError> {
         index,
         trail: ReviewTrail::connect(options.collector_socket),
         health: Arc::new(pages::health::HealthCache::default()),
+        groups: Arc::default(),
     };
     let listen = console.hub.listen.clone();
     let prefix = console.hub.prefix.clone();
@@ -179,11 +268,25 @@ pub async fn serve(options: ServeOptions) -> Result<(), ConsoleError> {
             address: listen.clone(),
             source,
         })?;
-    tracing::info!(%listen, %prefix, "review console listening");
-    axum::serve(listener, router(console))
-        .with_graceful_shutdown(stopped())
-        .await
-        .map_err(ConsoleError::Server)
+    // Under the Hub's internal_ssl the service is reached over https with the
+    // certificate the Hub made for it.
+    match super::tls::server_config(&console.hub.tls)? {
+        Some(config) => {
+            let listener = TlsListener::new(listener, config).map_err(ConsoleError::Server)?;
+            tracing::info!(%listen, %prefix, "review console listening (https)");
+            axum::serve(listener, router(console))
+                .with_graceful_shutdown(stopped())
+                .await
+                .map_err(ConsoleError::Server)
+        }
+        None => {
+            tracing::info!(%listen, %prefix, "review console listening");
+            axum::serve(listener, router(console))
+                .with_graceful_shutdown(stopped())
+                .await
+                .map_err(ConsoleError::Server)
+        }
+    }
 }
 
 fn new_cookie_key() -> Result<Key, ConsoleError> {

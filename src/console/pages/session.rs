@@ -76,11 +76,11 @@ pub async fn show(
     Path(id): Path<i64>,
 ) -> Response {
     let loaded = match load(&console, id).await {
-        Ok(Some(loaded)) => loaded,
-        Ok(None) => return no_session(),
+        Ok(Some(loaded)) if signed.may_see(&loaded.session) => loaded,
+        Ok(_) => return no_session(),
         Err(response) => return response,
     };
-    let outputs_visible = signed.reviewer.outputs_visible;
+    let outputs_visible = signed.may_see_outputs(&loaded.session);
     if let Err(response) = record_view(
         &console,
         &signed,
@@ -314,11 +314,11 @@ pub async fn output(
     Path((id, sequence)): Path<(i64, u64)>,
 ) -> Response {
     let session = match console.index.query(move |index| index.session(id)).await {
-        Ok(Some(session)) => session,
-        Ok(None) => return no_session(),
+        Ok(Some(session)) if signed.may_see(&session) => session,
+        Ok(_) => return no_session(),
         Err(error) => return query_failed(error),
     };
-    if !signed.reviewer.outputs_visible {
+    if !signed.may_see_outputs(&session) {
         let asked = Viewed::Output {
             session_id: session.session_id.clone(),
             sequence,
@@ -399,8 +399,8 @@ pub async fn mark(
     let mut note = form.note.trim().to_owned();
     outputs::cut_text(&mut note, MAX_NOTE);
     let session = match console.index.query(move |index| index.session(id)).await {
-        Ok(Some(session)) => session,
-        Ok(None) => return no_session(),
+        Ok(Some(session)) if signed.may_see(&session) => session,
+        Ok(_) => return no_session(),
         Err(error) => return query_failed(error),
     };
     if let Err(error) = console
