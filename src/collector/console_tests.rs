@@ -65,6 +65,7 @@ fn auditor() -> Reviewer {
     Reviewer {
         name: "auditor".into(),
         outputs_visible: true,
+        scopes: Vec::new(),
     }
 }
 
@@ -98,6 +99,7 @@ async fn the_console_account_puts_views_and_marks_on_the_record() {
     let reviewer = Reviewer {
         name: "reviewer".into(),
         outputs_visible: false,
+        scopes: Vec::new(),
     };
     let viewed = trail.viewed(
         &auditor,

@@ -215,6 +215,7 @@ impl FromRequestParts<Console> for SignedIn {
         let reviewer = Reviewer {
             name: session.user.clone(),
             outputs_visible: outputs.is_some(),
+            scopes: session.scopes.clone(),
         };
         Ok(SignedIn {
             session,

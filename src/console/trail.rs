@@ -50,12 +50,22 @@ const MAX_DENIALS_REMEMBERED: usize = 4096;
 pub struct Reviewer {
     pub name: String,
     pub outputs_visible: bool,
+    /// The console scopes the login held as the Hub granted them, filters included
+    /// (`custom:jupyter-audit:read!group=research`); empty: read, and read-outputs when
+    /// outputs are visible, unfiltered.
+    pub scopes: Vec<String>,
 }
 
 impl Reviewer {
-    /// `review.reviewer`: the name and the console scopes (read, and read-outputs when
-    /// outputs are visible).
+    /// `review.reviewer`: the name and the console scopes, so that the record shows a
+    /// filtered grant as filtered.
     fn fields(&self) -> ReviewerFields {
+        if !self.scopes.is_empty() {
+            return ReviewerFields {
+                name: self.name.clone(),
+                scopes: self.scopes.clone(),
+            };
+        }
         let mut scopes = vec![SCOPE_READ.to_owned()];
         if self.outputs_visible {
             scopes.push(SCOPE_READ_OUTPUTS.to_owned());
@@ -147,6 +157,7 @@ impl Viewed {
         let nobody = Reviewer {
             name: user.to_owned(),
             outputs_visible: false,
+            scopes: Vec::new(),
         };
         let mut access = self.event(&nobody);
         access.reviewer.scopes = scopes.to_vec();

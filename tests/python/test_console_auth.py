@@ -342,6 +342,12 @@ def test_a_grant_filtered_to_a_group_shows_only_its_members_sessions(hub):
         assert auditor.get(f"{console}{path}", timeout=10).status_code != 404, path
     # The store's health is about everyone: not for a filtered grant.
     assert research.get(f"{console}health", timeout=10).status_code == 403
+    # Their views are on the record with the grant as the Hub filtered it.
+    views = [r for r in read_store(hub.audit_store) if r["event"]["action"] == "review_access"
+             and r["review"]["reviewer"]["name"] == RESEARCH_REVIEWER
+             and r["event"]["outcome"] == "success"]
+    assert views and all(r["review"]["reviewer"]["scopes"] == [f"{READ}!group=research"]
+                         for r in views), [r["review"]["reviewer"] for r in views]
 
 
 def test_a_callback_the_browser_did_not_start_is_refused(hub):

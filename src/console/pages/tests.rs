@@ -117,6 +117,7 @@ fn signed(outputs: bool) -> SignedIn {
         reviewer: Reviewer {
             name: "auditor".into(),
             outputs_visible: outputs,
+            scopes: Vec::new(),
         },
         visible: Visibility::All,
         outputs: outputs.then_some(Visibility::All),
