@@ -351,7 +351,15 @@ fn main() {
         .filter_map(|m| m.as_str().map(str::to_owned))
         .collect();
     let (p50, p95, hits) = time_query(args.runs, &markers, |marker| {
-        index.search_code(marker, None, 50).expect("search").len()
+        index
+            .search_code(
+                marker,
+                None,
+                50,
+                &jupyter_audit::console::index::Visibility::All,
+            )
+            .expect("search")
+            .len()
     });
     rows.push((
         format!("code search, a rare line ({} markers)", markers.len()),
@@ -361,7 +369,15 @@ fn main() {
     ));
     let common = ["read_csv", "print(", "model.fit", "SELECT * FROM"];
     let (p50, p95, hits) = time_query(args.runs, &common, |term| {
-        index.search_code(term, None, 50).expect("search").len()
+        index
+            .search_code(
+                term,
+                None,
+                50,
+                &jupyter_audit::console::index::Visibility::All,
+            )
+            .expect("search")
+            .len()
     });
     rows.push((
         "code search, a common term (first 50)".into(),

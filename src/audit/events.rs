@@ -647,6 +647,14 @@ pub struct ReviewAccess {
 }
 event!(ReviewAccess => Action::ReviewAccess, Outcome::Success);
 
+/// A `review_access` refused (`event.outcome` failure): a signed-in Hub user asked for a
+/// page without the console scope it needs. The fields are a view's; `reviewer.scopes`
+/// are the console scopes the login held (none, or read without read-outputs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ReviewDenied(pub ReviewAccess);
+event!(ReviewDenied => Action::ReviewAccess, Outcome::Failure);
+
 /// `review_mark`: a reviewer marked a session reviewed or flagged it, with a note.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -65,6 +65,7 @@ fn auditor() -> Reviewer {
     Reviewer {
         name: "auditor".into(),
         outputs_visible: true,
+        scopes: Vec::new(),
     }
 }
 
@@ -98,6 +99,7 @@ async fn the_console_account_puts_views_and_marks_on_the_record() {
     let reviewer = Reviewer {
         name: "reviewer".into(),
         outputs_visible: false,
+        scopes: Vec::new(),
     };
     let viewed = trail.viewed(
         &auditor,
@@ -161,6 +163,88 @@ async fn the_console_account_puts_views_and_marks_on_the_record() {
         assert_eq!(record["process"]["pid"], json!(std::process::id()));
         assert_eq!(record["event"]["outcome"], "success");
     }
+    assert!(of_action(&records, "record_refused").is_empty());
+}
+
+#[tokio::test]
+async fn a_hub_user_refused_a_page_is_on_the_record_once_a_minute_per_page() {
+    use crate::console::auth::{SCOPE_READ, Session};
+    use crate::console::pool::IndexPool;
+    use crate::console::server::{Console, refuse, tests::hub};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, socket, _stop) = start_collector(dir.path(), ConsoleAccounts::new([our_uid()]));
+    let index = IndexPool::start(
+        &crate::console::ConsoleSource::Store(dir.path().join("store")),
+        &dir.path().join("index.sqlite"),
+    )
+    .expect("index");
+    let mut console = Console::for_tests(hub(None), dir.path().join("store"), index);
+    console.trail = ReviewTrail::connect(socket);
+    // Signed in through the Hub, without any console scope.
+    let plain = Session {
+        user: "plain".into(),
+        scopes: Vec::new(),
+        expires: u64::MAX,
+    };
+    let search: axum::http::Uri = "/services/jupyter-audit/search?q=secret+key"
+        .parse()
+        .expect("uri");
+    for _reload in 0..3 {
+        let answer = tokio::time::timeout(HANG, refuse(&console, &plain, &search, SCOPE_READ))
+            .await
+            .expect("answered");
+        assert_eq!(answer.status(), axum::http::StatusCode::FORBIDDEN);
+    }
+    let health: axum::http::Uri = "/services/jupyter-audit/health".parse().expect("uri");
+    let answer = tokio::time::timeout(HANG, refuse(&console, &plain, &health, SCOPE_READ))
+        .await
+        .expect("answered");
+    assert_eq!(answer.status(), axum::http::StatusCode::FORBIDDEN);
+    // Another user's refusal of the same page is its own record.
+    let other = Session {
+        user: "mallory".into(),
+        ..plain.clone()
+    };
+    tokio::time::timeout(HANG, refuse(&console, &other, &search, SCOPE_READ))
+        .await
+        .expect("answered");
+
+    let records = stored(store, dir.path()).await;
+    let refused: Vec<(String, String, String)> = of_action(&records, "review_access")
+        .into_iter()
+        .map(|record| {
+            assert_eq!(record["event"]["outcome"], "failure", "{record}");
+            assert_eq!(
+                record["review"]["reviewer"]["scopes"],
+                json!([]),
+                "{record}"
+            );
+            (
+                record["review"]["reviewer"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                record["review"]["view"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                record["review"]["query"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            ("plain".into(), "search".into(), "secret key".into()),
+            ("plain".into(), "health".into(), String::new()),
+            ("mallory".into(), "search".into(), "secret key".into()),
+        ],
+        "three reloads of one page are one record"
+    );
     assert!(of_action(&records, "record_refused").is_empty());
 }
 

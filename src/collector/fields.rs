@@ -204,9 +204,17 @@ fn check_review(
     let Some(action) = action.filter(|action| action.is_review()) else {
         return Err(FieldRefusal::of(REVIEW_ONLY, "event.action"));
     };
-    if outcome.is_some_and(|outcome| outcome != Outcome::Success.as_str()) {
+    // A refused page (a signed-in Hub user without the scope) is a review_access with
+    // outcome failure; a mark is always a success.
+    let outcome_allowed = match action {
+        Action::ReviewAccess => outcome.is_none_or(|outcome| {
+            outcome == Outcome::Success.as_str() || outcome == Outcome::Failure.as_str()
+        }),
+        _ => outcome.is_none_or(|outcome| outcome == Outcome::Success.as_str()),
+    };
+    if !outcome_allowed {
         return Err(FieldRefusal::of(
-            "a review record's event.outcome is success",
+            "a review_mark's event.outcome is success, a review_access's success or failure",
             "event.outcome",
         ));
     }
@@ -513,9 +521,18 @@ mod tests {
                 "{path:?}"
             );
         }
-        let mut failed = review_record();
-        failed["event"]["outcome"] = json!("failure");
-        assert_eq!(console_refusal(failed).fields, ["event.outcome"]);
+        // A page refused to a Hub user is a review_access with outcome failure; a mark
+        // is never a failure, and no other outcome is taken.
+        let mut denied = review_record();
+        denied["event"]["outcome"] = json!("failure");
+        denied["review"]["reviewer"]["scopes"] = json!([]);
+        assert!(check_as(&record(denied), SenderKind::Console).is_ok());
+        let mut failed_mark = mark.clone();
+        failed_mark["event"]["outcome"] = json!("failure");
+        assert_eq!(console_refusal(failed_mark).fields, ["event.outcome"]);
+        let mut unknown = review_record();
+        unknown["event"]["outcome"] = json!("unknown");
+        assert!(check_as(&record(unknown), SenderKind::Console).is_err());
         let mut no_review = review_record();
         no_review.as_object_mut().expect("object").remove("review");
         assert_eq!(console_refusal(no_review).fields, ["review"]);

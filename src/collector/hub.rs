@@ -99,6 +99,64 @@ pub enum HubError {
     Client(String),
 }
 
+/// An HTTP client for the Hub's API: bounded in time, no redirects (tokens go to the Hub
+/// and nowhere else), trusting `ca_file` besides the system's roots and presenting
+/// `client_identity` (certificate, key) to a Hub that asks for one (internal_ssl).
+pub fn hub_http_client(
+    timeout: Duration,
+    ca_file: Option<&std::path::Path>,
+    client_identity: Option<&(PathBuf, PathBuf)>,
+) -> Result<reqwest::Client, HubError> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        // The token must go to the Hub and nowhere else.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("jupyter-audit/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|source| HubError::CaFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let certificates =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| HubError::Certificate {
+                path: path.to_path_buf(),
+                reason: error.to_string(),
+            })?;
+        if certificates.is_empty() {
+            return Err(HubError::Certificate {
+                path: path.to_path_buf(),
+                reason: "no PEM certificate in it".into(),
+            });
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    if let Some((cert, key)) = client_identity {
+        let unusable = |reason: String| HubError::ClientIdentity {
+            cert: cert.clone(),
+            key: key.clone(),
+            reason,
+        };
+        let mut pem = std::fs::read(cert).map_err(|error| unusable(error.to_string()))?;
+        pem.push(b'\n');
+        pem.extend(std::fs::read(key).map_err(|error| unusable(error.to_string()))?);
+        let identity =
+            reqwest::Identity::from_pem(&pem).map_err(|error| unusable(error.to_string()))?;
+        builder = builder.identity(identity);
+    }
+    // A key that is not the certificate's shows only here.
+    builder.build().map_err(|error| match client_identity {
+        Some((cert, key)) => HubError::ClientIdentity {
+            cert: cert.clone(),
+            key: key.clone(),
+            reason: causes(error),
+        },
+        None => HubError::Client(causes(error)),
+    })
+}
+
 /// The Hub user a token belongs to, as the Hub said.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HubIdentity {
@@ -172,57 +230,11 @@ impl HubAttestor {
         if !(api.starts_with("http://") || api.starts_with("https://")) {
             return Err(HubError::Url(options.api_url.clone()));
         }
-        let mut builder = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(REQUEST_TIMEOUT)
-            // The token must go to the Hub and nowhere else.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("jupyter-audit/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &options.ca_file {
-            let pem = std::fs::read(path).map_err(|source| HubError::CaFile {
-                path: path.clone(),
-                source,
-            })?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
-                HubError::Certificate {
-                    path: path.clone(),
-                    reason: error.to_string(),
-                }
-            })?;
-            if certificates.is_empty() {
-                return Err(HubError::Certificate {
-                    path: path.clone(),
-                    reason: "no PEM certificate in it".into(),
-                });
-            }
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        if let Some((cert, key)) = &options.client_identity {
-            let unusable = |reason: String| HubError::ClientIdentity {
-                cert: cert.clone(),
-                key: key.clone(),
-                reason,
-            };
-            let mut pem = std::fs::read(cert).map_err(|error| unusable(error.to_string()))?;
-            pem.push(b'\n');
-            pem.extend(std::fs::read(key).map_err(|error| unusable(error.to_string()))?);
-            let identity =
-                reqwest::Identity::from_pem(&pem).map_err(|error| unusable(error.to_string()))?;
-            builder = builder.identity(identity);
-        }
-        // A key that is not the certificate's shows only here.
-        let client = builder
-            .build()
-            .map_err(|error| match &options.client_identity {
-                Some((cert, key)) => HubError::ClientIdentity {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    reason: causes(error),
-                },
-                None => HubError::Client(causes(error)),
-            })?;
+        let client = hub_http_client(
+            REQUEST_TIMEOUT,
+            options.ca_file.as_deref(),
+            options.client_identity.as_ref(),
+        )?;
         Ok(Self {
             client,
             user_url: format!("{api}/user"),

@@ -72,12 +72,28 @@ pub struct HubService {
     pub callback_path: String,
     /// Where browsers are sent to log in (the Hub's authorize endpoint, through the proxy).
     pub authorize_url: String,
+    /// Where browsers are sent after the console's logout: the Hub's own logout, which
+    /// ends the Hub login and deletes the OAuth tokens issued in it.
+    pub logout_url: String,
     /// A token must hold one of these to use the service at all (the Hub's access scopes
     /// for it, JUPYTERHUB_OAUTH_ACCESS_SCOPES).
     pub access_scopes: Vec<String>,
     /// Browsers reach the console over https (JUPYTERHUB_PUBLIC_URL or
     /// JUPYTERHUB_SERVICE_URL say so): cookies are `Secure`.
     pub https: bool,
+    /// The Hub's internal TLS (internal_ssl), as it gives it to its services.
+    pub tls: HubTls,
+}
+
+/// What the Hub gives a service under `internal_ssl`: the CA its own certificate is
+/// signed by (JUPYTERHUB_SSL_CLIENT_CA) and the service's certificate and key
+/// (JUPYTERHUB_SSL_CERTFILE, JUPYTERHUB_SSL_KEYFILE), with which the console asks the
+/// Hub's API and serves https.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HubTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Certificate and key (PEM files).
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl HubService {
@@ -153,6 +169,7 @@ impl HubService {
             "{}{base_url}hub/api/oauth2/authorize",
             hub_host.trim_end_matches('/')
         );
+        let logout_url = format!("{}{base_url}hub/logout", hub_host.trim_end_matches('/'));
 
         let access_scopes = match lookup("JUPYTERHUB_OAUTH_ACCESS_SCOPES")
             .or_else(|| lookup("JUPYTERHUB_OAUTH_SCOPES"))
@@ -173,6 +190,24 @@ impl HubService {
             None => parsed.scheme() == "https",
         };
 
+        let identity = match (
+            lookup("JUPYTERHUB_SSL_CERTFILE"),
+            lookup("JUPYTERHUB_SSL_KEYFILE"),
+        ) {
+            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+            (None, None) => None,
+            _ => {
+                return Err(bad(
+                    "JUPYTERHUB_SSL_CERTFILE",
+                    "needs JUPYTERHUB_SSL_KEYFILE with it, and the other way round",
+                ));
+            }
+        };
+        let tls = HubTls {
+            ca_file: lookup("JUPYTERHUB_SSL_CLIENT_CA").map(Into::into),
+            identity,
+        };
+
         Ok(Self {
             listen,
             prefix,
@@ -182,8 +217,10 @@ impl HubService {
             callback_url,
             callback_path,
             authorize_url,
+            logout_url,
             access_scopes,
             https,
+            tls,
         })
     }
 
@@ -281,9 +318,57 @@ impl Session {
         unix_now() < self.expires
     }
 
+    /// Whether `scope` is held without a filter.
     pub fn has(&self, scope: &str) -> bool {
         self.scopes.iter().any(|held| held == scope)
     }
+
+    /// What `scope` grants this session, with or without filters; None when it grants
+    /// nothing.
+    pub fn grant(&self, scope: &str) -> Option<Grant> {
+        let mut grant = Grant::default();
+        let mut held = false;
+        for scope_held in &self.scopes {
+            if scope_held == scope {
+                grant.all = true;
+                held = true;
+            } else if let Some((kind, name)) = scope_held
+                .strip_prefix(scope)
+                .and_then(|rest| rest.strip_prefix('!'))
+                .and_then(|filter| filter.split_once('='))
+            {
+                match kind {
+                    "user" => grant.users.push(name.to_owned()),
+                    "group" => grant.groups.push(name.to_owned()),
+                    _ => continue,
+                }
+                held = true;
+            }
+        }
+        held.then_some(grant)
+    }
+}
+
+/// What one of the console's scopes grants: every session, or (a filtered grant such as
+/// `custom:jupyter-audit:read!group=research`) the sessions of the Hub users named and of
+/// the members of the groups named.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    pub all: bool,
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+/// A console scope, unfiltered or with a filter the console applies (`!user=`,
+/// `!group=`).
+fn is_console_grant(scope: &str) -> bool {
+    CONSOLE_SCOPES.iter().any(|console| {
+        scope == *console
+            || scope
+                .strip_prefix(console)
+                .and_then(|rest| rest.strip_prefix('!'))
+                .is_some_and(|filter| filter.starts_with("user=") || filter.starts_with("group="))
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -317,15 +402,15 @@ struct UserAnswer {
 }
 
 impl HubClient {
-    pub fn new() -> Result<Self, ConsoleError> {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(REQUEST_TIMEOUT)
-            // Tokens go to the Hub and nowhere else.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("jupyter-audit/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|error| ConsoleError::HttpClient(error.to_string()))?;
+    /// A client that reaches the Hub as `tls` says (its CA, the service's certificate);
+    /// no redirects are followed: tokens go to the Hub and nowhere else.
+    pub fn new(tls: &HubTls) -> Result<Self, ConsoleError> {
+        let http = crate::collector::hub::hub_http_client(
+            REQUEST_TIMEOUT,
+            tls.ca_file.as_deref(),
+            tls.identity.as_ref(),
+        )
+        .map_err(|error| ConsoleError::HttpClient(error.to_string()))?;
         Ok(Self { http })
     }
 
@@ -379,6 +464,37 @@ impl HubClient {
     }
 }
 
+#[derive(Deserialize)]
+struct GroupAnswer {
+    #[serde(default)]
+    users: Vec<String>,
+}
+
+impl HubClient {
+    /// The members of the Hub group `name`, asked with the service's own token (which
+    /// needs `read:groups`, or `read:groups!group=NAME`, to see members).
+    pub async fn group_members(
+        &self,
+        hub: &HubService,
+        name: &str,
+    ) -> Result<Vec<String>, AuthError> {
+        let encoded =
+            percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+        let response = self
+            .http
+            .get(format!("{}/groups/{encoded}", hub.api_url))
+            .header(
+                reqwest::header::AUTHORIZATION,
+                format!("token {}", hub.api_token.expose()),
+            )
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let group: GroupAnswer = read_json(response, "GET /groups").await?;
+        Ok(group.users)
+    }
+}
+
 fn session_of(hub: &HubService, user: UserAnswer) -> Result<Session, AuthError> {
     let may_use = hub.access_scopes.is_empty()
         || user
@@ -388,13 +504,15 @@ fn session_of(hub: &HubService, user: UserAnswer) -> Result<Session, AuthError> 
     if !may_use {
         return Err(AuthError::NoAccess);
     }
-    // Only unfiltered grants count: a filtered one (`...!user=x`) would need pages that
-    // apply the filter, which do not exist yet.
-    let scopes = CONSOLE_SCOPES
-        .iter()
-        .filter(|scope| user.scopes.iter().any(|held| held == *scope))
-        .map(|scope| (*scope).to_owned())
+    // The console's scopes as the Hub granted them, filters and all (the pages apply
+    // `!user=` and `!group=`; other filters grant nothing here).
+    let mut scopes: Vec<String> = user
+        .scopes
+        .into_iter()
+        .filter(|scope| is_console_grant(scope))
         .collect();
+    scopes.sort();
+    scopes.dedup();
     Ok(Session {
         user: user.name,
         scopes,
@@ -468,6 +586,7 @@ mod tests {
         assert_eq!(hub.api_url, "http://127.0.0.1:8081/hub/api");
         assert_eq!(hub.callback_path, "/services/jupyter-audit/oauth_callback");
         assert_eq!(hub.authorize_url, "/hub/api/oauth2/authorize");
+        assert_eq!(hub.logout_url, "/hub/logout");
         assert!(!hub.https);
         assert!(!format!("{hub:?}").contains("service-secret"));
         let pending = PendingLogin::new("/services/jupyter-audit/");
@@ -511,6 +630,44 @@ mod tests {
     }
 
     #[test]
+    fn filtered_grants_name_users_and_groups() {
+        let hub = service(&managed_service()).unwrap();
+        let session = session_of(
+            &hub,
+            UserAnswer {
+                name: "rita".to_owned(),
+                scopes: [
+                    "access:services",
+                    "custom:jupyter-audit:read!group=research",
+                    "custom:jupyter-audit:read!user=bob",
+                    "custom:jupyter-audit:read!server=bob/x",
+                    "custom:jupyter-audit:read-outputs!user=bob",
+                    "custom:jupyter-audit:readers",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            },
+        )
+        .unwrap();
+        let read = session.grant(SCOPE_READ).unwrap();
+        assert!(!read.all);
+        assert_eq!(read.users, ["bob"]);
+        assert_eq!(read.groups, ["research"]);
+        let outputs = session.grant(SCOPE_READ_OUTPUTS).unwrap();
+        assert_eq!(
+            (outputs.all, outputs.users.as_slice()),
+            (false, ["bob".to_owned()].as_slice())
+        );
+        assert!(!session.has(SCOPE_READ));
+        assert!(
+            session
+                .scopes
+                .iter()
+                .all(|scope| !scope.contains("server=") && scope != "custom:jupyter-audit:readers")
+        );
+    }
+
+    #[test]
     fn a_session_keeps_only_the_consoles_unfiltered_scopes_and_needs_access() {
         let hub = service(&managed_service()).unwrap();
         let user = |scopes: &[&str]| UserAnswer {
@@ -527,7 +684,13 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(session.scopes, vec![SCOPE_READ.to_owned()]);
+        assert_eq!(
+            session.scopes,
+            vec![
+                SCOPE_READ.to_owned(),
+                "custom:jupyter-audit:read-outputs!user=bob".to_owned()
+            ]
+        );
         assert!(session.has(SCOPE_READ) && !session.has(SCOPE_READ_OUTPUTS));
         assert!(matches!(
             session_of(&hub, user(&[SCOPE_READ])),

@@ -136,6 +136,57 @@ pub struct SessionCursor {
     pub id: i64,
 }
 
+/// Which sessions a reviewer may see: all (an unfiltered grant), or only those of the
+/// Hub users a filtered grant names (`!user=`, or members of a `!group=`). A session
+/// whose user only the OS account vouches for (`verified_by` peercred) is nobody's Hub
+/// user: a filtered grant does not show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Visibility {
+    #[default]
+    All,
+    /// These Hub users' sessions (sorted, no duplicates; may be empty).
+    HubUsers(Vec<String>),
+}
+
+impl Visibility {
+    /// Whether `row` may be shown.
+    pub fn allows(&self, row: &SessionRow) -> bool {
+        match self {
+            Self::All => true,
+            Self::HubUsers(users) => {
+                row.verified_by.as_deref() == Some(VERIFIED_BY_HUB)
+                    && row
+                        .user
+                        .as_ref()
+                        .is_some_and(|user| users.binary_search(user).is_ok())
+            }
+        }
+    }
+
+    /// The SQL condition (` AND ...`) on the sessions table `alias` (`""` or `"s."`),
+    /// binding the users after `values`.
+    fn clause(&self, alias: &str, values: &mut Vec<rusqlite::types::Value>) -> String {
+        let Self::HubUsers(users) = self else {
+            return String::new();
+        };
+        if users.is_empty() {
+            return " AND 0".to_owned();
+        }
+        let mut places = Vec::with_capacity(users.len());
+        for user in users {
+            values.push(user.clone().into());
+            places.push(format!("?{}", values.len()));
+        }
+        format!(
+            " AND {alias}verified_by = '{VERIFIED_BY_HUB}' AND {alias}user IN ({})",
+            places.join(", ")
+        )
+    }
+}
+
+/// `user.verified_by` of a session whose user the Hub vouched for.
+const VERIFIED_BY_HUB: &str = "jupyterhub";
+
 /// Which sessions the sessions page shows; newest start first.
 #[derive(Debug, Clone, Default)]
 pub struct SessionQuery {
@@ -159,6 +210,8 @@ pub struct SessionQuery {
     /// The cursor of the previous page's last row.
     pub after: Option<SessionCursor>,
     pub limit: usize,
+    /// Only the sessions the reviewer may see.
+    pub visible: Visibility,
 }
 
 /// Which review marks the sessions page shows.
@@ -894,6 +947,12 @@ impl Index {
         if let Some(user) = &query.user {
             bind(&mut sql, " AND user = ?", user.clone().into());
         }
+        let visible = query.visible.clause("", &mut values);
+        sql.push_str(&visible);
+        let mut bind = |sql: &mut String, clause: &str, value: rusqlite::types::Value| {
+            values.push(value);
+            sql.push_str(&clause.replace('?', &format!("?{}", values.len())));
+        };
         if let Some(since) = query.since {
             bind(&mut sql, " AND start_ms >= ?", millis(since).into());
         }
@@ -1104,6 +1163,7 @@ impl Index {
         text: &str,
         before: Option<i64>,
         limit: usize,
+        visible: &Visibility,
     ) -> Result<Vec<SearchHit>> {
         if text.chars().count() < MIN_SEARCH_CHARS {
             return Err(IndexError::SearchTooShort);
@@ -1111,10 +1171,29 @@ impl Index {
         // One FTS5 string: the text matches as it is, operators and all.
         let phrase = format!("\"{}\"", text.replace('"', "\"\""));
         let columns = cell_columns("c");
+        let mut values: Vec<rusqlite::types::Value> = vec![
+            phrase.into(),
+            before.unwrap_or(i64::MAX).into(),
+            to_i64(limit as u64).into(),
+        ];
+        // Under a filtered grant the hits are filtered before the limit, so that a page
+        // is full whenever there are more visible hits.
+        let hits = match visible {
+            Visibility::All => "SELECT rowid FROM code_search WHERE code_search MATCH ?1 \
+                                AND rowid < ?2 ORDER BY rowid DESC LIMIT ?3"
+                .to_owned(),
+            Visibility::HubUsers(_) => format!(
+                "SELECT code_search.rowid AS rowid FROM code_search \
+                 JOIN cells AS fc ON fc.id = code_search.rowid \
+                 JOIN sessions AS s ON s.id = fc.session \
+                 WHERE code_search MATCH ?1 AND code_search.rowid < ?2{} \
+                 ORDER BY code_search.rowid DESC LIMIT ?3",
+                visible.clause("s.", &mut values)
+            ),
+        };
         let sql = format!(
             "SELECT {columns}, s.session_id, s.user, s.notebook
-             FROM (SELECT rowid FROM code_search WHERE code_search MATCH ?1 AND rowid < ?2
-                   ORDER BY rowid DESC LIMIT ?3) AS hit
+             FROM ({hits}) AS hit
              JOIN cells AS c ON c.id = hit.rowid JOIN sessions AS s ON s.id = c.session
              ORDER BY c.id DESC"
         );
@@ -1123,17 +1202,14 @@ impl Index {
             .prepare_cached(&sql)
             .map_err(self.sqlite())?;
         statement
-            .query_map(
-                params![phrase, before.unwrap_or(i64::MAX), to_i64(limit as u64)],
-                |row| {
-                    Ok(SearchHit {
-                        cell: cell_row(row)?,
-                        session_id: row.get(CELL_COLUMN_COUNT)?,
-                        user: row.get(CELL_COLUMN_COUNT + 1)?,
-                        notebook: row.get(CELL_COLUMN_COUNT + 2)?,
-                    })
-                },
-            )
+            .query_map(rusqlite::params_from_iter(values), |row| {
+                Ok(SearchHit {
+                    cell: cell_row(row)?,
+                    session_id: row.get(CELL_COLUMN_COUNT)?,
+                    user: row.get(CELL_COLUMN_COUNT + 1)?,
+                    notebook: row.get(CELL_COLUMN_COUNT + 2)?,
+                })
+            })
             .map_err(self.sqlite())?
             .collect::<Result<_, _>>()
             .map_err(self.sqlite())
@@ -2282,7 +2358,9 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(on_b.mark.as_deref(), Some("flagged"));
-        let hits = index.search_code("read_csv", None, 10).unwrap();
+        let hits = index
+            .search_code("read_csv", None, 10, &Visibility::All)
+            .unwrap();
         assert_eq!(hits.len(), 2);
 
         // Incremental: what came since, nothing read again.
@@ -2533,13 +2611,41 @@ mod tests {
         let mut index = Index::open(&tmp.path().join("index.sqlite")).unwrap();
         index.catch_up(&dir, &Fixed(None)).unwrap();
 
-        let hits = index.search_code("read_csv(", None, 10).unwrap();
+        let hits = index
+            .search_code("read_csv(", None, 10, &Visibility::All)
+            .unwrap();
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].session_id, "s1");
         assert_eq!(hits[0].user.as_deref(), Some("alice"));
         assert_eq!(hits[0].cell.msg_id, "s1-r1");
+        // Under a filtered grant, only the hits in its users' sessions, one page after
+        // another.
+        let bobs = Visibility::HubUsers(vec!["bob".into()]);
+        let hits = index.search_code("read_csv", None, 1, &bobs).unwrap();
+        assert_eq!(
+            hits.iter()
+                .map(|h| h.session_id.as_str())
+                .collect::<Vec<_>>(),
+            ["s2"]
+        );
+        assert!(
+            index
+                .search_code("read_csv", Some(hits[0].cell.id), 1, &bobs)
+                .unwrap()
+                .is_empty()
+        );
+        let alices = Visibility::HubUsers(vec!["alice".into()]);
+        assert!(
+            index
+                .search_code("read_csv", None, 10, &alices)
+                .unwrap()
+                .iter()
+                .all(|h| h.session_id == "s1")
+        );
         // Case-insensitive, quotes taken literally, newest first, paged.
-        let hits = index.search_code("read_csv", None, 10).unwrap();
+        let hits = index
+            .search_code("read_csv", None, 10, &Visibility::All)
+            .unwrap();
         assert_eq!(
             hits.iter()
                 .map(|h| h.cell.msg_id.as_str())
@@ -2547,21 +2653,24 @@ mod tests {
             ["b1", "s1-r1"]
         );
         let rest = index
-            .search_code("read_csv", Some(hits[0].cell.id), 10)
+            .search_code("read_csv", Some(hits[0].cell.id), 10, &Visibility::All)
             .unwrap();
         assert_eq!(rest.len(), 1);
         assert_eq!(
-            index.search_code("\"READ_CSV\"", None, 10).unwrap().len(),
+            index
+                .search_code("\"READ_CSV\"", None, 10, &Visibility::All)
+                .unwrap()
+                .len(),
             1
         );
         assert!(
             index
-                .search_code("nothing like this", None, 10)
+                .search_code("nothing like this", None, 10, &Visibility::All)
                 .unwrap()
                 .is_empty()
         );
         assert!(matches!(
-            index.search_code("df", None, 10),
+            index.search_code("df", None, 10, &Visibility::All),
             Err(IndexError::SearchTooShort)
         ));
         store.shutdown_blocking().unwrap();
@@ -2624,6 +2733,45 @@ mod tests {
                 ..Default::default()
             }),
             ["s3", "s1"]
+        );
+        // A filtered grant: bob's sessions only, a page at a time, and nobody's for a
+        // grant that names no one.
+        let bobs = Visibility::HubUsers(vec!["bob".into()]);
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = index
+                .sessions(&SessionQuery {
+                    limit: 1,
+                    after,
+                    visible: bobs.clone(),
+                    ..Default::default()
+                })
+                .unwrap();
+            assert!(page.sessions.iter().all(|row| bobs.allows(row)));
+            seen.extend(page.sessions.into_iter().map(|s| s.session_id));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["s3", "s1"]);
+        assert_eq!(
+            ids(SessionQuery {
+                with_errors: true,
+                limit: 10,
+                visible: Visibility::HubUsers(vec!["alice".into(), "bob".into()]),
+                ..Default::default()
+            }),
+            ["s4", "s3", "s2", "s0"]
+        );
+        assert!(
+            ids(SessionQuery {
+                limit: 10,
+                visible: Visibility::HubUsers(Vec::new()),
+                ..Default::default()
+            })
+            .is_empty()
         );
         assert_eq!(
             ids(SessionQuery {
@@ -2708,7 +2856,13 @@ mod tests {
         let sessions = all_sessions(&index);
         assert_eq!(sessions.len(), 1);
         assert_eq!(sessions[0].session_id, "s9");
-        assert!(index.search_code("read_csv", None, 10).unwrap().len() == 1);
+        assert!(
+            index
+                .search_code("read_csv", None, 10, &Visibility::All)
+                .unwrap()
+                .len()
+                == 1
+        );
 
         // The same store id with its last indexed record rewritten: not the same store
         // any more as far as the index knows.

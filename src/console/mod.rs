@@ -16,6 +16,7 @@
 //!   read-only connections; [`source`]: where records are read (a store directory or
 //!   PostgreSQL).
 //! - [`trail`]: every view and mark on the record, before the page is shown.
+//! - [`tls`]: https with the certificate the Hub gives its services under internal_ssl.
 
 pub mod auth;
 pub mod export;
@@ -26,6 +27,7 @@ pub mod pool;
 pub mod render;
 pub mod server;
 pub mod source;
+pub mod tls;
 pub mod trail;
 
 use std::path::PathBuf;
@@ -154,6 +156,8 @@ pub enum ConsoleError {
     Postgres(#[from] crate::postgres::PostgresError),
     #[error("the console index {}: {reason}", path.display())]
     Index { path: PathBuf, reason: String },
+    #[error("the TLS file {} is not usable: {reason}", path.display())]
+    Tls { path: PathBuf, reason: String },
     #[error("cannot build the HTTP client for the Hub: {0}")]
     HttpClient(String),
     #[error("cannot listen on {address}: {source}")]

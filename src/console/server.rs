@@ -7,7 +7,11 @@
 //! live in [`super::pages`]; this module owns the state they share ([`Console`]), the
 //! [`SignedIn`] extractor, the page shell and the headers.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::Router;
 use axum::extract::{FromRef, FromRequestParts, Query, State};
@@ -23,12 +27,14 @@ use serde::Deserialize;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::auth::{
-    AuthError, HubClient, HubService, LOGIN_LIFETIME, PendingLogin, SCOPE_READ, SCOPE_READ_OUTPUTS,
-    SESSION_LIFETIME, Session,
+    AuthError, Grant, HubClient, HubService, LOGIN_LIFETIME, PendingLogin, SCOPE_READ,
+    SCOPE_READ_OUTPUTS, SESSION_LIFETIME, Session,
 };
+use super::index::{SessionRow, Visibility};
 use super::pages;
 use super::pool::IndexPool;
-use super::trail::{ReviewTrail, Reviewer};
+use super::tls::TlsListener;
+use super::trail::{ReviewTrail, Reviewer, Viewed};
 use super::{ConsoleError, ConsoleSource, ServeOptions};
 
 const SESSION_COOKIE: &str = "jupyter-audit-session";
@@ -56,12 +62,62 @@ pub struct Console {
     pub index: Arc<IndexPool>,
     pub trail: ReviewTrail,
     pub health: Arc<pages::health::HealthCache>,
+    /// Members of the Hub groups filtered grants name, and when the Hub was asked.
+    groups: Arc<Mutex<GroupMembers>>,
 }
+
+/// Hub groups: when the Hub was asked, and who it said is in each.
+type GroupMembers = HashMap<String, (Instant, Vec<String>)>;
+
+/// How long the members of a Hub group are taken as the Hub last said.
+const GROUP_MEMBERS_FOR: Duration = Duration::from_secs(60);
+/// Groups whose members are remembered at once.
+const MAX_GROUPS_REMEMBERED: usize = 1024;
 
 impl Console {
     /// An address under the service prefix (`rest` without its leading `/`).
     pub fn url(&self, rest: &str) -> String {
         format!("{}{rest}", self.hub.prefix)
+    }
+
+    /// The sessions `grant` shows: all, or those of its Hub users and of the members
+    /// of its groups (asked of the Hub, remembered for [`GROUP_MEMBERS_FOR`]; a group
+    /// the Hub does not answer for shows nobody).
+    pub async fn visibility(&self, grant: &Grant) -> Visibility {
+        if grant.all {
+            return Visibility::All;
+        }
+        let mut users = grant.users.clone();
+        for group in &grant.groups {
+            users.extend(self.group_members(group).await);
+        }
+        users.sort();
+        users.dedup();
+        Visibility::HubUsers(users)
+    }
+
+    async fn group_members(&self, group: &str) -> Vec<String> {
+        let now = Instant::now();
+        if let Ok(groups) = self.groups.lock()
+            && let Some((asked, members)) = groups.get(group)
+            && now.duration_since(*asked) < GROUP_MEMBERS_FOR
+        {
+            return members.clone();
+        }
+        let members = match self.client.group_members(&self.hub, group).await {
+            Ok(members) => members,
+            Err(error) => {
+                tracing::warn!(%error, %group, "the Hub did not say who is in a group a grant names: it shows nobody (the console's token needs read:groups)");
+                return Vec::new();
+            }
+        };
+        if let Ok(mut groups) = self.groups.lock() {
+            if groups.len() >= MAX_GROUPS_REMEMBERED {
+                groups.clear();
+            }
+            groups.insert(group.to_owned(), (now, members.clone()));
+        }
+        members
     }
 
     /// The CSRF token of a signed-in session: an HMAC of who and until when.
@@ -100,15 +156,17 @@ impl Console {
         store: std::path::PathBuf,
         index: Arc<IndexPool>,
     ) -> Self {
+        let client = HubClient::new(&hub.tls).unwrap();
         Console {
             hub: Arc::new(hub),
-            client: HubClient::new().unwrap(),
+            client,
             cookie_key: Key::generate(),
             csrf_key: Arc::new([7; 32]),
             source: Arc::new(ConsoleSource::Store(store)),
             index,
             trail: ReviewTrail::kept_in_memory().0,
             health: Arc::new(pages::health::HealthCache::default()),
+            groups: Arc::default(),
         }
     }
 }
@@ -118,6 +176,26 @@ impl Console {
 pub struct SignedIn {
     pub session: Session,
     pub reviewer: Reviewer,
+    /// The sessions `read` shows them.
+    pub visible: Visibility,
+    /// The sessions whose outputs `read-outputs` shows them; None without it.
+    pub outputs: Option<Visibility>,
+}
+
+impl SignedIn {
+    /// Whether `row`'s session may be shown at all.
+    pub fn may_see(&self, row: &SessionRow) -> bool {
+        self.visible.allows(row)
+    }
+
+    /// Whether `row`'s outputs may be shown.
+    pub fn may_see_outputs(&self, row: &SessionRow) -> bool {
+        self.may_see(row)
+            && self
+                .outputs
+                .as_ref()
+                .is_some_and(|outputs| outputs.allows(row))
+    }
 }
 
 impl FromRequestParts<Console> for SignedIn {
@@ -127,13 +205,29 @@ impl FromRequestParts<Console> for SignedIn {
         let jar = PrivateCookieJar::<Key>::from_request_parts(parts, console)
             .await
             .map_err(IntoResponse::into_response)?;
-        let session = signed_in(console, jar, &parts.uri, &parts.headers, SCOPE_READ)
-            .map_err(|response| *response)?;
+        let session = match signed_in(console, jar, &parts.uri, &parts.headers) {
+            Ok(session) => session,
+            Err(response) => return Err(*response),
+        };
+        let Some(read) = session.grant(SCOPE_READ) else {
+            return Err(refuse(console, &session, &parts.uri, SCOPE_READ).await);
+        };
+        let visible = console.visibility(&read).await;
+        let outputs = match session.grant(SCOPE_READ_OUTPUTS) {
+            Some(grant) => Some(console.visibility(&grant).await),
+            None => None,
+        };
         let reviewer = Reviewer {
             name: session.user.clone(),
-            outputs_visible: session.has(SCOPE_READ_OUTPUTS),
+            outputs_visible: outputs.is_some(),
+            scopes: session.scopes.clone(),
         };
-        Ok(SignedIn { session, reviewer })
+        Ok(SignedIn {
+            session,
+            reviewer,
+            visible,
+            outputs,
+        })
     }
 }
 
@@ -167,7 +261,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ConsoleError> {
     let mut csrf_key = [0u8; 32];
     rand::rng().fill_bytes(&mut csrf_key);
     let console = Console {
-        client: HubClient::new()?,
+        client: HubClient::new(&hub.tls)?,
         cookie_key: new_cookie_key()?,
         csrf_key: Arc::new(csrf_key),
         source: Arc::new(options.source),
@@ -175,6 +269,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), ConsoleError> {
         index,
         trail: ReviewTrail::connect(options.collector_socket),
         health: Arc::new(pages::health::HealthCache::default()),
+        groups: Arc::default(),
     };
     let listen = console.hub.listen.clone();
     let prefix = console.hub.prefix.clone();
@@ -184,11 +279,25 @@ pub async fn serve(options: ServeOptions) -> Result<(), ConsoleError> {
             address: listen.clone(),
             source,
         })?;
-    tracing::info!(%listen, %prefix, "review console listening");
-    axum::serve(listener, router(console))
-        .with_graceful_shutdown(stopped())
-        .await
-        .map_err(ConsoleError::Server)
+    // Under the Hub's internal_ssl the service is reached over https with the
+    // certificate the Hub made for it.
+    match super::tls::server_config(&console.hub.tls)? {
+        Some(config) => {
+            let listener = TlsListener::new(listener, config).map_err(ConsoleError::Server)?;
+            tracing::info!(%listen, %prefix, "review console listening (https)");
+            axum::serve(listener, router(console))
+                .with_graceful_shutdown(stopped())
+                .await
+                .map_err(ConsoleError::Server)
+        }
+        None => {
+            tracing::info!(%listen, %prefix, "review console listening");
+            axum::serve(listener, router(console))
+                .with_graceful_shutdown(stopped())
+                .await
+                .map_err(ConsoleError::Server)
+        }
+    }
 }
 
 fn new_cookie_key() -> Result<Key, ConsoleError> {
@@ -235,6 +344,7 @@ fn router(console: Console) -> Router {
         .route(&at("running"), get(pages::running::running))
         .route(&at("running/fragment"), get(pages::running::fragment))
         .route(&at("static/{file}"), get(pages::static_file))
+        .route(&at("logout"), get(logout))
         .route(&console.hub.callback_path, get(oauth_callback));
     let bare = prefix.trim_end_matches('/');
     if !bare.is_empty() {
@@ -259,13 +369,12 @@ fn router(console: Console) -> Router {
         .layer(header(header::CACHE_CONTROL, "no-store"))
 }
 
-/// The signed-in reviewer, or where to send the browser instead.
+/// The signed-in Hub user, or where to send the browser instead (the Hub's login).
 fn signed_in(
     console: &Console,
     jar: PrivateCookieJar,
     uri: &Uri,
     headers: &HeaderMap,
-    needs: &'static str,
 ) -> Result<Session, Box<Response>> {
     let session = jar
         .get(SESSION_COOKIE)
@@ -273,9 +382,110 @@ fn signed_in(
         .filter(Session::is_valid);
     match session {
         None => Err(Box::new(start_login(console, jar, uri, headers))),
-        Some(session) if !session.has(needs) => Err(Box::new(forbidden(&session.user, needs))),
         Some(session) => Ok(session),
     }
+}
+
+/// The 403 for a signed-in Hub user without `needs`, put on the record first (see
+/// [`ReviewTrail::denied`]); the refusal stands whether or not the record could be
+/// written.
+pub async fn refuse(
+    console: &Console,
+    session: &Session,
+    uri: &Uri,
+    needs: &'static str,
+) -> Response {
+    let viewed = asked_view(console, uri).await;
+    refuse_view(console, session, viewed, needs).await
+}
+
+/// [`refuse`] when the handler knows what was asked.
+pub async fn refuse_view(
+    console: &Console,
+    session: &Session,
+    viewed: Viewed,
+    needs: &'static str,
+) -> Response {
+    match console
+        .trail
+        .denied(&session.user, &session.scopes, viewed)
+        .await
+    {
+        Ok(recorded) => {
+            tracing::info!(user = %session.user, missing = needs, recorded, "page refused");
+        }
+        Err(error) => {
+            tracing::warn!(%error, user = %session.user, "a refused page could not be recorded");
+        }
+    }
+    forbidden(&session.user, needs)
+}
+
+/// Which page `uri` asks for, as a view's record names it (the session's
+/// `jupyter.session_id` looked up in the index).
+async fn asked_view(console: &Console, uri: &Uri) -> Viewed {
+    let rest = uri
+        .path()
+        .strip_prefix(console.hub.prefix.as_str())
+        .unwrap_or_default();
+    let query = uri.query().unwrap_or_default();
+    let parts: Vec<&str> = rest.split('/').collect();
+    let decoded = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let session_id = |row: &str| {
+        let row = row.parse::<i64>().ok();
+        async move {
+            let Some(id) = row else {
+                return String::new();
+            };
+            match console.index.query(move |index| index.session(id)).await {
+                Ok(Some(session)) => session.session_id,
+                _ => String::new(),
+            }
+        }
+    };
+    match parts.as_slice() {
+        ["user", name, ..] => Viewed::Timeline {
+            user: decoded(name),
+        },
+        ["session", row, "output", sequence, ..] => Viewed::Output {
+            session_id: session_id(row).await,
+            sequence: sequence.parse().unwrap_or_default(),
+        },
+        ["session", row, "download", ..] => Viewed::Download {
+            session_id: session_id(row).await,
+            outputs: false,
+        },
+        ["session", row, ..] => Viewed::Session {
+            session_id: session_id(row).await,
+            outputs: false,
+        },
+        ["search", ..] => Viewed::Search {
+            query: query_value(query, "q"),
+        },
+        ["health", ..] => Viewed::Health,
+        ["running", ..] => Viewed::Running,
+        _ => Viewed::Sessions {
+            filters: query.to_owned(),
+        },
+    }
+}
+
+/// The value of `name` in a query string, decoded ("" when absent).
+fn query_value(query: &str, name: &str) -> String {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| {
+            percent_encoding::percent_decode_str(&value.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default()
 }
 
 fn start_login(
@@ -415,6 +625,22 @@ async fn oauth_callback(
                 .into_response()
         }
     }
+}
+
+/// `P/logout`: forgets the console's login (its session cookie) and sends the browser
+/// on to the Hub's logout, which ends the Hub login too (else the next page would sign
+/// the browser in again without a prompt) and deletes the Hub's OAuth tokens of that
+/// login.
+async fn logout(State(console): State<Console>, jar: PrivateCookieJar) -> Response {
+    let hub = &console.hub;
+    if let Some(session) = jar
+        .get(SESSION_COOKIE)
+        .and_then(|cookie| serde_json::from_str::<Session>(cookie.value()).ok())
+    {
+        tracing::info!(user = %session.user, "signed out");
+    }
+    let jar = jar.remove(Cookie::build(SESSION_COOKIE).path(hub.prefix.clone()));
+    (jar, Redirect::to(&hub.logout_url)).into_response()
 }
 
 async fn not_found() -> Response {

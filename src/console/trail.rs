@@ -18,14 +18,16 @@
 //! (the reviewer asked for it and was not shown it). The console never presents its
 //! Hub token to the collector (it is not a kernel; its identity is its OS account).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::auth::{SCOPE_READ, SCOPE_READ_OUTPUTS};
-use crate::audit::events::{MARK_VIEW, ReviewAccess, ReviewMark, ReviewerFields};
+use crate::audit::events::{MARK_VIEW, ReviewAccess, ReviewDenied, ReviewMark, ReviewerFields};
 use crate::audit::{Observation, Record, SessionContext, review_record};
 use crate::collector::{AuditClient, Recorder};
 
@@ -35,6 +37,12 @@ pub const PATIENCE: Duration = Duration::from_secs(4);
 /// Views waiting for their acknowledgement at once; well under the client's queue, so
 /// that no record is ever dropped for want of room in it.
 pub const MAX_WAITING: usize = 256;
+/// One record per user and refused page within this time; the refusals in between are
+/// answered (403) without a record.
+pub const DENIAL_EVERY: Duration = Duration::from_secs(60);
+/// Users and pages whose last refusal is remembered; past it the oldest are forgotten
+/// (at worst a user's refusal is recorded once more than the rate allows).
+const MAX_DENIALS_REMEMBERED: usize = 4096;
 
 /// Who is looking: the Hub user the console's login verified, and the console scopes
 /// their token held.
@@ -42,12 +50,22 @@ pub const MAX_WAITING: usize = 256;
 pub struct Reviewer {
     pub name: String,
     pub outputs_visible: bool,
+    /// The console scopes the login held as the Hub granted them, filters included
+    /// (`custom:jupyter-audit:read!group=research`); empty: read, and read-outputs when
+    /// outputs are visible, unfiltered.
+    pub scopes: Vec<String>,
 }
 
 impl Reviewer {
-    /// `review.reviewer`: the name and the console scopes (read, and read-outputs when
-    /// outputs are visible).
+    /// `review.reviewer`: the name and the console scopes, so that the record shows a
+    /// filtered grant as filtered.
     fn fields(&self) -> ReviewerFields {
+        if !self.scopes.is_empty() {
+            return ReviewerFields {
+                name: self.name.clone(),
+                scopes: self.scopes.clone(),
+            };
+        }
         let mut scopes = vec![SCOPE_READ.to_owned()];
         if self.outputs_visible {
             scopes.push(SCOPE_READ_OUTPUTS.to_owned());
@@ -132,6 +150,21 @@ impl Viewed {
     }
 }
 
+impl Viewed {
+    /// The record of `user` refused this page; `scopes` are the console scopes their
+    /// login held.
+    fn denial(self, user: &str, scopes: &[String]) -> ReviewDenied {
+        let nobody = Reviewer {
+            name: user.to_owned(),
+            outputs_visible: false,
+            scopes: Vec::new(),
+        };
+        let mut access = self.event(&nobody);
+        access.reviewer.scopes = scopes.to_vec();
+        ReviewDenied(access)
+    }
+}
+
 /// A reviewer's mark on a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mark {
@@ -165,6 +198,8 @@ pub struct ReviewTrail {
     /// Handler tests: records kept in memory instead of a collector.
     #[cfg(test)]
     kept: Option<Arc<std::sync::Mutex<Vec<Record>>>>,
+    /// When each (user, page) refusal was last recorded.
+    denials: Arc<Mutex<HashMap<(String, String), Instant>>>,
 }
 
 #[derive(Debug)]
@@ -209,6 +244,7 @@ impl ReviewTrail {
             })),
             #[cfg(test)]
             kept: None,
+            denials: Arc::default(),
         }
     }
 
@@ -219,6 +255,7 @@ impl ReviewTrail {
         let trail = Self {
             writer: None,
             kept: Some(kept.clone()),
+            denials: Arc::default(),
         };
         (trail, kept)
     }
@@ -243,6 +280,52 @@ impl ReviewTrail {
     pub async fn viewed(&self, reviewer: &Reviewer, viewed: Viewed) -> Result<(), TrailError> {
         self.write(|session| review_record(session, &viewed.event(reviewer)))
             .await
+    }
+
+    /// Records that the signed-in Hub `user`, holding the console `scopes` listed, was
+    /// refused `viewed` (a 403). Returns whether a record was written: a refusal of the
+    /// same user and page within [`DENIAL_EVERY`] of the last recorded one is not.
+    pub async fn denied(
+        &self,
+        user: &str,
+        scopes: &[String],
+        viewed: Viewed,
+    ) -> Result<bool, TrailError> {
+        let event = viewed.denial(user, scopes);
+        let key = (user.to_owned(), event.0.view.clone());
+        if !self.first_denial_within_rate(&key) {
+            return Ok(false);
+        }
+        let written = self.write(|session| review_record(session, &event)).await;
+        if written.is_err() {
+            // Not on the record: the next refusal tries again.
+            if let Ok(mut denials) = self.denials.lock() {
+                denials.remove(&key);
+            }
+        }
+        written.map(|()| true)
+    }
+
+    /// Whether `key` was not recorded within [`DENIAL_EVERY`]; if so, notes it now.
+    fn first_denial_within_rate(&self, key: &(String, String)) -> bool {
+        let Ok(mut denials) = self.denials.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        if denials
+            .get(key)
+            .is_some_and(|last| now.duration_since(*last) < DENIAL_EVERY)
+        {
+            return false;
+        }
+        if denials.len() >= MAX_DENIALS_REMEMBERED {
+            denials.retain(|_, last| now.duration_since(*last) < DENIAL_EVERY);
+            if denials.len() >= MAX_DENIALS_REMEMBERED {
+                denials.clear();
+            }
+        }
+        denials.insert(key.clone(), now);
+        true
     }
 
     /// Records `reviewer`'s mark on a session with a note; returns once it is on disk.

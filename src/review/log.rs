@@ -218,7 +218,11 @@ fn event_summary(action: Action, value: &Value) -> String {
                 unattested.reason, unattested.policy, unattested.detail
             )
         }
-        Action::ReviewAccess => review_access(&fields::event(value)),
+        Action::ReviewAccess => {
+            let refused =
+                fields::at(value, &["event", "outcome"]).and_then(Value::as_str) == Some("failure");
+            review_access(&fields::event(value), refused)
+        }
         Action::ReviewMark => {
             let mark: events::ReviewMark = fields::event(value);
             let mut line = format!(
@@ -239,8 +243,9 @@ fn event_summary(action: Action, value: &Value) -> String {
     }
 }
 
-/// What a reviewer looked at, in one line: who, which page, and what on it.
-fn review_access(access: &events::ReviewAccess) -> String {
+/// What a reviewer looked at, in one line: who, which page, and what on it; or, for a
+/// `refused` page (outcome failure), who was refused what.
+fn review_access(access: &events::ReviewAccess, refused: bool) -> String {
     let session = access.session_id.as_deref().unwrap_or("?");
     let query = access.query.as_deref().unwrap_or_default();
     let mut line = match access.view.as_str() {
@@ -266,7 +271,14 @@ fn review_access(access: &events::ReviewAccess) -> String {
         ("session" | "download", Some(false)) => line.push_str(" without outputs"),
         _ => {}
     }
-    format!("{} {line}", access.reviewer.name)
+    if refused {
+        format!(
+            "{} was REFUSED (lacks the console scope): {line}",
+            access.reviewer.name
+        )
+    } else {
+        format!("{} {line}", access.reviewer.name)
+    }
 }
 
 /// What a record of a Jupyter message says.
@@ -464,6 +476,15 @@ mod tests {
                 json!({"reviewer": reviewer, "view": "search", "query": "os.remove"})
             ),
             "auditor searched \"os.remove\""
+        );
+        assert_eq!(
+            summary(
+                &json!({"event": {"action": "review_access", "outcome": "failure"},
+                            "jupyter": {"session_id": "console-1"},
+                            "review": {"reviewer": {"name": "plain", "scopes": []},
+                                       "view": "sessions", "query": ""}})
+            ),
+            "plain was REFUSED (lacks the console scope): viewed the sessions list"
         );
         assert_eq!(
             review(

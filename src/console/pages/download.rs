@@ -22,11 +22,11 @@ pub async fn download(
     Path(id): Path<i64>,
 ) -> Response {
     let row = match console.index.query(move |index| index.session(id)).await {
-        Ok(Some(row)) => row,
-        Ok(None) => return error_page(StatusCode::NOT_FOUND, "No such session."),
+        Ok(Some(row)) if signed.may_see(&row) => row,
+        Ok(_) => return error_page(StatusCode::NOT_FOUND, "No such session."),
         Err(error) => return query_failed(error),
     };
-    let outputs = signed.reviewer.outputs_visible;
+    let outputs = signed.may_see_outputs(&row);
     let session_id = row.session_id.clone();
     let source = console.source.clone();
     let exported = tokio::task::spawn_blocking(move || match source.as_ref() {

@@ -15,8 +15,9 @@ use maud::html;
 
 use super::{Nav, query_failed, record_view, shell, short_time};
 use crate::console::ConsoleSource;
-use crate::console::index::StoreEvent;
-use crate::console::server::{Console, SignedIn};
+use crate::console::auth::SCOPE_READ;
+use crate::console::index::{StoreEvent, Visibility};
+use crate::console::server::{Console, SignedIn, refuse_view};
 use crate::console::trail::Viewed;
 use crate::postgres::status::{self, StatusOptions, StoreStatus};
 use crate::postgres::verify::{StoreVerdict, VerifyOptions, verify as postgres_verify};
@@ -102,6 +103,11 @@ struct Facts {
 
 /// `P/health`.
 pub async fn health(State(console): State<Console>, signed: SignedIn) -> Response {
+    // The store's health is about everyone's sessions (gaps, refusals, collectors):
+    // only an unfiltered grant shows it.
+    if signed.visible != Visibility::All {
+        return refuse_view(&console, &signed.session, Viewed::Health, SCOPE_READ).await;
+    }
     if let Err(response) = record_view(&console, &signed, Viewed::Health).await {
         return response;
     }

@@ -117,6 +117,7 @@ pub fn shell(
                         } @else {
                             span class="role limited" title="custom:jupyter-audit:read" { "code only" }
                         }
+                        " " a #logout href=(console.url("logout")) { "Log out" }
                     }
                 }
                 @if indexing {

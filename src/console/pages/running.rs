@@ -17,13 +17,15 @@ use crate::console::trail::Viewed;
 
 const MAX_RUNNING: usize = 500;
 
-async fn running_sessions(console: &Console) -> Result<SessionPage, Response> {
+async fn running_sessions(console: &Console, signed: &SignedIn) -> Result<SessionPage, Response> {
+    let visible = signed.visible.clone();
     console
         .index
-        .query(|index| {
+        .query(move |index| {
             index.sessions(&SessionQuery {
                 running: true,
                 limit: MAX_RUNNING,
+                visible,
                 ..SessionQuery::default()
             })
         })
@@ -45,7 +47,7 @@ pub async fn running(State(console): State<Console>, signed: SignedIn) -> Respon
     if let Err(response) = record_view(&console, &signed, Viewed::Running).await {
         return response;
     }
-    let page = match running_sessions(&console).await {
+    let page = match running_sessions(&console, &signed).await {
         Ok(page) => page,
         Err(response) => return response,
     };
@@ -62,8 +64,8 @@ pub async fn running(State(console): State<Console>, signed: SignedIn) -> Respon
 
 /// `P/running/fragment`: the table alone, for the script. Not a view of its own on the
 /// record (the page that polls it is).
-pub async fn fragment(State(console): State<Console>, _signed: SignedIn) -> Response {
-    match running_sessions(&console).await {
+pub async fn fragment(State(console): State<Console>, signed: SignedIn) -> Response {
+    match running_sessions(&console, &signed).await {
         Ok(page) => (
             [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
             fragment_markup(&console, &page).into_string(),

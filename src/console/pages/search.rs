@@ -81,10 +81,11 @@ pub async fn search(
     let hits = if text.chars().count() >= MIN_SEARCH_CHARS {
         let asked = text.clone();
         let before = query.before;
+        let visible = signed.visible.clone();
         Some(
             console
                 .index
-                .query(move |index| index.search_code(&asked, before, PAGE_HITS))
+                .query(move |index| index.search_code(&asked, before, PAGE_HITS, &visible))
                 .await,
         )
     } else {

@@ -15,10 +15,11 @@ use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 
 use super::{Nav, duration, mark_badge, query_failed, record_view, shell, short_time, state_badge};
+use crate::console::auth::SCOPE_READ_OUTPUTS;
 use crate::console::index::{CODE_SHOWN_CHARS, CellRow, MarkRow, SessionRow, StoreEvent};
 use crate::console::outputs::{self, SessionOutputs};
 use crate::console::render::{code, output};
-use crate::console::server::{Console, SignedIn, error_page};
+use crate::console::server::{Console, SignedIn, error_page, refuse_view};
 use crate::console::trail::{Mark, Viewed};
 use crate::review::fields::parse_rfc3339;
 use crate::review::sessions::SessionKey;
@@ -100,11 +101,11 @@ pub async fn show(
     Query(page): Query<SessionPageQuery>,
 ) -> Response {
     let loaded = match load(&console, id, page.from).await {
-        Ok(Some(loaded)) => loaded,
-        Ok(None) => return no_session(),
+        Ok(Some(loaded)) if signed.may_see(&loaded.session) => loaded,
+        Ok(_) => return no_session(),
         Err(response) => return response,
     };
-    let outputs_visible = signed.reviewer.outputs_visible;
+    let outputs_visible = signed.may_see_outputs(&loaded.session);
     if let Err(response) = record_view(
         &console,
         &signed,
@@ -358,17 +359,18 @@ pub async fn output(
     signed: SignedIn,
     Path((id, sequence)): Path<(i64, u64)>,
 ) -> Response {
-    if !signed.reviewer.outputs_visible {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "Outputs are hidden for your role (custom:jupyter-audit:read-outputs is needed).",
-        );
-    }
     let session = match console.index.query(move |index| index.session(id)).await {
-        Ok(Some(session)) => session,
-        Ok(None) => return no_session(),
+        Ok(Some(session)) if signed.may_see(&session) => session,
+        Ok(_) => return no_session(),
         Err(error) => return query_failed(error),
     };
+    if !signed.may_see_outputs(&session) {
+        let asked = Viewed::Output {
+            session_id: session.session_id.clone(),
+            sequence,
+        };
+        return refuse_view(&console, &signed.session, asked, SCOPE_READ_OUTPUTS).await;
+    }
     if sequence < session.first_sequence || sequence > session.last_sequence {
         return error_page(StatusCode::NOT_FOUND, "No such output in this session.");
     }
@@ -445,8 +447,8 @@ pub async fn mark(
     let mut note = form.note.trim().to_owned();
     outputs::cut_text(&mut note, MAX_NOTE);
     let session = match console.index.query(move |index| index.session(id)).await {
-        Ok(Some(session)) => session,
-        Ok(None) => return no_session(),
+        Ok(Some(session)) if signed.may_see(&session) => session,
+        Ok(_) => return no_session(),
         Err(error) => return query_failed(error),
     };
     if let Err(error) = console

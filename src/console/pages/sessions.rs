@@ -9,7 +9,9 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 
 use super::{Nav, mark_badge, query_failed, record_view, shell, short_time, state_badge};
-use crate::console::index::{MarkFilter, SessionCursor, SessionPage, SessionQuery, SessionRow};
+use crate::console::index::{
+    MarkFilter, SessionCursor, SessionPage, SessionQuery, SessionRow, Visibility,
+};
 use crate::console::server::{Console, SignedIn};
 use crate::console::trail::Viewed;
 use crate::review::filter::{parse_since, parse_until};
@@ -93,6 +95,7 @@ impl Filters {
             mark,
             after,
             limit: PAGE_ROWS,
+            visible: Visibility::All,
         };
         (query, problems)
     }
@@ -153,7 +156,8 @@ pub async fn list(
     {
         return response;
     }
-    let (query, problems) = filters.query();
+    let (mut query, problems) = filters.query();
+    query.visible = signed.visible.clone();
     let page = match console
         .index
         .query(move |index| index.sessions(&query))
@@ -254,7 +258,8 @@ pub async fn timeline(
         after: paging.after,
         ..Filters::default()
     };
-    let (query, _) = filters.query();
+    let (mut query, _) = filters.query();
+    query.visible = signed.visible.clone();
     let page = match console
         .index
         .query(move |index| index.sessions(&query))

@@ -12,6 +12,7 @@ use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use crate::console::auth::{SCOPE_READ, SCOPE_READ_OUTPUTS, Session};
+use crate::console::index::Visibility;
 use crate::console::pool::IndexPool;
 use crate::console::server::tests::hub;
 use crate::console::server::{Console, SignedIn};
@@ -125,7 +126,10 @@ fn signed(outputs: bool) -> SignedIn {
         reviewer: Reviewer {
             name: "auditor".into(),
             outputs_visible: outputs,
+            scopes: Vec::new(),
         },
+        visible: Visibility::All,
+        outputs: outputs.then_some(Visibility::All),
     }
 }
 
