@@ -1249,17 +1249,24 @@ fn index_record(
         path: path.to_path_buf(),
         source,
     };
-    if let Ok(lean) = serde_json::from_slice::<LeanRecord<'_>>(line)
+    let lean = serde_json::from_slice::<LeanRecord<'_>>(line).ok();
+    if let Some(lean) = &lean
         && !needs_whole_record(lean.action())
     {
-        return batch
-            .add(transaction, sequence, &lean, None)
-            .map_err(sqlite);
+        return batch.add(transaction, sequence, lean, None).map_err(sqlite);
     }
-    let SlimRecord(value) = serde_json::from_slice(line).map_err(|e| IndexError::Record {
+    let unreadable = |e: serde_json::Error| IndexError::Record {
         sequence,
         detail: e.to_string(),
-    })?;
+    };
+    // A health event's summary reads its own fields (`collector.*`, or `jupyter.*` beyond
+    // what sessions need): those records are few and small, so they are read whole.
+    let value = if lean.is_some_and(|lean| HEALTH_ACTIONS.contains(&lean.action())) {
+        serde_json::from_slice::<Value>(line).map_err(unreadable)?
+    } else {
+        let SlimRecord(value) = serde_json::from_slice(line).map_err(unreadable)?;
+        value
+    };
     batch
         .add(
             transaction,
@@ -2305,7 +2312,8 @@ mod tests {
         append(&store_b, session_records("s1", "alice", 50, false));
         append(&store_b, vec![mark_record("s1", "flagged", "two hosts")]);
         let mut gap = record("s1", "alice", 90, "audit_gap", json!({}));
-        gap["event"]["reason"] = json!("the collector was down");
+        gap["jupyter"]["reason"] = json!("the collector was down");
+        gap["jupyter"]["lost_records"] = json!(3);
         append(&store_b, vec![gap]);
         let (id_a, id_b) = (
             store::store_id(&dir_a).unwrap().to_string(),
@@ -2414,7 +2422,8 @@ mod tests {
         append(&store, vec![mark_record("s1", "reviewed", "")]);
         append(&store, vec![mark_record("s2", "bogus", "not a mark")]);
         let mut gap = record("s2", "bob", 200, "audit_gap", json!({}));
-        gap["event"]["reason"] = json!("the collector was down");
+        gap["jupyter"]["reason"] = json!("the collector was down");
+        gap["jupyter"]["lost_records"] = json!(3);
         append(&store, vec![gap]);
         let mut index = Index::open(&tmp.path().join("index.sqlite")).unwrap();
         index.catch_up(&dir, &Fixed(None)).unwrap();
@@ -2454,6 +2463,12 @@ mod tests {
         let gaps = index.events(&["audit_gap"], 5).unwrap();
         assert_eq!(gaps.len(), 1);
         assert_eq!(gaps[0].host.as_deref(), Some("node-1"));
+        assert!(
+            gaps[0].summary.starts_with("3 records lost")
+                && gaps[0].summary.ends_with("the collector was down"),
+            "the health page says what the event says: {}",
+            gaps[0].summary
+        );
         let in_session = index.session_events("", "s2", "uid-bob").unwrap();
         assert_eq!(in_session.len(), 1, "the gap is shown in its session");
         assert!(

@@ -240,6 +240,11 @@ class Reader:
     def screenshot(self, name: str) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}.png"
+        # Output frames load when scrolled to; the whole page is shot from its top.
+        frames = self.page.locator("iframe.html-output")
+        for i in range(frames.count()):
+            frames.nth(i).scroll_into_view_if_needed()
+        self.page.evaluate("window.scrollTo(0, 0)")
         self.page.screenshot(path=str(path), full_page=True)
         print(f"screenshot: {path}")
         return path
@@ -342,7 +347,9 @@ def test_hostile_outputs_do_not_run_and_the_csp_blocks_them(env, auditor):
     # SVG only as an image; JavaScript and Markdown as text.
     assert page.locator("svg script").count() == 0
     assert page.locator("div.output img[src^='data:image/svg+xml']").count() >= 1
-    assert MARK in page.locator("main").inner_text(), "the JavaScript output is not shown as text"
+    shown = " ".join(page.locator("div.output").all_inner_texts())
+    assert "application/javascript (shown as source)" in shown and MARK in shown, \
+        "the JavaScript output is not shown as its source"
     # The huge output is cut, and says so.
     assert len(page.content()) < 2_500_000
     assert re.search(r"truncated|cut|omitted", page.locator("main").inner_text(), re.I)

@@ -155,8 +155,10 @@ pub async fn health(State(console): State<Console>, signed: SignedIn) -> Respons
         Err(error) => return query_failed(error),
     };
     let progress = &console.index.progress;
-    let stored = progress.stored.load(Ordering::Relaxed);
     let indexed = progress.indexed.load(Ordering::Relaxed);
+    // The store's end is read before each catch-up, which may then index records
+    // written meanwhile: the index is never behind what it holds.
+    let stored = progress.stored.load(Ordering::Relaxed).max(indexed);
     let index_error = progress
         .last_error
         .lock()

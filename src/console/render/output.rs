@@ -17,7 +17,14 @@ pub const SANDBOX_CSP: &str =
     "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'self'";
 
 const IMAGE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif"];
-const SOURCE_TYPES: &[&str] = &["text/markdown", "text/latex", "application/json"];
+/// Shown as their source text: what a notebook would render or run (JavaScript included:
+/// an auditor wants to read what it tried to run in its users' browsers).
+const SOURCE_TYPES: &[&str] = &[
+    "application/javascript",
+    "text/markdown",
+    "text/latex",
+    "application/json",
+];
 
 /// Whether `text` is plain base64 (whitespace allowed), so it can go in a data: URL.
 fn is_base64(text: &str) -> bool {
