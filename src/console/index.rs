@@ -1832,57 +1832,48 @@ impl Batch {
                     // Decided by the liveness check at the end of the catch-up.
                     (false, _) => SessionState::NoEndRecorded,
                 };
+                let (records, first, last) = (
+                    to_i64(session.records),
+                    to_i64(session.first_sequence),
+                    to_i64(session.last_sequence),
+                );
+                // The facts both statements write, in their parameters' order.
+                let facts: [&dyn rusqlite::ToSql; 19] = [
+                    &session.user,
+                    &session.verified_by,
+                    &session.host,
+                    &session.kernel_id,
+                    &session.kernel_name,
+                    &session.notebook,
+                    &session.hub_user,
+                    &session.start,
+                    &session.start_ms,
+                    &session.has_start,
+                    &session.end,
+                    &session.ended,
+                    &session.end_reason,
+                    &state_name(state),
+                    &records,
+                    &first,
+                    &last,
+                    &session.last_record,
+                    &session.proxy_pid,
+                ];
                 match session.id {
                     Some(id) => {
-                        update.execute(params![
-                            id,
-                            session.user,
-                            session.verified_by,
-                            session.host,
-                            session.kernel_id,
-                            session.kernel_name,
-                            session.notebook,
-                            session.hub_user,
-                            session.start,
-                            session.start_ms,
-                            session.has_start,
-                            session.end,
-                            session.ended,
-                            session.end_reason,
-                            state_name(state),
-                            to_i64(session.records),
-                            to_i64(session.first_sequence),
-                            to_i64(session.last_sequence),
-                            session.last_record,
-                            session.proxy_pid,
-                        ])?;
+                        let row: &dyn rusqlite::ToSql = &id;
+                        update.execute(rusqlite::params_from_iter(
+                            std::iter::once(row).chain(facts),
+                        ))?;
                         ids.insert(session.key, id);
                     }
                     None => {
-                        insert.execute(params![
-                            session.key.session_id,
-                            session.key.user_id,
-                            session.user,
-                            session.verified_by,
-                            session.host,
-                            session.kernel_id,
-                            session.kernel_name,
-                            session.notebook,
-                            session.hub_user,
-                            session.start,
-                            session.start_ms,
-                            session.has_start,
-                            session.end,
-                            session.ended,
-                            session.end_reason,
-                            state_name(state),
-                            to_i64(session.records),
-                            to_i64(session.first_sequence),
-                            to_i64(session.last_sequence),
-                            session.last_record,
-                            session.proxy_pid,
-                            self.store,
-                        ])?;
+                        let key: [&dyn rusqlite::ToSql; 2] =
+                            [&session.key.session_id, &session.key.user_id];
+                        let store: &dyn rusqlite::ToSql = &self.store;
+                        insert.execute(rusqlite::params_from_iter(
+                            key.into_iter().chain(facts).chain(std::iter::once(store)),
+                        ))?;
                         ids.insert(session.key, transaction.last_insert_rowid());
                     }
                 }
