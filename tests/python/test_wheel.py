@@ -1,0 +1,187 @@
+"""The wheel, as an admin installs it: built by scripts/build-wheel.sh, installed with pip
+into a fresh virtualenv next to ipykernel and nbclient from PyPI (the versions pinned in
+tests/requirements.txt), and used from there alone.
+
+Everything after the install runs with PATH set to the new environment's bin directory
+and /usr/bin:/bin only, HOME and every Jupyter directory private to the test, and no
+JUPYTER_AUDIT_BIN: the only jupyter-audit reachable is the wheel's. The wheel's binary
+runs the collector, `jupyter audit install` (through Jupyter's subcommand dispatch)
+replaces the environment's python3 kernelspec with the audited one, nbclient runs a
+notebook through it, and the wheel's `jupyter audit log` and `verify` read the trail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from helpers import BIN, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT = 60
+# What a binary that needs nothing but glibc (and libgcc's unwinder) links against.
+GLIBC_LIBRARIES = {"libc.so.6", "libm.so.6", "libgcc_s.so.1", "ld-linux-x86-64.so.2"}
+
+
+def pinned(*names: str) -> list[str]:
+    """The `name==version` lines of tests/requirements.txt for these packages."""
+    pins = {}
+    for line in (REPO / "tests" / "requirements.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            pins[line.split("==")[0].strip().lower()] = line.strip()
+    return [pins[name] for name in names]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run(["bash", str(REPO / "scripts" / "build-wheel.sh"), str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.strip().splitlines()[-1])
+    assert path.parent == out and path.is_file(), result.stdout
+    return path
+
+
+@pytest.fixture(scope="module")
+def env_dir(wheel, tmp_path_factory) -> Path:
+    """A fresh virtualenv with the wheel, ipykernel and nbclient."""
+    venv = tmp_path_factory.mktemp("venv") / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # pip reaches PyPI with the machine's own settings (index, certificates).
+    pip_env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "VIRTUAL_ENV"))}
+    result = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+         "--disable-pip-version-check", "--no-cache-dir", str(wheel),
+         *pinned("ipykernel", "nbclient", "nbformat", "jupyter_client")],
+        env=pip_env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return venv
+
+
+@pytest.fixture(scope="module")
+def clean_env(env_dir, tmp_path_factory) -> dict[str, str]:
+    """The environment of everything that runs from the new virtualenv."""
+    home = tmp_path_factory.mktemp("home")
+    return {
+        "PATH": f"{env_dir / 'bin'}:/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "VIRTUAL_ENV": str(env_dir),
+        "JUPYTER_PLATFORM_DIRS": "1",
+        "JUPYTER_DATA_DIR": str(home / "jupyter-data"),
+        "JUPYTER_CONFIG_DIR": str(home / "jupyter-config"),
+        "JUPYTER_RUNTIME_DIR": str(home / "jupyter-runtime"),
+        "IPYTHONDIR": str(home / "ipython"),
+    }
+
+
+def run(env: dict[str, str], *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(argv), env=env, capture_output=True, text=True,
+                            timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    if check:
+        assert result.returncode == 0, f"{argv}: {result.stderr}"
+    return result
+
+
+def which(env: dict[str, str], name: str) -> str:
+    return run(env, "/bin/sh", "-c", f"command -v {name}").stdout.strip()
+
+
+def test_wheel_ships_a_stripped_glibc_only_binary(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        scripts = [n for n in names if ".data/scripts/" in n]
+        assert [Path(n).name for n in scripts] == ["jupyter-audit"], names
+        # Executable once installed: pip keeps the mode bits the wheel records.
+        assert archive.getinfo(scripts[0]).external_attr >> 16 & 0o111
+        metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
+        wheel_tags = archive.read(next(n for n in names if n.endswith("WHEEL"))).decode()
+    assert re.search(r"^Tag: py3-none-manylinux_2_\d+_x86_64$", wheel_tags, re.M), wheel_tags
+    assert "License-Expression: Apache-2.0" in metadata
+    assert "Project-URL: Deployment, docs/deployment.md" in metadata
+
+
+def test_jupyter_dispatches_to_the_wheels_binary(env_dir, clean_env):
+    binary = env_dir / "bin" / "jupyter-audit"
+    assert which(clean_env, "jupyter-audit") == str(binary)
+    assert not binary.samefile(BIN)
+    sections = run(clean_env, "readelf", "--section-headers", "--wide", str(binary)).stdout
+    assert ".symtab" not in sections and ".debug_line" not in sections
+    needed = set(re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]",
+                            run(clean_env, "readelf", "--dynamic", str(binary)).stdout))
+    assert needed <= GLIBC_LIBRARIES, needed
+
+    help_text = run(clean_env, "jupyter", "audit", "--help").stdout
+    assert "Run the audited kernel proxy" in help_text
+    version = run(clean_env, "jupyter", "audit", "--version").stdout
+    assert version.split() == ["jupyter-audit", "0.1.0"]
+
+
+def test_notebook_through_the_wheels_kernel_is_on_the_trail(env_dir, clean_env, tmp_path):
+    binary = env_dir / "bin" / "jupyter-audit"
+    store, socket = tmp_path / "store", tmp_path / "collector.sock"
+    collector = subprocess.Popen(
+        ["jupyter-audit", "collector", "--store", str(store), "--socket", str(socket)],
+        env=clean_env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: socket.exists() or collector.poll() is not None, 20)
+        assert collector.poll() is None, collector.stderr.read() if collector.stderr else ""
+
+        # ipykernel's own spec, in the environment's prefix, replaced in place.
+        spec_dir = env_dir / "share" / "jupyter" / "kernels" / "python3"
+        installed = run(clean_env, "jupyter", "audit", "install", "--wrap", "python3",
+                        "--replace", "--socket", str(socket),
+                        "--config", str(tmp_path / "no-admin-config.toml"))
+        assert Path(installed.stdout.strip()) == spec_dir
+        spec = json.loads((spec_dir / "kernel.json").read_text())
+        assert spec["argv"][:2] == [str(binary), "kernel"]
+        assert spec["argv"][spec["argv"].index("--") + 1] == str(env_dir / "bin" / "python")
+        assert spec["display_name"] == "Python 3 (ipykernel)"
+
+        marker = uuid.uuid4().hex
+        notebook = tmp_path / "wheel.ipynb"
+        script = textwrap.dedent(f"""
+            import nbclient, nbformat
+            from nbformat.v4 import new_code_cell, new_notebook
+            nb = new_notebook(cells=[
+                new_code_cell("print('{marker}', sum(range(10)))"),
+                new_code_cell("import os, sys\\n"
+                              "print(sys.executable)\\n"
+                              "print(os.readlink(f'/proc/{{os.getppid()}}/exe'))"),
+            ])
+            nbclient.NotebookClient(nb, kernel_name="python3", timeout={TIMEOUT}).execute()
+            nbformat.write(nb, {str(notebook)!r})
+        """)
+        run(clean_env, "python", "-c", script)
+        cells = json.loads(notebook.read_text())["cells"]
+        texts = ["".join(o.get("text", "")) for cell in cells for o in cell["outputs"]]
+        # The kernel is the environment's Python, and its parent the wheel's proxy.
+        assert texts == [f"{marker} 45\n", f"{env_dir / 'bin' / 'python'}\n{binary}\n"]
+
+        def recorded() -> list[dict]:
+            lines = run(clean_env, "jupyter", "audit", "log", "--store", str(store), "--json",
+                        "--action", "execute_request", "--action", "stream",
+                        "--grep", marker).stdout
+            return [json.loads(line) for line in lines.splitlines()]
+
+        assert wait_until(lambda: len(recorded()) >= 2, TIMEOUT)
+        records = recorded()
+        assert [r["event"]["action"] for r in records] == ["execute_request", "stream"]
+        # The identity is the kernel's OS account, from the socket's peer credentials.
+        assert {(r["user"]["id"], r["user"]["verified_by"]) for r in records} == {
+            (str(os.getuid()), "peercred")}
+    finally:
+        collector.terminate()
+        collector.wait(timeout=TIMEOUT)
+    verified = run(clean_env, "jupyter", "audit", "verify", "--store", str(store))
+    assert verified.returncode == 0
