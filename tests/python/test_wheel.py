@@ -185,3 +185,91 @@ def test_notebook_through_the_wheels_kernel_is_on_the_trail(env_dir, clean_env, 
         collector.wait(timeout=TIMEOUT)
     verified = run(clean_env, "jupyter", "audit", "verify", "--store", str(store))
     assert verified.returncode == 0
+
+
+# --- the images' steps (docs/k8s), run outside Docker ----------------------------------------
+
+K8S_DIR = REPO / "docs" / "k8s"
+SOCKET = "/run/jupyter-audit/collector.sock"
+
+
+def run_steps(dockerfile: str) -> list[str]:
+    """The RUN commands of a Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (K8S_DIR / dockerfile).read_text())
+    return [" ".join(line.split()[1:]) for line in text.splitlines() if line.startswith("RUN ")]
+
+
+def relocated(command: str, root: Path, *paths: str) -> str:
+    """`command` with each absolute path in `paths` moved under `root`."""
+    pattern = "|".join(re.escape(p) for p in paths)
+    return re.sub(f"(?<![\\w/])({pattern})", lambda m: f"{root}{m.group(1)}", command)
+
+
+def test_single_user_image_steps_install_the_wheel_where_jovyan_cannot_write(
+    wheel, env_dir, clean_env, tmp_path
+):
+    """Dockerfile.singleuser's RUN step, as written, with /usr/local, /etc/jupyter-audit and
+    the wheel's directory moved under a temporary root and the fresh virtualenv first on
+    PATH in place of /opt/conda (the base image's Python, which jovyan may write)."""
+    root = tmp_path / "image"
+    (step,) = [s for s in run_steps("Dockerfile.singleuser") if "ipykernel install" in s]
+    # What the COPY lines put in place.
+    dist = root / "tmp" / "jupyter-audit-dist"
+    dist.mkdir(parents=True)
+    (dist / wheel.name).write_bytes(wheel.read_bytes())
+    (root / "etc" / "jupyter-audit").mkdir(parents=True)
+    (root / "etc" / "jupyter-audit" / "config.toml").write_text(
+        (K8S_DIR / "singleuser-config.toml").read_text())
+    kernelspecs_module = root / "usr" / "local" / "lib" / "jupyter-audit" / "python"
+    kernelspecs_module.mkdir(parents=True)
+    (kernelspecs_module / "audited_kernelspecs.py").write_text(
+        (K8S_DIR / "audited_kernelspecs.py").read_text())
+
+    command = relocated(step, root, "/usr/local", "/etc/jupyter-audit", "/tmp/jupyter-audit-dist")
+    run(clean_env, "/bin/sh", "-c", command)
+
+    binary = root / "usr" / "local" / "bin" / "jupyter-audit"
+    assert binary.read_bytes() == (env_dir / "bin" / "jupyter-audit").read_bytes()
+    assert binary.stat().st_mode & 0o7777 == 0o755
+    assert not dist.exists()
+    spec = json.loads((root / "usr/local/share/jupyter/kernels/python3/kernel.json").read_text())
+    argv = spec["argv"]
+    assert argv[:2] == [str(binary), "kernel"]
+    assert argv[argv.index("--socket") + 1] == SOCKET
+    assert argv[argv.index("--") + 1] == str(env_dir / "bin" / "python")
+    # What every kernel runs is outside the environment jovyan may write, and nothing of
+    # it is writable by group or others.
+    for path in (binary, root / "usr/local/share/jupyter/kernels/python3"):
+        assert env_dir not in path.parents
+    for path in [root / "usr" / "local", root / "etc" / "jupyter-audit"]:
+        for item in [path, *path.rglob("*")]:
+            assert not item.is_symlink() and not item.stat().st_mode & 0o022, item
+
+    help_text = run(clean_env, str(binary), "--help").stdout
+    assert "Run the audited kernel proxy" in help_text
+
+
+def test_collector_image_takes_the_binary_out_of_the_wheel(wheel, env_dir, clean_env, tmp_path):
+    """Dockerfile.collector's RUN step after the maturin build (the wheel here is
+    scripts/build-wheel.sh's), with /dist, /wheel and /usr/local moved under a temporary root."""
+    root = tmp_path / "image"
+    (step,) = [s for s in run_steps("Dockerfile.collector") if "maturin build" in s]
+    commands = step.split(" && ")
+    assert commands[0].startswith("/opt/maturin/bin/maturin build --release --locked --out /dist")
+    (root / "dist").mkdir(parents=True)
+    (root / "dist" / wheel.name).write_bytes(wheel.read_bytes())
+    (root / "usr" / "local" / "bin").mkdir(parents=True)
+
+    command = relocated(" && ".join(commands[1:]), root, "/dist", "/wheel", "/usr/local")
+    run(clean_env, "/bin/sh", "-c", command)
+
+    binary = root / "usr" / "local" / "bin" / "jupyter-audit"
+    assert binary.read_bytes() == (env_dir / "bin" / "jupyter-audit").read_bytes()
+    assert binary.stat().st_mode & 0o7777 == 0o755
+    assert "--store" in run(clean_env, str(binary), "collector", "--help").stdout
+
+
+def test_the_images_build_with_the_maturin_the_suite_pins():
+    (pin,) = pinned("maturin")
+    for name in ("Dockerfile.singleuser", "Dockerfile.collector"):
+        assert f"pip install --no-cache-dir {pin}" in (K8S_DIR / name).read_text(), name
