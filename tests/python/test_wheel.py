@@ -12,6 +12,7 @@ notebook through it, and the wheel's `jupyter audit log` and `verify` read the t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -85,9 +86,10 @@ def clean_env(env_dir, tmp_path_factory) -> dict[str, str]:
     }
 
 
-def run(env: dict[str, str], *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+def run(env: dict[str, str], *argv: str, check: bool = True,
+        cwd: Path | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(list(argv), env=env, capture_output=True, text=True,
-                            timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+                            timeout=TIMEOUT, stdin=subprocess.DEVNULL, cwd=cwd)
     if check:
         assert result.returncode == 0, f"{argv}: {result.stderr}"
     return result
@@ -127,16 +129,71 @@ def test_jupyter_dispatches_to_the_wheels_binary(env_dir, clean_env):
     assert version.split() == ["jupyter-audit", "0.1.0"]
 
 
-def test_notebook_through_the_wheels_kernel_is_on_the_trail(env_dir, clean_env, tmp_path):
-    binary = env_dir / "bin" / "jupyter-audit"
-    store, socket = tmp_path / "store", tmp_path / "collector.sock"
+@contextlib.contextmanager
+def wheel_collector(env: dict[str, str], store: Path, socket: Path):
+    """The wheel's collector (first on env's PATH), stopped at the end."""
     collector = subprocess.Popen(
         ["jupyter-audit", "collector", "--store", str(store), "--socket", str(socket)],
-        env=clean_env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_until(lambda: socket.exists() or collector.poll() is not None, 20)
         assert collector.poll() is None, collector.stderr.read() if collector.stderr else ""
+        yield
+    finally:
+        collector.terminate()
+        collector.wait(timeout=TIMEOUT)
 
+
+def run_notebook(env: dict[str, str], notebook: Path, marker: str, manager: str = "") -> list[str]:
+    """Run, with the environment's nbclient and its `python3` kernel (found by the
+    kernelspec manager class `manager`, "module.Class", when given), a notebook that
+    prints `marker`, the kernel's interpreter and its parent's executable; return the
+    text of its outputs."""
+    module, _, cls = manager.rpartition(".")
+    script = textwrap.dedent(f"""
+        import nbclient, nbformat
+        from jupyter_client import KernelManager
+        from nbformat.v4 import new_code_cell, new_notebook
+        nb = new_notebook(cells=[
+            new_code_cell("print('{marker}', sum(range(10)))"),
+            new_code_cell("import os, sys\\n"
+                          "print(sys.executable)\\n"
+                          "print(os.readlink(f'/proc/{{os.getppid()}}/exe'))"),
+        ])
+        kwargs = {{}}
+        if {module!r}:
+            from {module or "sys"} import {cls or "path"} as Manager
+            kwargs["kernel_spec_manager"] = Manager()
+        km = KernelManager(kernel_name="python3", **kwargs)
+        nbclient.NotebookClient(nb, km=km, timeout={TIMEOUT}).execute()
+        nbformat.write(nb, {str(notebook)!r})
+    """)
+    run(env, "python", "-c", script)
+    cells = json.loads(notebook.read_text())["cells"]
+    return ["".join(o.get("text", "")) for cell in cells for o in cell["outputs"]]
+
+
+def assert_on_the_trail(env: dict[str, str], store: Path, marker: str) -> None:
+    """The cell that printed `marker` and its output are on the store's trail under the
+    kernel's OS account (the socket's peer credentials), read with the wheel's `log`."""
+
+    def recorded() -> list[dict]:
+        lines = run(env, "jupyter", "audit", "log", "--store", str(store), "--json",
+                    "--action", "execute_request", "--action", "stream",
+                    "--grep", marker).stdout
+        return [json.loads(line) for line in lines.splitlines()]
+
+    assert wait_until(lambda: len(recorded()) >= 2, TIMEOUT)
+    records = recorded()
+    assert [r["event"]["action"] for r in records] == ["execute_request", "stream"]
+    assert {(r["user"]["id"], r["user"]["verified_by"]) for r in records} == {
+        (str(os.getuid()), "peercred")}
+
+
+def test_notebook_through_the_wheels_kernel_is_on_the_trail(env_dir, clean_env, tmp_path):
+    binary = env_dir / "bin" / "jupyter-audit"
+    store, socket = tmp_path / "store", tmp_path / "collector.sock"
+    with wheel_collector(clean_env, store, socket):
         # ipykernel's own spec, in the environment's prefix, replaced in place.
         spec_dir = env_dir / "share" / "jupyter" / "kernels" / "python3"
         installed = run(clean_env, "jupyter", "audit", "install", "--wrap", "python3",
@@ -149,42 +206,74 @@ def test_notebook_through_the_wheels_kernel_is_on_the_trail(env_dir, clean_env, 
         assert spec["display_name"] == "Python 3 (ipykernel)"
 
         marker = uuid.uuid4().hex
-        notebook = tmp_path / "wheel.ipynb"
-        script = textwrap.dedent(f"""
-            import nbclient, nbformat
-            from nbformat.v4 import new_code_cell, new_notebook
-            nb = new_notebook(cells=[
-                new_code_cell("print('{marker}', sum(range(10)))"),
-                new_code_cell("import os, sys\\n"
-                              "print(sys.executable)\\n"
-                              "print(os.readlink(f'/proc/{{os.getppid()}}/exe'))"),
-            ])
-            nbclient.NotebookClient(nb, kernel_name="python3", timeout={TIMEOUT}).execute()
-            nbformat.write(nb, {str(notebook)!r})
-        """)
-        run(clean_env, "python", "-c", script)
-        cells = json.loads(notebook.read_text())["cells"]
-        texts = ["".join(o.get("text", "")) for cell in cells for o in cell["outputs"]]
+        texts = run_notebook(clean_env, tmp_path / "wheel.ipynb", marker)
         # The kernel is the environment's Python, and its parent the wheel's proxy.
         assert texts == [f"{marker} 45\n", f"{env_dir / 'bin' / 'python'}\n{binary}\n"]
+        assert_on_the_trail(clean_env, store, marker)
+    run(clean_env, "jupyter", "audit", "verify", "--store", str(store))
 
-        def recorded() -> list[dict]:
-            lines = run(clean_env, "jupyter", "audit", "log", "--store", str(store), "--json",
-                        "--action", "execute_request", "--action", "stream",
-                        "--grep", marker).stdout
-            return [json.loads(line) for line in lines.splitlines()]
 
-        assert wait_until(lambda: len(recorded()) >= 2, TIMEOUT)
-        records = recorded()
-        assert [r["event"]["action"] for r in records] == ["execute_request", "stream"]
-        # The identity is the kernel's OS account, from the socket's peer credentials.
-        assert {(r["user"]["id"], r["user"]["verified_by"]) for r in records} == {
-            (str(os.getuid()), "peercred")}
-    finally:
-        collector.terminate()
-        collector.wait(timeout=TIMEOUT)
-    verified = run(clean_env, "jupyter", "audit", "verify", "--store", str(store))
-    assert verified.returncode == 0
+# --- The Littlest JupyterHub (docs/install/tljh.md), run against a stand-in layout ---------
+
+TLJH_GUIDE = REPO / "docs" / "install" / "tljh.md"
+
+
+def fenced(path: Path, language: str) -> list[str]:
+    """The bodies of a Markdown file's fenced blocks of one language."""
+    return re.findall(rf"^```{language}\n(.*?)^```$", path.read_text(), re.M | re.S)
+
+
+def test_tljh_steps_give_users_the_audited_kernel_only(wheel, env_dir, clean_env, tmp_path):
+    """Step 2 of the TLJH guide as written (run as root there: `sudo` dropped here), with
+    the fresh virtualenv (the wheel, ipykernel, nbclient) standing in for /opt/tljh/user,
+    /usr/local moved under a temporary root and the socket a test collector's; then the
+    JupyterHub config of step 3 applied to a Spawner after settings of TLJH's own, and a
+    notebook run with the environment it gives the user's server."""
+    (wheel_line,) = [b for b in fenced(TLJH_GUIDE, "sh") if b.startswith("WHEEL=")]
+    assert wheel_line.strip() == f"WHEEL=dist/{wheel.name}"
+    (step,) = [b for b in fenced(TLJH_GUIDE, "sh") if "install --wrap" in b]
+    commands = [line for line in step.splitlines() if line and not line.startswith("#")]
+    assert all(line.startswith("sudo ") for line in commands), commands
+    socket = tmp_path / "collector.sock"
+    script = relocated("\n".join(c.removeprefix("sudo ") for c in commands), tmp_path,
+                       "/usr/local")
+    script = script.replace("/opt/tljh/user", str(env_dir)).replace(SOCKET, str(socket))
+    run({**clean_env, "WHEEL": str(wheel)}, "/bin/sh", "-e", "-c", script, cwd=REPO)
+
+    usr_local = tmp_path / "usr" / "local"
+    binary = env_dir / "bin" / "jupyter-audit"
+    spec_dir = usr_local / "share" / "jupyter" / "kernels" / "python3"
+    argv = json.loads((spec_dir / "kernel.json").read_text())["argv"]
+    assert argv[:4] == [str(binary), "kernel", "--socket", str(socket)]
+    assert argv[argv.index("--") + 1] == str(env_dir / "bin" / "python")
+    # Root's (whoever ran the steps), and writable by nobody else.
+    for item in [usr_local, *usr_local.rglob("*")]:
+        assert item.stat().st_uid == os.getuid() and not item.stat().st_mode & 0o022, item
+
+    # Step 3, after settings TLJH's own config could have made.
+    from jupyterhub.spawner import Spawner
+    from traitlets.config import Config
+
+    (hub_config,) = fenced(TLJH_GUIDE, "python")
+    config = Config()
+    config.Spawner.default_url = "/lab"
+    config.Spawner.environment = {"TLJH_SETTING": "kept"}
+    config.Spawner.args = ["--TLJH.setting=kept"]
+    exec(compile(hub_config, str(TLJH_GUIDE), "exec"), {"c": config})
+    spawner = Spawner(config=config)
+    assert spawner.disable_user_config
+    assert spawner.environment["TLJH_SETTING"] == "kept"
+    assert spawner.args[0] == "--TLJH.setting=kept" and len(spawner.args) == 6
+    server_env = {k: relocated(v, tmp_path, "/usr/local") for k, v in spawner.environment.items()}
+
+    store = tmp_path / "store"
+    with wheel_collector(clean_env, store, socket):
+        marker = uuid.uuid4().hex
+        texts = run_notebook({**clean_env, **server_env}, tmp_path / "tljh.ipynb", marker,
+                             manager="audited_kernelspecs.AuditedKernelSpecManager")
+        assert texts == [f"{marker} 45\n", f"{env_dir / 'bin' / 'python'}\n{binary}\n"]
+        assert_on_the_trail(clean_env, store, marker)
+    run(clean_env, "jupyter", "audit", "verify", "--store", str(store))
 
 
 # --- the images' steps (docs/k8s), run outside Docker ----------------------------------------
