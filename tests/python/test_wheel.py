@@ -113,7 +113,7 @@ def test_wheel_ships_a_stripped_glibc_only_binary(wheel):
     assert "Project-URL: Deployment, docs/deployment.md" in metadata
 
 
-def test_jupyter_dispatches_to_the_wheels_binary(env_dir, clean_env):
+def test_jupyter_dispatches_to_the_wheels_binary(wheel, env_dir, clean_env):
     binary = env_dir / "bin" / "jupyter-audit"
     assert which(clean_env, "jupyter-audit") == str(binary)
     assert not binary.samefile(BIN)
@@ -126,14 +126,15 @@ def test_jupyter_dispatches_to_the_wheels_binary(env_dir, clean_env):
     help_text = run(clean_env, "jupyter", "audit", "--help").stdout
     assert "Run the audited kernel proxy" in help_text
     version = run(clean_env, "jupyter", "audit", "--version").stdout
-    assert version.split() == ["jupyter-audit", "0.1.0"]
+    assert version.split() == ["jupyter-audit", wheel.name.split("-")[1]]
 
 
 @contextlib.contextmanager
 def wheel_collector(env: dict[str, str], store: Path, socket: Path):
     """The wheel's collector (first on env's PATH), stopped at the end."""
     collector = subprocess.Popen(
-        ["jupyter-audit", "collector", "--store", str(store), "--socket", str(socket)],
+        ["jupyter-audit", "collector", "--store", str(store), "--socket", str(socket),
+         "--config", str(store.parent / "no-admin-config.toml")],
         env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_until(lambda: socket.exists() or collector.poll() is not None, 20)
@@ -237,7 +238,10 @@ def test_tljh_steps_give_users_the_audited_kernel_only(wheel, env_dir, clean_env
     socket = tmp_path / "collector.sock"
     script = relocated("\n".join(c.removeprefix("sudo ") for c in commands), tmp_path,
                        "/usr/local")
-    script = script.replace("/opt/tljh/user", str(env_dir)).replace(SOCKET, str(socket))
+    # The test machine's own /etc/jupyter-audit/config.toml, if any, must not name
+    # another socket: the spec points at a config file that does not exist.
+    script = script.replace("/opt/tljh/user", str(env_dir)).replace(
+        f"--socket {SOCKET}", f"--socket {socket} --config {tmp_path / 'no-admin-config.toml'}")
     run({**clean_env, "WHEEL": str(wheel)}, "/bin/sh", "-e", "-c", script, cwd=REPO)
 
     usr_local = tmp_path / "usr" / "local"
@@ -245,6 +249,7 @@ def test_tljh_steps_give_users_the_audited_kernel_only(wheel, env_dir, clean_env
     spec_dir = usr_local / "share" / "jupyter" / "kernels" / "python3"
     argv = json.loads((spec_dir / "kernel.json").read_text())["argv"]
     assert argv[:4] == [str(binary), "kernel", "--socket", str(socket)]
+    assert not Path(argv[argv.index("--config") + 1]).exists()
     assert argv[argv.index("--") + 1] == str(env_dir / "bin" / "python")
     # Root's (whoever ran the steps), and writable by nobody else.
     for item in [usr_local, *usr_local.rglob("*")]:
