@@ -99,7 +99,7 @@ def which(env: dict[str, str], name: str) -> str:
     return run(env, "/bin/sh", "-c", f"command -v {name}").stdout.strip()
 
 
-def test_wheel_ships_a_stripped_glibc_only_binary(wheel):
+def test_wheel_holds_the_binary_alone_with_its_metadata(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         scripts = [n for n in names if ".data/scripts/" in n]
@@ -113,7 +113,7 @@ def test_wheel_ships_a_stripped_glibc_only_binary(wheel):
     assert "Project-URL: Deployment, docs/deployment.md" in metadata
 
 
-def test_jupyter_dispatches_to_the_wheels_binary(wheel, env_dir, clean_env):
+def test_installed_binary_is_stripped_and_needs_only_glibc(env_dir, clean_env):
     binary = env_dir / "bin" / "jupyter-audit"
     assert which(clean_env, "jupyter-audit") == str(binary)
     assert not binary.samefile(BIN)
@@ -123,6 +123,8 @@ def test_jupyter_dispatches_to_the_wheels_binary(wheel, env_dir, clean_env):
                             run(clean_env, "readelf", "--dynamic", str(binary)).stdout))
     assert needed <= GLIBC_LIBRARIES, needed
 
+
+def test_jupyter_dispatches_to_the_wheels_binary(wheel, clean_env):
     help_text = run(clean_env, "jupyter", "audit", "--help").stdout
     assert "Run the audited kernel proxy" in help_text
     version = run(clean_env, "jupyter", "audit", "--version").stdout
