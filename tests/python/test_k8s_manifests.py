@@ -381,7 +381,7 @@ def test_the_single_user_image_steps_give_an_audited_python3_users_cannot_shadow
     dockerfile = " ".join(text.replace("\\\n", " ").split())
     ipykernel_step = ('python -m ipykernel install --prefix /usr/local --name python3 '
                       '--display-name "Python 3 (ipykernel)"')
-    audit_step = f"jupyter-audit install --wrap python3 --replace --socket {SOCKET}"
+    audit_step = f"/usr/local/bin/jupyter-audit install --wrap python3 --replace --socket {SOCKET}"
     assert ipykernel_step in dockerfile
     assert f"JUPYTER_PATH=/usr/local/share/jupyter {audit_step}" in dockerfile
 
