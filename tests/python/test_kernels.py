@@ -103,8 +103,11 @@ class XeusPythonSamples:
     invalid_code_samples = ["import = 7q"]
     code_inspect_sample = "zip"
     code_clear_output = "from IPython.display import clear_output; clear_output()"
-    # xeus-python answers history_request with an empty history: no history samples.
-    # Its pager (`zip?`) goes to a payload jupyter_kernel_test does not read: no pager test.
+    code_page_something = "zip?"
+    # Not "range": like ipykernel, xeus-python numbers the current session 0, which
+    # jupyter_kernel_test 0.7 does not expect; not "search": xeus-python 0.19 ignores
+    # `unique` (both fail the same way directly and audited).
+    supported_history_operations = ("tail",)
 
 
 class IRSamples:
@@ -127,19 +130,21 @@ class IRSamples:
     invalid_code_samples = ["1 +* 2"]
     code_inspect_sample = "seq_len"
     code_clear_output = "IRdisplay::clear_output()"
+    code_page_something = "?seq_len"
 
 
 class BashSamples:
     language_name = "bash"
     file_extension = ".sh"
     code_hello_world = "echo 'hello, world'"
+    code_generate_error = "(exit 3)"
     # bash_kernel runs bash on one pty: stderr arrives as stdout, so no stderr test.
     code_display_data = [
         {"code": "echo '<b>hi</b>' | displayHTML", "mime": "text/html"},
         {"code": f"echo '{PNG_B64}' | base64 -d | display", "mime": "image/png"},
     ]
     completion_samples = [{"text": "ech", "matches": {"echo"}}]
-    # bash_kernel has no execute_result, is_complete, inspect or history: not tested.
+    # bash_kernel has no execute_result, is_complete, inspect, pager or history: not tested.
 
 
 @pytest.mark.timeout(300)
