@@ -475,6 +475,17 @@ pub struct InstallArgs {
     /// /etc/jupyter-audit/config.toml). Kept on re-install unless given again.
     #[arg(long)]
     pub config: Option<PathBuf>,
+
+    /// The proxy's --kernel-transport written into the kernelspec's argv (the proxy's
+    /// default is ipc, which every tested kernel accepts). Kept on re-install unless given again.
+    #[arg(long, value_enum)]
+    pub kernel_transport: Option<KernelTransportArg>,
+
+    /// Any other flag of `jupyter-audit kernel`, as one token `--name` or `--name=value`
+    /// (e.g. --proxy-flag=--keep-binary); repeatable. Checked against the proxy's flags,
+    /// written into the argv, and on re-install it replaces the spec's value of that flag.
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    pub proxy_flag: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -760,6 +771,8 @@ impl From<InstallArgs> for InstallOptions {
             socket: args.socket,
             on_audit_failure: args.on_audit_failure.map(OnAuditFailure::from),
             config: args.config,
+            kernel_transport: args.kernel_transport.map(KernelTransport::from),
+            proxy_flags: args.proxy_flag,
         }
     }
 }
@@ -911,6 +924,11 @@ mod tests {
             "block",
             "--socket",
             "/run/c.sock",
+            "--kernel-transport",
+            "tcp",
+            "--proxy-flag",
+            "--keep-binary",
+            "--proxy-flag=--text-cap-bytes=9",
         ]) else {
             panic!("not install");
         };
@@ -922,6 +940,8 @@ mod tests {
                 replace: true,
                 on_audit_failure: Some(OnAuditFailure::Block),
                 socket: Some(PathBuf::from("/run/c.sock")),
+                kernel_transport: Some(KernelTransport::Tcp),
+                proxy_flags: vec!["--keep-binary".into(), "--text-cap-bytes=9".into()],
                 ..InstallOptions::default()
             }
         );

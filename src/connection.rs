@@ -61,6 +61,16 @@ pub enum KernelTransport {
     Tcp,
 }
 
+impl KernelTransport {
+    /// The value of the proxy's `--kernel-transport` flag.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ipc => "ipc",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
 /// The contents of a Jupyter connection file.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionInfo {

@@ -49,6 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Kernel(args) => run_kernel(args),
         Command::Install(args) => {
+            check_proxy_flags(&args.proxy_flag)?;
             let dir = kernelspec::install(&args.into())?;
             println!("{}", dir.display());
             Ok(())
@@ -76,6 +77,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Postgres(PostgresCommand::Init(args)) => run_postgres_init(args),
     }
+}
+
+/// Refuses `install --proxy-flag` values the proxy would refuse at every kernel start:
+/// they are parsed as `jupyter-audit kernel` would parse them.
+fn check_proxy_flags(flags: &[String]) -> anyhow::Result<()> {
+    if flags.is_empty() {
+        return Ok(());
+    }
+    for flag in flags {
+        kernelspec::check_extra_flag(flag)?;
+    }
+    let argv = ["jupyter-audit", "kernel"]
+        .into_iter()
+        .chain(flags.iter().map(String::as_str))
+        .chain(["-f", "{connection_file}", "--", "kernel"]);
+    if let Err(error) = Cli::try_parse_from(argv) {
+        anyhow::bail!(
+            "--proxy-flag {}: not flags that `jupyter-audit kernel` takes:\n{}",
+            flags.join(" "),
+            error.render()
+        );
+    }
+    Ok(())
 }
 
 /// `postgres init`: prints the script (`--print`), or runs it and says what it created.

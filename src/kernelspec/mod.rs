@@ -50,8 +50,9 @@
 //! or `--prefix`.
 //!
 //! # Proxy flags
-//! `--socket`, `--on-audit-failure` and `--config` are written (paths made absolute) into
-//! the argv. Re-installing an audited spec (`--replace`, the same `--name` again, or
+//! `--socket`, `--on-audit-failure`, `--config` and `--kernel-transport` are written (paths
+//! made absolute) into the argv, and so is each `--proxy-flag --name[=value]` (any other
+//! flag of `jupyter-audit kernel`, checked against the proxy's own parser by `main`). Re-installing an audited spec (`--replace`, the same `--name` again, or
 //! wrapping an audited spec under a new name) starts from the flags that spec already has
 //! (for an existing destination: the destination's): a flag given again is replaced in
 //! place, a flag not given is kept, so a re-run that only refreshes the binary path does
@@ -80,8 +81,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::config::{ConfigFile, DEFAULT_CONFIG_PATH, OnAuditFailure};
+use crate::connection::KernelTransport;
 
-pub use flags::{AuditFlags, flag_value, is_unaudited, proxy_flags};
+pub use flags::{AuditFlags, check_extra_flag, flag_value, is_unaudited, proxy_flags};
 pub use search::{SearchEnv, resolve_spec_dir, split_path_list, user_data_dir};
 pub use spec::{METADATA_KEY, SourceSpec, parse_spec, read_spec, unwrap_spec};
 pub use wrap::{DisplayName, TEMPLATE, build_wrapped_spec, is_bare_python, resolve_interpreter};
@@ -119,6 +121,10 @@ pub struct InstallOptions {
     pub on_audit_failure: Option<OnAuditFailure>,
     /// The proxy's `--config`; None: keep the spec's.
     pub config: Option<PathBuf>,
+    /// The proxy's `--kernel-transport`; None: keep the spec's.
+    pub kernel_transport: Option<KernelTransport>,
+    /// Other proxy flags, each `--name` or `--name=value`; they replace the spec's.
+    pub proxy_flags: Vec<String>,
 }
 
 /// Why `install` failed.

@@ -1,5 +1,11 @@
 //! The private side of the proxy: a 0700 directory holding the real kernel's
 //! connection file (fresh random key) and, by default, its ipc sockets.
+//!
+//! The directory is placed so that every ipc endpoint is at most
+//! [`MAX_PORTABLE_ENDPOINT`] characters: kernels built on xeus-zmq (xeus-python,
+//! xeus-cling, xeus-r, …) read each endpoint they bound back into a 32-byte buffer and die
+//! at start with "Invalid argument" when it is longer, so a long `$XDG_RUNTIME_DIR`
+//! gives way to the temp dir.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -9,6 +15,20 @@ use crate::wire::SignatureScheme;
 
 /// Longest path a Unix socket address can hold (sun_path, less the final NUL).
 const MAX_SOCKET_PATH: usize = 107;
+
+/// Longest ipc endpoint (`ipc://` included) that every kernel accepts. xeus-zmq reads
+/// `ZMQ_LAST_ENDPOINT` of each socket it bound into 32 bytes, NUL included; libzmq
+/// refuses a buffer that is too small with EINVAL, which xeus turns into a fatal
+/// "Invalid argument" before the kernel answers anything.
+pub const MAX_PORTABLE_ENDPOINT: usize = 31;
+
+/// Name of the private directory: a short prefix and random characters, so that the
+/// endpoints under the temp dir stay well within [`MAX_PORTABLE_ENDPOINT`].
+const DIR_PREFIX: &str = "ja-";
+const DIR_RANDOM_CHARS: usize = 6;
+
+/// The socket name prefix inside the private directory (sockets are `k-1` … `k-5`).
+const SOCKET_PREFIX: &str = "k";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -41,9 +61,27 @@ impl PrivateRuntime {
         transport: KernelTransport,
         kernel_name: Option<String>,
     ) -> Result<Self, RuntimeError> {
-        let base = base.map(Path::to_owned).unwrap_or_else(default_base);
+        let base = match (base, transport) {
+            (Some(base), _) => base.to_owned(),
+            (None, KernelTransport::Ipc) => pick_ipc_base(default_bases()),
+            (None, KernelTransport::Tcp) => default_bases().remove(0),
+        };
+        if transport == KernelTransport::Ipc {
+            let length = ipc_endpoint_length(&base);
+            if length > MAX_PORTABLE_ENDPOINT {
+                tracing::warn!(
+                    runtime_dir = %base.display(),
+                    endpoint_chars = length,
+                    "ipc endpoints under this runtime directory are longer than {MAX_PORTABLE_ENDPOINT} \
+                     characters: kernels built on xeus (xeus-python, xeus-cling, xeus-r) refuse them \
+                     and die at start with \"Invalid argument\"; give a shorter --runtime-dir \
+                     or --kernel-transport tcp for such a kernel"
+                );
+            }
+        }
         let dir = tempfile::Builder::new()
-            .prefix("jupyter-audit-")
+            .prefix(DIR_PREFIX)
+            .rand_bytes(DIR_RANDOM_CHARS)
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(&base)
             .map_err(|source| RuntimeError::CreateDir {
@@ -52,7 +90,7 @@ impl PrivateRuntime {
             })?;
         let (transport, ip, ports) = match transport {
             KernelTransport::Ipc => {
-                let prefix = dir.path().join("k");
+                let prefix = dir.path().join(SOCKET_PREFIX);
                 // The longest socket path is "<prefix>-5".
                 if prefix.as_os_str().len() + 2 > MAX_SOCKET_PATH {
                     return Err(RuntimeError::PathTooLong(dir.path().to_owned()));
@@ -111,11 +149,38 @@ impl PrivateRuntime {
     }
 }
 
-fn default_base() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR")
+/// Where the private directory may go without `--runtime-dir`, best first:
+/// `$XDG_RUNTIME_DIR` (a per-user tmpfs) when it exists, then the temp dir.
+fn default_bases() -> Vec<PathBuf> {
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
-        .filter(|dir| dir.is_dir())
-        .unwrap_or_else(std::env::temp_dir)
+        .filter(|dir| dir.is_dir());
+    runtime.into_iter().chain([std::env::temp_dir()]).collect()
+}
+
+/// The first base whose ipc endpoints every kernel accepts; the first one when none
+/// does (then only xeus kernels are refused, and `create` says so).
+fn pick_ipc_base(mut bases: Vec<PathBuf>) -> PathBuf {
+    match bases
+        .iter()
+        .position(|base| ipc_endpoint_length(base) <= MAX_PORTABLE_ENDPOINT)
+    {
+        Some(index) => bases.swap_remove(index),
+        None => bases.swap_remove(0),
+    }
+}
+
+/// Length of the longest ipc endpoint of a private directory made in `base`:
+/// `ipc://<base>/<prefix><random>/<socket prefix>-<port>` with one-digit ports.
+fn ipc_endpoint_length(base: &Path) -> usize {
+    "ipc://".len()
+        + base.as_os_str().len()
+        + 1
+        + DIR_PREFIX.len()
+        + DIR_RANDOM_CHARS
+        + 1
+        + SOCKET_PREFIX.len()
+        + "-5".len()
 }
 
 /// Asks the OS for five free ports, as Jupyter does for tcp kernels.
@@ -178,6 +243,46 @@ mod tests {
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), 5);
+    }
+
+    #[test]
+    fn endpoints_fit_what_xeus_accepts_under_the_temp_dir() {
+        // /tmp is the temp dir of Debian, CI and JupyterHub's spawners.
+        let runtime = PrivateRuntime::create(Some(Path::new("/tmp")), KernelTransport::Ipc, None)
+            .expect("created");
+        for channel in crate::connection::Channel::ALL {
+            let endpoint = runtime.info().endpoint(channel);
+            assert!(
+                endpoint.len() <= MAX_PORTABLE_ENDPOINT,
+                "{endpoint} is longer than {MAX_PORTABLE_ENDPOINT}"
+            );
+        }
+        assert_eq!(
+            runtime
+                .info()
+                .endpoint(crate::connection::Channel::Heartbeat)
+                .len(),
+            ipc_endpoint_length(Path::new("/tmp"))
+        );
+    }
+
+    #[test]
+    fn a_long_runtime_dir_gives_way_to_the_temp_dir() {
+        // systemd's /run/user/UID is too long once UIDs have 4 digits or more.
+        let run_user = |uid: &str| PathBuf::from(format!("/run/user/{uid}"));
+        let tmp = PathBuf::from("/tmp");
+        assert_eq!(pick_ipc_base(vec![run_user("1000"), tmp.clone()]), tmp);
+        assert_eq!(
+            pick_ipc_base(vec![run_user("0"), tmp.clone()]),
+            run_user("0")
+        );
+        assert_eq!(pick_ipc_base(vec![tmp.clone()]), tmp);
+        let long = PathBuf::from("/var/tmp/a-rather-long-temporary-directory");
+        assert_eq!(
+            pick_ipc_base(vec![long.clone()]),
+            long,
+            "nothing better to pick"
+        );
     }
 
     #[test]

@@ -362,3 +362,53 @@ def test_bad_arguments_fail(tmp_path, bad):
     assert result.returncode != 0
     assert result.stderr.strip()
     assert read_json(src)["argv"] == IPYKERNEL_ARGV
+
+
+def kernel_transport(kc) -> str:
+    """The transport the real kernel (ipykernel) was started with: "tcp" or "ipc"."""
+    return run_ok(kc, "from ipykernel.kernelapp import IPKernelApp\n"
+                      "print(IPKernelApp.instance().transport)").strip()
+
+
+def test_kernel_transport_and_other_proxy_flags_are_passed_and_refreshed(tmp_path, kernels):
+    src = write_spec(tmp_path / "src" / "python3-source", source_spec(), logos=False)
+    prefix = tmp_path / "prefix"
+    kernels_dir = prefix / "share" / "jupyter" / "kernels"
+    install = ["--wrap", str(src), "--name", NAME, "--prefix", str(prefix), *audit_flags()]
+
+    first = run_install([*install, "--kernel-transport", "tcp", "--proxy-flag=--keep-binary",
+                         "--proxy-flag", "--text-cap-bytes=4096"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert proxy_flags_of(read_json(kernels_dir / NAME)["argv"]) == [
+        *audit_flags(), "--kernel-transport", "tcp", "--keep-binary", "--text-cap-bytes=4096"]
+    ksm = KernelSpecManager(kernel_dirs=[str(kernels_dir)])
+    km = KernelManager(kernel_spec_manager=ksm, kernel_name=NAME)
+    kernels.managers.append(km)
+    km.start_kernel()
+    assert kernel_transport(kernels.client(km)) == "tcp"
+    km.shutdown_kernel(now=True)
+
+    # Given again, each flag gets its new value in place; the others stay.
+    second = run_install([*install, "--kernel-transport", "ipc",
+                          "--proxy-flag=--text-cap-bytes=8192"], tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert proxy_flags_of(read_json(kernels_dir / NAME)["argv"]) == [
+        *audit_flags(), "--kernel-transport", "ipc", "--keep-binary", "--text-cap-bytes=8192"]
+    km = KernelManager(kernel_spec_manager=ksm, kernel_name=NAME)
+    kernels.managers.append(km)
+    km.start_kernel()
+    assert kernel_transport(kernels.client(km)) == "ipc"
+
+
+@pytest.mark.parametrize("bad", [
+    "--no-such-flag", "--text-cap-bytes=many", "--socket=/run/x.sock", "-f", "keep-binary"])
+def test_a_proxy_flag_the_proxy_would_refuse_is_refused_at_install(tmp_path, bad):
+    src = write_spec(tmp_path / "src" / "orig", source_spec(), logos=False)
+    out = tmp_path / "out"
+    result = run_install(
+        ["--wrap", str(src), "--name", NAME, "--prefix", str(out), f"--proxy-flag={bad}"],
+        tmp_path,
+    )
+    assert result.returncode != 0
+    assert "--proxy-flag" in result.stderr, result.stderr
+    assert not out.exists()
