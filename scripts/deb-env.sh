@@ -3,7 +3,7 @@
 # tests/python/test_deb.py): cargo-deb, built from crates.io into .tools/ inside the
 # repository (gitignored; nothing is installed under ~/.cargo/bin), and, as root, the
 # Debian packages the test checks the package with (systemd for systemd-analyze,
-# systemd-sysusers and systemd-tmpfiles; man-db). Idempotent: does nothing when all
+# systemd-sysusers and systemd-tmpfiles; man-db; strace). Idempotent: does nothing when all
 # are there.
 set -euo pipefail
 
@@ -27,6 +27,8 @@ for tool in systemd-analyze systemd-sysusers systemd-tmpfiles; do
     command -v "$tool" >/dev/null || missing+=(systemd)
 done
 command -v man >/dev/null || missing+=(man-db)
+# The test checks the collector's syscalls against the unit's SystemCallFilter=.
+command -v strace >/dev/null || missing+=(strace)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
