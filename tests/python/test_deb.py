@@ -382,13 +382,24 @@ def check_the_sandboxed_collector(settings: dict[str, list[str]], trace_dir: Pat
     assert made - allowed == set(), f"syscalls outside the unit's filter: {made - allowed}"
 
 
-def test_remove_keeps_the_conffile_and_the_store_and_purge_keeps_the_store(installed):
+def test_upgrade_and_remove_keep_the_conffile_and_the_store_and_purge_keeps_the_store(
+        installed, package):
     # The store the collector test left (or none, when run alone).
+    store_files = {p for p in STORE.rglob("*")} if STORE.exists() else set()
+    edited = CONFFILE.read_text() + "# edited by the admin\n"
+    CONFFILE.write_text(edited)
+
+    # An upgrade (here: the same version again) keeps the admin's config and the store.
+    upgraded = run("dpkg", "-i", package, check=False)
+    assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+    assert CONFFILE.read_text() == edited
+    assert {p for p in STORE.rglob("*")} >= store_files
+
     store_files = {p for p in STORE.rglob("*")} if STORE.exists() else set()
     removed = run("dpkg", "-r", "jupyter-audit", check=False)
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert not BINARY.exists() and not UNIT.exists() and not SYSUSERS.exists()
-    assert CONFFILE.read_text() == (PACKAGING / "config.toml").read_text()
+    assert CONFFILE.read_text() == edited
     assert STATE.is_dir()
     assert {p for p in STORE.rglob("*")} == store_files
     assert account_exists(COLLECTOR_USER) and group_exists(REVIEWERS)
