@@ -15,9 +15,12 @@ CARGO_DEB_VERSION=3.6.3
 tools="$PWD/.tools"
 
 if ! "$tools/bin/cargo-deb" --version 2>/dev/null | grep -qF "$CARGO_DEB_VERSION"; then
+    command -v xz >/dev/null || { echo "deb-env: cargo-deb needs xz (Debian: xz-utils)" >&2; exit 1; }
     echo "deb-env: building cargo-deb $CARGO_DEB_VERSION into .tools/" >&2
     # Its build directory stays in .tools too, and is dropped once the binary is there.
-    CARGO_TARGET_DIR="$tools/build" cargo install --quiet --locked \
+    # --no-default-features: no liblzma built from C source (about a third of the build);
+    # cargo-deb then compresses with the system's xz (xz-utils, in every Debian).
+    CARGO_TARGET_DIR="$tools/build" cargo install --quiet --locked --no-default-features \
         --root "$tools" --version "$CARGO_DEB_VERSION" cargo-deb
     rm -rf "$tools/build"
 fi
