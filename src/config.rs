@@ -463,10 +463,18 @@ mod tests {
     #[test]
     fn the_packaged_config_sets_nothing() {
         assert_eq!(file(PACKAGED), ConfigFile::default());
+        // A section pasted from the README at its end does not clash with it.
+        let pasted = file(&format!(
+            "{PACKAGED}[hub]\napi_url = \"http://hub:8081/hub/api\"\n"
+        ));
+        assert_eq!(
+            pasted.hub.api_url.as_deref(),
+            Some("http://hub:8081/hub/api")
+        );
     }
 
     /// Its commented-out values (all but the "e.g." examples) are the built-in defaults:
-    /// uncommented, they change nothing.
+    /// uncommented with their section headers, they change nothing.
     #[test]
     fn the_packaged_config_shows_the_true_defaults() {
         let uncommented: String = PACKAGED
@@ -479,6 +487,7 @@ mod tests {
                 {
                     setting
                 }
+                Some(header) if header.starts_with('[') && header.ends_with(']') => header,
                 _ => line,
             })
             .map(|line| format!("{line}\n"))
