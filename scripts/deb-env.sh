@@ -3,8 +3,8 @@
 # tests/python/test_deb.py): cargo-deb, built from crates.io into .tools/ inside the
 # repository (gitignored; nothing is installed under ~/.cargo/bin), and, as root, the
 # Debian packages the test checks the package with (systemd for systemd-analyze,
-# systemd-sysusers and systemd-tmpfiles; man-db; strace). Idempotent: does nothing when all
-# are there.
+# systemd-sysusers and systemd-tmpfiles; man-db; strace; systemd-container for
+# systemd-nspawn). Idempotent: does nothing when all are there.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -32,6 +32,9 @@ done
 command -v man >/dev/null || missing+=(man-db)
 # The test checks the collector's syscalls against the unit's SystemCallFilter=.
 command -v strace >/dev/null || missing+=(strace)
+# ... and boots a container (this machine's files under an overlay) to run the unit
+# under systemd itself.
+command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi

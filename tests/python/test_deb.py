@@ -1,4 +1,6 @@
-"""The Debian package, as an admin meets it: built with scripts/build-deb.sh, installed
+"""The Debian package, as an admin meets it: built with scripts/build-deb.sh; first
+installed in a container that systemd-nspawn boots from this machine's own files (under a
+throwaway overlay), where systemd starts the unit with its whole sandbox; then installed
 with dpkg on this machine, its accounts, directories, modes and files checked, its unit
 verified by systemd-analyze, its collector run the way the unit runs it (its user and
 groups, umask, descriptor limit, no privileges, the file system read-only but for its
@@ -25,6 +27,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -164,6 +167,175 @@ def installed(package):
                 run("groupdel", name, check=False)
         if not reviewers_before and group_exists(REVIEWERS):
             run("groupdel", REVIEWERS, check=False)
+
+
+# --- the unit under systemd itself -------------------------------------------------------
+
+# Runs in the container as a oneshot unit: installs the package, then says what it saw, one
+# "CHECK name value" line each.
+CONTAINER_CHECKS = r"""#!/bin/sh
+exec >/ja/out/checks 2>/ja/out/stderr
+check() { echo "CHECK $1 $2"; }
+dpkg -i /ja/pkg.deb >/ja/out/dpkg.log 2>&1
+check dpkg $?
+# Debian images forbid starts from maintainer scripts (policy-rc.d); start it here.
+systemctl start jupyter-audit-collector
+check start $?
+for _ in $(seq 100); do [ -S /run/jupyter-audit/collector.sock ] && break; sleep 0.1; done
+check active "$(systemctl is-active jupyter-audit-collector)"
+pid=$(systemctl show -p MainPID --value jupyter-audit-collector)
+check user "$(stat -c %U /proc/$pid)"
+check nonewprivs "$(awk '/^NoNewPrivs/{print $2}' /proc/$pid/status)"
+check seccomp "$(awk '/^Seccomp:/{print $2}' /proc/$pid/status)"
+check capbnd "$(awk '/^CapBnd/{print $2}' /proc/$pid/status)"
+check rootfs "$(awk '$5 == "/" {split($6, o, ","); print o[1]}' /proc/$pid/mountinfo)"
+check store "$(stat -c %U:%G:%a /var/lib/jupyter-audit/store)"
+check socket "$(stat -c %U:%a /run/jupyter-audit/collector.sock)"
+check kernel "$(@PYTHON@ /ja/kernel.py deb-under-systemd)"
+check logged "$(runuser -u jupyter-audit-review -- jupyter-audit log --store /var/lib/jupyter-audit/store --grep deb-under-systemd --action execute_request | grep -c deb-under-systemd)"
+runuser -u jupyter-audit-review -- jupyter-audit verify --store /var/lib/jupyter-audit/store >/dev/null
+check verify $?
+kill -9 "$pid"
+for _ in $(seq 100); do
+    new=$(systemctl show -p MainPID --value jupyter-audit-collector)
+    [ "$new" != 0 ] && [ "$new" != "$pid" ] && [ -S /run/jupyter-audit/collector.sock ] && break
+    sleep 0.1
+done
+check restarted "$(systemctl is-active jupyter-audit-collector)"
+# The Hub over TCP (RestrictAddressFamilies=): a refused connection, not a refused family.
+printf '[hub]\napi_url = "http://127.0.0.1:9/hub/api"\nidentity = "preferred"\n' >>/etc/jupyter-audit/config.toml
+systemctl restart jupyter-audit-collector
+for _ in $(seq 100); do [ -S /run/jupyter-audit/collector.sock ] && break; sleep 0.1; done
+JUPYTERHUB_API_TOKEN=not-a-token @PYTHON@ /ja/kernel.py deb-with-hub >/dev/null
+check hub "$(runuser -u jupyter-audit-review -- jupyter-audit log --store /var/lib/jupyter-audit/store --action identity_unverified --json | tail -1)"
+# Without the reviewers' group the unit does not start.
+systemctl stop jupyter-audit-collector
+groupdel jupyter-audit-reviewers
+systemctl start jupyter-audit-collector 2>/dev/null
+check no_group "$(systemctl show -p ExecMainStatus --value jupyter-audit-collector)"
+systemctl stop jupyter-audit-collector
+check done 1
+"""
+
+# Runs in the container: a cell through an audited kernel that records to the collector.
+CONTAINER_KERNEL = r"""import json, os, sys
+from pathlib import Path
+from jupyter_client.manager import start_new_kernel
+spec = Path("/tmp/kernels/kernels/audited"); spec.mkdir(parents=True, exist_ok=True)
+argv = ["/usr/bin/jupyter-audit", "kernel", "--socket", "/run/jupyter-audit/collector.sock",
+        "-f", "{connection_file}", "--",
+        sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+(spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "a", "language": "python"}))
+os.environ["JUPYTER_PATH"] = "/tmp/kernels"
+km, kc = start_new_kernel(kernel_name="audited", startup_timeout=60)
+out = []
+kc.execute_interactive(f"print({sys.argv[1]!r}.upper())", timeout=60,
+                       output_hook=lambda m: out.append(m["content"].get("text", "")))
+print("".join(out).strip())
+kc.stop_channels()
+km.shutdown_kernel(now=True)
+"""
+
+CONTAINER_UNIT = """[Unit]
+Description=jupyter-audit package checks
+After=basic.target
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /ja/checks.sh
+ExecStopPost=/bin/systemctl poweroff --no-block
+"""
+
+# The container: this machine's own file system under a throwaway overlay (changes go to a
+# tmpfs in a private mount namespace), booted by systemd-nspawn into the checks' unit.
+CONTAINER_RUN = """set -e
+mount --make-rprivate /
+mount -t tmpfs tmpfs "$WORK/changes"
+mkdir "$WORK/changes/upper" "$WORK/changes/work"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$WORK/changes/upper,workdir=$WORK/changes/work" "$WORK/root"
+# nspawn keeps state in /run and will only clean it from a tmpfs.
+mount -t tmpfs tmpfs /run
+exec systemd-nspawn --quiet --directory "$WORK/root" --machine ja-deb-test --register=no \\
+    --keep-unit --link-journal=no --uuid "$(tr -d - </proc/sys/kernel/random/uuid)" \\
+    --bind-ro "$WORK/checks.sh:/ja/checks.sh" --bind-ro "$WORK/kernel.py:/ja/kernel.py" \\
+    --bind-ro "$DEB:/ja/pkg.deb" --bind "$WORK/out:/ja/out" \\
+    --bind-ro "$WORK/ja-checks.service:/etc/systemd/system/ja-checks.service" \\
+    --boot -- systemd.unit=ja-checks.service
+"""
+
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+
+
+def cgroups_now() -> set[Path]:
+    return {child for root in CGROUP_ROOTS if root.is_dir() for child in root.iterdir()
+            if child.is_dir()}
+
+
+def remove_cgroup(path: Path) -> None:
+    """An empty cgroup nspawn left (payload, supervisor), children first."""
+    for child in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        try:
+            child.rmdir()
+        except OSError:
+            pass
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def test_the_unit_under_systemd(package):
+    """The packaged unit run by systemd itself, in a container booted from this machine's
+    file system: the sandbox as the kernel applies it, the store, an audited cell, a
+    reviewer, Restart=, the Hub over TCP, a missing reviewers' group."""
+    if shutil.which("systemd-nspawn") is None:
+        pytest.skip("systemd-nspawn is missing (Debian systemd-container; scripts/deb-env.sh)")
+    assert not BINARY.exists(), "the package must not be on the host: the container copies it"
+    work = Path(tempfile.mkdtemp(prefix="ja-deb-nspawn-", dir="/var/tmp"))
+    cgroups_before = cgroups_now()
+    try:
+        for sub in ("root", "changes", "out"):
+            (work / sub).mkdir()
+        # The container sees this machine's files: the suite's Python (jupyter_client,
+        # ipykernel) runs the kernel there.
+        (work / "checks.sh").write_text(CONTAINER_CHECKS.replace("@PYTHON@", sys.executable))
+        (work / "kernel.py").write_text(CONTAINER_KERNEL)
+        (work / "ja-checks.service").write_text(CONTAINER_UNIT)
+        env = {**os.environ, "WORK": str(work), "DEB": str(package)}
+        booted = subprocess.run(["unshare", "--mount", "--", "sh", "-c", CONTAINER_RUN],
+                                capture_output=True, text=True, timeout=600, env=env)
+        checks_file = work / "out" / "checks"
+        if not checks_file.exists():
+            pytest.skip("systemd-nspawn could not boot this machine's file system here: "
+                        + (booted.stderr.strip().splitlines() or ["(no output)"])[-1])
+        checks = {}
+        for line in checks_file.read_text().splitlines():
+            _, name, value = (line.split(" ", 2) + [""])[:3]
+            checks[name] = value
+        detail = f"{checks}\n{(work / 'out' / 'stderr').read_text()}"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        for cgroup in cgroups_now() - cgroups_before:
+            remove_cgroup(cgroup)
+
+    assert checks.get("done") == "1", detail
+    assert checks["dpkg"] == "0" and checks["start"] == "0", detail
+    assert checks["active"] == "active", detail
+    # The sandbox as the kernel sees it: the collector's user, no new privileges, a
+    # seccomp filter, no capabilities, the root file system read-only.
+    assert checks["user"] == COLLECTOR_USER, detail
+    assert checks["nonewprivs"] == "1" and checks["seccomp"] == "2", detail
+    assert int(checks["capbnd"], 16) == 0, detail
+    assert checks["rootfs"] == "ro", detail
+    assert checks["store"] == f"{COLLECTOR_USER}:{REVIEWERS}:750", detail
+    assert checks["socket"] == f"{COLLECTOR_USER}:666", detail
+    # An audited cell ran and is on the record, which a reviewer reads and verifies.
+    assert checks["kernel"] == "DEB-UNDER-SYSTEMD", detail
+    assert checks["logged"] == "1" and checks["verify"] == "0", detail
+    assert checks["restarted"] == "active", detail
+    # The Hub was asked over TCP; the refusal is the port's, not the sandbox's.
+    assert "hub_unreachable" in checks["hub"] and "Connection refused" in checks["hub"], detail
+    # 216/GROUP: systemd could not apply SupplementaryGroups=.
+    assert checks["no_group"] == "216", detail
 
 
 def test_the_package_installs_its_files(installed):
