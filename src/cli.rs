@@ -66,6 +66,25 @@ pub enum Command {
     /// The central trail in PostgreSQL.
     #[command(subcommand)]
     Postgres(PostgresCommand),
+    /// Print the shell completion script for bash, zsh or fish on standard output.
+    Completions(CompletionsArgs),
+    /// Write the man pages (jupyter-audit.1 and one per subcommand) into a directory; for
+    /// packagers (scripts/build-deb.sh).
+    #[command(hide = true)]
+    Manpages(ManpagesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell the script is for.
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpagesArgs {
+    /// The directory to write the pages into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

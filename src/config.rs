@@ -456,4 +456,63 @@ mod tests {
         assert!(file("").console.users.is_empty());
         assert!(toml::from_str::<ConfigFile>("[console]\nuser = \"x\"").is_err());
     }
+
+    /// The config file the Debian package installs as a conffile.
+    const PACKAGED: &str = include_str!("../packaging/debian/config.toml");
+
+    #[test]
+    fn the_packaged_config_sets_nothing() {
+        assert_eq!(file(PACKAGED), ConfigFile::default());
+        // A section pasted from the README at its end does not clash with it.
+        let pasted = file(&format!(
+            "{PACKAGED}[hub]\napi_url = \"http://hub:8081/hub/api\"\n"
+        ));
+        assert_eq!(
+            pasted.hub.api_url.as_deref(),
+            Some("http://hub:8081/hub/api")
+        );
+    }
+
+    /// Its commented-out values (all but the "e.g." examples) are the built-in defaults:
+    /// uncommented with their section headers, they change nothing.
+    #[test]
+    fn the_packaged_config_shows_the_true_defaults() {
+        let uncommented: String = PACKAGED
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(setting)
+                    if setting.split_once(" = ").is_some_and(|(key, _)| {
+                        !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+                {
+                    setting
+                }
+                Some(header) if header.starts_with('[') && header.ends_with(']') => header,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let shown = file(&uncommented);
+        assert_ne!(shown, ConfigFile::default(), "the defaults are shown");
+        assert_eq!(
+            shown.limits.resolve().expect("valid limits"),
+            Limits::default()
+        );
+        let defaults = SizePolicy::default();
+        assert_eq!(shown.audit.text_cap_bytes, Some(defaults.text_cap));
+        assert_eq!(shown.audit.keep_binary, Some(defaults.keep_binary));
+        assert_eq!(
+            shown.collector.on_audit_failure,
+            Some(OnAuditFailure::Block)
+        );
+        assert_eq!(shown.collector.socket, None);
+        assert_eq!(shown.hub.identity, Some(HubPolicy::Required));
+        assert_eq!(
+            shown.hub.cache_max_age_secs.map(Duration::from_secs),
+            Some(crate::collector::hub::HubOptions::DEFAULT_CACHE_MAX_AGE)
+        );
+        assert_eq!(shown.hub.api_url, None);
+        assert_eq!(shown.forward, ForwardSection::default());
+        assert_eq!(shown.console, ConsoleSection::default());
+    }
 }

@@ -8,7 +8,7 @@ mod cli;
 use std::io::IsTerminal;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use cli::{
     Cli, CollectorArgs, Command, HubIdentityPolicy, KernelArgs, PostgresCommand, PostgresInitArgs,
     VerifyArgs, VerifyExportArgs,
@@ -76,6 +76,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Postgres(PostgresCommand::Init(args)) => run_postgres_init(args),
+        Command::Completions(args) => {
+            // Generated from the same clap definitions that parse the command line, so
+            // the scripts cannot fall behind the flags.
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "jupyter-audit",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Manpages(args) => {
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("cannot create {}", args.out.display()))?;
+            clap_mangen::generate_to(Cli::command(), &args.out)
+                .with_context(|| format!("cannot write the man pages into {}", args.out.display()))
+        }
     }
 }
 
