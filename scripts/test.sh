@@ -20,6 +20,12 @@ bash scripts/hub-env.sh
 step "PostgreSQL server binaries (Debian postgresql; root only)"
 bash scripts/pg-env.sh
 
+step "R and IRkernel for the kernel tests (Debian r-cran-irkernel; root only)"
+bash scripts/kernels-env.sh
+
+step "Debian package tools (cargo-deb into .tools/; systemd, man-db, strace, systemd-container; root only)"
+bash scripts/deb-env.sh
+
 step "cargo fmt --check"
 cargo fmt --check
 
