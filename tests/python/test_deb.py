@@ -153,10 +153,14 @@ def package() -> Path:
 
 @pytest.fixture(scope="module")
 def installed(package):
-    """The package installed with dpkg; at the end purged and every trace removed."""
+    """The package installed as README's install section says (`apt install ./….deb`: apt
+    resolves its dependencies, dpkg installs it); at the end purged and every trace removed."""
     accounts_before = {name: account_exists(name) for name in (COLLECTOR_USER, CONSOLE_USER)}
     reviewers_before = group_exists(REVIEWERS)
-    done = run("dpkg", "-i", package, check=False)
+    done = subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", str(package.resolve())],
+        capture_output=True, text=True, timeout=300, check=False,
+        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
     try:
         assert done.returncode == 0, done.stdout + done.stderr
         yield done
