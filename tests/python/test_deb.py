@@ -265,7 +265,7 @@ mount -t tmpfs tmpfs /run
 exec systemd-nspawn --quiet --directory "$WORK/root" --machine ja-deb-test --register=no \\
     --keep-unit --link-journal=no --uuid "$(tr -d - </proc/sys/kernel/random/uuid)" \\
     --bind-ro "$WORK/checks.sh:/ja/checks.sh" --bind-ro "$WORK/kernel.py:/ja/kernel.py" \\
-    --bind-ro "$DEB:/ja/pkg.deb" --bind "$WORK/out:/ja/out" \\
+    --bind-ro "$DEB:/ja/pkg.deb" --bind "$WORK/out:/ja/out" --bind-ro "$VENV:$VENV" \\
     --bind-ro "$WORK/ja-checks.service:/etc/systemd/system/ja-checks.service" \\
     --boot -- systemd.unit=ja-checks.service
 """
@@ -304,11 +304,13 @@ def test_the_unit_under_systemd(package):
         for sub in ("root", "changes", "out"):
             (work / sub).mkdir()
         # The container sees this machine's files: the suite's Python (jupyter_client,
-        # ipykernel) runs the kernel there.
+        # ipykernel) runs the kernel there. Its environment is bound in as well: nspawn
+        # mounts a fresh /tmp, where a clone's .venv may live (CI clones into /tmp).
         (work / "checks.sh").write_text(CONTAINER_CHECKS.replace("@PYTHON@", sys.executable))
         (work / "kernel.py").write_text(CONTAINER_KERNEL)
         (work / "ja-checks.service").write_text(CONTAINER_UNIT)
-        env = {**os.environ, "WORK": str(work), "DEB": str(package)}
+        env = {**os.environ, "WORK": str(work), "DEB": str(package),
+               "VENV": str(Path(sys.prefix).resolve())}
         booted = subprocess.run(["unshare", "--mount", "--", "sh", "-c", CONTAINER_RUN],
                                 capture_output=True, text=True, timeout=600, env=env)
         checks_file = work / "out" / "checks"
