@@ -22,6 +22,8 @@ pub enum PathRole {
     Store,
     /// The collector's Unix socket.
     Socket,
+    /// What an audited kernel runs: the proxy binary and its kernelspec.
+    AuditedKernel,
 }
 
 impl fmt::Display for PathRole {
@@ -29,6 +31,7 @@ impl fmt::Display for PathRole {
         formatter.write_str(match self {
             Self::Store => "store",
             Self::Socket => "socket",
+            Self::AuditedKernel => "audited kernel",
         })
     }
 }

@@ -69,6 +69,7 @@
 //! written.
 
 mod flags;
+mod replaceable;
 mod search;
 mod spec;
 #[cfg(test)]
@@ -304,6 +305,7 @@ pub fn install_with(args: &InstallOptions, env: &SearchEnv, proxy: &Path) -> Res
         if !replace_spec_file(&spec_dir, &spec)? {
             tracing::info!(spec = %spec_dir.display(), "already audited and up to date");
         }
+        replaceable::warn_if_others_can_replace(proxy, &spec_dir);
         return Ok(spec_dir);
     }
 
@@ -346,6 +348,7 @@ pub fn install_with(args: &InstallOptions, env: &SearchEnv, proxy: &Path) -> Res
     warn_if_no_collector(&flags);
     let spec = build_wrapped_spec(&source, proxy, &flags, &display, &spec_dir, python_prefix)?;
     write_new_spec(&spec_dir, &dest, &spec)?;
+    replaceable::warn_if_others_can_replace(proxy, &dest);
     Ok(dest)
 }
 

@@ -412,3 +412,45 @@ def test_a_proxy_flag_the_proxy_would_refuse_is_refused_at_install(tmp_path, bad
     assert result.returncode != 0
     assert "--proxy-flag" in result.stderr, result.stderr
     assert not out.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: makes directories owned by another user")
+def test_install_warns_when_someone_else_could_replace_the_proxy_or_the_spec(tmp_path):
+    """The Docker Stacks' mistake: the wheel installed into an environment the notebook
+    user owns (/opt/conda belongs to jovyan). That user could swap the binary every
+    audited kernel runs for one that records nothing, so `install` says so, naming the
+    directory and its owner; a root-owned layout installs without the warning."""
+    src = write_spec(tmp_path / "src" / "python3-source", source_spec(), logos=False)
+    nobody = 65534
+    env_dir = tmp_path / "user-owned-env"
+    (env_dir / "bin").mkdir(parents=True)
+    for d in (env_dir, env_dir / "bin"):
+        os.chown(d, nobody, nobody)
+    copied = env_dir / "bin" / "jupyter-audit"
+    copied.write_bytes(BIN.read_bytes())
+    copied.chmod(0o755)
+
+    def install_with(binary: Path, prefix: Path) -> subprocess.CompletedProcess:
+        env = dict(os.environ, JUPYTER_PATH=str(tmp_path / "jupyter-path"),
+                   JUPYTER_DATA_DIR=str(tmp_path / "user-data"))
+        return subprocess.run(
+            [str(binary), "install", "--wrap", str(src), "--name", NAME, "--prefix", str(prefix),
+             *audit_flags()], env=env, capture_output=True, text=True, timeout=60)
+
+    warning = "can be replaced by someone other than root"
+    unsafe = install_with(copied, tmp_path / "prefix-a")
+    assert unsafe.returncode == 0, unsafe.stderr
+    assert warning in unsafe.stderr and "proxy binary" in unsafe.stderr, unsafe.stderr
+    assert f"{env_dir / 'bin'} is owned by user {nobody}" in unsafe.stderr, unsafe.stderr
+
+    shared = tmp_path / "group-writable"
+    shared.mkdir()
+    shared.chmod(0o775)
+    spec_warned = install_with(BIN, shared / "prefix")
+    assert spec_warned.returncode == 0, spec_warned.stderr
+    assert warning in spec_warned.stderr and "kernelspec" in spec_warned.stderr, spec_warned.stderr
+    assert "proxy binary" not in spec_warned.stderr, spec_warned.stderr
+
+    safe = install_with(BIN, tmp_path / "prefix-b")
+    assert safe.returncode == 0, safe.stderr
+    assert warning not in safe.stderr, safe.stderr
