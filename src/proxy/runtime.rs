@@ -6,9 +6,17 @@
 //! xeus-cling, xeus-r, …) read each endpoint they bound back into a 32-byte buffer and die
 //! at start with "Invalid argument" when it is longer, so a long `$XDG_RUNTIME_DIR`
 //! gives way to the temp dir.
+//!
+//! The directory is removed when the proxy ends, but not when it is killed (SIGKILL, as
+//! `shutdown_kernel(now=True)` sends): each proxy holds a lock on its directory for its
+//! whole life, and a starting proxy removes this user's directories whose lock nobody
+//! holds any more, so they do not pile up in the temp dir.
 
-use std::os::unix::fs::PermissionsExt;
+use std::fs::File;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::connection::{ConnectionError, ConnectionInfo, KernelTransport, Transport};
 use crate::wire::SignatureScheme;
@@ -29,6 +37,10 @@ const DIR_RANDOM_CHARS: usize = 6;
 
 /// The socket name prefix inside the private directory (sockets are `k-1` … `k-5`).
 const SOCKET_PREFIX: &str = "k";
+
+/// A private directory younger than this is never swept: its proxy may not hold the
+/// lock yet (it takes it right after creating the directory).
+const SWEEP_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -51,6 +63,8 @@ pub enum RuntimeError {
 #[derive(Debug)]
 pub struct PrivateRuntime {
     dir: tempfile::TempDir,
+    /// Held while this proxy lives; the kernel does not inherit it (close-on-exec).
+    _alive: Option<Flock<File>>,
     info: ConnectionInfo,
     connection_file: PathBuf,
 }
@@ -79,6 +93,7 @@ impl PrivateRuntime {
                 );
             }
         }
+        sweep_killed_proxies(&base, SWEEP_MIN_AGE);
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
             .rand_bytes(DIR_RANDOM_CHARS)
@@ -121,8 +136,10 @@ impl PrivateRuntime {
         };
         let connection_file = dir.path().join("kernel.json");
         info.write(&connection_file)?;
+        let alive = hold_alive_lock(dir.path());
         Ok(Self {
             dir,
+            _alive: alive,
             info,
             connection_file,
         })
@@ -146,6 +163,77 @@ impl PrivateRuntime {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// Locks `dir` for as long as the returned lock lives; `None` (with a note) where the
+/// file system cannot lock: the directory is then left alone by sweeps, as a live one.
+fn hold_alive_lock(dir: &Path) -> Option<Flock<File>> {
+    let locked = File::open(dir)
+        .map_err(|error| error.to_string())
+        .and_then(|file| {
+            Flock::lock(file, FlockArg::LockExclusiveNonblock)
+                .map_err(|(_, errno)| errno.to_string())
+        });
+    match locked {
+        Ok(lock) => Some(lock),
+        Err(error) => {
+            tracing::debug!(dir = %dir.display(), %error, "cannot lock the private directory");
+            None
+        }
+    }
+}
+
+/// Removes this user's private directories in `base` that no live proxy holds: their
+/// proxy was killed before it could remove them. Directories younger than `min_age`, not
+/// this user's, not 0700 or not named as ours are never touched.
+fn sweep_killed_proxies(base: &Path, min_age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    let mut removed = 0usize;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_ours = name.to_str().is_some_and(|name| {
+            name.len() == DIR_PREFIX.len() + DIR_RANDOM_CHARS && name.starts_with(DIR_PREFIX)
+        });
+        if !is_ours {
+            continue;
+        }
+        let path = entry.path();
+        // Not followed: a link in a shared temp dir is somebody else's.
+        let Ok(metadata) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let old_enough = metadata
+            .modified()
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age >= min_age);
+        if !metadata.is_dir()
+            || metadata.uid() != me
+            || metadata.mode() & 0o777 != 0o700
+            || !old_enough
+        {
+            continue;
+        }
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        // Held by its proxy while that lives; a killed process holds nothing.
+        let Ok(_abandoned) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => removed += 1,
+            Err(error) => {
+                tracing::debug!(dir = %path.display(), %error, "cannot remove a killed proxy's directory");
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, base = %base.display(), "removed private directories of killed proxies");
     }
 }
 
@@ -283,6 +371,39 @@ mod tests {
             long,
             "nothing better to pick"
         );
+    }
+
+    #[test]
+    fn a_killed_proxys_directory_is_swept_and_a_live_ones_is_kept() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let live =
+            PrivateRuntime::create(Some(base.path()), KernelTransport::Ipc, None).expect("created");
+        // What a SIGKILLed proxy leaves: its directory, with nobody holding the lock.
+        let killed = base.path().join("ja-Abc123");
+        std::fs::create_dir(&killed).expect("mkdir");
+        std::fs::set_permissions(&killed, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        std::fs::write(killed.join("k-1"), b"").expect("write");
+        // Not ours to remove: another name, another mode.
+        let other_name = base.path().join("ja-too-long-a-name");
+        std::fs::create_dir(&other_name).expect("mkdir");
+        std::fs::set_permissions(&other_name, std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        let other_mode = base.path().join("ja-Xyz789");
+        std::fs::create_dir(&other_mode).expect("mkdir");
+        std::fs::set_permissions(&other_mode, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+
+        sweep_killed_proxies(base.path(), std::time::Duration::from_secs(3600));
+        assert!(killed.exists(), "younger than the minimum age: kept");
+
+        sweep_killed_proxies(base.path(), std::time::Duration::ZERO);
+        assert!(!killed.exists(), "abandoned: removed");
+        assert!(live.dir().exists(), "its proxy still holds it");
+        assert!(other_name.exists() && other_mode.exists());
+
+        let dir = live.dir().to_owned();
+        drop(live);
+        assert!(!dir.exists(), "a proxy that ends removes its own");
     }
 
     #[test]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -131,3 +132,32 @@ def test_proxy_survives_sigint_to_process_group(kernels):
     os.killpg(os.getpgid(proc.pid), signal.SIGINT)
     assert run_ok(kc, "print('alive')") == "alive\n"
     assert proc.poll() is None
+
+
+def test_a_killed_proxys_private_directory_is_removed_by_the_next_start(
+        kernels, monkeypatch, tmp_path):
+    """SIGKILL (`shutdown_kernel(now=True)`) leaves the proxy's private directory behind;
+    the next audited kernel of the same user removes it, and never a live one's."""
+    base = tmp_path / "tmp"
+    base.mkdir(mode=0o700)
+    monkeypatch.setenv("TMPDIR", str(base))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    km, kc = kernels.start(AUDITED)
+    (killed,) = base.glob("ja-*")
+    km.provisioner.process.kill()
+    km.provisioner.process.wait(timeout=DEATH_TIMEOUT)
+    assert killed.is_dir(), "what a killed proxy leaves"
+    # Older than the sweep's minimum age (a directory that young may not be locked yet).
+    long_ago = time.time() - 300
+    os.utime(killed, (long_ago, long_ago))
+
+    live_km, live_kc = kernels.start(AUDITED)
+    assert not killed.exists()
+    (live,) = base.glob("ja-*")
+    os.utime(live, (long_ago, long_ago))
+    third_km, third_kc = kernels.start(AUDITED)
+    assert live.is_dir(), "a live proxy's directory is kept"
+    assert run_ok(live_kc, "print('still here')") == "still here\n"
+    for manager in (live_km, third_km):
+        manager.shutdown_kernel(now=False)
+    assert list(base.glob("ja-*")) == [], "a proxy that ends removes its own"
