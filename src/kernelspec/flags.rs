@@ -96,6 +96,10 @@ pub fn check_extra_flag(token: &str) -> Result<()> {
     Ok(())
 }
 
+fn path_text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
 fn absolute(path: &Path) -> Result<PathBuf> {
     std::path::absolute(path).map_err(|error| KernelspecError::Read {
         path: path.to_path_buf(),
@@ -120,31 +124,22 @@ impl AuditFlags {
     }
 
     fn given(&self) -> Vec<GivenFlag> {
-        let mut out = Vec::new();
-        if let Some(socket) = &self.socket {
-            out.push(GivenFlag::with_value(
-                SOCKET,
-                socket.to_string_lossy().into_owned(),
-            ));
-        }
-        if let Some(policy) = self.on_audit_failure {
-            out.push(GivenFlag::with_value(
+        let own = [
+            (SOCKET, self.socket.as_deref().map(path_text)),
+            (
                 ON_AUDIT_FAILURE,
-                policy.name().to_owned(),
-            ));
-        }
-        if let Some(config) = &self.config {
-            out.push(GivenFlag::with_value(
-                CONFIG,
-                config.to_string_lossy().into_owned(),
-            ));
-        }
-        if let Some(transport) = self.kernel_transport {
-            out.push(GivenFlag::with_value(
+                self.on_audit_failure.map(|p| p.name().to_owned()),
+            ),
+            (CONFIG, self.config.as_deref().map(path_text)),
+            (
                 KERNEL_TRANSPORT,
-                transport.name().to_owned(),
-            ));
-        }
+                self.kernel_transport.map(|t| t.name().to_owned()),
+            ),
+        ];
+        let mut out: Vec<GivenFlag> = own
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|value| GivenFlag::with_value(name, value)))
+            .collect();
         // The same flag given twice: the last one wins, as it would for the proxy.
         for (index, token) in self.extra.iter().enumerate() {
             let flag = GivenFlag::token(token);
